@@ -1,0 +1,324 @@
+//! The configuration file: TOML, parsed once into validated values.
+//!
+//! Relative paths in a config file are resolved against the file's own
+//! directory, so a config works the same from any working directory. Without
+//! a config file, the embedded default applies: hex.pm, `./hexmirror-data`,
+//! `127.0.0.1:4000`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::registry::{PackageName, PublicKey};
+
+/// hex.pm's repository CDN, the default upstream.
+pub const HEXPM_URL: &str = "https://repo.hex.pm";
+
+/// Why a configuration was refused. Each message names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a wrong type.
+    #[error("config file {path}{location}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// `, line L, column C` when known.
+        location: String,
+        /// The parser's message, on one line.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("config file {path}: `{key}`: {message}")]
+    Invalid {
+        /// The config file (or `<embedded default>`).
+        path: PathBuf,
+        /// The offending key, e.g. `upstream.public_key`.
+        key: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    mirror: RawMirror,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: Option<String>,
+    public_key: Option<PathBuf>,
+    repository: Option<String>,
+    timeout_secs: Option<u64>,
+    retries: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMirror {
+    packages: Option<Vec<String>>,
+    concurrency: Option<usize>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the config came from, for messages (`None`: embedded default).
+    pub source: Option<PathBuf>,
+    /// The data directory: state database, blobs and the served tree.
+    pub data_dir: PathBuf,
+    /// Address `serve` listens on.
+    pub listen: SocketAddr,
+    /// The repository being mirrored.
+    pub upstream: UpstreamConfig,
+    /// What to mirror and how hard to pull.
+    pub mirror: MirrorConfig,
+}
+
+/// The upstream repository.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Base URL, without a trailing slash.
+    pub url: String,
+    /// Key that must have signed every registry file.
+    pub public_key: PublicKey,
+    /// Repository name every payload must carry (origin check).
+    pub repository: String,
+    /// Limit for one whole request, body included.
+    pub timeout: Duration,
+    /// Retries after the first attempt on connection errors, 5xx and 429.
+    pub retries: u32,
+}
+
+/// What to mirror.
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    /// `None`: every package upstream; otherwise these plus their dependencies.
+    pub packages: Option<BTreeSet<PackageName>>,
+    /// Upstream requests in flight at once.
+    pub concurrency: usize,
+}
+
+impl Config {
+    /// Loads `path`, or the embedded default when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            None => Self::from_raw(RawConfig::default(), None),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Self::parse(&text, path)
+            }
+        }
+    }
+
+    /// Parses config text that was read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let location = e
+                .span()
+                .map(|span| {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!(", line {line}, column {column}")
+                })
+                .unwrap_or_default();
+            ConfigError::Parse {
+                path: path.to_owned(),
+                location,
+                message: e.message().replace('\n', " ").trim().to_owned(),
+            }
+        })?;
+        Self::from_raw(raw, Some(path))
+    }
+
+    fn from_raw(raw: RawConfig, source: Option<&Path>) -> Result<Self, ConfigError> {
+        let shown = source
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("<embedded default>"));
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: shown.clone(),
+            key,
+            message,
+        };
+        let base = source
+            .and_then(Path::parent)
+            .map(Path::to_owned)
+            .unwrap_or_default();
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+
+        let data_dir = resolve(raw.data_dir.unwrap_or_else(|| "hexmirror-data".into()));
+        let listen_text = raw.listen.unwrap_or_else(|| "127.0.0.1:4000".into());
+        let listen = listen_text.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("{listen_text:?} is not an address like \"127.0.0.1:4000\""),
+            )
+        })?;
+
+        let url = raw.upstream.url.unwrap_or_else(|| HEXPM_URL.into());
+        let url = url.trim_end_matches('/').to_owned();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(invalid(
+                "upstream.url",
+                format!("{url:?} must start with http:// or https://"),
+            ));
+        }
+        let public_key = match raw.upstream.public_key {
+            None => PublicKey::hexpm(),
+            Some(p) => {
+                let p = resolve(p);
+                let pem = std::fs::read_to_string(&p).map_err(|e| {
+                    invalid(
+                        "upstream.public_key",
+                        format!("cannot read key file {}: {e}", p.display()),
+                    )
+                })?;
+                PublicKey::from_pem(&pem)
+                    .map_err(|e| invalid("upstream.public_key", format!("{}: {e}", p.display())))?
+            }
+        };
+        let repository = raw.upstream.repository.unwrap_or_else(|| "hexpm".into());
+        if repository.is_empty()
+            || !repository
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        {
+            return Err(invalid(
+                "upstream.repository",
+                format!("{repository:?} is not a repository name (letters, digits, `_`, `-`)"),
+            ));
+        }
+        let timeout_secs = raw.upstream.timeout_secs.unwrap_or(120);
+        if timeout_secs == 0 {
+            return Err(invalid(
+                "upstream.timeout_secs",
+                "must be at least 1".into(),
+            ));
+        }
+
+        let packages = match raw.mirror.packages {
+            None => None,
+            Some(list) => {
+                let mut set = BTreeSet::new();
+                for name in list {
+                    set.insert(
+                        PackageName::parse(&name)
+                            .map_err(|e| invalid("mirror.packages", e.to_string()))?,
+                    );
+                }
+                Some(set)
+            }
+        };
+        let concurrency = raw.mirror.concurrency.unwrap_or(8);
+        if !(1..=256).contains(&concurrency) {
+            return Err(invalid(
+                "mirror.concurrency",
+                format!("{concurrency} is outside 1..=256"),
+            ));
+        }
+
+        Ok(Self {
+            source: source.map(Path::to_owned),
+            data_dir,
+            listen,
+            upstream: UpstreamConfig {
+                url,
+                public_key,
+                repository,
+                timeout: Duration::from_secs(timeout_secs),
+                retries: raw.upstream.retries.unwrap_or(4),
+            },
+            mirror: MirrorConfig {
+                packages,
+                concurrency,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/hexmirror/test.toml"))
+    }
+
+    #[test]
+    fn embedded_default() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.upstream.url, HEXPM_URL);
+        assert_eq!(c.upstream.repository, "hexpm");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:4000");
+        assert_eq!(c.data_dir, PathBuf::from("hexmirror-data"));
+        assert!(c.mirror.packages.is_none());
+    }
+
+    #[test]
+    fn shipped_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/hexmirror.toml");
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(c.upstream.repository, "hexpm");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = parse("data_dir = \"/x\"\n[mirror]\npackage = [\"a\"]\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/etc/hexmirror/test.toml, line 3"), "{msg}");
+        assert!(msg.contains("unknown field `package`"), "{msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_file() {
+        let c = parse("data_dir = \"data\"").unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/etc/hexmirror/data"));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key() {
+        for (text, key) in [
+            ("listen = \"nope\"", "`listen`"),
+            ("[upstream]\nurl = \"ftp://x\"", "`upstream.url`"),
+            (
+                "[upstream]\npublic_key = \"/nonexistent.pem\"",
+                "`upstream.public_key`",
+            ),
+            ("[upstream]\nrepository = \"a/b\"", "`upstream.repository`"),
+            ("[mirror]\npackages = [\"Bad\"]", "`mirror.packages`"),
+            ("[mirror]\nconcurrency = 0", "`mirror.concurrency`"),
+        ] {
+            let msg = parse(text).unwrap_err().to_string();
+            assert!(msg.contains(key), "{text}: {msg}");
+        }
+    }
+
+    #[test]
+    fn trailing_slash_is_trimmed() {
+        let c = parse("[upstream]\nurl = \"http://127.0.0.1:9/\"").unwrap();
+        assert_eq!(c.upstream.url, "http://127.0.0.1:9");
+    }
+}

@@ -1,0 +1,331 @@
+//! The Hex registry v2 format: protobuf messages, the gzipped `Signed`
+//! envelope, RSA PKCS#1 v1.5 SHA-512 signatures and the repository-origin
+//! check. PURE: bytes in, values out; no I/O.
+
+pub mod keys;
+pub mod names;
+
+use std::io::Read;
+
+use flate2::read::GzDecoder;
+use prost::Message;
+
+pub use keys::{HEXPM_PUBLIC_KEY, KeyError, PublicKey, SigningKey};
+pub use names::{NameError, PackageName, is_valid_version};
+
+/// Generated protobuf types, one module per schema file in `proto/`.
+pub mod proto {
+    /// `Signed` envelope.
+    pub mod signed {
+        include!(concat!(env!("OUT_DIR"), "/signed.rs"));
+    }
+    /// `/names` payload.
+    pub mod names {
+        include!(concat!(env!("OUT_DIR"), "/names.rs"));
+    }
+    /// `/versions` payload.
+    pub mod versions {
+        include!(concat!(env!("OUT_DIR"), "/versions.rs"));
+    }
+    /// `/packages/NAME` payload.
+    pub mod package {
+        include!(concat!(env!("OUT_DIR"), "/package.rs"));
+    }
+}
+
+/// Largest registry file we accept once gunzipped. hex.pm's `/versions`, the
+/// largest, is a few MB; the cap stops a gzip bomb long before memory does.
+pub const MAX_DECODED_SIZE: u64 = 256 * 1024 * 1024;
+
+/// Why a registry file was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The body is not gzip, or is truncated.
+    #[error("not a valid gzip body: {0}")]
+    Gzip(std::io::Error),
+    /// The gunzipped body is larger than [`MAX_DECODED_SIZE`].
+    #[error("gunzipped body is larger than {MAX_DECODED_SIZE} bytes")]
+    TooLarge,
+    /// The envelope or the payload is not valid protobuf for its schema.
+    #[error("{what} does not decode as protobuf: {source}")]
+    Protobuf {
+        /// Which message failed to decode.
+        what: &'static str,
+        /// The decoder's reason.
+        source: prost::DecodeError,
+    },
+    /// The envelope carries no signature.
+    #[error("the signed envelope has no signature")]
+    MissingSignature,
+    /// The signature does not verify with the configured key.
+    #[error("signature does not verify with the configured public key")]
+    BadSignature,
+    /// The payload names another repository (origin check).
+    #[error("payload says repository {found:?}, expected {expected:?}")]
+    WrongRepository {
+        /// The repository name we asked for.
+        expected: String,
+        /// The repository name in the payload.
+        found: String,
+    },
+    /// A package payload names another package.
+    #[error("payload is for package {found:?}, expected {expected:?}")]
+    WrongPackage {
+        /// The package we asked for.
+        expected: String,
+        /// The package in the payload.
+        found: String,
+    },
+}
+
+/// A payload whose signature and origin were checked. Only this module
+/// builds one, so holding a `Verified<T>` is proof of verification.
+#[derive(Debug, Clone)]
+pub struct Verified<T>(T);
+
+impl<T> Verified<T> {
+    /// The verified value.
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> std::ops::Deref for Verified<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// Gunzips a registry file, with the [`MAX_DECODED_SIZE`] cap.
+pub fn gunzip(file: &[u8]) -> Result<Vec<u8>, RegistryError> {
+    let mut out = Vec::new();
+    GzDecoder::new(file)
+        .take(MAX_DECODED_SIZE + 1)
+        .read_to_end(&mut out)
+        .map_err(RegistryError::Gzip)?;
+    if out.len() as u64 > MAX_DECODED_SIZE {
+        return Err(RegistryError::TooLarge);
+    }
+    Ok(out)
+}
+
+/// Gzips bytes the way registry files are stored.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    // Writing to a Vec cannot fail.
+    let _ = enc.write_all(bytes);
+    enc.finish().unwrap_or_default()
+}
+
+/// Gunzips, decodes the envelope and checks the signature; returns the payload.
+pub fn open_signed(file: &[u8], key: &PublicKey) -> Result<Vec<u8>, RegistryError> {
+    let raw = gunzip(file)?;
+    let signed = proto::signed::Signed::decode(raw.as_slice()).map_err(|source| {
+        RegistryError::Protobuf {
+            what: "Signed envelope",
+            source,
+        }
+    })?;
+    let signature = signed.signature.ok_or(RegistryError::MissingSignature)?;
+    if !key.verify(&signed.payload, &signature) {
+        return Err(RegistryError::BadSignature);
+    }
+    Ok(signed.payload)
+}
+
+/// Signs a payload and wraps it as a gzipped `Signed` registry file.
+pub fn seal_signed(payload: Vec<u8>, key: &SigningKey) -> Vec<u8> {
+    let signature = key.sign(&payload);
+    let signed = proto::signed::Signed {
+        payload,
+        signature: Some(signature),
+    };
+    gzip(&signed.encode_to_vec())
+}
+
+fn decode<T: Message + Default>(payload: &[u8], what: &'static str) -> Result<T, RegistryError> {
+    T::decode(payload).map_err(|source| RegistryError::Protobuf { what, source })
+}
+
+fn check_repository(found: &str, expected: &str) -> Result<(), RegistryError> {
+    if found != expected {
+        return Err(RegistryError::WrongRepository {
+            expected: expected.to_owned(),
+            found: found.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Verifies a `/names` file: signature, then repository.
+pub fn verify_names(
+    file: &[u8],
+    key: &PublicKey,
+    repository: &str,
+) -> Result<Verified<proto::names::Names>, RegistryError> {
+    let names: proto::names::Names = decode(&open_signed(file, key)?, "Names payload")?;
+    check_repository(&names.repository, repository)?;
+    Ok(Verified(names))
+}
+
+/// Verifies a `/versions` file: signature, then repository.
+pub fn verify_versions(
+    file: &[u8],
+    key: &PublicKey,
+    repository: &str,
+) -> Result<Verified<proto::versions::Versions>, RegistryError> {
+    let versions: proto::versions::Versions = decode(&open_signed(file, key)?, "Versions payload")?;
+    check_repository(&versions.repository, repository)?;
+    Ok(Verified(versions))
+}
+
+/// Verifies a `/packages/NAME` file: signature, repository and package name.
+pub fn verify_package(
+    file: &[u8],
+    key: &PublicKey,
+    repository: &str,
+    name: &str,
+) -> Result<Verified<proto::package::Package>, RegistryError> {
+    let package: proto::package::Package = decode(&open_signed(file, key)?, "Package payload")?;
+    check_repository(&package.repository, repository)?;
+    if package.name != name {
+        return Err(RegistryError::WrongPackage {
+            expected: name.to_owned(),
+            found: package.name,
+        });
+    }
+    Ok(Verified(package))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proto::package::{Package, Release};
+    use super::*;
+
+    const PRIVATE: &str = include_str!("../../tests/fixtures/keys/upstream.pem");
+    const PUBLIC: &str = include_str!("../../tests/fixtures/keys/upstream.pub.pem");
+    const PUBLIC_PKCS1: &str = include_str!("../../tests/fixtures/keys/upstream.pkcs1.pub.pem");
+    const OTHER_PUBLIC: &str = include_str!("../../tests/fixtures/keys/other.pub.pem");
+
+    fn package(name: &str, repository: &str) -> Package {
+        Package {
+            name: name.into(),
+            repository: repository.into(),
+            releases: vec![Release {
+                version: "1.0.0".into(),
+                inner_checksum: vec![1; 32],
+                outer_checksum: Some(vec![2; 32]),
+                ..Default::default()
+            }],
+            advisories: vec![],
+        }
+    }
+
+    fn sealed(p: &Package) -> Vec<u8> {
+        seal_signed(p.encode_to_vec(), &SigningKey::from_pem(PRIVATE).unwrap())
+    }
+
+    fn key(pem: &str) -> PublicKey {
+        PublicKey::from_pem(pem).unwrap()
+    }
+
+    #[test]
+    fn round_trip_verifies_with_spki_and_pkcs1_keys() {
+        let file = sealed(&package("foo", "hexpm"));
+        for pem in [PUBLIC, PUBLIC_PKCS1] {
+            let got = verify_package(&file, &key(pem), "hexpm", "foo").unwrap();
+            assert_eq!(got.releases[0].version, "1.0.0");
+        }
+    }
+
+    #[test]
+    fn wrong_key_is_bad_signature() {
+        let file = sealed(&package("foo", "hexpm"));
+        let err = verify_package(&file, &key(OTHER_PUBLIC), "hexpm", "foo").unwrap_err();
+        assert!(matches!(err, RegistryError::BadSignature), "{err}");
+    }
+
+    #[test]
+    fn tampered_payload_is_bad_signature() {
+        let file = sealed(&package("foo", "hexpm"));
+        let mut signed = proto::signed::Signed::decode(gunzip(&file).unwrap().as_slice()).unwrap();
+        let last = signed.payload.len() - 1;
+        signed.payload[last] ^= 1;
+        let err = verify_package(&gzip(&signed.encode_to_vec()), &key(PUBLIC), "hexpm", "foo")
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            RegistryError::BadSignature | RegistryError::Protobuf { .. }
+        ));
+    }
+
+    #[test]
+    fn missing_signature_is_rejected() {
+        let signed = proto::signed::Signed {
+            payload: package("foo", "hexpm").encode_to_vec(),
+            signature: None,
+        };
+        let err = verify_package(&gzip(&signed.encode_to_vec()), &key(PUBLIC), "hexpm", "foo")
+            .unwrap_err();
+        assert!(matches!(err, RegistryError::MissingSignature));
+    }
+
+    #[test]
+    fn origin_check_names_repository_and_package() {
+        let file = sealed(&package("foo", "other"));
+        let err = verify_package(&file, &key(PUBLIC), "hexpm", "foo").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"payload says repository "other", expected "hexpm""#
+        );
+        let file = sealed(&package("bar", "hexpm"));
+        let err = verify_package(&file, &key(PUBLIC), "hexpm", "foo").unwrap_err();
+        assert!(matches!(err, RegistryError::WrongPackage { .. }));
+    }
+
+    #[test]
+    fn garbage_and_truncation_are_errors_not_panics() {
+        let file = sealed(&package("foo", "hexpm"));
+        for cut in [0, 1, 10, file.len() / 2, file.len() - 1] {
+            assert!(verify_package(&file[..cut], &key(PUBLIC), "hexpm", "foo").is_err());
+        }
+        assert!(verify_names(b"not gzip", &key(PUBLIC), "hexpm").is_err());
+        assert!(verify_versions(&gzip(b"\xff\xff\xff"), &key(PUBLIC), "hexpm").is_err());
+    }
+
+    #[test]
+    fn gzip_bomb_is_capped() {
+        // 300 MiB of zeros compresses to ~300 KiB; the cap stops it.
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..300 {
+            std::io::Write::write_all(&mut enc, &zeros).unwrap();
+        }
+        let bomb = enc.finish().unwrap();
+        assert!(matches!(gunzip(&bomb), Err(RegistryError::TooLarge)));
+    }
+
+    #[test]
+    fn current_schema_fields_survive_a_round_trip() {
+        use super::proto::package as p;
+        let mut pkg = package("foo", "hexpm");
+        pkg.advisories.push(p::SecurityAdvisory {
+            id: "GHSA-1".into(),
+            summary: "bad".into(),
+            html_url: "https://example/1".into(),
+            api_url: "https://example/api/1".into(),
+            severity: Some(p::AdvisorySeverity::SeverityHigh as i32),
+            cvss_score: Some(7.5),
+            aliases: vec!["CVE-1".into()],
+        });
+        pkg.releases[0].advisory_indexes = vec![0];
+        pkg.releases[0].published_at = Some(p::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 5,
+        });
+        let got = verify_package(&sealed(&pkg), &key(PUBLIC), "hexpm", "foo").unwrap();
+        assert_eq!(*got, pkg);
+    }
+}

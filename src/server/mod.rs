@@ -1,0 +1,359 @@
+//! The read-only HTTP server over the served tree.
+//!
+//! Layout: [`paths`] turns a raw request path into a relative file path (pure,
+//! and the only gate to the file system); `http` decides 200/206/304/416 from
+//! the request headers (pure); `etag` opens a file and tags it by content.
+//! This module wires them into one axum fallback handler.
+//!
+//! **Invariant:** the server never writes, and never opens a path that did not
+//! come out of [`paths::parse`]. Files are opened by path on every request (the
+//! root may be a symlink the writer swaps), and the ETag is computed from the
+//! very handle that is streamed.
+//!
+//! Header choices: `/public_key` is `text/plain; charset=utf-8` (readable in a
+//! browser; clients ignore the type); everything else is
+//! `application/octet-stream` and never carries `Content-Encoding`, because
+//! registry files are gzip *bodies* that clients gunzip themselves. `Range` is
+//! honoured for GET only (RFC 9110 defines it for GET), so HEAD answers as a
+//! full GET would.
+
+pub mod paths;
+
+mod etag;
+mod http;
+
+use std::io::{self, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use self::etag::EtagCache;
+use self::http::{Conditions, Outcome, Validators};
+use self::paths::{FileTarget, Kind, PathError, Target};
+
+/// Read size for streaming files to the socket.
+const STREAM_CHUNK: usize = 64 * 1024;
+
+/// What every request handler shares: the root and the ETag memo.
+#[derive(Debug)]
+struct ServerState {
+    root: PathBuf,
+    etags: EtagCache,
+}
+
+/// Builds the router that serves the Hex tree rooted at `root`.
+pub fn router(root: PathBuf) -> Router {
+    let state = Arc::new(ServerState {
+        root,
+        etags: EtagCache::default(),
+    });
+    // One fallback instead of axum routes: validation must see the raw,
+    // still-encoded path, and every shape is checked in `paths::parse`.
+    Router::new().fallback(handle).with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then drains open connections.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving the mirror tree");
+    }
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Why a request did not get its file.
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error("file not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("serving {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("serving {path}: file task did not finish: {source}")]
+    Task {
+        path: PathBuf,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+impl ServeError {
+    fn is_internal(&self) -> bool {
+        matches!(self, Self::Io { .. } | Self::Task { .. })
+    }
+}
+
+impl IntoResponse for ServeError {
+    fn into_response(self) -> Response {
+        // No side effects here: the handler logs internal errors, and their
+        // detail (local paths) never reaches the client.
+        let (status, body) = match &self {
+            Self::Path(PathError::Unknown) | Self::NotFound => {
+                (StatusCode::NOT_FOUND, "not found\n".to_owned())
+            }
+            Self::Path(e @ PathError::BadSegment { .. }) => {
+                (StatusCode::BAD_REQUEST, format!("bad request: {e}\n"))
+            }
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed\n".to_owned(),
+            ),
+            Self::Io { .. } | Self::Task { .. } => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal server error\n".to_owned(),
+            ),
+        };
+        let mut res = text_response(status, body);
+        let headers = res.headers_mut();
+        if matches!(self, Self::MethodNotAllowed) {
+            headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        // A 404 may turn into a file at the next sync; keep caches from holding it.
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        res
+    }
+}
+
+async fn handle(
+    State(state): State<Arc<ServerState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    respond(&state, &method, uri.path(), &headers).await
+}
+
+async fn respond(
+    state: &Arc<ServerState>,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Response {
+    match serve(state, method, path, headers).await {
+        Ok(res) => {
+            tracing::debug!(%method, path, status = res.status().as_u16(), "request");
+            res
+        }
+        Err(e) => {
+            if e.is_internal() {
+                tracing::error!(%method, path, error = %e, "request failed");
+            } else {
+                tracing::debug!(%method, path, error = %e, "request refused");
+            }
+            e.into_response()
+        }
+    }
+}
+
+async fn serve(
+    state: &Arc<ServerState>,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ServeError> {
+    // Validate before the method so a bad path is a 400 whatever the verb.
+    let target = paths::parse(path)?;
+    if method != Method::GET && method != Method::HEAD {
+        return Err(ServeError::MethodNotAllowed);
+    }
+    match target {
+        Target::Root => Ok(text_response(
+            StatusCode::OK,
+            "hexmirror: a read-only Hex package repository mirror\n".to_owned(),
+        )),
+        Target::File(target) => serve_file(state, method, &target, headers).await,
+    }
+}
+
+async fn serve_file(
+    state: &Arc<ServerState>,
+    method: &Method,
+    target: &FileTarget,
+    headers: &HeaderMap,
+) -> Result<Response, ServeError> {
+    let path = state.root.join(&target.relative);
+    let opened = {
+        let state = Arc::clone(state);
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || etag::open_tagged(&path, &state.etags))
+    }
+    .await
+    .map_err(|source| ServeError::Task {
+        path: path.clone(),
+        source,
+    })?
+    .map_err(|source| ServeError::Io {
+        path: path.clone(),
+        source,
+    })?
+    .ok_or(ServeError::NotFound)?;
+
+    // RFC 9110 forbids a Last-Modified later than the response date.
+    let last_modified = opened
+        .modified
+        .map(|m| http::truncate_to_secs(m.min(SystemTime::now())));
+    let if_none_match = joined(headers, &header::IF_NONE_MATCH);
+    let conditions = Conditions {
+        if_none_match: if_none_match.as_deref(),
+        if_modified_since: single(headers, &header::IF_MODIFIED_SINCE),
+        range: single(headers, &header::RANGE),
+        if_range: single(headers, &header::IF_RANGE),
+    };
+    let validators = Validators {
+        etag: &opened.etag,
+        last_modified,
+        len: opened.len,
+    };
+    let outcome = http::evaluate(&conditions, &validators, method == Method::GET);
+
+    let mut res = Response::new(Body::empty());
+    let h = res.headers_mut();
+    set(h, header::ETAG, &opened.etag);
+    h.insert(header::CACHE_CONTROL, cache_control(target));
+    if let Some(lm) = last_modified {
+        set(h, header::LAST_MODIFIED, &httpdate::fmt_http_date(lm));
+    }
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+
+    let len = opened.len;
+    let (status, body_range) = match outcome {
+        Outcome::NotModified => {
+            // A 304 may carry Content-Length only if it equals the 200's; set it
+            // so axum does not fill in 0 for the empty body.
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            (StatusCode::NOT_MODIFIED, None)
+        }
+        Outcome::Full => (StatusCode::OK, Some((0, len))),
+        Outcome::Partial { start, end } => {
+            set(
+                h,
+                header::CONTENT_RANGE,
+                &format!("bytes {start}-{end}/{len}"),
+            );
+            (StatusCode::PARTIAL_CONTENT, Some((start, end - start + 1)))
+        }
+        Outcome::Unsatisfiable => {
+            let mut res = text_response(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range not satisfiable\n".to_owned(),
+            );
+            set(
+                res.headers_mut(),
+                header::CONTENT_RANGE,
+                &format!("bytes */{len}"),
+            );
+            res.headers_mut()
+                .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            return Ok(res);
+        }
+    };
+    *res.status_mut() = status;
+
+    if let Some((start, count)) = body_range {
+        let h = res.headers_mut();
+        h.insert(header::CONTENT_TYPE, content_type(target.kind));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+        if method == Method::GET {
+            let mut file = tokio::fs::File::from_std(opened.file);
+            if start > 0 {
+                file.seek(SeekFrom::Start(start))
+                    .await
+                    .map_err(|source| ServeError::Io { path, source })?;
+            }
+            let stream = ReaderStream::with_capacity(file.take(count), STREAM_CHUNK);
+            *res.body_mut() = Body::from_stream(stream);
+        }
+    }
+    Ok(res)
+}
+
+fn cache_control(target: &FileTarget) -> HeaderValue {
+    // Mirrors hex.pm (registry_builder.ex, assets.ex): org repos are private.
+    let value = match (target.org.is_some(), target.kind) {
+        (false, Kind::Registry | Kind::PublicKey) => "public, max-age=3600",
+        (false, Kind::Tarball) => "public, max-age=604800",
+        (false, Kind::Docs) => "public, max-age=86400",
+        (true, Kind::Registry | Kind::PublicKey) => "private, max-age=3600",
+        (true, Kind::Tarball | Kind::Docs) => "private, max-age=86400",
+    };
+    HeaderValue::from_static(value)
+}
+
+fn content_type(kind: Kind) -> HeaderValue {
+    match kind {
+        Kind::PublicKey => HeaderValue::from_static("text/plain; charset=utf-8"),
+        Kind::Registry | Kind::Tarball | Kind::Docs => {
+            HeaderValue::from_static("application/octet-stream")
+        }
+    }
+}
+
+fn text_response(status: StatusCode, body: String) -> Response {
+    let mut res = Response::new(Body::from(body));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    // Error bodies may echo part of the request path; keep browsers from sniffing them.
+    res.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    res
+}
+
+/// Sets a header from text we built; values that cannot be headers are dropped.
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+/// A header that must appear at most once; repeated or non-ASCII counts as absent.
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    first.to_str().ok()
+}
+
+/// A list header, its field lines joined as RFC 9110 allows.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let parts: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,352 @@
+//! SQLite state: upstream validators, what each mirrored package holds, and
+//! the sync history. The served tree never needs this database; it only
+//! makes syncs incremental and resumable.
+//!
+//! One connection behind a mutex, used from `spawn_blocking` through
+//! [`Db::call`]: writes are small, one transaction per package.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::upstream::Validators;
+
+/// A database operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// SQLite refused.
+    #[error("state database {}: {source}", path.display())]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// The blocking task died (a panic, which is a bug).
+    #[error("state database {}: worker task failed: {source}", path.display())]
+    Task {
+        /// The database file.
+        path: PathBuf,
+        /// The join error.
+        source: tokio::task::JoinError,
+    },
+}
+
+/// Handle on the state database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+    path: Arc<Path>,
+}
+
+/// What the state knows about one mirrored package.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PackageState {
+    /// `updated_at` from the upstream `/names` when it was synced.
+    pub updated_at: Option<(i64, i32)>,
+    /// Versions in the published package record, in record order.
+    pub versions: Vec<String>,
+    /// Indexes into `versions` of retired releases.
+    pub retired: Vec<i32>,
+    /// Dependencies of every release: (package, repository if named).
+    pub deps: Vec<(String, Option<String>)>,
+}
+
+/// Outcome counters of one sync, as recorded in the history.
+#[derive(Debug, Clone, Default)]
+pub struct SyncRecord {
+    /// "ok", "failed" or "up-to-date".
+    pub status: String,
+    /// Packages whose record was fetched and published.
+    pub packages: u64,
+    /// Tarballs downloaded and verified.
+    pub releases: u64,
+    /// Body bytes received from upstream.
+    pub bytes: u64,
+    /// Requests sent upstream.
+    pub requests: u64,
+    /// Packages left as they were because nothing changed.
+    pub skipped: u64,
+    /// Failures (package or release).
+    pub failed: u64,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS validators (
+    path TEXT PRIMARY KEY, etag TEXT, last_modified TEXT);
+CREATE TABLE IF NOT EXISTS packages (
+    name TEXT PRIMARY KEY, updated_s INTEGER, updated_n INTEGER,
+    versions TEXT NOT NULL, retired TEXT NOT NULL, deps TEXT NOT NULL,
+    synced_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS releases (
+    package TEXT NOT NULL, version TEXT NOT NULL, outer_checksum TEXT NOT NULL,
+    PRIMARY KEY (package, version));
+CREATE TABLE IF NOT EXISTS blobs (
+    sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, verified_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS syncs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, started_at INTEGER NOT NULL,
+    finished_at INTEGER, status TEXT NOT NULL DEFAULT 'running',
+    packages INTEGER, releases INTEGER, bytes INTEGER, requests INTEGER,
+    skipped INTEGER, failed INTEGER);
+CREATE TABLE IF NOT EXISTS failures (
+    sync_id INTEGER NOT NULL, package TEXT NOT NULL, version TEXT,
+    message TEXT NOT NULL);
+";
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Db {
+    /// Opens or creates `DATA_DIR/hexmirror.db`.
+    pub fn open(data_dir: &Path) -> Result<Self, DbError> {
+        let path: Arc<Path> = data_dir.join("hexmirror.db").into();
+        let wrap = |source| DbError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(wrap)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(wrap)?;
+        conn.execute_batch(SCHEMA).map_err(wrap)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
+    }
+
+    /// Runs `f` on the connection in the blocking pool.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            // A poisoned lock means a panic mid-call; SQLite rolled back the
+            // open transaction, so the connection itself is still sound.
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|source| DbError::Task {
+            path: self.path.to_path_buf(),
+            source,
+        })?
+        .map_err(|source| DbError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// Validators stored for an upstream path.
+pub fn validators(conn: &Connection, path: &str) -> rusqlite::Result<Validators> {
+    Ok(conn
+        .query_row(
+            "SELECT etag, last_modified FROM validators WHERE path = ?1",
+            [path],
+            |r| {
+                Ok(Validators {
+                    etag: r.get(0)?,
+                    last_modified: r.get(1)?,
+                })
+            },
+        )
+        .optional()?
+        .unwrap_or_default())
+}
+
+/// Remembers validators for an upstream path.
+pub fn set_validators(conn: &Connection, path: &str, v: &Validators) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO validators (path, etag, last_modified) VALUES (?1, ?2, ?3)
+         ON CONFLICT(path) DO UPDATE SET etag = ?2, last_modified = ?3",
+        params![path, v.etag, v.last_modified],
+    )?;
+    Ok(())
+}
+
+/// A `meta` value.
+pub fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+}
+
+/// Sets a `meta` value.
+pub fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = ?2",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
+/// Every mirrored package and what it holds.
+pub fn packages(
+    conn: &Connection,
+) -> rusqlite::Result<std::collections::BTreeMap<String, PackageState>> {
+    let mut stmt =
+        conn.prepare("SELECT name, updated_s, updated_n, versions, retired, deps FROM packages")?;
+    let rows = stmt.query_map([], |r| {
+        let updated: (Option<i64>, Option<i32>) = (r.get(1)?, r.get(2)?);
+        let json = |i: usize| -> rusqlite::Result<String> { r.get(i) };
+        Ok((
+            r.get::<_, String>(0)?,
+            PackageState {
+                updated_at: match updated {
+                    (Some(s), Some(n)) => Some((s, n)),
+                    _ => None,
+                },
+                versions: serde_json::from_str(&json(3)?).unwrap_or_default(),
+                retired: serde_json::from_str(&json(4)?).unwrap_or_default(),
+                deps: serde_json::from_str(&json(5)?).unwrap_or_default(),
+            },
+        ))
+    })?;
+    rows.collect()
+}
+
+/// Records a package as published: its state, releases and validators, in
+/// one transaction.
+pub fn record_package(
+    conn: &mut Connection,
+    name: &str,
+    state: &PackageState,
+    releases: &[(String, [u8; 32])],
+    validators: Option<&Validators>,
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    tx.execute(
+        "INSERT INTO packages (name, updated_s, updated_n, versions, retired, deps, synced_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT(name) DO UPDATE SET updated_s = ?2, updated_n = ?3, versions = ?4,
+             retired = ?5, deps = ?6, synced_at = ?7",
+        params![
+            name,
+            state.updated_at.map(|u| u.0),
+            state.updated_at.map(|u| u.1),
+            to_json(&state.versions),
+            to_json(&state.retired),
+            to_json(&state.deps),
+            now()
+        ],
+    )?;
+    tx.execute("DELETE FROM releases WHERE package = ?1", [name])?;
+    for (version, sha) in releases {
+        tx.execute(
+            "INSERT INTO releases (package, version, outer_checksum) VALUES (?1, ?2, ?3)",
+            params![name, version, hex::encode(sha)],
+        )?;
+    }
+    if let Some(v) = validators {
+        set_validators(&tx, &format!("packages/{name}"), v)?;
+    }
+    tx.commit()
+}
+
+/// Forgets a package that is no longer mirrored.
+pub fn forget_package(conn: &mut Connection, name: &str) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM packages WHERE name = ?1", [name])?;
+    tx.execute("DELETE FROM releases WHERE package = ?1", [name])?;
+    tx.execute(
+        "DELETE FROM validators WHERE path = ?1",
+        [format!("packages/{name}")],
+    )?;
+    tx.commit()
+}
+
+/// Notes a verified blob.
+pub fn record_blob(conn: &Connection, sha256: &[u8; 32], size: u64) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO blobs (sha256, size, verified_at) VALUES (?1, ?2, ?3)",
+        params![hex::encode(sha256), size as i64, now()],
+    )?;
+    Ok(())
+}
+
+/// Starts a sync in the history; returns its id.
+pub fn start_sync(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.execute("INSERT INTO syncs (started_at) VALUES (?1)", [now()])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Closes a sync in the history with its counters and failures.
+pub fn finish_sync(
+    conn: &mut Connection,
+    id: i64,
+    record: &SyncRecord,
+    failures: &[(String, Option<String>, String)],
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    tx.execute(
+        "UPDATE syncs SET finished_at = ?2, status = ?3, packages = ?4, releases = ?5,
+             bytes = ?6, requests = ?7, skipped = ?8, failed = ?9 WHERE id = ?1",
+        params![
+            id,
+            now(),
+            record.status,
+            record.packages as i64,
+            record.releases as i64,
+            record.bytes as i64,
+            record.requests as i64,
+            record.skipped as i64,
+            record.failed as i64
+        ],
+    )?;
+    for (package, version, message) in failures {
+        tx.execute(
+            "INSERT INTO failures (sync_id, package, version, message) VALUES (?1, ?2, ?3, ?4)",
+            params![id, package, version, message],
+        )?;
+    }
+    tx.commit()
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Plain vectors of strings and integers always serialise.
+    serde_json::to_string(value).unwrap_or_else(|_| "[]".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn package_state_round_trips_through_a_real_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let state = PackageState {
+            updated_at: Some((1_700_000_000, 12)),
+            versions: vec!["1.0.0".into(), "1.1.0".into()],
+            retired: vec![0],
+            deps: vec![("alpha".into(), None), ("x".into(), Some("acme".into()))],
+        };
+        let v = Validators {
+            etag: Some("\"abc\"".into()),
+            last_modified: None,
+        };
+        let (s, v2) = (state.clone(), v.clone());
+        db.call(move |c| record_package(c, "beta", &s, &[("1.0.0".into(), [7; 32])], Some(&v2)))
+            .await
+            .unwrap();
+        drop(db);
+        let db = Db::open(dir.path()).unwrap();
+        let all = db.call(|c| packages(c)).await.unwrap();
+        assert_eq!(all["beta"], state);
+        let got = db.call(|c| validators(c, "packages/beta")).await.unwrap();
+        assert_eq!(got, v);
+        db.call(|c| forget_package(c, "beta")).await.unwrap();
+        assert!(db.call(|c| packages(c)).await.unwrap().is_empty());
+    }
+}

@@ -1,0 +1,179 @@
+//! PURE sync planning: from the verified upstream index and the local state,
+//! decide which packages to fetch, which are current, and what to remove.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::registry::proto;
+use crate::store::db::PackageState;
+
+/// What the upstream index says about one package.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Remote {
+    /// `updated_at` from `/names`, when the upstream publishes it.
+    pub updated_at: Option<(i64, i32)>,
+    /// Versions from `/versions`.
+    pub versions: Vec<String>,
+    /// Retired indexes from `/versions`.
+    pub retired: Vec<i32>,
+}
+
+/// Joins `/names` and `/versions` into one map by package name.
+pub fn remote_index(
+    names: &proto::names::Names,
+    versions: &proto::versions::Versions,
+) -> BTreeMap<String, Remote> {
+    let mut map: BTreeMap<String, Remote> = names
+        .packages
+        .iter()
+        .map(|p| {
+            let remote = Remote {
+                updated_at: p.updated_at.as_ref().map(|t| (t.seconds, t.nanos)),
+                ..Remote::default()
+            };
+            (p.name.clone(), remote)
+        })
+        .collect();
+    for p in &versions.packages {
+        let entry = map.entry(p.name.clone()).or_default();
+        entry.versions = p.versions.clone();
+        entry.retired = p.retired.clone();
+    }
+    map
+}
+
+/// True when the package record must be fetched (conditionally) again.
+///
+/// When the upstream publishes `updated_at`, an equal timestamp and equal
+/// version and retirement lists mean nothing changed. Without `updated_at`
+/// a record can change in ways `/versions` does not show (a retirement
+/// message, an advisory), so it is always asked for again; the request is
+/// conditional and costs a 304 when nothing changed.
+pub fn needs_fetch(remote: Option<&Remote>, local: Option<&PackageState>) -> bool {
+    let (Some(remote), Some(local)) = (remote, local) else {
+        return true;
+    };
+    remote.updated_at.is_none()
+        || remote.updated_at != local.updated_at
+        || remote.versions != local.versions
+        || remote.retired != local.retired
+}
+
+/// Versions present locally that the new record no longer has.
+pub fn dropped_versions<'a>(old: &'a [String], new: &[String]) -> Vec<&'a str> {
+    let new: BTreeSet<&str> = new.iter().map(String::as_str).collect();
+    old.iter()
+        .map(String::as_str)
+        .filter(|v| !new.contains(v))
+        .collect()
+}
+
+/// Packages held locally that are no longer part of the mirror.
+pub fn removed_packages<'a>(
+    local: impl IntoIterator<Item = &'a String>,
+    wanted: &BTreeSet<String>,
+) -> Vec<String> {
+    local
+        .into_iter()
+        .filter(|n| !wanted.contains(*n))
+        .cloned()
+        .collect()
+}
+
+/// Retired indexes of a package record, the way `/versions` lists them.
+pub fn retired_indexes(package: &proto::package::Package) -> Vec<i32> {
+    package
+        .releases
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.retired.is_some())
+        .map(|(i, _)| i as i32)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote(updated: Option<(i64, i32)>, versions: &[&str]) -> Remote {
+        Remote {
+            updated_at: updated,
+            versions: versions.iter().map(|s| s.to_string()).collect(),
+            retired: vec![],
+        }
+    }
+
+    fn local(updated: Option<(i64, i32)>, versions: &[&str]) -> PackageState {
+        PackageState {
+            updated_at: updated,
+            versions: versions.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn unchanged_package_with_timestamp_is_skipped() {
+        let t = Some((10, 0));
+        assert!(!needs_fetch(
+            Some(&remote(t, &["1.0.0"])),
+            Some(&local(t, &["1.0.0"]))
+        ));
+    }
+
+    #[test]
+    fn changes_and_unknowns_are_fetched() {
+        let t = Some((10, 0));
+        let l = local(t, &["1.0.0"]);
+        assert!(needs_fetch(
+            Some(&remote(Some((11, 0)), &["1.0.0"])),
+            Some(&l)
+        ));
+        assert!(needs_fetch(Some(&remote(t, &["1.0.0", "1.1.0"])), Some(&l)));
+        assert!(needs_fetch(
+            Some(&remote(None, &["1.0.0"])),
+            Some(&local(None, &["1.0.0"]))
+        ));
+        assert!(needs_fetch(None, Some(&l)));
+        assert!(needs_fetch(Some(&remote(t, &["1.0.0"])), None));
+        let mut retired = remote(t, &["1.0.0"]);
+        retired.retired = vec![0];
+        assert!(needs_fetch(Some(&retired), Some(&l)));
+    }
+
+    #[test]
+    fn dropped_and_removed() {
+        let old = vec!["1.0.0".to_string(), "1.1.0".to_string()];
+        assert_eq!(
+            dropped_versions(&old, &["1.1.0".to_string()]),
+            vec!["1.0.0"]
+        );
+        let wanted: BTreeSet<String> = ["a".to_string()].into();
+        let local = ["a".to_string(), "b".to_string()];
+        assert_eq!(removed_packages(&local, &wanted), vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn index_joins_names_and_versions() {
+        let names = proto::names::Names {
+            repository: "hexpm".into(),
+            packages: vec![proto::names::Package {
+                name: "a".into(),
+                updated_at: Some(proto::names::Timestamp {
+                    seconds: 5,
+                    nanos: 1,
+                }),
+            }],
+        };
+        let versions = proto::versions::Versions {
+            repository: "hexpm".into(),
+            packages: vec![proto::versions::Package {
+                name: "a".into(),
+                versions: vec!["1.0.0".into()],
+                retired: vec![0],
+                with_advisories: vec![],
+            }],
+        };
+        let idx = remote_index(&names, &versions);
+        assert_eq!(idx["a"].updated_at, Some((5, 1)));
+        assert_eq!(idx["a"].retired, vec![0]);
+    }
+}
