@@ -1285,15 +1285,3 @@ mod tests {
         }
     }
 }
-#[cfg(test)]
-mod oneoff {
-    #[test]
-    fn real_hex_core_tarball() {
-        let t = include_bytes!("/tmp/alpha-0.1.0.tar");
-        let outer = hex::decode("075cd3eed63ce016efa68f6a4d54eac8b4239be437e67ff1271353e7a52fa02f").unwrap();
-        let inner = hex::decode("b3fe72e8c44098e816accabc78883c1651ea0995e0a98891fbe5a97b5dd0af94").unwrap();
-        let e = super::Expected { name: "alpha", version: "0.1.0", outer_checksum: &outer, inner_checksum: Some(&inner) };
-        let v = super::verify(t, &e, &super::Limits::default()).unwrap();
-        eprintln!("{:#?}", v.metadata.requirements);
-    }
-}

@@ -1,0 +1,188 @@
+//! Driving the `hexmirror` binary in tests: a data directory with a config,
+//! `sync` runs, and a `serve` process.
+
+use std::fmt;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::{Oracle, TestUpstream, fixture_key, hexmirror, run_with_timeout, write_config};
+
+/// How long one `hexmirror sync` may take in a test before it is a hang.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A mirror under test: a temp dir holding its config and data directory.
+pub struct Mirror {
+    dir: TempDir,
+    config: PathBuf,
+}
+
+/// What a finished `hexmirror` process said.
+pub struct Output {
+    /// Exit code (`None` if killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output (the summary).
+    pub stdout: String,
+    /// Standard error (the logs).
+    pub stderr: String,
+}
+
+impl Output {
+    /// Exit code 0.
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+impl fmt::Display for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Mirror {
+    /// A mirror of `upstream` trusting `fixtures/keys/upstream.pub.pem`;
+    /// `mirror_extra` goes into the `[mirror]` section (e.g. a package list).
+    pub fn new(upstream: &TestUpstream, mirror_extra: &str) -> Self {
+        Self::with_upstream_keys(upstream, "", mirror_extra)
+    }
+
+    /// Like [`Mirror::new`], with extra `[upstream]` keys (`timeout_secs = 1`).
+    pub fn with_upstream_keys(
+        upstream: &TestUpstream,
+        upstream_extra: &str,
+        mirror_extra: &str,
+    ) -> Self {
+        let dir = TempDir::new().expect("mirror temp dir");
+        let data = dir.path().join("data");
+        let config = write_config(
+            dir.path(),
+            &upstream.url(),
+            &fixture_key("upstream.pub.pem"),
+            &data,
+            mirror_extra,
+        );
+        if !upstream_extra.is_empty() {
+            let text = fs::read_to_string(&config).unwrap().replacen(
+                "repository = \"hexpm\"\n",
+                &format!("repository = \"hexpm\"\n{upstream_extra}\n"),
+                1,
+            );
+            fs::write(&config, text).unwrap();
+        }
+        Self { dir, config }
+    }
+
+    /// The config file.
+    pub fn config(&self) -> &Path {
+        &self.config
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The served tree.
+    pub fn tree(&self) -> PathBuf {
+        self.data_dir().join("tree")
+    }
+
+    /// `hexmirror sync --config ...` as a command, for tests that manage it.
+    pub fn sync_command(&self) -> Command {
+        let mut cmd = hexmirror();
+        cmd.arg("sync").arg("--config").arg(&self.config);
+        cmd
+    }
+
+    /// Runs a sync to the end and returns what it printed.
+    pub fn sync(&self) -> Output {
+        let out = run_with_timeout(self.sync_command(), SYNC_TIMEOUT);
+        Output {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Starts `hexmirror serve` on a free loopback port.
+    pub fn serve(&self) -> Served {
+        Served::start(&self.config)
+    }
+}
+
+/// A running `hexmirror serve`, killed when dropped.
+pub struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Served {
+    /// Starts `hexmirror serve --config CONFIG` and waits until it listens.
+    pub fn start(config: &Path) -> Self {
+        let mut child = hexmirror()
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn hexmirror serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("hexmirror serve printed no address");
+        let url = line
+            .rsplit(" on ")
+            .next()
+            .filter(|u| u.starts_with("http://"))
+            .unwrap_or_else(|| panic!("unexpected first line from serve: {line}"))
+            .to_owned();
+        Self { child, url }
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// The process id (to send signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Replaces the upstream's content with `spec` built by the oracle (same
+/// key, same repository). hex_core is deterministic, so unchanged packages
+/// keep their bytes.
+pub fn rebuild_upstream(upstream: &TestUpstream, spec: &str) {
+    for sub in ["packages", "tarballs"] {
+        let dir = upstream.dir().join(sub);
+        for entry in fs::read_dir(&dir).unwrap() {
+            fs::remove_file(entry.unwrap().path()).unwrap();
+        }
+    }
+    Oracle::build_upstream(upstream.dir(), "hexpm", &fixture_key("upstream.pem"), spec);
+}
