@@ -1,0 +1,118 @@
+//! The command line refuses bad configurations with one line that says
+//! where the problem is, and exit status 2, before touching anything.
+
+mod common;
+
+use std::fs;
+
+use common::*;
+
+fn run(args: &[&str]) -> (Option<i32>, String) {
+    let out = hexmirror().args(args).output().expect("run hexmirror");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn config_file(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    fs::write(&path, text).unwrap();
+    let path = path.to_string_lossy().into_owned();
+    (dir, path)
+}
+
+fn assert_one_line_error(stderr: &str, needles: &[&str]) {
+    let lines: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.starts_with("hexmirror:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "exactly one error line expected:\n{stderr}");
+    for needle in needles {
+        assert!(lines[0].contains(needle), "{needle:?} not in: {}", lines[0]);
+    }
+}
+
+#[test]
+fn unknown_key_is_refused_with_file_line_and_key() {
+    let (_dir, path) = config_file("data_dir = \"d\"\n\n[mirror]\nconcurency = 4\n");
+    for cmd in ["sync", "serve"] {
+        let (code, stderr) = run(&[cmd, "--config", &path]);
+        assert_eq!(code, Some(2), "{cmd}: {stderr}");
+        assert_one_line_error(&stderr, &[&path, "line 4", "unknown field `concurency`"]);
+    }
+}
+
+#[test]
+fn missing_key_file_is_refused_naming_the_key_and_the_file() {
+    let (dir, path) = config_file("[upstream]\npublic_key = \"nope.pem\"\n");
+    let (code, stderr) = run(&["sync", "--config", &path]);
+    assert_eq!(code, Some(2), "{stderr}");
+    let key = dir.path().join("nope.pem");
+    assert_one_line_error(&stderr, &["`upstream.public_key`", &key.to_string_lossy()]);
+    assert!(
+        !dir.path().join("hexmirror-data").exists(),
+        "nothing may be created"
+    );
+}
+
+#[test]
+fn a_key_file_that_is_not_a_public_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    fs::write(
+        &path,
+        format!(
+            "[upstream]\npublic_key = {:?}\n",
+            fixture_key("upstream.pem").to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let (code, stderr) = run(&["sync", "--config", &path.to_string_lossy()]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_one_line_error(&stderr, &["not an RSA public key"]);
+}
+
+#[test]
+fn unusable_data_dir_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("file"), b"not a directory").unwrap();
+    let path = dir.path().join("c.toml");
+    fs::write(
+        &path,
+        "data_dir = \"file/data\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let (code, stderr) = run(&["sync", "--config", &path.to_string_lossy()]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_one_line_error(&stderr, &[&dir.path().join("file").to_string_lossy()]);
+}
+
+#[test]
+fn unreadable_config_file_is_refused() {
+    let (code, stderr) = run(&["sync", "--config", "/nonexistent/hexmirror.toml"]);
+    assert_eq!(code, Some(2));
+    assert_one_line_error(
+        &stderr,
+        &["cannot read config file /nonexistent/hexmirror.toml"],
+    );
+}
+
+#[test]
+fn an_unreachable_upstream_fails_the_sync_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    // Port 9 (discard) on loopback: nothing listens, connections are refused.
+    fs::write(
+        &path,
+        "[upstream]\nurl = \"http://127.0.0.1:9\"\nretries = 1\n",
+    )
+    .unwrap();
+    let (code, stderr) = run(&["sync", "--config", &path.to_string_lossy()]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_one_line_error(
+        &stderr,
+        &["http://127.0.0.1:9/", "served tree was left as it was"],
+    );
+}
