@@ -32,6 +32,31 @@ pub enum Command {
     Sync,
     /// Serve the mirrored tree read-only over HTTP.
     Serve,
+    /// Create the RSA key that signs our repositories and the Ed25519
+    /// manifest key (never overwrites).
+    Keygen {
+        /// Directory for the key files (default: DATA_DIR/keys).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// RSA key size.
+        #[arg(long, default_value_t = 4096)]
+        bits: usize,
+    },
+    /// Check the served tree against its signed manifest: signature, expiry,
+    /// rollback, then every file's hash and size.
+    Verify {
+        /// Verify a remote mirror at this URL instead of the local data directory.
+        #[arg(long, value_name = "URL", requires = "key")]
+        url: Option<String>,
+        /// Manifest public key (PEM) to verify with (default: from the config).
+        #[arg(long, value_name = "PEM")]
+        key: Option<PathBuf>,
+        /// File remembering the last accepted manifest version (rollback check).
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+    },
+    /// Remove generations past their grace period and blobs no generation uses.
+    Gc,
 }
 
 /// Exit status for a sync that finished with failures.
@@ -62,6 +87,9 @@ pub fn run(cli: Cli) -> ExitCode {
         match cli.command {
             Command::Sync => run_sync(&config).await,
             Command::Serve => run_serve(&config).await,
+            Command::Keygen { out, bits } => run_keygen(&config, out, bits),
+            Command::Verify { url, key, state } => run_verify(&config, url, key, state).await,
+            Command::Gc => run_gc(&config).await,
         }
     });
     match result {
@@ -129,11 +157,14 @@ fn print_summary(s: &Summary) {
     if !s.index_published {
         println!("  /names and /versions were not updated; the previous index is still served");
     }
+    if s.generation_published {
+        println!("  published generation {}", s.generation);
+    }
 }
 
 async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
-    let tree = config.data_dir.join("tree");
-    if !tree.join("packages").is_dir() {
+    let tree = config.data_dir.join("current");
+    if !tree.join(crate::store::MANIFEST_FILE).is_file() {
         tracing::warn!(tree = %tree.display(), "no mirrored tree yet; run `hexmirror sync` first");
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -167,4 +198,142 @@ async fn shutdown_signal() {
         let _ = ctrl_c.await;
     }
     tracing::info!("shutting down");
+}
+
+fn run_keygen(config: &Config, out: Option<PathBuf>, bits: usize) -> anyhow::Result<ExitCode> {
+    use crate::keyfiles::{write_new_public, write_new_secret};
+    let dir = out.unwrap_or_else(|| config.data_dir.join("keys"));
+    let rsa = dir.join("hexmirror.pem");
+    let rsa_pub = dir.join("hexmirror.pub.pem");
+    let ed = dir.join("manifest.pem");
+    let ed_pub = dir.join("manifest.pub.pem");
+    // Check all four first: a half-written key set is worse than none.
+    for path in [&rsa, &rsa_pub, &ed, &ed_pub] {
+        if path.exists() {
+            anyhow::bail!(
+                "{} already exists; refusing to overwrite a key (choose another --out)",
+                path.display()
+            );
+        }
+    }
+    eprintln!("generating a {bits}-bit RSA key (this takes a few seconds)...");
+    let key = crate::registry::keys::generate_rsa(bits)?;
+    write_new_secret(&rsa, key.to_pkcs8_pem().as_bytes())?;
+    write_new_public(&rsa_pub, key.public_key().spki_pem().as_bytes())?;
+    let manifest_key = crate::manifest::ManifestKey::generate();
+    write_new_secret(&ed, manifest_key.to_pkcs8_pem().as_bytes())?;
+    write_new_public(&ed_pub, manifest_key.public().to_pem().as_bytes())?;
+    println!("wrote {} (RSA {bits}, PKCS#8, mode 0600)", rsa.display());
+    println!("wrote {} (give this to clients)", rsa_pub.display());
+    println!("fingerprint {}", key.public_key().fingerprint());
+    println!("wrote {} (Ed25519 manifest key, mode 0600)", ed.display());
+    println!("wrote {} (for hexmirror verify --key)", ed_pub.display());
+    println!();
+    println!("[signing]");
+    println!("key = {:?}", rsa.display().to_string());
+    println!("manifest_key = {:?}", ed.display().to_string());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_verify(
+    config: &Config,
+    url: Option<String>,
+    key: Option<PathBuf>,
+    state: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use crate::manifest::{ManifestKey, ManifestPublicKey};
+    let public = match &key {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --key {}", path.display()))?;
+            ManifestPublicKey::from_pem(&pem)
+                .or_else(|_| ManifestKey::from_pem(&pem).map(|k| k.public()))
+                .with_context(|| format!("--key {}", path.display()))?
+        }
+        None => {
+            let path = &config.signing.manifest_key;
+            let pem = std::fs::read_to_string(path).with_context(|| {
+                format!(
+                    "cannot read signing.manifest_key {} (or pass --key)",
+                    path.display()
+                )
+            })?;
+            ManifestKey::from_pem(&pem)
+                .map(|k| k.public())
+                .with_context(|| format!("signing.manifest_key {}", path.display()))?
+        }
+    };
+    let result = match &url {
+        Some(url) => {
+            let upstream_config = crate::config::UpstreamConfig {
+                url: url.trim_end_matches('/').to_owned(),
+                public_key: crate::registry::PublicKey::hexpm(),
+                repository: "hexpm".into(),
+                timeout: crate::verify::REMOTE_TIMEOUT,
+                retries: 2,
+            };
+            let upstream = crate::upstream::Upstream::new(&upstream_config, 8)?;
+            let state = state.unwrap_or_else(|| crate::verify::default_remote_state(url));
+            crate::verify::remote(upstream, &public, &state).await?
+        }
+        None => {
+            let state = state.unwrap_or_else(|| config.data_dir.join("verify.state"));
+            crate::verify::local(&config.data_dir, &public, &state).await?
+        }
+    };
+    let m = &result.manifest;
+    let r = &result.report;
+    for path in &r.missing {
+        println!("missing: {path}");
+    }
+    for path in &r.extra {
+        println!("extra: {path}");
+    }
+    for (path, want, got) in &r.corrupt {
+        println!(
+            "corrupt: {path}: sha256 {} size {}, manifest says sha256 {} size {}",
+            got.sha256, got.size, want.sha256, want.size
+        );
+    }
+    println!(
+        "manifest version {} ({}), signed {}, expires {}: {} ok, {} missing, {} extra{}, {} corrupt",
+        m.version,
+        m.generation,
+        crate::manifest::rfc3339(m.signed_at),
+        crate::manifest::rfc3339(m.expires_at),
+        r.ok,
+        r.missing.len(),
+        r.extra.len(),
+        if result.extra_checked {
+            ""
+        } else {
+            " (not checked remotely)"
+        },
+        r.corrupt.len()
+    );
+    Ok(if r.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_SYNC_FAILED)
+    })
+}
+
+async fn run_gc(config: &Config) -> anyhow::Result<ExitCode> {
+    let data_dir = config.data_dir.clone();
+    let grace = config.signing.generation_grace;
+    let (generations, (blobs, bytes)) = tokio::task::spawn_blocking(move || {
+        let store = crate::store::Store::open(&data_dir)?;
+        let _lock = store.try_lock()?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "another hexmirror process is writing to {}; run gc when it is done",
+                data_dir.display()
+            )
+        })?;
+        let generations = store.prune_generations(3, grace)?;
+        let blobs = store.collect_garbage()?;
+        Ok::<_, anyhow::Error>((generations, blobs))
+    })
+    .await??;
+    println!("removed {generations} old generations and {blobs} unused blobs ({bytes} bytes)");
+    Ok(ExitCode::SUCCESS)
 }

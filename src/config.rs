@@ -59,6 +59,28 @@ struct RawConfig {
     upstream: RawUpstream,
     #[serde(default)]
     mirror: RawMirror,
+    #[serde(default)]
+    signing: RawSigning,
+    #[serde(default)]
+    repository: Vec<RawRepository>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSigning {
+    key: Option<PathBuf>,
+    manifest_key: Option<PathBuf>,
+    manifest_expiry_days: Option<u64>,
+    generation_grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepository {
+    name: Option<String>,
+    packages: Option<Vec<String>>,
+    #[serde(default)]
+    deny: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -91,6 +113,34 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// What to mirror and how hard to pull.
     pub mirror: MirrorConfig,
+    /// Keys and the lifetime of what is signed with them.
+    pub signing: SigningConfig,
+    /// Repositories of our own, re-signed with our key.
+    pub repositories: Vec<RepositoryConfig>,
+}
+
+/// Keys and signing policy.
+#[derive(Debug, Clone)]
+pub struct SigningConfig {
+    /// PEM file of the RSA key that signs our repositories (`hexmirror keygen`).
+    pub key: Option<PathBuf>,
+    /// PEM file of the Ed25519 manifest key; created on first use if absent.
+    pub manifest_key: PathBuf,
+    /// How long a signed manifest is valid.
+    pub manifest_expiry: Duration,
+    /// How long a replaced generation stays on disk for readers still on it.
+    pub generation_grace: Duration,
+}
+
+/// A repository of our own: the mirrored packages, curated, re-signed.
+#[derive(Debug, Clone)]
+pub struct RepositoryConfig {
+    /// Name in every payload; clients configure the same name.
+    pub name: String,
+    /// `None`: every mirrored package; otherwise these plus their closure.
+    pub packages: Option<BTreeSet<String>>,
+    /// Releases kept out of this repository.
+    pub deny: Vec<crate::index::DenyRule>,
 }
 
 /// The upstream repository.
@@ -239,7 +289,81 @@ impl Config {
             ));
         }
 
+        let signing = SigningConfig {
+            key: raw.signing.key.map(resolve),
+            manifest_key: resolve(
+                raw.signing
+                    .manifest_key
+                    .unwrap_or_else(|| data_dir.join("keys").join("manifest.pem")),
+            ),
+            manifest_expiry: Duration::from_secs(
+                raw.signing.manifest_expiry_days.unwrap_or(7).max(1) * 86_400,
+            ),
+            generation_grace: Duration::from_secs(
+                raw.signing.generation_grace_secs.unwrap_or(3600),
+            ),
+        };
+        let mut repositories: Vec<RepositoryConfig> = Vec::new();
+        for raw_repo in raw.repository {
+            let name = raw_repo.name.unwrap_or_else(|| "hexpm".into());
+            if PackageName::parse(&name).is_err() {
+                return Err(invalid(
+                    "repository.name",
+                    format!("{name:?} is not a repository name (lowercase letters, digits, `_`)"),
+                ));
+            }
+            if repositories.iter().any(|r| r.name == name) {
+                return Err(invalid(
+                    "repository.name",
+                    format!("{name:?} is configured twice"),
+                ));
+            }
+            let packages = match raw_repo.packages {
+                None => None,
+                Some(list) => {
+                    let mut set = BTreeSet::new();
+                    for p in list {
+                        PackageName::parse(&p)
+                            .map_err(|e| invalid("repository.packages", e.to_string()))?;
+                        set.insert(p);
+                    }
+                    Some(set)
+                }
+            };
+            let deny = raw_repo
+                .deny
+                .iter()
+                .map(|d| crate::index::DenyRule::parse(d))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| invalid("repository.deny", e.to_string()))?;
+            repositories.push(RepositoryConfig {
+                name,
+                packages,
+                deny,
+            });
+        }
+        if !repositories.is_empty() && signing.key.is_none() {
+            return Err(invalid(
+                "signing.key",
+                "a [[repository]] is configured, so hexmirror needs its RSA signing key: \
+                 run `hexmirror keygen --out DIR` and set signing.key"
+                    .into(),
+            ));
+        }
+        if let Some(key) = &signing.key {
+            let pem = std::fs::read_to_string(key).map_err(|e| {
+                invalid(
+                    "signing.key",
+                    format!("cannot read key file {}: {e}", key.display()),
+                )
+            })?;
+            crate::registry::SigningKey::from_pem(&pem)
+                .map_err(|e| invalid("signing.key", format!("{}: {e}", key.display())))?;
+        }
+
         Ok(Self {
+            signing,
+            repositories,
             source: source.map(Path::to_owned),
             data_dir,
             listen,

@@ -10,15 +10,25 @@
 //!   retries with backoff, bounded concurrency.
 //! - [`store`]: the data directory: content-addressed blobs, the served tree
 //!   (atomic writes), and the SQLite state database.
-//! - [`sync`]: plans and runs a mirror sync from upstream into the store.
+//! - [`sync`]: plans and runs a mirror sync, publishing one new generation.
+//! - [`index`]: PURE. Builds the curated, re-signed files of our own repositories.
+//! - [`keyfiles`]: key files on disk (mode 0600, never overwritten).
 //! - [`server`]: the read-only HTTP server over the served tree.
+//! - [`manifest`]: PURE. The Ed25519-signed snapshot manifest of a generation.
+//! - [`version`]: PURE. Hex versions and requirements (Elixir semantics).
+//! - [`verify`]: checks a served tree, local or remote, against its manifest.
 //! - [`cli`]: the command line, the only place that uses `anyhow`.
 
 pub mod cli;
 pub mod config;
+pub mod index;
+pub mod keyfiles;
+pub mod manifest;
 pub mod registry;
 pub mod server;
 pub mod store;
 pub mod sync;
 pub mod tarball;
 pub mod upstream;
+pub mod verify;
+pub mod version;

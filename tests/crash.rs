@@ -15,12 +15,12 @@ use common::*;
 use hexmirror::registry::{PublicKey, verify_package};
 use sha2::{Digest, Sha256};
 
-/// Twelve packages of three releases: enough tarballs to kill a sync in
-/// the middle of them.
-fn spec() -> String {
+/// Twelve packages of `versions` releases each: enough tarballs to kill a
+/// sync in the middle of them.
+fn spec(versions: &[&str]) -> String {
     let mut spec = String::new();
     for p in 0..12 {
-        for v in ["1.0.0", "1.1.0", "2.0.0"] {
+        for v in versions {
             let deps = if p > 0 {
                 format!("[{{\"pkg{}\", \"~> 1.0\", false}}]", p - 1)
             } else {
@@ -35,7 +35,7 @@ fn spec() -> String {
 /// Checks the invariant clients rely on: every package record in the tree
 /// verifies and every tarball it names is in the tree with the signed
 /// checksum; `names`/`versions`, when present, are the upstream's.
-fn assert_tree_is_usable(tree: &Path, upstream: &Path) {
+fn assert_tree_is_usable(tree: &Path, upstream: &Path, index_current: bool) {
     let key =
         PublicKey::from_pem(&fs::read_to_string(fixture_key("upstream.pub.pem")).unwrap()).unwrap();
     for entry in fs::read_dir(tree.join("packages")).unwrap() {
@@ -57,11 +57,10 @@ fn assert_tree_is_usable(tree: &Path, upstream: &Path) {
             );
         }
     }
-    for index in ["names", "versions"] {
-        if let Ok(bytes) = fs::read(tree.join(index)) {
-            assert_eq!(bytes, fs::read(upstream.join(index)).unwrap(), "{index}");
-        }
-    }
+    // `/names` does not change when releases are added; `/versions` does.
+    let versions = fs::read(tree.join("versions")).unwrap();
+    let same = versions == fs::read(upstream.join("versions")).unwrap();
+    assert_eq!(same, index_current, "versions is from the wrong generation");
     let leftovers: Vec<_> = fs::read_dir(tree.join("tarballs"))
         .unwrap()
         .chain(fs::read_dir(tree.join("packages")).unwrap())
@@ -113,57 +112,83 @@ fn kill_after_tarballs(mirror: &Mirror, upstream: &TestUpstream, tarballs: usize
 
 #[test]
 fn kill_9_mid_sync_leaves_a_usable_tree_and_the_next_sync_resumes() {
-    let upstream = TestUpstream::build(&spec());
+    let upstream = TestUpstream::build(&spec(&["1.0.0", "1.1.0"]));
     let mirror = Mirror::new(&upstream, "");
-    upstream.delay("/tarballs/", Duration::from_millis(40));
+    let first = mirror.sync();
+    assert!(first.ok(), "{first}");
+    let served_before: Vec<(String, Vec<u8>)> = repository_files(&mirror.tree());
 
-    // Kill twice, at different depths, before letting a sync finish.
-    for tarballs in [4, 15] {
-        kill_after_tarballs(&mirror, &upstream, tarballs);
-        assert_tree_is_usable(&mirror.tree(), upstream.dir());
+    // The upstream moves on: a new release of every package.
+    rebuild_upstream(&upstream, &spec(&["1.0.0", "1.1.0", "2.0.0"]));
+    upstream.delay("/tarballs/", Duration::from_millis(40));
+    // Kill twice, each time after some new tarballs were verified and stored.
+    for _ in 0..2 {
+        kill_after_tarballs(&mirror, &upstream, 4);
+        // Clients still get the last good generation, whole and unchanged.
+        assert_tree_is_usable(&mirror.tree(), upstream.dir(), false);
+        assert_eq!(repository_files(&mirror.tree()), served_before);
     }
     let verified_before = stored_blobs(&mirror.data_dir());
-    assert!(
-        !verified_before.is_empty(),
-        "the killed syncs stored nothing"
-    );
-    // The kills landed mid-sync: some records published, not all, no index.
-    let published = fs::read_dir(mirror.tree().join("packages"))
-        .unwrap()
-        .count();
-    assert!(
-        (1..12).contains(&published),
-        "{published} of 12 records published"
-    );
-    assert!(!mirror.tree().join("versions").exists());
 
     upstream.delay("/tarballs/", Duration::ZERO);
     upstream.clear_log();
     let out = mirror.sync();
     assert!(out.ok(), "{out}");
-    assert_tree_is_usable(&mirror.tree(), upstream.dir());
+    assert_tree_is_usable(&mirror.tree(), upstream.dir(), true);
 
-    // Nothing already verified was downloaded again.
-    for req in upstream.requests() {
-        if let Some(file) = req.path.strip_prefix("/tarballs/") {
+    // Exactly the new releases the killed syncs had not stored were fetched:
+    // nothing already verified was downloaded again.
+    let fetched: BTreeSet<String> = upstream
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.path.strip_prefix("/tarballs/").map(str::to_owned))
+        .collect();
+    let missing: BTreeSet<String> = (0..12)
+        .map(|p| format!("pkg{p}-2.0.0.tar"))
+        .filter(|file| {
             let bytes = fs::read(upstream.dir().join("tarballs").join(file)).unwrap();
-            let sha = hex::encode(Sha256::digest(&bytes));
-            assert!(
-                !verified_before.contains(&sha),
-                "{file} was fetched again after the crash"
-            );
+            !verified_before.contains(&hex::encode(Sha256::digest(&bytes)))
+        })
+        .collect();
+    assert!(missing.len() < 12, "the killed syncs stored no new tarball");
+    assert_eq!(fetched, missing);
+    // The tree is now the complete mirror, and hexmirror verify agrees.
+    let upstream_files: Vec<_> = repository_files(upstream.dir())
+        .into_iter()
+        .filter(|(p, _)| p != "public_key")
+        .collect();
+    let mirrored: Vec<_> = repository_files(&mirror.tree())
+        .into_iter()
+        .filter(|(p, _)| p != "public_key")
+        .collect();
+    assert_eq!(upstream_files, mirrored);
+    let verify = hexmirror()
+        .args(["verify", "--config"])
+        .arg(mirror.config())
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+/// Every registry file and tarball under `root`, with its bytes, sorted.
+fn repository_files(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for top in ["names", "versions", "public_key"] {
+        if let Ok(bytes) = fs::read(root.join(top)) {
+            out.push((top.to_string(), bytes));
         }
     }
-    // And the tree is now the complete mirror.
     for sub in ["packages", "tarballs"] {
-        for entry in fs::read_dir(upstream.dir().join(sub)).unwrap() {
+        for entry in fs::read_dir(root.join(sub)).into_iter().flatten() {
             let entry = entry.unwrap();
-            let mirrored = mirror.tree().join(sub).join(entry.file_name());
-            assert_eq!(
-                fs::read(entry.path()).unwrap(),
-                fs::read(&mirrored).unwrap()
-            );
+            let name = format!("{sub}/{}", entry.file_name().to_string_lossy());
+            out.push((name, fs::read(entry.path()).unwrap()));
         }
     }
-    assert!(mirror.tree().join("names").is_file());
+    out.sort();
+    out
 }

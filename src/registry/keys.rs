@@ -1,11 +1,22 @@
 //! RSA keys as Hex uses them: PEM in, PKCS#1 v1.5 SHA-512 signatures out.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use rand::rngs::OsRng;
 use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
 use rsa::pkcs1v15;
-use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePublicKey, LineEnding};
+use rsa::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
 use rsa::signature::{SignatureEncoding, Signer, Verifier};
+use rsa::traits::PublicKeyParts;
 use rsa::{RsaPrivateKey, RsaPublicKey};
-use sha2::Sha512;
+use sha2::{Digest, Sha256, Sha512};
+
+/// Key sizes `generate_rsa` accepts. Gleam's client verifies only
+/// `RSA_PKCS1_2048_8192_SHA512` (HEX-FORMAT.md 3.2), so a key outside this
+/// range would lock some clients out of the mirror.
+pub const RSA_BITS: std::ops::RangeInclusive<usize> = 2048..=8192;
 
 /// hex.pm's repository key (RSA-2048, SPKI), as published on hex.pm and
 /// built into Hex, rebar3 and hex_core. The default upstream key.
@@ -33,6 +44,33 @@ pub enum KeyError {
         "not an RSA private key in PEM form (expected `BEGIN PRIVATE KEY` or `BEGIN RSA PRIVATE KEY`)"
     )]
     NotPrivateKey,
+    /// `generate_rsa` was asked for a size stock Hex clients cannot all verify.
+    #[error(
+        "cannot generate a {bits}-bit RSA key: Hex clients need 2048 to 8192 bits (4096 is a safe choice)"
+    )]
+    UnsupportedSize {
+        /// The size asked for.
+        bits: usize,
+    },
+    /// The RSA library failed to generate a key (for example, no system randomness).
+    #[error("generating a {bits}-bit RSA key failed: {source}")]
+    Generate {
+        /// The size asked for.
+        bits: usize,
+        /// The library's reason.
+        source: rsa::Error,
+    },
+}
+
+/// Generates a new RSA signing key of `bits` bits from the operating system's
+/// random source. Slow: seconds for 4096 bits, so run it off the async runtime.
+pub fn generate_rsa(bits: usize) -> Result<SigningKey, KeyError> {
+    if !RSA_BITS.contains(&bits) {
+        return Err(KeyError::UnsupportedSize { bits });
+    }
+    let rsa = RsaPrivateKey::new(&mut OsRng, bits)
+        .map_err(|source| KeyError::Generate { bits, source })?;
+    Ok(SigningKey::from_rsa(rsa))
 }
 
 /// An RSA public key that verifies Hex registry signatures.
@@ -78,6 +116,47 @@ impl PublicKey {
     pub fn spki_pem(&self) -> &str {
         &self.spki_pem
     }
+
+    /// The fingerprint `mix hex.repo add --fetch-public-key` compares, and
+    /// `ssh-keygen -lf` prints: `SHA256:` and unpadded base64 of SHA-256 over
+    /// the key's SSH wire encoding (HEX-FORMAT.md 3.2), not over PEM or DER.
+    pub fn fingerprint(&self) -> String {
+        let rsa: &RsaPublicKey = self.key.as_ref();
+        // RFC 4253 6.6 "ssh-rsa": string "ssh-rsa", mpint e, mpint n.
+        let mut wire = Vec::with_capacity(rsa.size() + 32);
+        put_ssh_string(&mut wire, b"ssh-rsa");
+        put_ssh_mpint(&mut wire, &rsa.e().to_bytes_be());
+        put_ssh_mpint(&mut wire, &rsa.n().to_bytes_be());
+        format!("SHA256:{}", STANDARD_NO_PAD.encode(Sha256::digest(&wire)))
+    }
+}
+
+/// RFC 4251 `string`: u32 big-endian length, then the bytes.
+fn put_ssh_string(out: &mut Vec<u8>, bytes: &[u8]) {
+    // RSA components are at most a few KB, far below u32::MAX.
+    let len = u32::try_from(bytes.len()).unwrap_or_else(|_| unreachable!("key component < 4 GiB"));
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// RFC 4251 `mpint` for a non-negative big-endian magnitude: no leading zero
+/// bytes, except one 0x00 when the top bit is set (else it would read as
+/// negative); zero is the empty string. A different encoding would give a
+/// fingerprint that matches no client's.
+fn put_ssh_mpint(out: &mut Vec<u8>, magnitude: &[u8]) {
+    let first = magnitude
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(magnitude.len());
+    let digits = &magnitude[first..];
+    if digits.first().is_some_and(|&b| b & 0x80 != 0) {
+        let mut padded = Vec::with_capacity(digits.len() + 1);
+        padded.push(0);
+        padded.extend_from_slice(digits);
+        put_ssh_string(out, &padded);
+    } else {
+        put_ssh_string(out, digits);
+    }
 }
 
 /// An RSA private key that signs registry payloads.
@@ -101,11 +180,27 @@ impl SigningKey {
         let rsa = RsaPrivateKey::from_pkcs8_pem(pem)
             .or_else(|_| RsaPrivateKey::from_pkcs1_pem(pem))
             .map_err(|_| KeyError::NotPrivateKey)?;
+        Ok(Self::from_rsa(rsa))
+    }
+
+    fn from_rsa(rsa: RsaPrivateKey) -> Self {
         let public = PublicKey::from_rsa(rsa.to_public_key());
-        Ok(Self {
+        Self {
             key: pkcs1v15::SigningKey::new(rsa),
             public,
-        })
+        }
+    }
+
+    /// The key as PKCS#8 PEM (`BEGIN PRIVATE KEY`), LF line endings, for the
+    /// key file. The caller owns the secret from here: write it with mode 0600.
+    pub fn to_pkcs8_pem(&self) -> String {
+        let rsa: &RsaPrivateKey = self.key.as_ref();
+        // Encoding a valid in-memory key into DER/PEM cannot fail; a test
+        // round-trips generated keys.
+        let pem = rsa
+            .to_pkcs8_pem(LineEnding::LF)
+            .unwrap_or_else(|_| unreachable!("a parsed or generated RSA key encodes as PKCS#8"));
+        pem.as_str().to_owned()
     }
 
     /// PKCS#1 v1.5 SHA-512 signature of `payload`.
@@ -147,5 +242,117 @@ mod tests {
             PublicKey::from_pem(include_str!("../../tests/fixtures/keys/upstream.pem")).is_err()
         );
         assert!(SigningKey::from_pem(HEXPM_PUBLIC_KEY).is_err());
+    }
+
+    #[test]
+    fn generated_key_round_trips_through_pkcs8_pem() {
+        let sk = generate_rsa(2048).unwrap();
+        let pem = sk.to_pkcs8_pem();
+        assert!(
+            pem.starts_with("-----BEGIN PRIVATE KEY-----\n"),
+            "PKCS#8, not PKCS#1"
+        );
+        assert!(pem.ends_with("-----END PRIVATE KEY-----\n"));
+        let back = SigningKey::from_pem(&pem).unwrap();
+        assert_eq!(back.public_key().spki_pem(), sk.public_key().spki_pem());
+        let sig = sk.sign(b"payload");
+        assert!(back.public_key().verify(b"payload", &sig));
+        assert_eq!(
+            back.sign(b"payload"),
+            sig,
+            "same key, same deterministic signature"
+        );
+        // Its public half loads the way a client would load `/public_key`.
+        let public = PublicKey::from_pem(sk.public_key().spki_pem()).unwrap();
+        assert!(public.verify(b"payload", &sig));
+        assert!(format!("{sk:?}").len() < 20, "Debug shows no key material");
+    }
+
+    #[test]
+    fn generated_keys_differ() {
+        let a = generate_rsa(2048).unwrap();
+        let b = generate_rsa(2048).unwrap();
+        assert_ne!(a.public_key().fingerprint(), b.public_key().fingerprint());
+    }
+
+    #[test]
+    fn refuses_sizes_clients_cannot_verify() {
+        for bits in [0, 512, 1024, 2047, 8200, 16384] {
+            assert!(
+                matches!(generate_rsa(bits), Err(KeyError::UnsupportedSize { bits: b }) if b == bits),
+                "{bits}"
+            );
+        }
+    }
+
+    #[test]
+    fn pkcs8_export_of_a_pkcs1_fixture_is_the_same_key() {
+        let sk =
+            SigningKey::from_pem(include_str!("../../tests/fixtures/keys/upstream.pem")).unwrap();
+        let back = SigningKey::from_pem(&sk.to_pkcs8_pem()).unwrap();
+        assert_eq!(back.sign(b"x"), sk.sign(b"x"));
+    }
+
+    #[test]
+    fn hexpm_fingerprint_matches_the_published_one() {
+        // HEX-FORMAT.md 3.1; also what `ssh-keygen -lf` prints for the key.
+        assert_eq!(
+            PublicKey::hexpm().fingerprint(),
+            "SHA256:O1LOYhHFW4kcrblKAxROaDEzLD8bn1seWbe5tq8TRsk"
+        );
+    }
+
+    #[test]
+    fn fixture_fingerprints_match_ssh_keygen() {
+        // Expected values from OpenSSH:
+        //   ssh-keygen -i -m PKCS8 -f upstream.pub.pem > /tmp/x.pub; ssh-keygen -lf /tmp/x.pub
+        // (and the same for other.pub.pem).
+        let cases = [
+            (
+                include_str!("../../tests/fixtures/keys/upstream.pub.pem"),
+                "SHA256:cxgWhb2Pl5QJw1YdgP19OHKXcbDPzs+DRXj+cao7K/M",
+            ),
+            (
+                include_str!("../../tests/fixtures/keys/upstream.pkcs1.pub.pem"),
+                "SHA256:cxgWhb2Pl5QJw1YdgP19OHKXcbDPzs+DRXj+cao7K/M",
+            ),
+            (
+                include_str!("../../tests/fixtures/keys/other.pub.pem"),
+                "SHA256:iJ6uZUei0wQlpWJi4vmlF6LS5BYphZSD9jKFd4whsi4",
+            ),
+        ];
+        for (pem, expected) in cases {
+            assert_eq!(PublicKey::from_pem(pem).unwrap().fingerprint(), expected);
+        }
+        let sk =
+            SigningKey::from_pem(include_str!("../../tests/fixtures/keys/upstream.pem")).unwrap();
+        assert_eq!(sk.public_key().fingerprint(), cases[0].1);
+    }
+
+    #[test]
+    fn mpint_encoding_follows_rfc_4251() {
+        // RFC 4251 section 5 examples.
+        let enc = |m: &[u8]| {
+            let mut out = Vec::new();
+            put_ssh_mpint(&mut out, m);
+            out
+        };
+        assert_eq!(enc(&[]), [0, 0, 0, 0]);
+        assert_eq!(enc(&[0, 0]), [0, 0, 0, 0], "zero is the empty string");
+        assert_eq!(
+            enc(&[0x80]),
+            [0, 0, 0, 2, 0x00, 0x80],
+            "high bit gets a 0x00"
+        );
+        assert_eq!(
+            enc(&[0x00, 0x7f]),
+            [0, 0, 0, 1, 0x7f],
+            "leading zeros dropped"
+        );
+        assert_eq!(
+            enc(&[0x09, 0xa3, 0x78, 0xf9, 0xb2, 0xe3, 0x32, 0xa7]),
+            [0, 0, 0, 8, 0x09, 0xa3, 0x78, 0xf9, 0xb2, 0xe3, 0x32, 0xa7]
+        );
+        assert_eq!(enc(&[0x01, 0x00, 0x01]), [0, 0, 0, 3, 1, 0, 1], "e = 65537");
     }
 }

@@ -300,6 +300,8 @@ fn cache_control(target: &FileTarget) -> HeaderValue {
         (false, Kind::Docs) => "public, max-age=86400",
         (true, Kind::Registry | Kind::PublicKey) => "private, max-age=3600",
         (true, Kind::Tarball | Kind::Docs) => "private, max-age=86400",
+        // Changes with every generation: caches must ask again each time.
+        (_, Kind::Manifest) => "no-cache",
     };
     HeaderValue::from_static(value)
 }
@@ -307,6 +309,7 @@ fn cache_control(target: &FileTarget) -> HeaderValue {
 fn content_type(kind: Kind) -> HeaderValue {
     match kind {
         Kind::PublicKey => HeaderValue::from_static("text/plain; charset=utf-8"),
+        Kind::Manifest => HeaderValue::from_static("application/json"),
         Kind::Registry | Kind::Tarball | Kind::Docs => {
             HeaderValue::from_static("application/octet-stream")
         }

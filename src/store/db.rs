@@ -92,6 +92,10 @@ CREATE TABLE IF NOT EXISTS syncs (
     finished_at INTEGER, status TEXT NOT NULL DEFAULT 'running',
     packages INTEGER, releases INTEGER, bytes INTEGER, requests INTEGER,
     skipped INTEGER, failed INTEGER);
+CREATE TABLE IF NOT EXISTS signed_cache (
+    repository TEXT NOT NULL, package TEXT NOT NULL, source_sha256 TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, signed_sha256 TEXT NOT NULL,
+    PRIMARY KEY (repository, package));
 CREATE TABLE IF NOT EXISTS failures (
     sync_id INTEGER NOT NULL, package TEXT NOT NULL, version TEXT,
     message TEXT NOT NULL);
@@ -273,6 +277,57 @@ pub fn record_blob(conn: &Connection, sha256: &[u8; 32], size: u64) -> rusqlite:
         params![hex::encode(sha256), size as i64, now()],
     )?;
     Ok(())
+}
+
+/// A re-signed record of one of our repositories and what it was made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedCacheRow {
+    /// Our repository.
+    pub repository: String,
+    /// The package.
+    pub package: String,
+    /// SHA-256 of the upstream record it was built from.
+    pub source_sha256: String,
+    /// Key, name and curation it was built with.
+    pub fingerprint: String,
+    /// SHA-256 of the signed file (a blob).
+    pub signed_sha256: String,
+}
+
+/// The whole signed-record cache.
+pub fn signed_cache(conn: &Connection) -> rusqlite::Result<Vec<SignedCacheRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT repository, package, source_sha256, fingerprint, signed_sha256 FROM signed_cache",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(SignedCacheRow {
+            repository: r.get(0)?,
+            package: r.get(1)?,
+            source_sha256: r.get(2)?,
+            fingerprint: r.get(3)?,
+            signed_sha256: r.get(4)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Replaces the signed-record cache with `rows`, in one transaction.
+pub fn set_signed_cache(conn: &mut Connection, rows: &[SignedCacheRow]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM signed_cache", [])?;
+    for r in rows {
+        tx.execute(
+            "INSERT OR REPLACE INTO signed_cache VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                r.repository,
+                r.package,
+                r.source_sha256,
+                r.fingerprint,
+                r.signed_sha256
+            ],
+        )?;
+    }
+    tx.commit()
 }
 
 /// Starts a sync in the history; returns its id.

@@ -3,9 +3,12 @@
 //! name them, records before `/names` and `/versions`), then sweep what the
 //! upstream no longer has.
 
+mod fetch;
 pub mod plan;
 mod progress;
+mod publish;
 mod run;
 
 pub use progress::Progress;
+pub use publish::PublishError;
 pub use run::{Failure, Summary, SyncError, Unreachable, run};

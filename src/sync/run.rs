@@ -1,27 +1,32 @@
-//! Carries out one sync. See the module doc of [`crate::sync`] for the order
-//! of writes that keeps the served tree usable at every instant.
+//! Carries out one sync: index, plan, packages, then one new generation.
+//! See the module doc of [`crate::sync`] for why the order keeps clients safe.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::Progress;
+use super::fetch::{Ctx, Outcome, PackageUpdate, blocking, sync_package};
 use super::plan;
+use super::publish::{self, IndexFiles, Inputs, PublishError};
 use crate::config::Config;
-use crate::registry::{self, PackageName, PublicKey, is_valid_version};
-use crate::store::db::{self, PackageState, SyncRecord};
-use crate::store::{self, Db, DbError, Store, StoreError};
+use crate::manifest::{self, UpstreamState};
+use crate::registry::{self, PackageName};
+use crate::store::db::{self, SyncRecord};
+use crate::store::{self, Db, DbError, FileMap, FileRef, MANIFEST_FILE, Store, StoreError};
 use crate::tarball;
 use crate::upstream::{Fetched, Upstream, UpstreamError, Validators};
 
 /// Largest `/names` or `/versions` body accepted from upstream.
 const INDEX_LIMIT: u64 = 64 << 20;
-/// Largest `/packages/NAME` body accepted from upstream.
-const PACKAGE_LIMIT: u64 = 16 << 20;
+/// Generations kept at least, whatever their age (the current one included).
+const KEEP_GENERATIONS: usize = 3;
 
 /// A problem that stops the whole sync. The served tree is left as it was.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +62,12 @@ pub enum SyncError {
     /// The upstream has no `/names` or `/versions`.
     #[error("{0}: not found (404); is upstream.url the root of a Hex repository?")]
     IndexMissing(String),
+    /// The new generation could not be published.
+    #[error("{0}; the served tree was left as it was")]
+    Publish(#[from] PublishError),
+    /// A worker task died (a bug).
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// One package or release that could not be mirrored.
@@ -88,6 +99,10 @@ pub struct Summary {
     pub up_to_date: bool,
     /// `/names` and `/versions` were published (no failures).
     pub index_published: bool,
+    /// The generation served after this sync.
+    pub generation: u64,
+    /// A new generation was switched in.
+    pub generation_published: bool,
     /// Packages in the mirror after this sync.
     pub packages: u64,
     /// Package records fetched and published.
@@ -98,7 +113,7 @@ pub struct Summary {
     pub releases_fetched: u64,
     /// Releases whose verified tarball was already stored.
     pub releases_reused: u64,
-    /// Tree files removed because the upstream dropped them.
+    /// Packages that left the mirror.
     pub removed: u64,
     /// Body bytes received.
     pub bytes: u64,
@@ -112,60 +127,49 @@ pub struct Summary {
     pub elapsed: Duration,
 }
 
-#[derive(Clone)]
-struct Ctx {
-    store: Arc<Store>,
-    db: Db,
-    upstream: Upstream,
-    key: PublicKey,
-    repository: Arc<str>,
-    limits: Arc<tarball::Limits>,
-    /// Tarball bodies held in memory between download and storage.
-    tarball_slots: Arc<Semaphore>,
+fn internal(e: String) -> SyncError {
+    SyncError::Internal(e)
 }
 
-/// Result of working on one package.
-struct Outcome {
-    name: String,
-    deps: Vec<(String, Option<String>)>,
-    published: bool,
-    fetched: u64,
-    reused: u64,
-    failures: Vec<Failure>,
-}
-
-impl Outcome {
-    fn failed(name: &PackageName, version: Option<&str>, reason: String) -> Self {
-        Self {
-            name: name.to_string(),
-            deps: vec![],
-            published: false,
-            fetched: 0,
-            reused: 0,
-            failures: vec![Failure {
-                package: name.to_string(),
-                version: version.map(str::to_owned),
-                reason,
-            }],
+/// Identifies the configuration a complete sync was made with: a change of
+/// upstream, selection, repositories or keys forces a full pass.
+fn fingerprint(config: &Config) -> String {
+    let mut h = Sha256::new();
+    h.update(config.upstream.url.as_bytes());
+    h.update([0]);
+    h.update(config.upstream.repository.as_bytes());
+    h.update([0]);
+    match &config.mirror.packages {
+        None => h.update(b"*"),
+        Some(set) => set.iter().for_each(|p| {
+            h.update(p.as_str().as_bytes());
+            h.update([1]);
+        }),
+    }
+    for repo in &config.repositories {
+        h.update([2]);
+        h.update(repo.name.as_bytes());
+        for p in repo.packages.iter().flatten() {
+            h.update([3]);
+            h.update(p.as_bytes());
+        }
+        for d in &repo.deny {
+            h.update([4]);
+            h.update(d.to_string().as_bytes());
         }
     }
+    if let Some(key) = &config.signing.key {
+        h.update([5]);
+        h.update(std::fs::read(key).unwrap_or_default());
+    }
+    hex::encode(h.finalize())
 }
 
-fn fingerprint(config: &Config) -> String {
-    let selection = match &config.mirror.packages {
-        None => "*".to_string(),
-        Some(set) => set.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(","),
-    };
-    format!(
-        "{}|{}|{}",
-        config.upstream.url, config.upstream.repository, selection
-    )
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| format!("internal error: worker task failed: {e}"))
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Runs one sync of `config`'s upstream into its data directory.
@@ -174,7 +178,7 @@ pub async fn run(config: &Config, progress: &Progress) -> Result<Summary, SyncEr
     let data_dir = config.data_dir.clone();
     let store = blocking(move || Store::open(&data_dir))
         .await
-        .map_err(|e| SyncError::Store(io_panic(&config.data_dir, e)))??;
+        .map_err(internal)??;
     let _lock = store
         .try_lock()?
         .ok_or_else(|| SyncError::Locked(config.data_dir.clone()))?;
@@ -208,8 +212,8 @@ pub async fn run(config: &Config, progress: &Progress) -> Result<Summary, SyncEr
         }
     };
     let traffic = ctx.upstream.traffic();
-    summary.bytes = traffic.bytes.load(std::sync::atomic::Ordering::Relaxed);
-    summary.requests = traffic.requests.load(std::sync::atomic::Ordering::Relaxed);
+    summary.bytes = traffic.bytes.load(Ordering::Relaxed);
+    summary.requests = traffic.requests.load(Ordering::Relaxed);
     summary.elapsed = started.elapsed();
     let record = SyncRecord {
         status: if summary.up_to_date {
@@ -238,45 +242,96 @@ pub async fn run(config: &Config, progress: &Progress) -> Result<Summary, SyncEr
     Ok(summary)
 }
 
-fn io_panic(path: &std::path::Path, msg: String) -> StoreError {
-    StoreError {
-        action: "open data directory",
-        path: path.to_owned(),
-        source: std::io::Error::other(msg),
+/// The current generation as the next one starts from it.
+struct Previous {
+    files: FileMap,
+    version: u64,
+    expires_at: u64,
+}
+
+/// Reads the current generation's manifest. One that does not verify (a
+/// rotated manifest key, a damaged disk) is not trusted as a file list: the
+/// sync then starts from nothing and reuses verified blobs.
+fn load_previous(store: &Store, key: &manifest::ManifestPublicKey) -> Previous {
+    let empty = Previous {
+        files: FileMap::new(),
+        version: 0,
+        expires_at: 0,
+    };
+    let Ok(Some((id, dir))) = store.current() else {
+        return empty;
+    };
+    let path = dir.join(MANIFEST_FILE);
+    let parsed = std::fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| manifest::verify(&bytes, key, 0, None).map_err(|e| e.to_string()));
+    let m = match parsed {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "current manifest unusable ({e}); rebuilding from the upstream");
+            return Previous {
+                version: id,
+                ..empty
+            };
+        }
+    };
+    let files = m
+        .files
+        .iter()
+        .filter_map(|(p, f)| {
+            let sha: [u8; 32] = hex::decode(&f.sha256).ok()?.try_into().ok()?;
+            Some((
+                p.clone(),
+                FileRef {
+                    sha256: sha,
+                    size: f.size,
+                },
+            ))
+        })
+        .collect();
+    Previous {
+        files,
+        version: m.version.max(id),
+        expires_at: m.expires_at,
     }
 }
 
-/// A verified index file and, when it was fetched anew, its body and validators.
-struct IndexFile<T> {
-    value: T,
-    fresh: Option<(Vec<u8>, Validators)>,
+/// A verified-to-be-fetched index file and, when it came anew, its validators.
+struct IndexFile {
+    value: Vec<u8>,
+    fresh: Option<Validators>,
 }
 
 async fn fetch_index(
     ctx: &Ctx,
     what: &'static str,
+    prev: Option<FileRef>,
     validators: &Validators,
-) -> Result<IndexFile<Vec<u8>>, SyncError> {
+) -> Result<IndexFile, SyncError> {
+    let validators = if prev.is_some() {
+        validators.clone()
+    } else {
+        Validators::default()
+    };
     match ctx
         .upstream
-        .get(what, validators, INDEX_LIMIT)
+        .get(what, &validators, INDEX_LIMIT)
         .await
         .map_err(SyncError::IndexFetch)?
     {
         Fetched::Body { body, validators } => Ok(IndexFile {
-            value: body.clone(),
-            fresh: Some((body, validators)),
+            value: body,
+            fresh: Some(validators),
         }),
         Fetched::NotModified => {
+            let Some(prev) = prev else {
+                return Err(SyncError::Internal(format!("{what}: unexpected 304")));
+            };
             let store = ctx.store.clone();
-            let bytes = blocking(move || store.read_tree_file(what))
+            let value = blocking(move || store.read_blob(&prev.sha256))
                 .await
-                .map_err(|e| SyncError::Store(io_panic(ctx.store.tree(), e)))??;
-            match bytes {
-                Some(value) => Ok(IndexFile { value, fresh: None }),
-                // The tree lost its copy since we asked conditionally; ask again.
-                None => Box::pin(fetch_index(ctx, what, &Validators::default())).await,
-            }
+                .map_err(internal)??;
+            Ok(IndexFile { value, fresh: None })
         }
         Fetched::NotFound => Err(SyncError::IndexMissing(ctx.upstream.url(what))),
     }
@@ -284,37 +339,58 @@ async fn fetch_index(
 
 async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary, SyncError> {
     let mut summary = Summary::default();
+    let cfg = config.clone();
+    let manifest_key = blocking(move || publish::manifest_key(&cfg))
+        .await
+        .map_err(internal)??;
+    let public = manifest_key.public();
+    let store = ctx.store.clone();
+    let prev = blocking(move || load_previous(&store, &public))
+        .await
+        .map_err(internal)?;
     let fp = fingerprint(config);
-    let (names_v, versions_v, last_fp) = {
-        let have_index =
-            ctx.store.tree_file_exists("names") && ctx.store.tree_file_exists("versions");
-        ctx.db
-            .call(move |c| {
-                if !have_index {
-                    return Ok((Validators::default(), Validators::default(), None));
-                }
-                Ok((
-                    db::validators(c, "names")?,
-                    db::validators(c, "versions")?,
-                    db::meta(c, "complete_selection")?,
-                ))
-            })
-            .await?
-    };
+    let (names_v, versions_v, last_fp, last_version) = ctx
+        .db
+        .call(|c| {
+            Ok((
+                db::validators(c, "names")?,
+                db::validators(c, "versions")?,
+                db::meta(c, "complete_selection")?,
+                db::meta(c, "manifest_version")?,
+            ))
+        })
+        .await?;
+    let prev_version = prev
+        .version
+        .max(last_version.and_then(|v| v.parse().ok()).unwrap_or(0));
+    summary.generation = prev_version;
     let (names, versions) = tokio::try_join!(
-        fetch_index(ctx, "names", &names_v),
-        fetch_index(ctx, "versions", &versions_v)
+        fetch_index(ctx, "names", prev.files.get("names").copied(), &names_v),
+        fetch_index(
+            ctx,
+            "versions",
+            prev.files.get("versions").copied(),
+            &versions_v
+        )
     )?;
-    if names.fresh.is_none() && versions.fresh.is_none() && last_fp.as_deref() == Some(&fp) {
+    let manifest_due = prev.files.is_empty()
+        || prev.expires_at.saturating_sub(now()) < config.signing.manifest_expiry.as_secs() / 2;
+    let unchanged =
+        names.fresh.is_none() && versions.fresh.is_none() && last_fp.as_deref() == Some(&fp);
+    if unchanged && !manifest_due {
         tracing::info!("upstream unchanged since the last complete sync");
         summary.up_to_date = true;
         summary.index_published = true;
-        summary.packages = ctx.db.call(|c| db::packages(c)).await?.len() as u64;
+        summary.packages = prev
+            .files
+            .keys()
+            .filter(|p| p.starts_with("packages/"))
+            .count() as u64;
         return Ok(summary);
     }
 
     let (key, repo) = (ctx.key.clone(), ctx.repository.clone());
-    let (names_bytes, versions_bytes) = (names.value, versions.value);
+    let (names_bytes, versions_bytes) = (names.value.clone(), versions.value.clone());
     let (names_url, versions_url) = (ctx.upstream.url("names"), ctx.upstream.url("versions"));
     let (names_p, versions_p) = blocking(move || {
         let n = registry::verify_names(&names_bytes, &key, &repo).map_err(|source| {
@@ -334,7 +410,7 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
         Ok::<_, SyncError>((n.into_inner(), v.into_inner()))
     })
     .await
-    .map_err(|e| SyncError::Store(io_panic(ctx.store.tree(), e)))??;
+    .map_err(internal)??;
     let remote = plan::remote_index(&names_p, &versions_p);
     tracing::info!(
         packages = remote.len(),
@@ -342,6 +418,124 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
         "upstream index verified"
     );
 
+    let (updates, wanted) = if unchanged {
+        // Only the manifest is due: same files, fresh signature.
+        let wanted = prev
+            .files
+            .keys()
+            .filter_map(|p| p.strip_prefix("packages/").map(str::to_owned))
+            .collect();
+        (BTreeMap::new(), wanted)
+    } else {
+        sync_packages(ctx, config, progress, &prev.files, &remote, &mut summary).await?
+    };
+    summary.packages = wanted.len() as u64;
+
+    let index = if summary.failures.is_empty() {
+        let store = ctx.store.clone();
+        let (n, v) = (names.value.clone(), versions.value.clone());
+        let (names_ref, versions_ref) =
+            blocking(move || Ok::<_, StoreError>((store.put_bytes(&n)?, store.put_bytes(&v)?)))
+                .await
+                .map_err(internal)??;
+        Some(IndexFiles {
+            names: names_ref,
+            versions: versions_ref,
+            wanted: wanted.clone(),
+        })
+    } else {
+        tracing::warn!(
+            failures = summary.failures.len(),
+            "not publishing /names and /versions: some packages failed; the previous index stays served"
+        );
+        None
+    };
+    let etag = |fresh: &Option<Validators>, stored: &Validators| {
+        fresh
+            .as_ref()
+            .map_or_else(|| stored.etag.clone(), |v| v.etag.clone())
+    };
+    let inputs = Inputs {
+        prev: prev.files.clone(),
+        prev_version,
+        updates: updates.clone(),
+        index,
+        upstream_names: names_p,
+        upstream_state: UpstreamState {
+            url: config.upstream.url.clone(),
+            names_etag: etag(&names.fresh, &names_v),
+            versions_etag: etag(&versions.fresh, &versions_v),
+            synced_at: now(),
+        },
+        signed_cache: ctx.db.call(|c| db::signed_cache(c)).await?,
+    };
+    let published_index = inputs.index.is_some();
+    let (store, cfg) = (ctx.store.clone(), config.clone());
+    let published = blocking(move || publish::publish(&store, &cfg, inputs, manifest_due))
+        .await
+        .map_err(internal)??;
+    summary.generation = published.version;
+    summary.generation_published = published.version != prev_version;
+    summary.index_published = published_index;
+
+    // The new generation is live: only now remember what it holds, so an
+    // interrupted sync never believes it published what it did not.
+    let fresh = (names.fresh, versions.fresh);
+    let removed = ctx
+        .db
+        .call(move |c| {
+            for (name, u) in &updates {
+                let releases: Vec<(String, [u8; 32])> = u
+                    .releases
+                    .iter()
+                    .map(|(v, f)| (v.clone(), f.sha256))
+                    .collect();
+                db::record_package(c, name, &u.state, &releases, u.validators.as_ref())?;
+            }
+            db::set_meta(c, "manifest_version", &published.version.to_string())?;
+            if !published.signed_cache.is_empty() {
+                db::set_signed_cache(c, &published.signed_cache)?;
+            }
+            if !published_index {
+                return Ok(0);
+            }
+            if let Some(v) = &fresh.0 {
+                db::set_validators(c, "names", v)?;
+            }
+            if let Some(v) = &fresh.1 {
+                db::set_validators(c, "versions", v)?;
+            }
+            let local = db::packages(c)?;
+            let gone = plan::removed_packages(local.keys(), &wanted);
+            for name in &gone {
+                db::forget_package(c, name)?;
+            }
+            db::set_meta(c, "complete_selection", &fp)?;
+            Ok(gone.len() as u64)
+        })
+        .await?;
+    summary.removed = removed;
+    let (store, grace) = (ctx.store.clone(), config.signing.generation_grace);
+    let pruned = blocking(move || store.prune_generations(KEEP_GENERATIONS, grace))
+        .await
+        .map_err(internal)??;
+    if pruned > 0 {
+        tracing::info!(pruned, "removed generations past their grace period");
+    }
+    Ok(summary)
+}
+
+/// Fetches every package that needs it (and, for a package list, the
+/// dependency closure), `concurrency` at a time. Returns the verified
+/// updates and the set of packages the mirror holds.
+async fn sync_packages(
+    ctx: &Ctx,
+    config: &Config,
+    progress: &Progress,
+    prev: &FileMap,
+    remote: &BTreeMap<String, plan::Remote>,
+    summary: &mut Summary,
+) -> Result<(BTreeMap<String, PackageUpdate>, BTreeSet<String>), SyncError> {
     let local = ctx.db.call(|c| db::packages(c)).await?;
     let closure = config.mirror.packages.is_some();
     let mut queue: VecDeque<String> = match &config.mirror.packages {
@@ -351,6 +545,7 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
     let roots = queue.len();
     progress.add_total(roots as u64);
     let mut wanted = BTreeSet::new();
+    let mut updates = BTreeMap::new();
     let mut tasks: JoinSet<Outcome> = JoinSet::new();
     let max_tasks = config.mirror.concurrency * 2;
     let enqueue = |deps: &[(String, Option<String>)],
@@ -406,351 +601,39 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
                 progress.inc(0);
                 continue;
             }
-            let r = remote.get(&name);
-            let l = local.get(&name);
-            if !plan::needs_fetch(r, l) && ctx.store.tree_file_exists(&store::package_path(&pname))
-            {
+            let current = prev.get(&store::package_path(&pname)).copied();
+            let (r, l) = (remote.get(&name), local.get(&name));
+            if current.is_some() && !plan::needs_fetch(r, l) {
                 summary.packages_unchanged += 1;
                 if let Some(l) = l {
-                    enqueue(&l.deps, &name, &mut queue, &mut summary);
+                    enqueue(&l.deps, &name, &mut queue, summary);
                 }
                 progress.inc(0);
                 continue;
             }
             let updated_at = r.and_then(|r| r.updated_at);
-            tasks.spawn(sync_package(ctx.clone(), pname, updated_at));
+            tasks.spawn(sync_package(ctx.clone(), pname, current, updated_at));
         }
         let Some(joined) = tasks.join_next().await else {
             break;
         };
-        let outcome = match joined {
-            Ok(o) => o,
-            Err(e) => {
-                summary.failures.push(Failure {
-                    package: "?".into(),
-                    version: None,
-                    reason: format!("internal error: package task failed: {e}"),
-                });
-                continue;
-            }
-        };
-        if outcome.published {
-            summary.packages_updated += 1;
-        }
+        let outcome = joined.map_err(|e| internal(format!("package task failed: {e}")))?;
         summary.releases_fetched += outcome.fetched;
         summary.releases_reused += outcome.reused;
         summary.failures.extend(outcome.failures);
-        enqueue(&outcome.deps, &outcome.name, &mut queue, &mut summary);
-        progress.inc(
-            ctx.upstream
-                .traffic()
-                .bytes
-                .load(std::sync::atomic::Ordering::Relaxed),
-        );
-    }
-    summary.packages = wanted.len() as u64;
-
-    if !summary.failures.is_empty() {
-        tracing::warn!(
-            failures = summary.failures.len(),
-            "not publishing /names and /versions: some packages failed; the previous index stays served"
-        );
-        return Ok(summary);
-    }
-
-    // Every package record is in place: publish the index, then sweep.
-    let store = ctx.store.clone();
-    let key_pem = ctx.key.spki_pem().to_owned();
-    let (names_fresh, versions_fresh) = (names.fresh, versions.fresh);
-    let to_record = (
-        names_fresh.as_ref().map(|f| f.1.clone()),
-        versions_fresh.as_ref().map(|f| f.1.clone()),
-    );
-    blocking(move || -> Result<(), StoreError> {
-        if let Some((body, _)) = &versions_fresh {
-            store.write_tree_file("versions", body)?;
-        }
-        if let Some((body, _)) = &names_fresh {
-            store.write_tree_file("names", body)?;
-        }
-        if store.read_tree_file("public_key")?.as_deref() != Some(key_pem.as_bytes()) {
-            store.write_tree_file("public_key", key_pem.as_bytes())?;
-        }
-        Ok(())
-    })
-    .await
-    .map_err(|e| SyncError::Store(io_panic(ctx.store.tree(), e)))??;
-    let wanted_for_db = wanted.clone();
-    let removed_packages = ctx
-        .db
-        .call(move |c| {
-            if let Some(v) = &to_record.0 {
-                db::set_validators(c, "names", v)?;
+        enqueue(&outcome.deps, &outcome.name, &mut queue, summary);
+        if let Some(update) = outcome.update {
+            // A 304 with everything in place changes nothing worth counting.
+            if update.validators.is_some()
+                || Some(update.record) != prev.get(&format!("packages/{}", outcome.name)).copied()
+            {
+                summary.packages_updated += 1;
+            } else {
+                summary.packages_unchanged += 1;
             }
-            if let Some(v) = &to_record.1 {
-                db::set_validators(c, "versions", v)?;
-            }
-            let local = db::packages(c)?;
-            let gone = plan::removed_packages(local.keys(), &wanted_for_db);
-            for name in &gone {
-                db::forget_package(c, name)?;
-            }
-            db::set_meta(c, "complete_selection", &fp)?;
-            Ok(gone)
-        })
-        .await?;
-    summary.index_published = true;
-    summary.removed = sweep(ctx, removed_packages).await?;
-    Ok(summary)
-}
-
-/// Removes tree files that no published record names any more: tarballs of
-/// dropped releases and packages that left the mirror. Runs only after the
-/// new index is in place.
-async fn sweep(ctx: &Ctx, removed_packages: Vec<String>) -> Result<u64, SyncError> {
-    let keep: BTreeSet<String> = ctx
-        .db
-        .call(|c| {
-            let mut stmt = c.prepare("SELECT package, version FROM releases")?;
-            let rows = stmt.query_map([], |r| {
-                Ok(format!(
-                    "{}-{}.tar",
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?
-                ))
-            })?;
-            rows.collect()
-        })
-        .await?;
-    let store = ctx.store.clone();
-    let removed = blocking(move || -> Result<u64, StoreError> {
-        let mut removed = 0;
-        for name in &removed_packages {
-            store.remove_tree_file(&format!("packages/{name}"))?;
-            removed += 1;
+            updates.insert(outcome.name, update);
         }
-        let dir = store.tree().join("tarballs");
-        let entries = std::fs::read_dir(&dir).map_err(|source| StoreError {
-            action: "list",
-            path: dir.clone(),
-            source,
-        })?;
-        for entry in entries.flatten() {
-            let file = entry.file_name().to_string_lossy().into_owned();
-            if !keep.contains(&file) {
-                store.remove_tree_file(&format!("tarballs/{file}"))?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
-    })
-    .await
-    .map_err(|e| SyncError::Store(io_panic(ctx.store.tree(), e)))??;
-    if removed > 0 {
-        tracing::info!(removed, "removed tree files the upstream no longer lists");
+        progress.inc(ctx.upstream.traffic().bytes.load(Ordering::Relaxed));
     }
-    Ok(removed)
-}
-
-async fn sync_package(ctx: Ctx, name: PackageName, updated_at: Option<(i64, i32)>) -> Outcome {
-    let path = store::package_path(&name);
-    let url = ctx.upstream.url(&path);
-    let have = ctx.store.tree_file_exists(&path);
-    let validators = if have {
-        let p = path.clone();
-        match ctx.db.call(move |c| db::validators(c, &p)).await {
-            Ok(v) => v,
-            Err(e) => return Outcome::failed(&name, None, e.to_string()),
-        }
-    } else {
-        Validators::default()
-    };
-    let (bytes, new_validators) = match ctx.upstream.get(&path, &validators, PACKAGE_LIMIT).await {
-        Err(e) => return Outcome::failed(&name, None, format!("{e}; kept the last good copy")),
-        Ok(Fetched::NotFound) => {
-            return Outcome::failed(&name, None, format!("{url}: not found (404) upstream"));
-        }
-        Ok(Fetched::NotModified) => match ctx.store.read_tree_file(&path) {
-            Ok(Some(b)) => (b, None),
-            Ok(None) => return Outcome::failed(&name, None, format!("{path} vanished mid-sync")),
-            Err(e) => return Outcome::failed(&name, None, e.to_string()),
-        },
-        Ok(Fetched::Body { body, validators }) => (body, Some(validators)),
-    };
-    let (key, repo, n) = (ctx.key.clone(), ctx.repository.clone(), name.clone());
-    let verified = blocking(move || {
-        registry::verify_package(&bytes, &key, &repo, n.as_str()).map(|p| (p.into_inner(), bytes))
-    })
-    .await;
-    let (package, bytes) = match verified {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            return Outcome::failed(
-                &name,
-                None,
-                format!("{url}: {e}; not stored, kept the last good copy"),
-            );
-        }
-        Err(e) => return Outcome::failed(&name, None, e),
-    };
-
-    let deps: Vec<(String, Option<String>)> = package
-        .releases
-        .iter()
-        .flat_map(|r| r.dependencies.iter())
-        .map(|d| (d.package.clone(), d.repository.clone()))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let mut outcome = Outcome {
-        name: name.to_string(),
-        deps,
-        published: false,
-        fetched: 0,
-        reused: 0,
-        failures: vec![],
-    };
-    let mut releases = Vec::with_capacity(package.releases.len());
-    let mut downloads = JoinSet::new();
-    for release in &package.releases {
-        let version = release.version.clone();
-        if !is_valid_version(&version) {
-            outcome.failures.push(Failure {
-                package: name.to_string(),
-                version: Some(version),
-                reason: format!("{url}: release has an invalid version string; skipped"),
-            });
-            continue;
-        }
-        let outer: [u8; 32] = match release.outer_checksum.as_deref().map(<[u8; 32]>::try_from) {
-            Some(Ok(sha)) => sha,
-            _ => {
-                outcome.failures.push(Failure {
-                    package: name.to_string(),
-                    version: Some(version),
-                    reason: format!("{url}: signed record has no 32-byte outer_checksum; skipped"),
-                });
-                continue;
-            }
-        };
-        releases.push((version.clone(), outer));
-        if ctx.store.has_blob(&outer) {
-            outcome.reused += 1;
-        } else {
-            downloads.spawn(fetch_tarball(
-                ctx.clone(),
-                name.clone(),
-                version,
-                outer,
-                release.inner_checksum.clone(),
-            ));
-        }
-    }
-    while let Some(done) = downloads.join_next().await {
-        match done {
-            Ok(Ok(())) => outcome.fetched += 1,
-            Ok(Err(f)) => outcome.failures.push(f),
-            Err(e) => outcome.failures.push(Failure {
-                package: name.to_string(),
-                version: None,
-                reason: format!("internal error: download task failed: {e}"),
-            }),
-        }
-    }
-    if !outcome.failures.is_empty() {
-        return outcome;
-    }
-
-    // Tarballs first, then the record that names them.
-    let store = ctx.store.clone();
-    let (n, links, fresh) = (name.clone(), releases.clone(), new_validators.is_some());
-    let published = blocking(move || -> Result<(), StoreError> {
-        for (version, sha) in &links {
-            store.link_blob(&store::tarball_path(&n, version), sha)?;
-        }
-        if fresh {
-            store.write_tree_file(&store::package_path(&n), &bytes)?;
-        }
-        Ok(())
-    })
-    .await;
-    match published {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Outcome::failed(&name, None, e.to_string()),
-        Err(e) => return Outcome::failed(&name, None, e),
-    }
-    let state = PackageState {
-        updated_at,
-        versions: package.releases.iter().map(|r| r.version.clone()).collect(),
-        retired: plan::retired_indexes(&package),
-        deps: outcome.deps.clone(),
-    };
-    let n = name.to_string();
-    if let Err(e) = ctx
-        .db
-        .call(move |c| db::record_package(c, &n, &state, &releases, new_validators.as_ref()))
-        .await
-    {
-        return Outcome::failed(&name, None, e.to_string());
-    }
-    outcome.published = true;
-    outcome
-}
-
-async fn fetch_tarball(
-    ctx: Ctx,
-    name: PackageName,
-    version: String,
-    outer: [u8; 32],
-    inner: Vec<u8>,
-) -> Result<(), Failure> {
-    let path = store::tarball_path(&name, &version);
-    let url = ctx.upstream.url(&path);
-    let fail = |reason: String| Failure {
-        package: name.to_string(),
-        version: Some(version.clone()),
-        reason,
-    };
-    let _slot = ctx
-        .tarball_slots
-        .acquire()
-        .await
-        .map_err(|e| fail(format!("internal error: {e}")))?;
-    let body = match ctx
-        .upstream
-        .get(&path, &Validators::default(), ctx.limits.max_tarball)
-        .await
-    {
-        Ok(Fetched::Body { body, .. }) => body,
-        Ok(Fetched::NotFound) => return Err(fail(format!("{url}: not found (404) upstream"))),
-        Ok(Fetched::NotModified) => return Err(fail(format!("{url}: unexpected 304"))),
-        Err(e) => return Err(fail(e.to_string())),
-    };
-    let size = body.len() as u64;
-    let (store, limits, n, v) = (
-        ctx.store.clone(),
-        ctx.limits.clone(),
-        name.clone(),
-        version.clone(),
-    );
-    let stored = blocking(move || -> Result<(), String> {
-        let expected = tarball::Expected {
-            name: n.as_str(),
-            version: &v,
-            outer_checksum: &outer,
-            inner_checksum: Some(&inner),
-        };
-        tarball::verify(&body, &expected, &limits).map_err(|e| e.to_string())?;
-        store.put_blob(&outer, &body).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(&fail)?;
-    if let Err(reason) = stored {
-        return Err(fail(format!("{url}: {reason}; not stored")));
-    }
-    ctx.db
-        .call(move |c| db::record_blob(c, &outer, size))
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    Ok(())
+    Ok((updates, wanted))
 }

@@ -92,9 +92,9 @@ impl Mirror {
         self.dir.path().join("data")
     }
 
-    /// The served tree.
+    /// The served tree: the current generation.
     pub fn tree(&self) -> PathBuf {
-        self.data_dir().join("tree")
+        self.data_dir().join("current")
     }
 
     /// `hexmirror sync --config ...` as a command, for tests that manage it.

@@ -1,0 +1,1153 @@
+//! The snapshot manifest: a signed list of every file in one published
+//! generation of the served tree, with the upstream state it came from.
+//! PURE: bytes in, values out; no I/O.
+//!
+//! # File format
+//!
+//! TUF style, JSON:
+//!
+//! ```text
+//! {
+//!   "signed": { "expires_at": …, "files": { PATH: {"sha256": HEX, "size": N}, … },
+//!               "generation": …, "signed_at": …, "upstream": {…}, "version": N },
+//!   "signatures": [ { "keyid": HEX, "sig": BASE64 } ]
+//! }
+//! ```
+//!
+//! - `keyid` is the lowercase hex SHA-256 of the raw 32-byte Ed25519 public key.
+//! - `sig` is standard base64 (padded) of the Ed25519 signature over the
+//!   **canonical bytes** of `signed`: compact JSON (no whitespace), object keys
+//!   sorted by code point at every level, strings escaped as `serde_json` does
+//!   (only `"`, `\` and control characters; other text as UTF-8), integers in
+//!   plain decimal. `serde_json::to_vec(&Manifest)` produces exactly that,
+//!   because every struct below declares its fields in sorted order and every map
+//!   is a `BTreeMap`; a golden test pins the bytes. Python reproduces it with
+//!   `json.dumps(signed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`.
+//! - Times are Unix seconds (UTC).
+//!
+//! # Why `signed` is a JSON object that is re-canonicalised on verify
+//!
+//! The alternative, `signed` as a base64 string of the signed bytes, makes the
+//! file unreadable to an operator checking a mirror with `jq`. Re-canonicalising
+//! is sound here because the signature is checked over the bytes re-serialised
+//! *from the value `verify` returns*: whatever a parser quirk makes of the file,
+//! the result is accepted only if the key signed exactly that value's canonical
+//! form, and the canonical form is injective (one value, one byte string). On
+//! top of that, parsing is strict so the file means one thing to every reader:
+//! unknown fields are refused at every level (`deny_unknown_fields`; a new field
+//! is a new format, not something old verifiers silently drop), duplicate keys
+//! are refused (serde does so for struct fields, [`unique_files`] for `files`),
+//! and trailing bytes are refused.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, KeypairBytes,
+};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use rand::rngs::OsRng;
+use serde::{Deserialize, Deserializer, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The signed content: one generation of the served tree.
+///
+/// Fields are declared in sorted order on purpose: that order is the canonical
+/// byte order of the signature (see the module doc). Do not reorder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Unix time after which verifiers refuse this manifest.
+    pub expires_at: u64,
+    /// Every file of the generation by its path relative to the tree root
+    /// (`/`-separated, no `.` or `..` segments).
+    #[serde(deserialize_with = "unique_files")]
+    pub files: BTreeMap<String, FileEntry>,
+    /// The generation's name in the store.
+    pub generation: String,
+    /// Unix time of signing.
+    pub signed_at: u64,
+    /// The upstream state this generation was built from.
+    pub upstream: UpstreamState,
+    /// Sequence number for rollback protection: must increase with every
+    /// signing, including a re-signing of an unchanged tree to extend expiry.
+    pub version: u64,
+}
+
+/// The upstream state a generation came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamState {
+    /// The upstream's `/names` ETag at sync time, if it sent one.
+    pub names_etag: Option<String>,
+    /// Unix time of the sync.
+    pub synced_at: u64,
+    /// The upstream repository URL.
+    pub url: String,
+    /// The upstream's `/versions` ETag at sync time, if it sent one.
+    pub versions_etag: Option<String>,
+}
+
+/// What a file's content must be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// SHA-256 of the content, 64 lowercase hex digits.
+    pub sha256: String,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+/// The file as stored: `signed` then `signatures` (the order is for readers;
+/// only `signed` is canonicalised).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope<M> {
+    signed: M,
+    signatures: Vec<SignatureEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignatureEntry {
+    keyid: String,
+    sig: String,
+}
+
+/// Deserialises `files` refusing duplicate paths, which a plain `BTreeMap`
+/// would resolve silently (last wins) while a person reading the file sees the
+/// first.
+fn unique_files<'de, D>(deserializer: D) -> Result<BTreeMap<String, FileEntry>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = BTreeMap<String, FileEntry>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map from file path to {sha256, size}")
+        }
+
+        fn visit_map<A>(self, mut map: A) -> Result<Self::Value, A::Error>
+        where
+            A: serde::de::MapAccess<'de>,
+        {
+            let mut files = BTreeMap::new();
+            while let Some((path, entry)) = map.next_entry::<String, FileEntry>()? {
+                if files.contains_key(&path) {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "duplicate file path {path:?}"
+                    )));
+                }
+                files.insert(path, entry);
+            }
+            Ok(files)
+        }
+    }
+    deserializer.deserialize_map(Visitor)
+}
+
+/// The bytes the signature covers (see the module doc).
+fn canonical_bytes(manifest: &Manifest) -> Vec<u8> {
+    // Serialising strings, integers and string-keyed maps cannot fail.
+    serde_json::to_vec(manifest).unwrap_or_else(|_| unreachable!("a Manifest serialises"))
+}
+
+/// Why a manifest key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestKeyError {
+    /// The text is not an Ed25519 private key in PKCS#8 PEM.
+    #[error(
+        "not an Ed25519 private key in PKCS#8 PEM form (expected `BEGIN PRIVATE KEY`, as written by `openssl genpkey -algorithm ed25519`)"
+    )]
+    NotPrivateKey,
+    /// The text is not an Ed25519 public key in SPKI PEM.
+    #[error("not an Ed25519 public key in SPKI PEM form (expected `BEGIN PUBLIC KEY`)")]
+    NotPublicKey,
+    /// The public key is a small-order point, for which forged signatures exist.
+    #[error("the Ed25519 public key is a weak (small-order) point and cannot be trusted")]
+    WeakPublicKey,
+}
+
+/// The Ed25519 key that signs manifests.
+#[derive(Clone)]
+pub struct ManifestKey(SigningKey);
+
+impl fmt::Debug for ManifestKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material; the key id is public.
+        write!(f, "ManifestKey(keyid {})", self.public().keyid())
+    }
+}
+
+impl ManifestKey {
+    /// A new key from the operating system's random source.
+    pub fn generate() -> Self {
+        Self(SigningKey::generate(&mut OsRng))
+    }
+
+    /// Parses PKCS#8 PEM (`BEGIN PRIVATE KEY`), v1 or v2.
+    pub fn from_pem(pem: &str) -> Result<Self, ManifestKeyError> {
+        SigningKey::from_pkcs8_pem(pem.trim())
+            .map(Self)
+            .map_err(|_| ManifestKeyError::NotPrivateKey)
+    }
+
+    /// The key as PKCS#8 PEM (`BEGIN PRIVATE KEY`), LF line endings. The caller
+    /// owns the secret from here: write it with mode 0600.
+    pub fn to_pkcs8_pem(&self) -> String {
+        // PKCS#8 v1 (no embedded public key), the form `openssl genpkey` writes,
+        // so every OpenSSL version and other tools read it back.
+        let bytes = KeypairBytes {
+            secret_key: self.0.to_bytes(),
+            public_key: None,
+        };
+        let pem = bytes
+            .to_pkcs8_pem(LineEnding::LF)
+            .unwrap_or_else(|_| unreachable!("a 32-byte Ed25519 seed encodes as PKCS#8"));
+        pem.as_str().to_owned()
+    }
+
+    /// The matching public key.
+    pub fn public(&self) -> ManifestPublicKey {
+        ManifestPublicKey(self.0.verifying_key())
+    }
+}
+
+/// The Ed25519 public key that verifies manifests.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ManifestPublicKey(VerifyingKey);
+
+impl fmt::Debug for ManifestPublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ManifestPublicKey(keyid {})", self.keyid())
+    }
+}
+
+impl ManifestPublicKey {
+    /// Parses SPKI PEM (`BEGIN PUBLIC KEY`), refusing weak keys.
+    pub fn from_pem(pem: &str) -> Result<Self, ManifestKeyError> {
+        let key = VerifyingKey::from_public_key_pem(pem.trim())
+            .map_err(|_| ManifestKeyError::NotPublicKey)?;
+        if key.is_weak() {
+            return Err(ManifestKeyError::WeakPublicKey);
+        }
+        Ok(Self(key))
+    }
+
+    /// The key as SPKI PEM (`BEGIN PUBLIC KEY`), LF line endings.
+    pub fn to_pem(&self) -> String {
+        self.0
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap_or_else(|_| unreachable!("a 32-byte Ed25519 key encodes as SPKI"))
+    }
+
+    /// Lowercase hex SHA-256 of the raw 32-byte key, the manifest's `keyid`.
+    pub fn keyid(&self) -> String {
+        hex::encode(Sha256::digest(self.0.as_bytes()))
+    }
+}
+
+/// Why a manifest file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// Not JSON of the manifest format: truncated, garbage, unknown or
+    /// duplicate fields, wrong types.
+    #[error("not a valid manifest file: {source}; refusing it")]
+    Malformed {
+        /// The parser's reason.
+        source: serde_json::Error,
+    },
+    /// No signature is by the configured key.
+    #[error(
+        "manifest is not signed by the configured key {expected} (signed by: {}); check that the mirror's manifest public key is the one configured",
+        if .found.is_empty() { "nobody".to_owned() } else { .found.join(", ") }
+    )]
+    NotSignedByKey {
+        /// The configured key's id.
+        expected: String,
+        /// The key ids the file names.
+        found: Vec<String>,
+    },
+    /// A signature claims the configured key but does not verify.
+    #[error(
+        "manifest signature by key {keyid} does not verify: the file was altered or corrupted after signing; refusing it"
+    )]
+    BadSignature {
+        /// The configured key's id.
+        keyid: String,
+    },
+    /// A signed entry is unusable (bad path or digest): a publisher bug.
+    #[error(
+        "manifest entry {path:?} is invalid: {reason}; the publisher signed a broken manifest, refusing it"
+    )]
+    InvalidEntry {
+        /// The entry's path as written.
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The version went backwards: an old manifest is being replayed.
+    #[error("manifest version {found} is lower than the last accepted {last}: rollback refused")]
+    Rollback {
+        /// The version in the file.
+        found: u64,
+        /// The highest version accepted before.
+        last: u64,
+    },
+    /// The manifest is past its expiry: the mirror stopped re-signing.
+    #[error(
+        "manifest expired at {} ({} after signing; the local clock says {}); the mirror has not re-signed it — it may be frozen",
+        rfc3339(*.expired_at),
+        human_duration(.expired_at.saturating_sub(*.signed_at)),
+        rfc3339(*.now)
+    )]
+    Expired {
+        /// The manifest's `expires_at`.
+        expired_at: u64,
+        /// The manifest's `signed_at`.
+        signed_at: u64,
+        /// The `now` verification ran with.
+        now: u64,
+    },
+}
+
+/// Signs `manifest` and returns the bytes of the manifest file (pretty JSON
+/// with a final newline). `verify` refuses entries whose path is not a clean
+/// relative path or whose `sha256` is not 64 lowercase hex digits, so a
+/// publisher should verify what it just signed before publishing it.
+pub fn sign(manifest: &Manifest, key: &ManifestKey) -> Vec<u8> {
+    let signature = key.0.sign(&canonical_bytes(manifest));
+    let file = Envelope {
+        signed: manifest,
+        signatures: vec![SignatureEntry {
+            keyid: key.public().keyid(),
+            sig: STANDARD.encode(signature.to_bytes()),
+        }],
+    };
+    let mut out = serde_json::to_vec_pretty(&file)
+        .unwrap_or_else(|_| unreachable!("a manifest file serialises"));
+    out.push(b'\n');
+    out
+}
+
+/// Verifies a manifest file and returns its content.
+///
+/// Checks, in order: the format (strict), a signature by `key` over the
+/// canonical bytes, every entry, rollback, expiry. Rollback refuses a version
+/// *lower* than `last_accepted_version`; an equal one is accepted so that
+/// fetching the same manifest again works. The cost is that a replay of the
+/// last accepted manifest is accepted until it expires, which is why a mirror
+/// that stops re-signing (frozen, or an attacker replaying it) is caught by
+/// expiry: `now >= expires_at` is refused.
+pub fn verify(
+    file: &[u8],
+    key: &ManifestPublicKey,
+    now: u64,
+    last_accepted_version: Option<u64>,
+) -> Result<Manifest, ManifestError> {
+    let envelope: Envelope<Manifest> =
+        serde_json::from_slice(file).map_err(|source| ManifestError::Malformed { source })?;
+    let keyid = key.keyid();
+    let mine: Vec<&SignatureEntry> = envelope
+        .signatures
+        .iter()
+        .filter(|s| s.keyid == keyid)
+        .collect();
+    if mine.is_empty() {
+        return Err(ManifestError::NotSignedByKey {
+            expected: keyid,
+            found: envelope.signatures.into_iter().map(|s| s.keyid).collect(),
+        });
+    }
+    let canonical = canonical_bytes(&envelope.signed);
+    // Other keys may co-sign (TUF allows several); ours must have one good signature.
+    let verified = mine.iter().any(|entry| {
+        let Ok(raw) = STANDARD.decode(&entry.sig) else {
+            return false;
+        };
+        let Ok(signature) = Signature::from_slice(&raw) else {
+            return false;
+        };
+        // Strict: refuses non-canonical signatures and small-order keys.
+        key.0.verify_strict(&canonical, &signature).is_ok()
+    });
+    if !verified {
+        return Err(ManifestError::BadSignature { keyid });
+    }
+
+    let manifest = envelope.signed;
+    for (path, entry) in &manifest.files {
+        check_entry(path, entry)?;
+    }
+    if let Some(last) = last_accepted_version
+        && manifest.version < last
+    {
+        return Err(ManifestError::Rollback {
+            found: manifest.version,
+            last,
+        });
+    }
+    if now >= manifest.expires_at {
+        return Err(ManifestError::Expired {
+            expired_at: manifest.expires_at,
+            signed_at: manifest.signed_at,
+            now,
+        });
+    }
+    Ok(manifest)
+}
+
+/// Refuses paths that could leave the tree or alias another entry, and
+/// digests `diff` could never match.
+fn check_entry(path: &str, entry: &FileEntry) -> Result<(), ManifestError> {
+    let invalid = |reason| {
+        Err(ManifestError::InvalidEntry {
+            path: path.to_owned(),
+            reason,
+        })
+    };
+    if path.is_empty() {
+        return invalid("empty path");
+    }
+    if path.contains(['\\', '\0']) {
+        return invalid("path contains a backslash or NUL");
+    }
+    if path
+        .split('/')
+        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+    {
+        return invalid("path is absolute or has an empty, `.` or `..` segment");
+    }
+    let digest = entry.sha256.as_bytes();
+    if digest.len() != 64
+        || !digest
+            .iter()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return invalid("sha256 is not 64 lowercase hex digits");
+    }
+    Ok(())
+}
+
+/// How the files on disk compare with a manifest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// In the manifest, not on disk (sorted).
+    pub missing: Vec<String>,
+    /// On disk, not in the manifest (sorted).
+    pub extra: Vec<String>,
+    /// On both, with different content: path, expected, actual (sorted).
+    pub corrupt: Vec<(String, FileEntry, FileEntry)>,
+    /// How many files match.
+    pub ok: usize,
+}
+
+impl Report {
+    /// True when every file matches and nothing is missing or extra.
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty() && self.extra.is_empty() && self.corrupt.is_empty()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ok, {} missing, {} extra, {} corrupt",
+            self.ok,
+            self.missing.len(),
+            self.extra.len(),
+            self.corrupt.len()
+        )
+    }
+}
+
+/// Compares the files actually present (path → digest and size, as the
+/// caller measured them) with what the manifest says.
+pub fn diff(manifest: &Manifest, actual: &BTreeMap<String, FileEntry>) -> Report {
+    let mut report = Report::default();
+    for (path, expected) in &manifest.files {
+        match actual.get(path) {
+            None => report.missing.push(path.clone()),
+            Some(found) if found == expected => report.ok += 1,
+            Some(found) => report
+                .corrupt
+                .push((path.clone(), expected.clone(), found.clone())),
+        }
+    }
+    report.extra = actual
+        .keys()
+        .filter(|path| !manifest.files.contains_key(*path))
+        .cloned()
+        .collect();
+    report
+}
+
+/// Formats Unix seconds as RFC 3339 UTC, e.g. `2026-11-29T10:00:00Z`.
+pub fn rfc3339(secs: u64) -> String {
+    let (year, month, day) = civil_from_days(secs / 86_400);
+    let rem = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Gregorian (year, month, day) of a day count since 1970-01-01.
+///
+/// Counts from 0000-03-01 so that the leap day is the last day of its year:
+/// then every 400-year era has 146 097 days, and within an era the year,
+/// day of year and month follow from integer division alone.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    // 719 468 days from 0000-03-01 to 1970-01-01.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097; // 0..=146_096
+    // Subtract the leap days seen so far (every 4 years, not every 100, every
+    // 400) to get a count in which every year has 365 days.
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    // Months from March: lengths 31 30 31 30 31 31 30 31 30 31 31 28/29 repeat
+    // in a 153-day, 5-month pattern.
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let year = era * 400 + year_of_era + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// "7 days", "36 hours", "90 seconds": the largest unit that divides exactly.
+fn human_duration(secs: u64) -> String {
+    let (n, unit) = if secs != 0 && secs.is_multiple_of(86_400) {
+        (secs / 86_400, "day")
+    } else if secs != 0 && secs.is_multiple_of(3600) {
+        (secs / 3600, "hour")
+    } else if secs != 0 && secs.is_multiple_of(60) {
+        (secs / 60, "minute")
+    } else {
+        (secs, "second")
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIGNED_AT: u64 = 1_795_341_600; // 2026-11-22T10:00:00Z
+    const EXPIRES_AT: u64 = SIGNED_AT + 7 * 86_400; // 2026-11-29T10:00:00Z
+
+    fn entry(sha: char, size: u64) -> FileEntry {
+        FileEntry {
+            sha256: sha.to_string().repeat(64),
+            size,
+        }
+    }
+
+    fn sample() -> Manifest {
+        let files = [
+            ("names", entry('a', 120)),
+            ("packages/jason", entry('b', 2048)),
+            ("public_key", entry('c', 451)),
+            ("tarballs/jason-1.4.4.tar", entry('d', 52_224)),
+            ("versions", entry('e', 300)),
+        ]
+        .into_iter()
+        .map(|(p, e)| (p.to_owned(), e))
+        .collect();
+        Manifest {
+            version: 42,
+            generation: "g-000042".to_owned(),
+            signed_at: SIGNED_AT,
+            expires_at: EXPIRES_AT,
+            upstream: UpstreamState {
+                url: "https://repo.hex.pm".to_owned(),
+                names_etag: Some("\"abc\"".to_owned()),
+                versions_etag: None,
+                synced_at: SIGNED_AT - 60,
+            },
+            files,
+        }
+    }
+
+    /// A fixed key so that signed files are reproducible.
+    fn fixed_key() -> ManifestKey {
+        ManifestKey(SigningKey::from_bytes(&[7; 32]))
+    }
+
+    fn check(
+        file: &[u8],
+        key: &ManifestPublicKey,
+        now: u64,
+        last: Option<u64>,
+    ) -> Result<Manifest, ManifestError> {
+        verify(file, key, now, last)
+    }
+
+    /// Parses a signed file as JSON, lets `edit` change it, serialises it back.
+    fn edit_json(file: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+        let mut value: serde_json::Value = serde_json::from_slice(file).unwrap();
+        edit(&mut value);
+        serde_json::to_vec(&value).unwrap()
+    }
+
+    #[test]
+    fn canonical_bytes_are_sorted_compact_json() {
+        let mut m = sample();
+        m.files.retain(|p, _| p == "names");
+        let expected = concat!(
+            r#"{"expires_at":1795946400,"#,
+            r#""files":{"names":{"sha256":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","size":120}},"#,
+            r#""generation":"g-000042","signed_at":1795341600,"#,
+            r#""upstream":{"names_etag":"\"abc\"","synced_at":1795341540,"url":"https://repo.hex.pm","versions_etag":null},"#,
+            r#""version":42}"#
+        );
+        assert_eq!(String::from_utf8(canonical_bytes(&m)).unwrap(), expected);
+    }
+
+    #[test]
+    fn signed_file_is_reproducible_and_verifies_over_canonical_bytes() {
+        let key = fixed_key();
+        let m = sample();
+        let file = sign(&m, &key);
+        assert_eq!(file, sign(&m, &key), "Ed25519 is deterministic");
+        let value: serde_json::Value = serde_json::from_slice(&file).unwrap();
+        let sigs = value["signatures"].as_array().unwrap();
+        assert_eq!(sigs.len(), 1);
+        assert_eq!(sigs[0]["keyid"], key.public().keyid());
+        // Independently of `verify`: the signature covers the canonical bytes.
+        let raw = STANDARD.decode(sigs[0]["sig"].as_str().unwrap()).unwrap();
+        let signature = Signature::from_slice(&raw).unwrap();
+        key.public()
+            .0
+            .verify_strict(&canonical_bytes(&m), &signature)
+            .unwrap();
+        assert!(file.ends_with(b"}\n"));
+    }
+
+    #[test]
+    fn round_trip() {
+        let key = ManifestKey::generate();
+        let m = sample();
+        let file = sign(&m, &key);
+        assert_eq!(check(&file, &key.public(), SIGNED_AT, None).unwrap(), m);
+        assert_eq!(
+            check(&file, &key.public(), EXPIRES_AT - 1, Some(41)).unwrap(),
+            m
+        );
+    }
+
+    #[test]
+    fn equal_version_is_accepted() {
+        let key = fixed_key();
+        let file = sign(&sample(), &key);
+        assert_eq!(
+            check(&file, &key.public(), SIGNED_AT, Some(42))
+                .unwrap()
+                .version,
+            42
+        );
+    }
+
+    #[test]
+    fn rollback_is_refused() {
+        let key = fixed_key();
+        let mut m = sample();
+        m.version = 41;
+        let err = check(&sign(&m, &key), &key.public(), SIGNED_AT, Some(42)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ManifestError::Rollback {
+                    found: 41,
+                    last: 42
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "manifest version 41 is lower than the last accepted 42: rollback refused"
+        );
+    }
+
+    #[test]
+    fn expired_is_refused_at_and_after_expiry() {
+        let key = fixed_key();
+        let file = sign(&sample(), &key);
+        for now in [EXPIRES_AT, EXPIRES_AT + 1, u64::MAX] {
+            let err = check(&file, &key.public(), now, None).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ManifestError::Expired {
+                        expired_at: EXPIRES_AT,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
+        let err = check(&file, &key.public(), EXPIRES_AT + 3600, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "manifest expired at 2026-11-29T10:00:00Z (7 days after signing; the local clock says \
+             2026-11-29T11:00:00Z); the mirror has not re-signed it — it may be frozen"
+        );
+    }
+
+    #[test]
+    fn rollback_is_reported_before_expiry() {
+        // An old replayed manifest is usually both; rollback is the better clue.
+        let key = fixed_key();
+        let mut m = sample();
+        m.version = 1;
+        let err = check(&sign(&m, &key), &key.public(), u64::MAX, Some(42)).unwrap_err();
+        assert!(matches!(err, ManifestError::Rollback { .. }), "{err}");
+    }
+
+    #[test]
+    fn tampered_content_fails_the_signature() {
+        let key = fixed_key();
+        let file = sign(&sample(), &key);
+        let text = String::from_utf8(file.clone()).unwrap();
+        for (from, to) in [
+            ("52224", "52225"),
+            ("\"version\": 42", "\"version\": 43"),
+            ("dddd", "dddf"),
+            ("g-000042", "g-000043"),
+            ("1795946400", "1795946401"),
+        ] {
+            assert!(text.contains(from), "{from}");
+            let tampered = text.replacen(from, to, 1);
+            let err = check(tampered.as_bytes(), &key.public(), SIGNED_AT, None).unwrap_err();
+            assert!(
+                matches!(err, ManifestError::BadSignature { .. }),
+                "{from}: {err}"
+            );
+        }
+        // Adding or removing a file is tampering too.
+        for edit in [
+            (|v: &mut serde_json::Value| {
+                v["signed"]["files"]["evil"] =
+                    serde_json::json!({"sha256": "f".repeat(64), "size": 1});
+            }) as fn(&mut serde_json::Value),
+            |v| {
+                v["signed"]["files"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("names");
+            },
+            |v| v["signed"]["upstream"]["versions_etag"] = serde_json::json!("\"x\""),
+        ] {
+            let tampered = edit_json(&file, edit);
+            let err = check(&tampered, &key.public(), SIGNED_AT, None).unwrap_err();
+            assert!(matches!(err, ManifestError::BadSignature { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn reformatting_the_file_keeps_it_valid() {
+        // Only the value is signed, so whitespace and key order do not matter.
+        let key = fixed_key();
+        let file = sign(&sample(), &key);
+        let compact = edit_json(&file, |_| {});
+        assert_ne!(compact, file);
+        assert_eq!(
+            check(&compact, &key.public(), SIGNED_AT, None).unwrap(),
+            sample()
+        );
+    }
+
+    #[test]
+    fn no_byte_flip_yields_a_different_manifest() {
+        // Whatever one flipped byte does, verify either refuses the file or
+        // returns exactly what was signed.
+        let key = fixed_key();
+        let m = sample();
+        let file = sign(&m, &key);
+        for i in 0..file.len() {
+            for mask in [0x01, 0x02, 0x04, 0x20, 0x40, 0x80] {
+                let mut bad = file.clone();
+                bad[i] ^= mask;
+                if let Ok(got) = check(&bad, &key.public(), SIGNED_AT, None) {
+                    assert_eq!(got, m, "flip {mask:#x} at byte {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn another_key_is_refused() {
+        let key = fixed_key();
+        let other = ManifestKey::generate();
+        let file = sign(&sample(), &other);
+        let err = check(&file, &key.public(), SIGNED_AT, None).unwrap_err();
+        match &err {
+            ManifestError::NotSignedByKey { expected, found } => {
+                assert_eq!(expected, &key.public().keyid());
+                assert_eq!(found, &[other.public().keyid()]);
+            }
+            _ => panic!("{err}"),
+        }
+        // Relabelling the other key's signature with our key id does not help.
+        let relabelled = edit_json(&file, |v| {
+            v["signatures"][0]["keyid"] = serde_json::json!(key.public().keyid());
+        });
+        let err = check(&relabelled, &key.public(), SIGNED_AT, None).unwrap_err();
+        assert!(matches!(err, ManifestError::BadSignature { .. }), "{err}");
+        // No signatures at all.
+        let bare = edit_json(&file, |v| v["signatures"] = serde_json::json!([]));
+        let err = check(&bare, &key.public(), SIGNED_AT, None).unwrap_err();
+        assert!(matches!(&err, ManifestError::NotSignedByKey { found, .. } if found.is_empty()));
+        assert!(err.to_string().contains("signed by: nobody"), "{err}");
+    }
+
+    #[test]
+    fn a_co_signature_by_another_key_is_ignored() {
+        let key = fixed_key();
+        let other = ManifestKey::generate();
+        let file = sign(&sample(), &key);
+        let other_sig = serde_json::from_slice::<serde_json::Value>(&sign(&sample(), &other))
+            .unwrap()["signatures"][0]
+            .clone();
+        let both = edit_json(&file, |v| {
+            v["signatures"].as_array_mut().unwrap().insert(0, other_sig);
+        });
+        assert_eq!(
+            check(&both, &key.public(), SIGNED_AT, None).unwrap(),
+            sample()
+        );
+    }
+
+    #[test]
+    fn garbage_signatures_are_bad_signatures() {
+        let key = fixed_key();
+        let file = sign(&sample(), &key);
+        for sig in [
+            "",
+            "!!!",
+            "AAAA",
+            &STANDARD.encode([0u8; 64]),
+            &STANDARD.encode([1u8; 65]),
+        ] {
+            let bad = edit_json(&file, |v| {
+                v["signatures"][0]["sig"] = serde_json::json!(sig)
+            });
+            let err = check(&bad, &key.public(), SIGNED_AT, None).unwrap_err();
+            assert!(
+                matches!(err, ManifestError::BadSignature { .. }),
+                "{sig:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_at_every_level() {
+        let key = fixed_key();
+        let file = sign(&sample(), &key);
+        let edits: [fn(&mut serde_json::Value); 5] = [
+            |v| v["extra"] = serde_json::json!(1),
+            |v| v["signed"]["extra"] = serde_json::json!(1),
+            |v| v["signed"]["upstream"]["extra"] = serde_json::json!(1),
+            |v| v["signed"]["files"]["names"]["extra"] = serde_json::json!(1),
+            |v| v["signatures"][0]["extra"] = serde_json::json!(1),
+        ];
+        for edit in edits {
+            let bad = edit_json(&file, edit);
+            let err = check(&bad, &key.public(), SIGNED_AT, None).unwrap_err();
+            assert!(matches!(err, ManifestError::Malformed { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let key = fixed_key();
+        let text = String::from_utf8(sign(&sample(), &key)).unwrap();
+        let dup_file = text.replacen(
+            "\"names\": {",
+            &format!(
+                "\"names\": {{\"sha256\": \"{}\", \"size\": 1}},\n\"names\": {{",
+                "f".repeat(64)
+            ),
+            1,
+        );
+        let dup_field = text.replacen("\"version\": 42", "\"version\": 1, \"version\": 42", 1);
+        let dup_top = text.replacen(
+            "\"signatures\": [",
+            "\"signatures\": [], \"signatures\": [",
+            1,
+        );
+        for bad in [dup_file, dup_field, dup_top] {
+            assert_ne!(bad, text);
+            let err = check(bad.as_bytes(), &key.public(), SIGNED_AT, None).unwrap_err();
+            assert!(matches!(err, ManifestError::Malformed { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn truncated_or_garbage_input_is_an_error() {
+        let key = fixed_key();
+        let file = sign(&sample(), &key);
+        // Every prefix short of the closing brace (the final newline is optional).
+        let end = file.len() - 2;
+        for len in 0..=end {
+            let err = check(&file[..len], &key.public(), SIGNED_AT, None).unwrap_err();
+            assert!(
+                matches!(err, ManifestError::Malformed { .. }),
+                "{len}: {err}"
+            );
+        }
+        let mut trailing = file.clone();
+        trailing.extend_from_slice(b"{}");
+        for bad in [
+            &b""[..],
+            b"null",
+            b"[]",
+            b"{}",
+            b"\xff\xfe\x00",
+            br#"{"signed": 1, "signatures": []}"#,
+            &trailing,
+        ] {
+            let err = check(bad, &key.public(), SIGNED_AT, None).unwrap_err();
+            assert!(matches!(err, ManifestError::Malformed { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn invalid_entries_are_refused_even_when_signed() {
+        let key = fixed_key();
+        for path in [
+            "", "/names", "a//b", "a/", "./names", "a/./b", "../x", "a/../b", "..", "a\\b", "a\0",
+        ] {
+            let mut m = sample();
+            m.files.insert(path.to_owned(), entry('a', 1));
+            let err = check(&sign(&m, &key), &key.public(), SIGNED_AT, None).unwrap_err();
+            assert!(
+                matches!(&err, ManifestError::InvalidEntry { path: p, .. } if p == path),
+                "{path:?}: {err}"
+            );
+        }
+        for sha in [
+            "A".repeat(64),
+            "a".repeat(63),
+            "a".repeat(65),
+            "g".repeat(64),
+            String::new(),
+        ] {
+            let mut m = sample();
+            m.files.insert(
+                "x".to_owned(),
+                FileEntry {
+                    sha256: sha.clone(),
+                    size: 1,
+                },
+            );
+            let err = check(&sign(&m, &key), &key.public(), SIGNED_AT, None).unwrap_err();
+            assert!(
+                matches!(err, ManifestError::InvalidEntry { .. }),
+                "{sha:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn ed25519_keys_round_trip_through_pem() {
+        let key = ManifestKey::generate();
+        let pem = key.to_pkcs8_pem();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+        let back = ManifestKey::from_pem(&pem).unwrap();
+        assert_eq!(back.public(), key.public());
+
+        let public_pem = key.public().to_pem();
+        assert!(public_pem.starts_with("-----BEGIN PUBLIC KEY-----\n"));
+        let public = ManifestPublicKey::from_pem(&public_pem).unwrap();
+        assert_eq!(public, key.public());
+        assert_eq!(public.keyid(), key.public().keyid());
+        assert_eq!(public.keyid().len(), 64);
+
+        // A file signed with the reloaded key verifies with the reloaded public key.
+        let file = sign(&sample(), &back);
+        assert!(check(&file, &public, SIGNED_AT, None).is_ok());
+    }
+
+    #[test]
+    fn openssl_ed25519_pem_is_read() {
+        // The PKCS#8 v1 form `openssl genpkey -algorithm ed25519` writes, here
+        // for the seed [7; 32]; `openssl pkey -in key.pem -pubout` reads it.
+        let private = "-----BEGIN PRIVATE KEY-----\n\
+                       MC4CAQAwBQYDK2VwBCIEIAcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcH\n\
+                       -----END PRIVATE KEY-----\n";
+        let key = ManifestKey::from_pem(private).unwrap();
+        assert_eq!(key.public(), fixed_key().public());
+        assert_eq!(
+            key.to_pkcs8_pem(),
+            private,
+            "we write the same v1 form back"
+        );
+        // `openssl pkey -in key.pem -pubout` output for that key.
+        let openssl_public = "-----BEGIN PUBLIC KEY-----\n\
+                              MCowBQYDK2VwAyEA6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw=\n\
+                              -----END PUBLIC KEY-----\n";
+        assert_eq!(key.public().to_pem(), openssl_public);
+        assert_eq!(
+            ManifestPublicKey::from_pem(openssl_public).unwrap(),
+            key.public()
+        );
+    }
+
+    #[test]
+    fn key_parsing_refuses_wrong_kinds() {
+        let rsa_private = include_str!("../tests/fixtures/keys/upstream.pem");
+        let rsa_public = include_str!("../tests/fixtures/keys/upstream.pub.pem");
+        assert!(matches!(
+            ManifestKey::from_pem(rsa_private),
+            Err(ManifestKeyError::NotPrivateKey)
+        ));
+        assert!(matches!(
+            ManifestKey::from_pem(&fixed_key().public().to_pem()),
+            Err(ManifestKeyError::NotPrivateKey)
+        ));
+        assert!(matches!(
+            ManifestKey::from_pem("junk"),
+            Err(ManifestKeyError::NotPrivateKey)
+        ));
+        assert!(matches!(
+            ManifestPublicKey::from_pem(rsa_public),
+            Err(ManifestKeyError::NotPublicKey)
+        ));
+        assert!(matches!(
+            ManifestPublicKey::from_pem(&fixed_key().to_pkcs8_pem()),
+            Err(ManifestKeyError::NotPublicKey)
+        ));
+        // The identity point (small order) as an SPKI key.
+        let weak = VerifyingKey::from_bytes(&{
+            let mut b = [0u8; 32];
+            b[0] = 1;
+            b
+        })
+        .unwrap()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+        assert!(matches!(
+            ManifestPublicKey::from_pem(&weak),
+            Err(ManifestKeyError::WeakPublicKey)
+        ));
+    }
+
+    #[test]
+    fn debug_never_shows_private_key_material() {
+        let key = fixed_key();
+        let shown = format!("{key:?}");
+        assert_eq!(
+            shown,
+            format!("ManifestKey(keyid {})", key.public().keyid())
+        );
+        assert!(!shown.contains(&hex::encode([7u8; 32])));
+    }
+
+    #[test]
+    fn diff_reports_missing_extra_and_corrupt() {
+        let m = sample();
+        let mut actual = m.files.clone();
+        assert_eq!(
+            diff(&m, &actual),
+            Report {
+                ok: 5,
+                ..Report::default()
+            }
+        );
+        assert!(diff(&m, &actual).is_clean());
+
+        actual.remove("versions");
+        actual.remove("names");
+        actual.insert("stray".to_owned(), entry('f', 1));
+        actual.insert("packages/jason".to_owned(), entry('0', 2048)); // other digest
+        actual.insert("public_key".to_owned(), entry('c', 450)); // truncated
+        let report = diff(&m, &actual);
+        assert_eq!(report.missing, ["names", "versions"]);
+        assert_eq!(report.extra, ["stray"]);
+        assert_eq!(
+            report.corrupt,
+            [
+                (
+                    "packages/jason".to_owned(),
+                    entry('b', 2048),
+                    entry('0', 2048)
+                ),
+                ("public_key".to_owned(), entry('c', 451), entry('c', 450)),
+            ]
+        );
+        assert_eq!(report.ok, 1);
+        assert!(!report.is_clean());
+        assert_eq!(report.to_string(), "1 ok, 2 missing, 1 extra, 2 corrupt");
+
+        let empty = diff(&m, &BTreeMap::new());
+        assert_eq!(empty.missing.len(), 5);
+        assert_eq!(empty.ok, 0);
+    }
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        // Expected values from `date -u -d @SECS +%Y-%m-%dT%H:%M:%SZ`.
+        for (secs, expected) in [
+            (0, "1970-01-01T00:00:00Z"),
+            (68_169_600, "1972-02-29T00:00:00Z"),
+            (951_782_400, "2000-02-29T00:00:00Z"),
+            (1_000_000_000, "2001-09-09T01:46:40Z"),
+            (4_102_444_800, "2100-01-01T00:00:00Z"),
+            (EXPIRES_AT, "2026-11-29T10:00:00Z"),
+            (253_402_300_799, "9999-12-31T23:59:59Z"),
+        ] {
+            assert_eq!(rfc3339(secs), expected, "{secs}");
+        }
+        // Far-future values do not overflow or panic.
+        assert!(rfc3339(u64::MAX).ends_with('Z'));
+    }
+
+    #[test]
+    fn civil_from_days_is_continuous() {
+        // Every day from 1970 to 2500 follows the one before.
+        let mut prev = civil_from_days(0);
+        assert_eq!(prev, (1970, 1, 1));
+        for days in 1..(530 * 366) {
+            let (y, m, d) = civil_from_days(days);
+            let (py, pm, pd) = prev;
+            let next_day = (y, m, d) == (py, pm, pd + 1);
+            let next_month = (y, m, d) == (py, pm + 1, 1) && pd >= 28;
+            let next_year = (y, m, d) == (py + 1, 1, 1) && (pm, pd) == (12, 31);
+            assert!(
+                next_day || next_month || next_year,
+                "{prev:?} -> {:?}",
+                (y, m, d)
+            );
+            let leap = (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
+            if m == 2 && d == 29 {
+                assert!(leap, "{y}-02-29");
+            }
+            prev = (y, m, d);
+        }
+    }
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human_duration(7 * 86_400), "7 days");
+        assert_eq!(human_duration(86_400), "1 day");
+        assert_eq!(human_duration(36 * 3600), "36 hours");
+        assert_eq!(human_duration(90), "90 seconds");
+        assert_eq!(human_duration(120), "2 minutes");
+        assert_eq!(human_duration(0), "0 seconds");
+    }
+}

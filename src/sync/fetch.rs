@@ -1,0 +1,294 @@
+//! Fetching and verifying one package: its signed record, then every
+//! tarball it names that is not stored yet. Nothing here touches the served
+//! tree; the result is a [`PackageUpdate`] that publication applies.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::Failure;
+use crate::registry::{self, PackageName, PublicKey, is_valid_version, proto};
+use crate::store::db::{self, PackageState};
+use crate::store::{self, Db, FileRef, Store};
+use crate::tarball;
+use crate::upstream::{Fetched, Upstream, Validators};
+
+/// Largest `/packages/NAME` body accepted from upstream.
+const PACKAGE_LIMIT: u64 = 16 << 20;
+
+/// What a package task needs; cheap to clone.
+#[derive(Clone)]
+pub(super) struct Ctx {
+    pub store: Arc<Store>,
+    pub db: Db,
+    pub upstream: Upstream,
+    pub key: PublicKey,
+    pub repository: Arc<str>,
+    pub limits: Arc<tarball::Limits>,
+    /// Tarball bodies held in memory between download and storage.
+    pub tarball_slots: Arc<Semaphore>,
+}
+
+/// A package whose record and every tarball are verified and stored.
+#[derive(Debug, Clone)]
+pub(super) struct PackageUpdate {
+    pub record: FileRef,
+    pub releases: Vec<(String, FileRef)>,
+    pub state: PackageState,
+    /// `None` when the upstream answered 304 (nothing new to remember).
+    pub validators: Option<Validators>,
+    pub decoded: proto::package::Package,
+}
+
+/// Result of working on one package.
+pub(super) struct Outcome {
+    pub name: String,
+    pub deps: Vec<(String, Option<String>)>,
+    pub update: Option<PackageUpdate>,
+    pub fetched: u64,
+    pub reused: u64,
+    pub failures: Vec<Failure>,
+}
+
+impl Outcome {
+    fn failed(name: &PackageName, version: Option<&str>, reason: String) -> Self {
+        Self {
+            name: name.to_string(),
+            deps: vec![],
+            update: None,
+            fetched: 0,
+            reused: 0,
+            failures: vec![Failure {
+                package: name.to_string(),
+                version: version.map(str::to_owned),
+                reason,
+            }],
+        }
+    }
+}
+
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("internal error: worker task failed: {e}"))
+}
+
+/// Fetches (conditionally, when `current` holds the record) and verifies
+/// `name`'s record and stores every tarball it names.
+pub(super) async fn sync_package(
+    ctx: Ctx,
+    name: PackageName,
+    current: Option<FileRef>,
+    updated_at: Option<(i64, i32)>,
+) -> Outcome {
+    let path = store::package_path(&name);
+    let url = ctx.upstream.url(&path);
+    let validators = match current {
+        Some(_) => {
+            let p = path.clone();
+            match ctx.db.call(move |c| db::validators(c, &p)).await {
+                Ok(v) => v,
+                Err(e) => return Outcome::failed(&name, None, e.to_string()),
+            }
+        }
+        None => Validators::default(),
+    };
+    let (bytes, new_validators) = match ctx.upstream.get(&path, &validators, PACKAGE_LIMIT).await {
+        Err(e) => return Outcome::failed(&name, None, format!("{e}; kept the last good copy")),
+        Ok(Fetched::NotFound) => {
+            return Outcome::failed(&name, None, format!("{url}: not found (404) upstream"));
+        }
+        Ok(Fetched::NotModified) => {
+            let Some(current) = current else {
+                return Outcome::failed(&name, None, format!("{url}: unexpected 304"));
+            };
+            let store = ctx.store.clone();
+            match blocking(move || store.read_blob(&current.sha256)).await {
+                Ok(Ok(b)) => (b, None),
+                Ok(Err(e)) => return Outcome::failed(&name, None, e.to_string()),
+                Err(e) => return Outcome::failed(&name, None, e),
+            }
+        }
+        Ok(Fetched::Body { body, validators }) => (body, Some(validators)),
+    };
+    let (key, repo, n, store) = (
+        ctx.key.clone(),
+        ctx.repository.clone(),
+        name.clone(),
+        ctx.store.clone(),
+    );
+    let verified = blocking(move || {
+        let package = registry::verify_package(&bytes, &key, &repo, n.as_str())
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        let record = store.put_bytes(&bytes).map_err(|e| e.to_string())?;
+        Ok::<_, String>((package, record))
+    })
+    .await;
+    let (package, record) = match verified {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            return Outcome::failed(
+                &name,
+                None,
+                format!("{url}: {e}; not stored, kept the last good copy"),
+            );
+        }
+        Err(e) => return Outcome::failed(&name, None, e),
+    };
+
+    let deps: Vec<(String, Option<String>)> = package
+        .releases
+        .iter()
+        .flat_map(|r| r.dependencies.iter())
+        .map(|d| (d.package.clone(), d.repository.clone()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut outcome = Outcome {
+        name: name.to_string(),
+        deps,
+        update: None,
+        fetched: 0,
+        reused: 0,
+        failures: vec![],
+    };
+    let mut wanted = Vec::with_capacity(package.releases.len());
+    let mut downloads = JoinSet::new();
+    for release in &package.releases {
+        let version = release.version.clone();
+        if !is_valid_version(&version) {
+            outcome.failures.push(Failure {
+                package: name.to_string(),
+                version: Some(version),
+                reason: format!("{url}: release has an invalid version string; skipped"),
+            });
+            continue;
+        }
+        let outer: [u8; 32] = match release.outer_checksum.as_deref().map(<[u8; 32]>::try_from) {
+            Some(Ok(sha)) => sha,
+            _ => {
+                outcome.failures.push(Failure {
+                    package: name.to_string(),
+                    version: Some(version),
+                    reason: format!("{url}: signed record has no 32-byte outer_checksum; skipped"),
+                });
+                continue;
+            }
+        };
+        wanted.push((version.clone(), outer));
+        if ctx.store.has_blob(&outer) {
+            outcome.reused += 1;
+        } else {
+            downloads.spawn(fetch_tarball(
+                ctx.clone(),
+                name.clone(),
+                version,
+                outer,
+                release.inner_checksum.clone(),
+            ));
+        }
+    }
+    while let Some(done) = downloads.join_next().await {
+        match done {
+            Ok(Ok(())) => outcome.fetched += 1,
+            Ok(Err(f)) => outcome.failures.push(f),
+            Err(e) => outcome.failures.push(Failure {
+                package: name.to_string(),
+                version: None,
+                reason: format!("internal error: download task failed: {e}"),
+            }),
+        }
+    }
+    if !outcome.failures.is_empty() {
+        return outcome;
+    }
+    let store = ctx.store.clone();
+    let sized = blocking(move || {
+        wanted
+            .into_iter()
+            .map(|(v, sha)| store.blob_ref(&sha).map(|r| (v, r)))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await;
+    let releases = match sized {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Outcome::failed(&name, None, e.to_string()),
+        Err(e) => return Outcome::failed(&name, None, e),
+    };
+    outcome.update = Some(PackageUpdate {
+        record,
+        state: PackageState {
+            updated_at,
+            versions: package.releases.iter().map(|r| r.version.clone()).collect(),
+            retired: super::plan::retired_indexes(&package),
+            deps: outcome.deps.clone(),
+        },
+        releases,
+        validators: new_validators,
+        decoded: package,
+    });
+    outcome
+}
+
+async fn fetch_tarball(
+    ctx: Ctx,
+    name: PackageName,
+    version: String,
+    outer: [u8; 32],
+    inner: Vec<u8>,
+) -> Result<(), Failure> {
+    let path = store::tarball_path(&name, &version);
+    let url = ctx.upstream.url(&path);
+    let fail = |reason: String| Failure {
+        package: name.to_string(),
+        version: Some(version.clone()),
+        reason,
+    };
+    let _slot = ctx
+        .tarball_slots
+        .acquire()
+        .await
+        .map_err(|e| fail(format!("internal error: {e}")))?;
+    let body = match ctx
+        .upstream
+        .get(&path, &Validators::default(), ctx.limits.max_tarball)
+        .await
+    {
+        Ok(Fetched::Body { body, .. }) => body,
+        Ok(Fetched::NotFound) => return Err(fail(format!("{url}: not found (404) upstream"))),
+        Ok(Fetched::NotModified) => return Err(fail(format!("{url}: unexpected 304"))),
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    let size = body.len() as u64;
+    let (store, limits, n, v) = (
+        ctx.store.clone(),
+        ctx.limits.clone(),
+        name.clone(),
+        version.clone(),
+    );
+    let stored = blocking(move || -> Result<(), String> {
+        let expected = tarball::Expected {
+            name: n.as_str(),
+            version: &v,
+            outer_checksum: &outer,
+            inner_checksum: Some(&inner),
+        };
+        tarball::verify(&body, &expected, &limits).map_err(|e| e.to_string())?;
+        store.put_blob(&outer, &body).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(&fail)?;
+    if let Err(reason) = stored {
+        return Err(fail(format!("{url}: {reason}; not stored")));
+    }
+    ctx.db
+        .call(move |c| db::record_blob(c, &outer, size))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(())
+}

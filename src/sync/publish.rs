@@ -1,0 +1,390 @@
+//! Publication: turns the outcome of a sync into the next generation of the
+//! served tree — the byte-identical upstream tree, each repository of our
+//! own (curated and re-signed), and the signed manifest — and switches it in.
+//! Runs on the blocking pool: it links files and signs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use super::fetch::PackageUpdate;
+use crate::config::{Config, RepositoryConfig};
+use crate::index;
+use crate::manifest::{self, FileEntry, Manifest, ManifestKey, UpstreamState};
+use crate::registry::{self, PublicKey, SigningKey, proto};
+use crate::store::{FileMap, FileRef, Store, StoreError, db};
+
+/// Why a generation could not be published. The previous one stays served.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Disk trouble.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A key could not be read or made.
+    #[error("{0}")]
+    Key(String),
+    /// A stored record no longer verifies (disk corruption or a key change).
+    #[error("stored record for {package} does not verify: {reason}; run `hexmirror verify`")]
+    Record {
+        /// The package.
+        package: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Everything publication needs from the sync.
+pub(super) struct Inputs {
+    pub prev: FileMap,
+    pub prev_version: u64,
+    pub updates: BTreeMap<String, PackageUpdate>,
+    /// `Some` when `/names` and `/versions` are published with this sync.
+    pub index: Option<IndexFiles>,
+    pub upstream_names: proto::names::Names,
+    pub upstream_state: UpstreamState,
+    /// The signed-record cache of each repository, read from the database.
+    pub signed_cache: Vec<db::SignedCacheRow>,
+}
+
+/// The upstream's `/names` and `/versions`, stored as blobs.
+pub(super) struct IndexFiles {
+    pub names: FileRef,
+    pub versions: FileRef,
+    /// Packages of the mirror; any other package leaves the tree.
+    pub wanted: BTreeSet<String>,
+}
+
+/// What was published.
+pub(super) struct Published {
+    pub version: u64,
+    /// Rows to write back to the signed-record cache.
+    pub signed_cache: Vec<db::SignedCacheRow>,
+}
+
+fn sha_hex(r: &FileRef) -> String {
+    hex::encode(r.sha256)
+}
+
+/// Applies the sync's results to the upstream part of the previous tree.
+fn upstream_files(store: &Store, inputs: &Inputs, key: &PublicKey) -> Result<FileMap, StoreError> {
+    let mut files: FileMap = inputs
+        .prev
+        .iter()
+        .filter(|(path, _)| !path.starts_with("repos/"))
+        .map(|(p, f)| (p.clone(), *f))
+        .collect();
+    for (name, update) in &inputs.updates {
+        files.retain(|path, _| !is_tarball_of(path, name));
+        files.insert(format!("packages/{name}"), update.record);
+        for (version, blob) in &update.releases {
+            files.insert(format!("tarballs/{name}-{version}.tar"), *blob);
+        }
+    }
+    if let Some(index) = &inputs.index {
+        files.insert("names".into(), index.names);
+        files.insert("versions".into(), index.versions);
+        files.insert(
+            "public_key".into(),
+            store.put_bytes(key.spki_pem().as_bytes())?,
+        );
+        files.retain(|path, _| match package_of(path) {
+            Some(name) => index.wanted.contains(name),
+            None => true,
+        });
+    }
+    Ok(files)
+}
+
+/// The package a `packages/` or `tarballs/` path belongs to. Package names
+/// have no `-`, so the first `-` of a tarball name ends the package name.
+fn package_of(path: &str) -> Option<&str> {
+    if let Some(name) = path.strip_prefix("packages/") {
+        return Some(name);
+    }
+    let file = path.strip_prefix("tarballs/")?;
+    file.split_once('-').map(|(name, _)| name)
+}
+
+fn is_tarball_of(path: &str, name: &str) -> bool {
+    path.starts_with("tarballs/") && package_of(path) == Some(name)
+}
+
+/// Identifies everything that shapes a repository's signed records, so a
+/// change of key, name or denylist re-signs them.
+fn repo_fingerprint(repo: &RepositoryConfig, key: &SigningKey) -> String {
+    let mut h = Sha256::new();
+    h.update(repo.name.as_bytes());
+    h.update([0]);
+    h.update(key.public_key().spki_pem().as_bytes());
+    for rule in &repo.deny {
+        h.update([0]);
+        h.update(rule.to_string().as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// What every repository of ours is built from.
+#[derive(Clone, Copy)]
+struct Sources<'a> {
+    store: &'a Store,
+    key: &'a SigningKey,
+    /// The new upstream tree.
+    upstream: &'a FileMap,
+    /// Its package records, decoded.
+    records: &'a BTreeMap<String, proto::package::Package>,
+    upstream_names: &'a proto::names::Names,
+    upstream_repository: &'a str,
+    cache: &'a [db::SignedCacheRow],
+}
+
+/// Builds repository `repo`'s files under `repos/NAME/` from the upstream
+/// records in `upstream`, re-signing only records whose source, key or
+/// curation changed since they were cached.
+fn repository_files(
+    src: &Sources<'_>,
+    repo: &RepositoryConfig,
+    new_cache: &mut Vec<db::SignedCacheRow>,
+) -> Result<FileMap, StoreError> {
+    let Sources {
+        store,
+        key,
+        upstream,
+        records,
+        upstream_names,
+        upstream_repository,
+        cache,
+    } = *src;
+    let fp = repo_fingerprint(repo, key);
+    let cached: BTreeMap<&str, &db::SignedCacheRow> = cache
+        .iter()
+        .filter(|r| r.repository == repo.name && r.fingerprint == fp)
+        .map(|r| (r.package.as_str(), r))
+        .collect();
+    let curated: BTreeMap<String, proto::package::Package> = records
+        .iter()
+        .filter_map(|(name, r)| {
+            index::curate_package(r, &repo.name, &repo.deny).map(|c| (name.clone(), c))
+        })
+        .collect();
+    let view: BTreeSet<String> = match &repo.packages {
+        None => curated.keys().cloned().collect(),
+        Some(roots) => index::closure(roots, &curated, upstream_repository),
+    };
+    let curated: BTreeMap<String, proto::package::Package> = curated
+        .into_iter()
+        .filter(|(name, _)| view.contains(name))
+        .collect();
+
+    let base = format!("repos/{}", repo.name);
+    let mut files = FileMap::new();
+    for (name, record) in &curated {
+        let source = upstream
+            .get(&format!("packages/{name}"))
+            .map(sha_hex)
+            .unwrap_or_default();
+        let reuse = cached
+            .get(name.as_str())
+            .filter(|row| row.source_sha256 == source)
+            .and_then(|row| {
+                let sha: [u8; 32] = hex::decode(&row.signed_sha256).ok()?.try_into().ok()?;
+                store.blob_ref(&sha).ok()
+            });
+        let signed = match reuse {
+            Some(r) => r,
+            None => store.put_bytes(&registry::seal_signed(record.encode_to_vec(), key))?,
+        };
+        new_cache.push(db::SignedCacheRow {
+            repository: repo.name.clone(),
+            package: name.clone(),
+            source_sha256: source,
+            fingerprint: fp.clone(),
+            signed_sha256: sha_hex(&signed),
+        });
+        files.insert(format!("{base}/packages/{name}"), signed);
+        for release in &record.releases {
+            let tarball = format!("tarballs/{name}-{}.tar", release.version);
+            if let Some(blob) = upstream.get(&tarball) {
+                files.insert(format!("{base}/{tarball}"), *blob);
+            }
+        }
+    }
+    let updated_at: BTreeMap<String, proto::names::Timestamp> = upstream_names
+        .packages
+        .iter()
+        .filter_map(|p| p.updated_at.map(|t| (p.name.clone(), t)))
+        .collect();
+    let names = index::build_names(&repo.name, &curated, &updated_at);
+    let versions = index::build_versions(&repo.name, &curated);
+    files.insert(
+        format!("{base}/names"),
+        store.put_bytes(&registry::seal_signed(names.encode_to_vec(), key))?,
+    );
+    files.insert(
+        format!("{base}/versions"),
+        store.put_bytes(&registry::seal_signed(versions.encode_to_vec(), key))?,
+    );
+    files.insert(
+        format!("{base}/public_key"),
+        store.put_bytes(key.public_key().spki_pem().as_bytes())?,
+    );
+    Ok(files)
+}
+
+/// Loads the manifest key, creating it (mode 0600) if the file does not exist.
+pub(super) fn manifest_key(config: &Config) -> Result<ManifestKey, PublishError> {
+    let path = &config.signing.manifest_key;
+    match std::fs::read_to_string(path) {
+        Ok(pem) => ManifestKey::from_pem(&pem).map_err(|e| {
+            PublishError::Key(format!("signing.manifest_key {}: {e}", path.display()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = ManifestKey::generate();
+            crate::keyfiles::write_new_secret(path, key.to_pkcs8_pem().as_bytes())
+                .map_err(|e| PublishError::Key(e.to_string()))?;
+            tracing::info!(path = %path.display(), "created the manifest signing key (Ed25519)");
+            Ok(key)
+        }
+        Err(e) => Err(PublishError::Key(format!(
+            "cannot read signing.manifest_key {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Loads the RSA key that signs our repositories, if one is configured.
+pub(super) fn signing_key(config: &Config) -> Result<Option<SigningKey>, PublishError> {
+    let Some(path) = &config.signing.key else {
+        return Ok(None);
+    };
+    let pem = std::fs::read_to_string(path).map_err(|e| {
+        PublishError::Key(format!("cannot read signing.key {}: {e}", path.display()))
+    })?;
+    SigningKey::from_pem(&pem)
+        .map(Some)
+        .map_err(|e| PublishError::Key(format!("signing.key {}: {e}", path.display())))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Builds the next generation and switches it in, unless it would equal the
+/// current one and the current manifest is not due for re-signing.
+pub(super) fn publish(
+    store: &Store,
+    config: &Config,
+    inputs: Inputs,
+    manifest_due: bool,
+) -> Result<Published, PublishError> {
+    let upstream = upstream_files(store, &inputs, &config.upstream.public_key)?;
+    let mut files = upstream.clone();
+    let mut new_cache = Vec::new();
+    if !config.repositories.is_empty() {
+        let key = signing_key(config)?
+            .ok_or_else(|| PublishError::Key("a [[repository]] needs signing.key".into()))?;
+        let records = decode_records(store, &upstream, &inputs, config)?;
+        let sources = Sources {
+            store,
+            key: &key,
+            upstream: &upstream,
+            records: &records,
+            upstream_names: &inputs.upstream_names,
+            upstream_repository: &config.upstream.repository,
+            cache: &inputs.signed_cache,
+        };
+        for repo in &config.repositories {
+            files.extend(repository_files(&sources, repo, &mut new_cache)?);
+        }
+    }
+    let changed = files != inputs.prev;
+    if !changed && !manifest_due {
+        return Ok(Published {
+            version: inputs.prev_version,
+            signed_cache: new_cache,
+        });
+    }
+    let version = inputs.prev_version + 1;
+    let signed_at = now();
+    let manifest = Manifest {
+        version,
+        generation: format!("g{version:012}"),
+        signed_at,
+        expires_at: signed_at + config.signing.manifest_expiry.as_secs(),
+        upstream: inputs.upstream_state,
+        files: files
+            .iter()
+            .map(|(p, f)| {
+                (
+                    p.clone(),
+                    FileEntry {
+                        sha256: sha_hex(f),
+                        size: f.size,
+                    },
+                )
+            })
+            .collect(),
+    };
+    let key = manifest_key(config)?;
+    let bytes = manifest::sign(&manifest, &key);
+    store.publish_generation(version, &files, &bytes)?;
+    Ok(Published {
+        version,
+        signed_cache: new_cache,
+    })
+}
+
+/// Every upstream record in the new tree, decoded and verified again (they
+/// came from the blob store, which only holds verified bytes, but a record
+/// is cheap to check and the repositories we sign must rest on verified
+/// input only).
+fn decode_records(
+    store: &Store,
+    upstream: &FileMap,
+    inputs: &Inputs,
+    config: &Config,
+) -> Result<BTreeMap<String, proto::package::Package>, PublishError> {
+    let mut records = BTreeMap::new();
+    for (path, file) in upstream {
+        let Some(name) = path.strip_prefix("packages/") else {
+            continue;
+        };
+        if let Some(update) = inputs.updates.get(name) {
+            records.insert(name.to_owned(), update.decoded.clone());
+            continue;
+        }
+        let bytes = store.read_blob(&file.sha256)?;
+        let record = registry::verify_package(
+            &bytes,
+            &config.upstream.public_key,
+            &config.upstream.repository,
+            name,
+        )
+        .map_err(|e| PublishError::Record {
+            package: name.to_owned(),
+            reason: e.to_string(),
+        })?;
+        records.insert(name.to_owned(), record.into_inner());
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_of_paths() {
+        assert_eq!(package_of("packages/plug_crypto"), Some("plug_crypto"));
+        assert_eq!(
+            package_of("tarballs/plug_crypto-1.0.0+b.tar"),
+            Some("plug_crypto")
+        );
+        assert_eq!(package_of("names"), None);
+        assert!(is_tarball_of("tarballs/plug-1.0.0.tar", "plug"));
+        assert!(!is_tarball_of("tarballs/plug_crypto-1.0.0.tar", "plug"));
+    }
+}

@@ -1,0 +1,244 @@
+//! `hexmirror verify`: checks a served tree against its signed manifest,
+//! locally (the data directory) or remotely (over HTTP, like a client).
+//! Fails on a bad signature, an expired manifest (a frozen mirror) and a
+//! version lower than the last one accepted (a rollback).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::task::JoinSet;
+
+use crate::manifest::{self, FileEntry, Manifest, ManifestError, ManifestPublicKey, Report};
+use crate::store::MANIFEST_FILE;
+use crate::upstream::{Fetched, Upstream, Validators};
+
+/// Why verification could not even compare files.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The manifest could not be read.
+    #[error("cannot read the manifest {where_}: {reason}")]
+    Read {
+        /// File or URL.
+        where_: String,
+        /// Why.
+        reason: String,
+    },
+    /// The manifest was refused (signature, expiry, rollback).
+    #[error("manifest {where_}: {source}")]
+    Manifest {
+        /// File or URL.
+        where_: String,
+        /// Why.
+        source: ManifestError,
+    },
+    /// The rollback state file could not be read or written.
+    #[error("verify state {}: {reason}", path.display())]
+    State {
+        /// The state file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The outcome of a verification that got as far as comparing files.
+#[derive(Debug)]
+pub struct Verification {
+    /// The verified manifest.
+    pub manifest: Manifest,
+    /// File by file comparison.
+    pub report: Report,
+    /// False for remote checks, which cannot list files the manifest omits.
+    pub extra_checked: bool,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The last manifest version accepted, kept in a small text file.
+fn read_state(path: &Path) -> Result<Option<u64>, VerifyError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => s.trim().parse().map(Some).map_err(|_| VerifyError::State {
+            path: path.to_owned(),
+            reason: format!(
+                "{:?} is not a version number; delete the file to start over",
+                s.trim()
+            ),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(VerifyError::State {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+fn write_state(path: &Path, version: u64) -> Result<(), VerifyError> {
+    let fail = |e: std::io::Error| VerifyError::State {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{version}\n")).map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)
+}
+
+fn check_manifest(
+    bytes: &[u8],
+    key: &ManifestPublicKey,
+    state: &Path,
+    where_: &str,
+) -> Result<Manifest, VerifyError> {
+    let last = read_state(state)?;
+    manifest::verify(bytes, key, now(), last).map_err(|source| VerifyError::Manifest {
+        where_: where_.to_owned(),
+        source,
+    })
+}
+
+/// Hashes every file under `root` except the manifest.
+fn scan(root: &Path) -> std::io::Result<BTreeMap<String, FileEntry>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let rel = path
+                .strip_prefix(root)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if rel == MANIFEST_FILE {
+                continue;
+            }
+            let bytes = std::fs::read(&path)?;
+            out.insert(
+                rel,
+                FileEntry {
+                    sha256: hex::encode(Sha256::digest(&bytes)),
+                    size: bytes.len() as u64,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Verifies the generation `current` points to in `data_dir`.
+pub async fn local(
+    data_dir: &Path,
+    key: &ManifestPublicKey,
+    state: &Path,
+) -> Result<Verification, VerifyError> {
+    let root = data_dir.join("current");
+    let manifest_path = root.join(MANIFEST_FILE);
+    let where_ = manifest_path.display().to_string();
+    // Resolve `current` once, so the whole check sees one generation.
+    let root = std::fs::canonicalize(&root).map_err(|e| VerifyError::Read {
+        where_: where_.clone(),
+        reason: format!("{e} (has a sync published anything yet?)"),
+    })?;
+    let bytes = std::fs::read(root.join(MANIFEST_FILE)).map_err(|e| VerifyError::Read {
+        where_: where_.clone(),
+        reason: e.to_string(),
+    })?;
+    let manifest = check_manifest(&bytes, key, state, &where_)?;
+    let scan_root = root.clone();
+    let actual = tokio::task::spawn_blocking(move || scan(&scan_root))
+        .await
+        .map_err(|e| VerifyError::Read {
+            where_: root.display().to_string(),
+            reason: e.to_string(),
+        })?
+        .map_err(|e| VerifyError::Read {
+            where_: root.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    let report = manifest::diff(&manifest, &actual);
+    if report.is_clean() {
+        write_state(state, manifest.version)?;
+    }
+    Ok(Verification {
+        manifest,
+        report,
+        extra_checked: true,
+    })
+}
+
+/// Verifies a mirror over HTTP: the manifest, then every file it lists.
+pub async fn remote(
+    upstream: Upstream,
+    key: &ManifestPublicKey,
+    state: &Path,
+) -> Result<Verification, VerifyError> {
+    let where_ = upstream.url(MANIFEST_FILE);
+    let read_err = |reason: String| VerifyError::Read {
+        where_: where_.clone(),
+        reason,
+    };
+    let bytes = match upstream
+        .get(MANIFEST_FILE, &Validators::default(), 1 << 30)
+        .await
+    {
+        Ok(Fetched::Body { body, .. }) => body,
+        Ok(_) => return Err(read_err("not found".into())),
+        Err(e) => return Err(read_err(e.to_string())),
+    };
+    let manifest = check_manifest(&bytes, key, state, &where_)?;
+    let mut actual = BTreeMap::new();
+    let mut tasks = JoinSet::new();
+    for path in manifest.files.keys().cloned() {
+        let upstream = upstream.clone();
+        tasks.spawn(async move {
+            let got = upstream.get(&path, &Validators::default(), 64 << 20).await;
+            (path, got)
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let Ok((path, got)) = joined else { continue };
+        if let Ok(Fetched::Body { body, .. }) = got {
+            actual.insert(
+                path,
+                FileEntry {
+                    sha256: hex::encode(Sha256::digest(&body)),
+                    size: body.len() as u64,
+                },
+            );
+        }
+    }
+    let report = manifest::diff(&manifest, &actual);
+    if report.is_clean() {
+        write_state(state, manifest.version)?;
+    }
+    Ok(Verification {
+        manifest,
+        report,
+        extra_checked: false,
+    })
+}
+
+/// Default rollback-state file for a remote mirror, one per URL.
+pub fn default_remote_state(url: &str) -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let id = hex::encode(&Sha256::digest(url.trim_end_matches('/').as_bytes())[..8]);
+    base.join("hexmirror").join(format!("verify-{id}"))
+}
+
+/// Timeout for remote verification requests.
+pub const REMOTE_TIMEOUT: Duration = Duration::from_secs(60);
