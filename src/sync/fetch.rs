@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::Failure;
-use crate::registry::{self, PackageName, PublicKey, is_valid_version, proto};
+use crate::registry::{self, PackageName, PublicKey, is_valid_version};
 use crate::store::db::{self, PackageState};
 use crate::store::{self, Db, FileRef, Store};
 use crate::tarball;
@@ -39,7 +39,6 @@ pub(super) struct PackageUpdate {
     pub state: PackageState,
     /// `None` when the upstream answered 304 (nothing new to remember).
     pub validators: Option<Validators>,
-    pub decoded: proto::package::Package,
 }
 
 /// Result of working on one package.
@@ -230,7 +229,6 @@ pub(super) async fn sync_package(
         },
         releases,
         validators: new_validators,
-        decoded: package,
     });
     outcome
 }
