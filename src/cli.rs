@@ -172,7 +172,13 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))?;
     let addr = listener.local_addr()?;
     println!("hexmirror serving {} on http://{addr}", tree.display());
-    server::run(listener, server::router(tree), shutdown_signal()).await?;
+    let ours = config.repositories.iter().map(|r| r.name.clone()).collect();
+    server::run(
+        listener,
+        server::router_with_public_repos(tree, ours),
+        shutdown_signal(),
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 

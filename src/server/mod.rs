@@ -48,13 +48,27 @@ const STREAM_CHUNK: usize = 64 * 1024;
 struct ServerState {
     root: PathBuf,
     etags: EtagCache,
+    /// Repositories under `/repos/` that are public (ours); any other is
+    /// treated as an organisation repository and cached privately.
+    public_repos: std::collections::BTreeSet<String>,
 }
 
-/// Builds the router that serves the Hex tree rooted at `root`.
+/// Builds the router that serves the Hex tree rooted at `root`; everything
+/// under `/repos/` is cached privately, as hex.pm does for organisations.
 pub fn router(root: PathBuf) -> Router {
+    router_with_public_repos(root, Default::default())
+}
+
+/// Like [`router`], but the repositories named in `public_repos` (our own,
+/// re-signed ones) are cached publicly, so CDNs and proxies may share them.
+pub fn router_with_public_repos(
+    root: PathBuf,
+    public_repos: std::collections::BTreeSet<String>,
+) -> Router {
     let state = Arc::new(ServerState {
         root,
         etags: EtagCache::default(),
+        public_repos,
     });
     // One fallback instead of axum routes: validation must see the raw,
     // still-encoded path, and every shape is checked in `paths::parse`.
@@ -230,7 +244,10 @@ async fn serve_file(
     let mut res = Response::new(Body::empty());
     let h = res.headers_mut();
     set(h, header::ETAG, &opened.etag);
-    h.insert(header::CACHE_CONTROL, cache_control(target));
+    h.insert(
+        header::CACHE_CONTROL,
+        cache_control(target, &state.public_repos),
+    );
     if let Some(lm) = last_modified {
         set(h, header::LAST_MODIFIED, &httpdate::fmt_http_date(lm));
     }
@@ -292,9 +309,16 @@ async fn serve_file(
     Ok(res)
 }
 
-fn cache_control(target: &FileTarget) -> HeaderValue {
+fn cache_control(
+    target: &FileTarget,
+    public_repos: &std::collections::BTreeSet<String>,
+) -> HeaderValue {
     // Mirrors hex.pm (registry_builder.ex, assets.ex): org repos are private.
-    let value = match (target.org.is_some(), target.kind) {
+    let private = target
+        .org
+        .as_ref()
+        .is_some_and(|org| !public_repos.contains(org));
+    let value = match (private, target.kind) {
         (false, Kind::Registry | Kind::PublicKey) => "public, max-age=3600",
         (false, Kind::Tarball) => "public, max-age=604800",
         (false, Kind::Docs) => "public, max-age=86400",

@@ -17,12 +17,17 @@ struct Tree {
 
 impl Tree {
     fn new() -> Self {
+        Self::with_public_repos(&[])
+    }
+
+    fn with_public_repos(public: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         let tree = Self {
             state: Arc::new(ServerState {
                 root: root.clone(),
                 etags: EtagCache::default(),
+                public_repos: public.iter().map(|s| s.to_string()).collect(),
             }),
             dir,
         };
@@ -445,6 +450,7 @@ async fn root_symlink_switch_is_seen_at_once() {
     let state = Arc::new(ServerState {
         root: current.clone(),
         etags: EtagCache::default(),
+        public_repos: Default::default(),
     });
     let body = |state: Arc<ServerState>| async move {
         let res = respond(&state, &Method::GET, "/packages/foo", &HeaderMap::new()).await;
@@ -581,4 +587,17 @@ async fn real_socket_round_trip() {
         .expect("server stopped in time")
         .unwrap();
     assert!(result.is_ok());
+}
+
+#[tokio::test]
+async fn our_own_repositories_are_cached_publicly_and_others_privately() {
+    let tree = Tree::with_public_repos(&["acme"]);
+    let reply = tree.get("/repos/acme/packages/foo").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("cache-control"), Some("public, max-age=3600"));
+    let reply = tree.get("/repos/acme/tarballs/foo-1.0.0.tar").await;
+    assert_eq!(
+        reply.header("cache-control"),
+        Some("public, max-age=604800")
+    );
 }
