@@ -186,3 +186,62 @@ pub fn rebuild_upstream(upstream: &TestUpstream, spec: &str) {
     }
     Oracle::build_upstream(upstream.dir(), "hexpm", &fixture_key("upstream.pem"), spec);
 }
+
+// ---------------------------------------------------------------------------
+// Generations, manifests and `hexmirror verify` / `gc`
+// ---------------------------------------------------------------------------
+
+/// How long one `hexmirror verify` or `gc` may take in a test.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Mirror {
+    /// The manifest signing key: the first sync creates it at the default
+    /// place, `DATA_DIR/keys/manifest.pem` (`verify --key` takes it as is).
+    pub fn manifest_key_path(&self) -> PathBuf {
+        self.data_dir().join("keys/manifest.pem")
+    }
+
+    /// The manifest signing key, loaded.
+    pub fn manifest_key(&self) -> hexmirror::manifest::ManifestKey {
+        let pem = fs::read_to_string(self.manifest_key_path()).expect("read the manifest key");
+        hexmirror::manifest::ManifestKey::from_pem(&pem).expect("manifest key")
+    }
+
+    /// The current generation's manifest, checked against the mirror's key
+    /// (but not for expiry, so a test can read one it forged as expired).
+    pub fn current_manifest(&self) -> hexmirror::manifest::Manifest {
+        let bytes = fs::read(self.tree().join(hexmirror::store::MANIFEST_FILE))
+            .expect("read the current manifest");
+        hexmirror::manifest::verify(&bytes, &self.manifest_key().public(), 0, None)
+            .expect("the current manifest verifies with the mirror's key")
+    }
+
+    /// Replaces the current generation's manifest with `edit` applied to it,
+    /// signed by `key`: a forgery when `key` is not the mirror's, otherwise a
+    /// validly signed manifest the mirror never published. Written with a
+    /// rename so the manifest is a new file (no other link is touched).
+    pub fn replace_current_manifest(
+        &self,
+        key: &hexmirror::manifest::ManifestKey,
+        edit: impl FnOnce(&mut hexmirror::manifest::Manifest),
+    ) {
+        let mut manifest = self.current_manifest();
+        edit(&mut manifest);
+        let path = self.tree().join(hexmirror::store::MANIFEST_FILE);
+        let tmp = path.with_extension("forged");
+        fs::write(&tmp, hexmirror::manifest::sign(&manifest, key)).unwrap();
+        fs::rename(&tmp, &path).unwrap();
+    }
+
+    /// Runs `hexmirror ARGS... --config CONFIG` to the end.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = super::hexmirror();
+        cmd.args(args).arg("--config").arg(&self.config);
+        let out = run_with_timeout(cmd, COMMAND_TIMEOUT);
+        Output {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
