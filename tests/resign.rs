@@ -642,3 +642,47 @@ fn a_new_signing_key_resigns_everything_without_an_upstream_change() {
     );
     assert!(!signed_by(&mirror, &new_public));
 }
+
+/// Regression: a sync with failures used to publish fresh re-signed
+/// `/names` and `/versions` for our repositories anyway, listing packages
+/// without the ones that failed (beta without the alpha it requires). Our
+/// repositories must wait for a complete sync, like the upstream index.
+#[test]
+fn a_sync_with_failures_leaves_our_repositories_as_the_last_complete_sync_made_them() {
+    let repos = repositories_config(&fixture_key("other.pem"), &["name = \"mirror\""]);
+    // First sync fails on one tarball: no repository of ours is published.
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let broken = upstream.dir().join("tarballs/alpha-1.0.0.tar");
+    let good = read(&broken);
+    fs::remove_file(&broken).unwrap();
+    let mirror = Mirror::new(&upstream, &repos);
+    let out = mirror.sync();
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(!mirror.tree().join("repos/mirror/names").exists());
+
+    // Once complete, it is published.
+    fs::write(&broken, good).unwrap();
+    assert!(mirror.sync().ok());
+    let files = ["names", "versions", "packages/alpha", "packages/gamma"];
+    let snapshot = || -> Vec<Vec<u8>> {
+        files
+            .iter()
+            .map(|f| read(&mirror.tree().join("repos/mirror").join(f)))
+            .collect()
+    };
+    let before = snapshot();
+
+    // A later sync updates gamma but fails on a new alpha release: the
+    // repository keeps the view of the last complete sync.
+    let spec = format!(
+        "{SPEC_SMALL}{{\"alpha\", \"1.2.0\", [], []}}.\n{{\"gamma\", \"3.1.0\", [], []}}.\n"
+    );
+    rebuild_upstream(&upstream, &spec);
+    fs::remove_file(upstream.dir().join("tarballs/alpha-1.2.0.tar")).unwrap();
+    let out = mirror.sync();
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        before == snapshot(),
+        "our repository changed after an incomplete sync"
+    );
+}

@@ -284,7 +284,18 @@ pub(super) fn publish(
     let upstream = upstream_files(store, &inputs, &config.upstream.public_key)?;
     let mut files = upstream.clone();
     let mut new_cache = Vec::new();
-    if !config.repositories.is_empty() {
+    if inputs.index.is_none() {
+        // Some packages failed: our repositories keep the views of the last
+        // complete sync, as the upstream's /names and /versions do, so no
+        // re-signed index ever names a package this sync could not finish.
+        files.extend(
+            inputs
+                .prev
+                .iter()
+                .filter(|(path, _)| path.starts_with("repos/"))
+                .map(|(p, f)| (p.clone(), *f)),
+        );
+    } else if !config.repositories.is_empty() {
         let key = signing_key(config)?
             .ok_or_else(|| PublishError::Key("a [[repository]] needs signing.key".into()))?;
         let records = decode_records(store, &upstream, config)?;
