@@ -59,7 +59,7 @@ pub enum Command {
     Gc,
 }
 
-/// Exit status for a sync that finished with failures.
+/// Exit status for a sync that finished with failures, or a failed verify.
 const EXIT_SYNC_FAILED: u8 = 1;
 /// Exit status for a configuration or start-up problem.
 const EXIT_CONFIG: u8 = 2;
@@ -280,12 +280,22 @@ async fn run_verify(
             };
             let upstream = crate::upstream::Upstream::new(&upstream_config, 8)?;
             let state = state.unwrap_or_else(|| crate::verify::default_remote_state(url));
-            crate::verify::remote(upstream, &public, &state).await?
+            crate::verify::remote(upstream, &public, &state).await
         }
         None => {
             let state = state.unwrap_or_else(|| config.data_dir.join("verify.state"));
-            crate::verify::local(&config.data_dir, &public, &state).await?
+            crate::verify::local(&config.data_dir, &public, &state).await
         }
+    };
+    let result = match result {
+        Ok(r) => r,
+        // A refused manifest (signature, expiry, rollback) is a finding about
+        // the mirror, like a corrupt file: exit 1, not the usage-error 2.
+        Err(e @ crate::verify::VerifyError::Manifest { .. }) => {
+            eprintln!("hexmirror: {e}");
+            return Ok(ExitCode::from(EXIT_SYNC_FAILED));
+        }
+        Err(e) => return Err(e.into()),
     };
     let m = &result.manifest;
     let r = &result.report;

@@ -192,3 +192,48 @@ fn repository_files(root: &Path) -> Vec<(String, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// Regression: a stored tarball damaged on disk was linked into every later
+/// generation, so `verify` reported it forever. The next sync that touches
+/// the package re-hashes what it reuses and fetches a good copy.
+#[test]
+fn a_damaged_blob_is_fetched_again_by_the_next_sync_that_needs_it() {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let mirror = Mirror::new(&upstream, "");
+    assert!(mirror.sync().ok());
+    // Flip a byte through the served link: that is the blob itself.
+    let served = mirror.tree().join("tarballs/alpha-1.0.0.tar");
+    let mut bytes = fs::read(&served).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    let mut f = fs::OpenOptions::new().write(true).open(&served).unwrap();
+    std::io::Write::write_all(&mut f, &bytes).unwrap();
+    drop(f);
+
+    rebuild_upstream(
+        &upstream,
+        &format!("{SPEC_SMALL}{{\"alpha\", \"1.2.0\", [], []}}.\n"),
+    );
+    upstream.clear_log();
+    let out = mirror.sync();
+    assert!(out.ok(), "{out}");
+    assert_eq!(
+        upstream.count_path("/tarballs/alpha-1.0.0.tar"),
+        1,
+        "refetched once"
+    );
+    assert_eq!(
+        fs::read(mirror.tree().join("tarballs/alpha-1.0.0.tar")).unwrap(),
+        fs::read(upstream.dir().join("tarballs/alpha-1.0.0.tar")).unwrap()
+    );
+    let verify = hexmirror()
+        .args(["verify", "--config"])
+        .arg(mirror.config())
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}

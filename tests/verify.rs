@@ -135,7 +135,13 @@ fn assert_finding(out: &Verdict, line_start: &str) {
 
 /// A refused manifest: failure, and `needle` in what the user is told.
 fn assert_refused(out: &Verdict, needle: &str) {
-    assert!(!out.ok(), "verify accepted a bad manifest:\n{out}");
+    // Exit 1, like a file difference: a refused manifest is a finding about
+    // the mirror, not a usage error (exit 2). Regression: it used to be 2.
+    assert_eq!(
+        out.code,
+        Some(1),
+        "verify did not refuse with exit 1:\n{out}"
+    );
     assert!(
         out.stderr.contains(needle) || out.stdout.contains(needle),
         "no {needle:?} in the output:\n{out}"

@@ -94,6 +94,25 @@ impl Store {
         })
     }
 
+    /// True when the blob exists and its content still hashes to its name.
+    /// A blob that does not (a bad disk, a hand edit) is removed, so the
+    /// caller fetches a good copy; generations that link the bad one keep it
+    /// until they are pruned, and `verify` reports it there.
+    pub fn blob_is_intact(&self, sha256: &[u8; 32]) -> Result<bool, StoreError> {
+        let path = self.blob_path(sha256);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(err("read blob", &path)(e)),
+        };
+        if Sha256::digest(&bytes).as_slice() == sha256 {
+            return Ok(true);
+        }
+        tracing::warn!(blob = %path.display(), "stored blob does not match its checksum; removing it to fetch it again");
+        fs::remove_file(&path).map_err(err("remove corrupt blob", &path))?;
+        Ok(false)
+    }
+
     /// Reads a blob.
     pub fn read_blob(&self, sha256: &[u8; 32]) -> Result<Vec<u8>, StoreError> {
         let path = self.blob_path(sha256);
@@ -232,6 +251,18 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_corrupt_blob_is_detected_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = store.put_bytes(b"good").unwrap();
+        assert!(store.blob_is_intact(&a.sha256).unwrap());
+        fs::write(store.blob_path(&a.sha256), b"evil").unwrap();
+        assert!(!store.blob_is_intact(&a.sha256).unwrap());
+        assert!(!store.has_blob(&a.sha256));
+        assert!(!store.blob_is_intact(&[0; 32]).unwrap());
+    }
 
     #[test]
     fn publish_switches_current_and_prune_keeps_the_current_one() {

@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::Failure;
-use crate::registry::{self, PackageName, PublicKey, is_valid_version};
+use crate::registry::{self, PackageName, PublicKey, is_valid_version, proto};
 use crate::store::db::{self, PackageState};
 use crate::store::{self, Db, FileRef, Store};
 use crate::tarball;
@@ -84,11 +84,10 @@ pub(super) async fn sync_package(
     current: Option<FileRef>,
     updated_at: Option<(i64, i32)>,
 ) -> Outcome {
-    let path = store::package_path(&name);
-    let url = ctx.upstream.url(&path);
+    let url = ctx.upstream.url(&store::package_path(&name));
     let validators = match current {
         Some(_) => {
-            let p = path.clone();
+            let p = store::package_path(&name);
             match ctx.db.call(move |c| db::validators(c, &p)).await {
                 Ok(v) => v,
                 Err(e) => return Outcome::failed(&name, None, e.to_string()),
@@ -96,49 +95,17 @@ pub(super) async fn sync_package(
         }
         None => Validators::default(),
     };
-    let (bytes, new_validators) = match ctx.upstream.get(&path, &validators, PACKAGE_LIMIT).await {
-        Err(e) => return Outcome::failed(&name, None, format!("{e}; kept the last good copy")),
-        Ok(Fetched::NotFound) => {
-            return Outcome::failed(&name, None, format!("{url}: not found (404) upstream"));
-        }
-        Ok(Fetched::NotModified) => {
-            let Some(current) = current else {
-                return Outcome::failed(&name, None, format!("{url}: unexpected 304"));
-            };
-            let store = ctx.store.clone();
-            match blocking(move || store.read_blob(&current.sha256)).await {
-                Ok(Ok(b)) => (b, None),
-                Ok(Err(e)) => return Outcome::failed(&name, None, e.to_string()),
-                Err(e) => return Outcome::failed(&name, None, e),
-            }
-        }
-        Ok(Fetched::Body { body, validators }) => (body, Some(validators)),
-    };
-    let (key, repo, n, store) = (
-        ctx.key.clone(),
-        ctx.repository.clone(),
-        name.clone(),
-        ctx.store.clone(),
-    );
-    let verified = blocking(move || {
-        let package = registry::verify_package(&bytes, &key, &repo, n.as_str())
-            .map_err(|e| e.to_string())?
-            .into_inner();
-        let record = store.put_bytes(&bytes).map_err(|e| e.to_string())?;
-        Ok::<_, String>((package, record))
-    })
-    .await;
-    let (package, record) = match verified {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            return Outcome::failed(
-                &name,
-                None,
-                format!("{url}: {e}; not stored, kept the last good copy"),
-            );
-        }
-        Err(e) => return Outcome::failed(&name, None, e),
-    };
+    let (package, record, new_validators) =
+        match fetch_record(&ctx, &name, current, &validators).await {
+            Ok(Some(got)) => got,
+            // The stored copy no longer verifies: ask for the record in full.
+            Ok(None) => match fetch_record(&ctx, &name, None, &Validators::default()).await {
+                Ok(Some(got)) => got,
+                Ok(None) => return Outcome::failed(&name, None, format!("{url}: unexpected 304")),
+                Err(reason) => return Outcome::failed(&name, None, reason),
+            },
+            Err(reason) => return Outcome::failed(&name, None, reason),
+        };
 
     let deps: Vec<(String, Option<String>)> = package
         .releases
@@ -179,16 +146,33 @@ pub(super) async fn sync_package(
                 continue;
             }
         };
-        wanted.push((version.clone(), outer));
-        if ctx.store.has_blob(&outer) {
+        wanted.push((version.clone(), outer, release.inner_checksum.clone()));
+    }
+    // Reuse a stored tarball only if it still hashes to its name: a damaged
+    // blob is removed and fetched again instead of being linked onwards.
+    let store = ctx.store.clone();
+    let shas: Vec<[u8; 32]> = wanted.iter().map(|w| w.1).collect();
+    let intact = match blocking(move || {
+        shas.iter()
+            .map(|sha| store.blob_is_intact(sha))
+            .collect::<Result<Vec<bool>, _>>()
+    })
+    .await
+    {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return Outcome::failed(&name, None, e.to_string()),
+        Err(e) => return Outcome::failed(&name, None, e),
+    };
+    for ((version, outer, inner), intact) in wanted.iter().zip(intact) {
+        if intact {
             outcome.reused += 1;
         } else {
             downloads.spawn(fetch_tarball(
                 ctx.clone(),
                 name.clone(),
-                version,
-                outer,
-                release.inner_checksum.clone(),
+                version.clone(),
+                *outer,
+                inner.clone(),
             ));
         }
     }
@@ -210,7 +194,7 @@ pub(super) async fn sync_package(
     let sized = blocking(move || {
         wanted
             .into_iter()
-            .map(|(v, sha)| store.blob_ref(&sha).map(|r| (v, r)))
+            .map(|(v, sha, _)| store.blob_ref(&sha).map(|r| (v, r)))
             .collect::<Result<Vec<_>, _>>()
     })
     .await;
@@ -231,6 +215,59 @@ pub(super) async fn sync_package(
         validators: new_validators,
     });
     outcome
+}
+
+/// Fetches and verifies `name`'s record, conditionally on `validators` when
+/// `current` is the stored copy. `Ok(None)`: the upstream said 304 but the
+/// stored copy does not verify any more.
+async fn fetch_record(
+    ctx: &Ctx,
+    name: &PackageName,
+    current: Option<FileRef>,
+    validators: &Validators,
+) -> Result<Option<(proto::package::Package, FileRef, Option<Validators>)>, String> {
+    let path = store::package_path(name);
+    let url = ctx.upstream.url(&path);
+    let (bytes, new_validators) = match ctx.upstream.get(&path, validators, PACKAGE_LIMIT).await {
+        Err(e) => return Err(format!("{e}; kept the last good copy")),
+        Ok(Fetched::NotFound) => return Err(format!("{url}: not found (404) upstream")),
+        Ok(Fetched::NotModified) => {
+            let Some(current) = current else {
+                return Err(format!("{url}: unexpected 304"));
+            };
+            let store = ctx.store.clone();
+            (
+                blocking(move || store.read_blob(&current.sha256))
+                    .await?
+                    .map_err(|e| e.to_string())?,
+                None,
+            )
+        }
+        Ok(Fetched::Body { body, validators }) => (body, Some(validators)),
+    };
+    let from_store = new_validators.is_none();
+    let (key, repo, n, store) = (
+        ctx.key.clone(),
+        ctx.repository.clone(),
+        name.clone(),
+        ctx.store.clone(),
+    );
+    let verified = blocking(move || {
+        let package = registry::verify_package(&bytes, &key, &repo, n.as_str())
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        let record = store.put_bytes(&bytes).map_err(|e| e.to_string())?;
+        Ok::<_, String>((package, record))
+    })
+    .await?;
+    match verified {
+        Ok((package, record)) => Ok(Some((package, record, new_validators))),
+        Err(e) if from_store => {
+            tracing::warn!(package = %name, "stored record does not verify ({e}); fetching it again");
+            Ok(None)
+        }
+        Err(e) => Err(format!("{url}: {e}; not stored, kept the last good copy")),
+    }
 }
 
 async fn fetch_tarball(
