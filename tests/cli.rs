@@ -116,3 +116,53 @@ fn an_unreachable_upstream_fails_the_sync_and_says_so() {
         &["http://127.0.0.1:9/", "served tree was left as it was"],
     );
 }
+
+#[test]
+fn keygen_writes_private_keys_0600_prints_the_fingerprint_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("keys");
+    let out_arg = out_dir.to_string_lossy().into_owned();
+    let first = hexmirror()
+        .args(["keygen", "--out", &out_arg, "--bits", "2048"])
+        .output()
+        .unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    for (file, mode) in [
+        ("hexmirror.pem", 0o600),
+        ("manifest.pem", 0o600),
+        ("hexmirror.pub.pem", 0o644),
+        ("manifest.pub.pem", 0o644),
+    ] {
+        let meta = fs::metadata(out_dir.join(file)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{file}");
+    }
+    // The fingerprint line is what `mix hex.repo add --fetch-public-key` takes,
+    // and it is the public key's, as the library computes it.
+    let public = hexmirror::registry::PublicKey::from_pem(
+        &fs::read_to_string(out_dir.join("hexmirror.pub.pem")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        stdout.contains(&format!("fingerprint {}", public.fingerprint())),
+        "{stdout}"
+    );
+    assert!(public.fingerprint().starts_with("SHA256:") && !public.fingerprint().ends_with('='));
+    assert!(
+        fs::read_to_string(out_dir.join("hexmirror.pem"))
+            .unwrap()
+            .starts_with("-----BEGIN PRIVATE KEY-----"),
+        "PKCS#8"
+    );
+
+    let before = fs::read(out_dir.join("hexmirror.pem")).unwrap();
+    let (code, stderr) = run(&["keygen", "--out", &out_arg, "--bits", "2048"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_one_line_error(&stderr, &["already exists", "refusing to overwrite"]);
+    assert_eq!(fs::read(out_dir.join("hexmirror.pem")).unwrap(), before);
+}
