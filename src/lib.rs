@@ -24,6 +24,8 @@ pub mod config;
 pub mod index;
 pub mod keyfiles;
 pub mod manifest;
+#[cfg(test)]
+mod purity;
 pub mod registry;
 pub mod server;
 pub mod store;

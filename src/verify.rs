@@ -167,15 +167,7 @@ pub async fn local(
             where_: root.display().to_string(),
             reason: e.to_string(),
         })?;
-    let report = manifest::diff(&manifest, &actual);
-    if report.is_clean() {
-        write_state(state, manifest.version)?;
-    }
-    Ok(Verification {
-        manifest,
-        report,
-        extra_checked: true,
-    })
+    conclude(manifest, &actual, state, true)
 }
 
 /// Verifies a mirror over HTTP: the manifest, then every file it lists.
@@ -219,14 +211,24 @@ pub async fn remote(
             );
         }
     }
-    let report = manifest::diff(&manifest, &actual);
+    conclude(manifest, &actual, state, false)
+}
+
+/// Compares, and remembers the version as accepted only when all matched.
+fn conclude(
+    manifest: Manifest,
+    actual: &BTreeMap<String, FileEntry>,
+    state: &Path,
+    extra_checked: bool,
+) -> Result<Verification, VerifyError> {
+    let report = manifest::diff(&manifest, actual);
     if report.is_clean() {
         write_state(state, manifest.version)?;
     }
     Ok(Verification {
         manifest,
         report,
-        extra_checked: false,
+        extra_checked,
     })
 }
 

@@ -162,16 +162,7 @@ fn kill_9_mid_sync_leaves_a_usable_tree_and_the_next_sync_resumes() {
         .filter(|(p, _)| p != "public_key")
         .collect();
     assert_eq!(upstream_files, mirrored);
-    let verify = hexmirror()
-        .args(["verify", "--config"])
-        .arg(mirror.config())
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    mirror.assert_verifies();
 }
 
 /// Every registry file and tarball under `root`, with its bytes, sorted.
@@ -226,14 +217,5 @@ fn a_damaged_blob_is_fetched_again_by_the_next_sync_that_needs_it() {
         fs::read(mirror.tree().join("tarballs/alpha-1.0.0.tar")).unwrap(),
         fs::read(upstream.dir().join("tarballs/alpha-1.0.0.tar")).unwrap()
     );
-    let verify = hexmirror()
-        .args(["verify", "--config"])
-        .arg(mirror.config())
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    mirror.assert_verifies();
 }

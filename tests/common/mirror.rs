@@ -244,4 +244,10 @@ impl Mirror {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     }
+
+    /// Asserts `hexmirror verify` accepts the current generation.
+    pub fn assert_verifies(&self) {
+        let out = self.run(&["verify"]);
+        assert!(out.ok(), "hexmirror verify failed:\n{out}");
+    }
 }
