@@ -172,6 +172,7 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))?;
     let addr = listener.local_addr()?;
     println!("hexmirror serving {} on http://{addr}", tree.display());
+    crate::notify::notify("READY=1");
     let ours = config.repositories.iter().map(|r| r.name.clone()).collect();
     server::run(
         listener,
@@ -204,6 +205,7 @@ async fn shutdown_signal() {
         let _ = ctrl_c.await;
     }
     tracing::info!("shutting down");
+    crate::notify::notify("STOPPING=1");
 }
 
 fn run_keygen(config: &Config, out: Option<PathBuf>, bits: usize) -> anyhow::Result<ExitCode> {

@@ -17,6 +17,7 @@
 //! - [`manifest`]: PURE. The Ed25519-signed snapshot manifest of a generation.
 //! - [`version`]: PURE. Hex versions and requirements (Elixir semantics).
 //! - [`verify`]: checks a served tree, local or remote, against its manifest.
+//! - [`notify`]: readiness notifications for systemd (`Type=notify`).
 //! - [`cli`]: the command line, the only place that uses `anyhow`.
 
 pub mod cli;
@@ -24,6 +25,7 @@ pub mod config;
 pub mod index;
 pub mod keyfiles;
 pub mod manifest;
+pub mod notify;
 #[cfg(test)]
 mod purity;
 pub mod registry;
