@@ -173,10 +173,13 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     println!("hexmirror serving {} on http://{addr}", tree.display());
     crate::notify::notify("READY=1");
-    let ours = config.repositories.iter().map(|r| r.name.clone()).collect();
+    let options = server::Options {
+        public_repos: config.repositories.iter().map(|r| r.name.clone()).collect(),
+        data_dir: Some(config.data_dir.clone()),
+    };
     server::run(
         listener,
-        server::router_with_public_repos(tree, ours),
+        server::router_with(tree, options),
         shutdown_signal(),
     )
     .await?;

@@ -18,6 +18,7 @@
 //! full GET would.
 
 pub mod paths;
+mod status;
 
 mod etag;
 mod http;
@@ -51,28 +52,72 @@ struct ServerState {
     /// Repositories under `/repos/` that are public (ours); any other is
     /// treated as an organisation repository and cached privately.
     public_repos: std::collections::BTreeSet<String>,
+    /// The data directory, for `/health` and `/metrics` to read sync state.
+    data_dir: Option<PathBuf>,
+    metrics: status::Metrics,
+}
+
+/// How the router serves a tree beyond the files themselves.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Repositories under `/repos/` that are ours and public: cached publicly.
+    pub public_repos: std::collections::BTreeSet<String>,
+    /// The data directory, whose state database `/health` and `/metrics` read.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Builds the router that serves the Hex tree rooted at `root`; everything
 /// under `/repos/` is cached privately, as hex.pm does for organisations.
 pub fn router(root: PathBuf) -> Router {
-    router_with_public_repos(root, Default::default())
+    router_with(root, Options::default())
 }
 
-/// Like [`router`], but the repositories named in `public_repos` (our own,
-/// re-signed ones) are cached publicly, so CDNs and proxies may share them.
-pub fn router_with_public_repos(
-    root: PathBuf,
-    public_repos: std::collections::BTreeSet<String>,
-) -> Router {
+/// Like [`router`], with [`Options`]: our public repositories and the data
+/// directory behind `/health` and `/metrics`.
+pub fn router_with(root: PathBuf, options: Options) -> Router {
     let state = Arc::new(ServerState {
         root,
         etags: EtagCache::default(),
-        public_repos,
+        public_repos: options.public_repos,
+        data_dir: options.data_dir,
+        metrics: status::Metrics::default(),
     });
-    // One fallback instead of axum routes: validation must see the raw,
-    // still-encoded path, and every shape is checked in `paths::parse`.
-    Router::new().fallback(handle).with_state(state)
+    state.metrics.mark_started();
+    // One fallback for the tree instead of axum routes: validation must see
+    // the raw, still-encoded path, and every shape is checked in `paths::parse`.
+    Router::new()
+        .route("/health", axum::routing::get(health))
+        .route("/metrics", axum::routing::get(metrics))
+        .fallback(handle)
+        .with_state(state)
+}
+
+async fn health(State(state): State<Arc<ServerState>>) -> Response {
+    let state = Arc::clone(&state);
+    tokio::task::spawn_blocking(move || status::health(&state.root, state.data_dir.as_deref()))
+        .await
+        .unwrap_or_else(|e| {
+            ServeError::Task {
+                path: "/health".into(),
+                source: e,
+            }
+            .into_response()
+        })
+}
+
+async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
+    let state = Arc::clone(&state);
+    tokio::task::spawn_blocking(move || {
+        status::metrics(&state.metrics, &state.root, state.data_dir.as_deref())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        ServeError::Task {
+            path: "/metrics".into(),
+            source: e,
+        }
+        .into_response()
+    })
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then drains open connections.
@@ -179,7 +224,7 @@ async fn respond(
     path: &str,
     headers: &HeaderMap,
 ) -> Response {
-    match serve(state, method, path, headers).await {
+    let res = match serve(state, method, path, headers).await {
         Ok(res) => {
             tracing::debug!(%method, path, status = res.status().as_u16(), "request");
             res
@@ -192,7 +237,19 @@ async fn respond(
             }
             e.into_response()
         }
-    }
+    };
+    let sent = if *method == Method::GET {
+        res.headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    state
+        .metrics
+        .record(status::route_label(path), res.status().as_u16(), sent);
+    res
 }
 
 async fn serve(

@@ -28,6 +28,8 @@ impl Tree {
                 root: root.clone(),
                 etags: EtagCache::default(),
                 public_repos: public.iter().map(|s| s.to_string()).collect(),
+                data_dir: None,
+                metrics: Default::default(),
             }),
             dir,
         };
@@ -451,6 +453,8 @@ async fn root_symlink_switch_is_seen_at_once() {
         root: current.clone(),
         etags: EtagCache::default(),
         public_repos: Default::default(),
+        data_dir: None,
+        metrics: Default::default(),
     });
     let body = |state: Arc<ServerState>| async move {
         let res = respond(&state, &Method::GET, "/packages/foo", &HeaderMap::new()).await;

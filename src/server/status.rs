@@ -1,0 +1,330 @@
+//! `GET /health` (JSON liveness: tree, database, last sync; 503 when the tree
+//! cannot be served) and `GET /metrics` (Prometheus text). Both only read:
+//! the manifest of the current generation and the state database, read-only.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+
+use crate::store::MANIFEST_FILE;
+
+/// Request counters kept by the server.
+#[derive(Debug, Default)]
+pub(super) struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    bytes: Mutex<BTreeMap<&'static str, u64>>,
+    started: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts one answered request.
+    pub(super) fn record(&self, route: &'static str, status: u16, body_bytes: u64) {
+        let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        *requests.entry((route, status)).or_default() += 1;
+        drop(requests);
+        if body_bytes > 0 {
+            let mut bytes = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+            *bytes.entry(route).or_default() += body_bytes;
+        }
+    }
+
+    pub(super) fn mark_started(&self) {
+        self.started.store(now(), Ordering::Relaxed);
+    }
+}
+
+/// The metrics label of a request path: what kind of file it asks for.
+pub(super) fn route_label(path: &str) -> &'static str {
+    let mut segments = path.trim_start_matches('/').split('/');
+    let mut first = segments.next().unwrap_or("");
+    if first == "repos" {
+        segments.next();
+        first = segments.next().unwrap_or("");
+    }
+    match first {
+        "names" | "versions" | "packages" => "registry",
+        "tarballs" => "tarball",
+        "docs" => "docs",
+        "public_key" => "public_key",
+        MANIFEST_FILE => "manifest",
+        _ => "other",
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What the current generation's manifest says, read without verifying
+/// (health reports; `hexmirror verify` is the check).
+#[derive(Debug, Default)]
+struct TreeState {
+    version: Option<u64>,
+    expires_at: Option<u64>,
+    error: Option<String>,
+}
+
+fn tree_state(root: &Path) -> TreeState {
+    let path = root.join(MANIFEST_FILE);
+    let parsed = std::fs::read(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))
+        .and_then(|b| {
+            serde_json::from_slice::<serde_json::Value>(&b)
+                .map_err(|e| format!("{}: {e}", path.display()))
+        });
+    match parsed {
+        Ok(v) => TreeState {
+            version: v["signed"]["version"].as_u64(),
+            expires_at: v["signed"]["expires_at"].as_u64(),
+            error: None,
+        },
+        Err(e) => TreeState {
+            error: Some(e),
+            ..TreeState::default()
+        },
+    }
+}
+
+/// The last finished sync and the last successful one, from the database.
+#[derive(Debug, Default)]
+struct SyncState {
+    last_finished: Option<(u64, u64, String, u64)>, // finished_at, duration, status, failed
+    last_ok: Option<u64>,
+    error: Option<String>,
+}
+
+fn sync_state(data_dir: &Path) -> SyncState {
+    use rusqlite::{Connection, OpenFlags, OptionalExtension};
+    let path = data_dir.join("hexmirror.db");
+    let result = (|| -> rusqlite::Result<SyncState> {
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let last_finished = conn
+            .query_row(
+                "SELECT finished_at, finished_at - started_at, status, COALESCE(failed, 0)
+                 FROM syncs WHERE finished_at IS NOT NULL ORDER BY id DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get(2)?,
+                        r.get::<_, i64>(3)? as u64,
+                    ))
+                },
+            )
+            .optional()?;
+        let last_ok = conn
+            .query_row(
+                "SELECT MAX(finished_at) FROM syncs WHERE status IN ('ok', 'up-to-date')",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )?
+            .map(|t| t as u64);
+        Ok(SyncState {
+            last_finished,
+            last_ok,
+            error: None,
+        })
+    })();
+    result.unwrap_or_else(|e| SyncState {
+        error: Some(format!("{}: {e}", path.display())),
+        ..SyncState::default()
+    })
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response {
+    let mut res = Response::new(body.into());
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// `GET /health`.
+pub(super) fn health(root: &Path, data_dir: Option<&Path>) -> Response {
+    let tree = tree_state(root);
+    let sync = data_dir.map(sync_state);
+    let now = now();
+    let expired = tree.expires_at.is_some_and(|e| e <= now);
+    let servable = tree.error.is_none();
+    let degraded = expired
+        || sync.as_ref().is_some_and(|s| {
+            s.error.is_some() || s.last_finished.as_ref().is_some_and(|l| l.2 == "failed")
+        });
+    let body = serde_json::json!({
+        "status": if !servable { "unavailable" } else if degraded { "degraded" } else { "ok" },
+        "storage": {
+            "ok": servable,
+            "generation": tree.version,
+            "manifest_expires_at": tree.expires_at.map(crate::manifest::rfc3339),
+            "manifest_expired": expired,
+            "error": tree.error,
+        },
+        "database": sync.as_ref().map(|s| serde_json::json!({
+            "ok": s.error.is_none(),
+            "error": s.error,
+        })),
+        "last_sync": sync.as_ref().and_then(|s| s.last_finished.as_ref()).map(|(at, took, status, failed)| serde_json::json!({
+            "finished_at": crate::manifest::rfc3339(*at),
+            "duration_secs": took,
+            "status": status,
+            "failures": failed,
+        })),
+        "upstream": sync.as_ref().map(|s| serde_json::json!({
+            "last_successful_sync_age_secs": s.last_ok.map(|t| now.saturating_sub(t)),
+        })),
+    });
+    let status = if servable {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    respond(status, "application/json", format!("{body}\n"))
+}
+
+/// `GET /metrics`.
+pub(super) fn metrics(metrics: &Metrics, root: &Path, data_dir: Option<&Path>) -> Response {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family(
+        &mut out,
+        "hexmirror_http_requests_total",
+        "counter",
+        "Requests answered, by route and status.",
+    );
+    for ((route, status), n) in metrics
+        .requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "hexmirror_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+        );
+    }
+    family(
+        &mut out,
+        "hexmirror_http_response_bytes_total",
+        "counter",
+        "Body bytes sent, by route.",
+    );
+    for (route, n) in metrics
+        .bytes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "hexmirror_http_response_bytes_total{{route=\"{route}\"}} {n}"
+        );
+    }
+    family(
+        &mut out,
+        "hexmirror_start_time_seconds",
+        "gauge",
+        "When this server started (Unix time).",
+    );
+    let _ = writeln!(
+        out,
+        "hexmirror_start_time_seconds {}",
+        metrics.started.load(Ordering::Relaxed)
+    );
+    let tree = tree_state(root);
+    if let Some(v) = tree.version {
+        family(
+            &mut out,
+            "hexmirror_generation",
+            "gauge",
+            "Manifest version of the served generation.",
+        );
+        let _ = writeln!(out, "hexmirror_generation {v}");
+    }
+    if let Some(e) = tree.expires_at {
+        family(
+            &mut out,
+            "hexmirror_manifest_expiry_timestamp_seconds",
+            "gauge",
+            "When the served manifest expires (Unix time).",
+        );
+        let _ = writeln!(out, "hexmirror_manifest_expiry_timestamp_seconds {e}");
+    }
+    if let Some(sync) = data_dir.map(sync_state) {
+        if let Some((at, took, _, failed)) = &sync.last_finished {
+            family(
+                &mut out,
+                "hexmirror_last_sync_timestamp_seconds",
+                "gauge",
+                "When the last sync finished (Unix time).",
+            );
+            let _ = writeln!(out, "hexmirror_last_sync_timestamp_seconds {at}");
+            family(
+                &mut out,
+                "hexmirror_last_sync_duration_seconds",
+                "gauge",
+                "How long the last sync took.",
+            );
+            let _ = writeln!(out, "hexmirror_last_sync_duration_seconds {took}");
+            family(
+                &mut out,
+                "hexmirror_last_sync_failures",
+                "gauge",
+                "Packages or releases the last sync could not mirror.",
+            );
+            let _ = writeln!(out, "hexmirror_last_sync_failures {failed}");
+        }
+        if let Some(ok) = sync.last_ok {
+            family(
+                &mut out,
+                "hexmirror_last_successful_sync_age_seconds",
+                "gauge",
+                "Seconds since the last complete sync.",
+            );
+            let _ = writeln!(
+                out,
+                "hexmirror_last_successful_sync_age_seconds {}",
+                now().saturating_sub(ok)
+            );
+        }
+    }
+    respond(StatusCode::OK, "text/plain; version=0.0.4", out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_labels() {
+        assert_eq!(route_label("/packages/foo"), "registry");
+        assert_eq!(route_label("/repos/acme/tarballs/foo-1.0.0.tar"), "tarball");
+        assert_eq!(route_label("/hexmirror-manifest.json"), "manifest");
+        assert_eq!(route_label("/nope"), "other");
+        assert_eq!(route_label("/"), "other");
+    }
+
+    #[test]
+    fn health_without_a_tree_is_503_and_metrics_still_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = health(dir.path(), Some(dir.path()));
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let m = Metrics::default();
+        m.record("registry", 200, 10);
+        m.record("registry", 200, 5);
+        let res = metrics(&m, dir.path(), Some(dir.path()));
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+}
