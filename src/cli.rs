@@ -162,6 +162,45 @@ fn print_summary(s: &Summary) {
     }
 }
 
+/// The repositories `serve` caches publicly: ours.
+fn public_repos(config: &Config) -> std::collections::BTreeSet<String> {
+    config.repositories.iter().map(|r| r.name.clone()).collect()
+}
+
+/// Reloads the configuration on every SIGHUP. A configuration that does not
+/// load is refused and the running one stays, with the reason logged; what
+/// cannot change without a restart (address, data directory) is reported.
+#[cfg(unix)]
+async fn reload_on_sighup(running: Config, public: server::PublicRepos) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; configuration reload is off");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let Some(path) = running.source.clone() else {
+            tracing::info!("SIGHUP: running on the embedded default, nothing to reload");
+            continue;
+        };
+        let loaded = tokio::task::spawn_blocking(move || Config::load(Some(&path))).await;
+        match loaded {
+            Ok(Ok(new)) => {
+                if new.listen != running.listen || new.data_dir != running.data_dir {
+                    tracing::warn!(
+                        "SIGHUP: `listen` and `data_dir` changes take effect only after a restart"
+                    );
+                }
+                public.set(public_repos(&new));
+                tracing::info!("SIGHUP: configuration reloaded");
+            }
+            Ok(Err(e)) => {
+                tracing::error!("SIGHUP: new configuration refused, keeping the running one: {e}")
+            }
+            Err(e) => tracing::error!("SIGHUP: reload task failed: {e}"),
+        }
+    }
+}
+
 async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
     let tree = config.data_dir.join("current");
     if !tree.join(crate::store::MANIFEST_FILE).is_file() {
@@ -174,9 +213,14 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
     println!("hexmirror serving {} on http://{addr}", tree.display());
     crate::notify::notify("READY=1");
     let options = server::Options {
-        public_repos: config.repositories.iter().map(|r| r.name.clone()).collect(),
+        public_repos: server::PublicRepos::new(public_repos(config)),
         data_dir: Some(config.data_dir.clone()),
     };
+    #[cfg(unix)]
+    tokio::spawn(reload_on_sighup(
+        config.clone(),
+        options.public_repos.clone(),
+    ));
     server::run(
         listener,
         server::router_with(tree, options),

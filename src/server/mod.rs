@@ -51,17 +51,41 @@ struct ServerState {
     etags: EtagCache,
     /// Repositories under `/repos/` that are public (ours); any other is
     /// treated as an organisation repository and cached privately.
-    public_repos: std::collections::BTreeSet<String>,
+    public_repos: PublicRepos,
     /// The data directory, for `/health` and `/metrics` to read sync state.
     data_dir: Option<PathBuf>,
     metrics: status::Metrics,
+}
+
+/// The names of our public repositories, shared with the server so a
+/// configuration reload can change them while it runs.
+#[derive(Debug, Clone, Default)]
+pub struct PublicRepos(Arc<std::sync::RwLock<std::collections::BTreeSet<String>>>);
+
+impl PublicRepos {
+    /// A set holding `names`.
+    pub fn new(names: std::collections::BTreeSet<String>) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(names)))
+    }
+
+    /// Replaces the names; requests after this see the new set.
+    pub fn set(&self, names: std::collections::BTreeSet<String>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = names;
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name)
+    }
 }
 
 /// How the router serves a tree beyond the files themselves.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Repositories under `/repos/` that are ours and public: cached publicly.
-    pub public_repos: std::collections::BTreeSet<String>,
+    pub public_repos: PublicRepos,
     /// The data directory, whose state database `/health` and `/metrics` read.
     pub data_dir: Option<PathBuf>,
 }
@@ -381,10 +405,7 @@ async fn serve_file(
     Ok(res)
 }
 
-fn cache_control(
-    target: &FileTarget,
-    public_repos: &std::collections::BTreeSet<String>,
-) -> HeaderValue {
+fn cache_control(target: &FileTarget, public_repos: &PublicRepos) -> HeaderValue {
     // Mirrors hex.pm (registry_builder.ex, assets.ex): org repos are private.
     let private = target
         .org

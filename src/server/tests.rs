@@ -27,7 +27,7 @@ impl Tree {
             state: Arc::new(ServerState {
                 root: root.clone(),
                 etags: EtagCache::default(),
-                public_repos: public.iter().map(|s| s.to_string()).collect(),
+                public_repos: PublicRepos::new(public.iter().map(|s| s.to_string()).collect()),
                 data_dir: None,
                 metrics: Default::default(),
             }),
