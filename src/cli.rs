@@ -394,7 +394,7 @@ async fn run_gc(config: &Config) -> anyhow::Result<ExitCode> {
                 data_dir.display()
             )
         })?;
-        let generations = store.prune_generations(3, grace)?;
+        let generations = store.prune_generations(crate::store::KEEP_GENERATIONS, grace)?;
         let blobs = store.collect_garbage()?;
         Ok::<_, anyhow::Error>((generations, blobs))
     })

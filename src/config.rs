@@ -122,8 +122,9 @@ pub struct Config {
 /// Keys and signing policy.
 #[derive(Debug, Clone)]
 pub struct SigningConfig {
-    /// PEM file of the RSA key that signs our repositories (`hexmirror keygen`).
-    pub key: Option<PathBuf>,
+    /// The RSA key that signs our repositories (`hexmirror keygen`), read
+    /// and parsed once, when the configuration is loaded.
+    pub key: Option<crate::registry::SigningKey>,
     /// PEM file of the Ed25519 manifest key; created on first use if absent.
     pub manifest_key: PathBuf,
     /// How long a signed manifest is valid.
@@ -289,8 +290,23 @@ impl Config {
             ));
         }
 
+        let key = match raw.signing.key.map(resolve) {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read_to_string(&path).map_err(|e| {
+                    invalid(
+                        "signing.key",
+                        format!("cannot read key file {}: {e}", path.display()),
+                    )
+                })?;
+                Some(
+                    crate::registry::SigningKey::from_pem(&pem)
+                        .map_err(|e| invalid("signing.key", format!("{}: {e}", path.display())))?,
+                )
+            }
+        };
         let signing = SigningConfig {
-            key: raw.signing.key.map(resolve),
+            key,
             manifest_key: resolve(
                 raw.signing
                     .manifest_key
@@ -349,16 +365,6 @@ impl Config {
                  run `hexmirror keygen --out DIR` and set signing.key"
                     .into(),
             ));
-        }
-        if let Some(key) = &signing.key {
-            let pem = std::fs::read_to_string(key).map_err(|e| {
-                invalid(
-                    "signing.key",
-                    format!("cannot read key file {}: {e}", key.display()),
-                )
-            })?;
-            crate::registry::SigningKey::from_pem(&pem)
-                .map_err(|e| invalid("signing.key", format!("{}: {e}", key.display())))?;
         }
 
         Ok(Self {

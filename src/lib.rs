@@ -18,9 +18,11 @@
 //! - [`version`]: PURE. Hex versions and requirements (Elixir semantics).
 //! - [`verify`]: checks a served tree, local or remote, against its manifest.
 //! - [`notify`]: readiness notifications for systemd (`Type=notify`).
+//! - [`clock`]: wall-clock time as Unix seconds.
 //! - [`cli`]: the command line, the only place that uses `anyhow`.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod index;
 pub mod keyfiles;

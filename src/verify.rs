@@ -10,6 +10,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
+use crate::clock::unix_now;
 use crate::manifest::{self, FileEntry, Manifest, ManifestError, ManifestPublicKey, Report};
 use crate::store::MANIFEST_FILE;
 use crate::upstream::{Fetched, Upstream, Validators};
@@ -54,13 +55,6 @@ pub struct Verification {
     pub extra_checked: bool,
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// The last manifest version accepted, kept in a small text file.
 fn read_state(path: &Path) -> Result<Option<u64>, VerifyError> {
     match std::fs::read_to_string(path) {
@@ -99,7 +93,7 @@ fn check_manifest(
     where_: &str,
 ) -> Result<Manifest, VerifyError> {
     let last = read_state(state)?;
-    manifest::verify(bytes, key, now(), last).map_err(|source| VerifyError::Manifest {
+    manifest::verify(bytes, key, unix_now(), last).map_err(|source| VerifyError::Manifest {
         where_: where_.to_owned(),
         source,
     })

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 
+use crate::clock::unix_now;
 use crate::store::MANIFEST_FILE;
 
 /// Request counters kept by the server.
@@ -34,7 +34,7 @@ impl Metrics {
     }
 
     pub(super) fn mark_started(&self) {
-        self.started.store(now(), Ordering::Relaxed);
+        self.started.store(unix_now(), Ordering::Relaxed);
     }
 }
 
@@ -54,13 +54,6 @@ pub(super) fn route_label(path: &str) -> &'static str {
         MANIFEST_FILE => "manifest",
         _ => "other",
     }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// What the current generation's manifest says, read without verifying
@@ -153,7 +146,7 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
 pub(super) fn health(root: &Path, data_dir: Option<&Path>) -> Response {
     let tree = tree_state(root);
     let sync = data_dir.map(sync_state);
-    let now = now();
+    let now = unix_now();
     let expired = tree.expires_at.is_some_and(|e| e <= now);
     let servable = tree.error.is_none();
     let degraded = expired
@@ -232,71 +225,52 @@ pub(super) fn metrics(metrics: &Metrics, root: &Path, data_dir: Option<&Path>) -
             "hexmirror_http_response_bytes_total{{route=\"{route}\"}} {n}"
         );
     }
-    family(
+    let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
+        family(out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
+    };
+    gauge(
         &mut out,
         "hexmirror_start_time_seconds",
-        "gauge",
         "When this server started (Unix time).",
-    );
-    let _ = writeln!(
-        out,
-        "hexmirror_start_time_seconds {}",
-        metrics.started.load(Ordering::Relaxed)
+        metrics.started.load(Ordering::Relaxed),
     );
     let tree = tree_state(root);
     if let Some(v) = tree.version {
-        family(
-            &mut out,
-            "hexmirror_generation",
-            "gauge",
-            "Manifest version of the served generation.",
-        );
-        let _ = writeln!(out, "hexmirror_generation {v}");
+        let help = "Manifest version of the served generation.";
+        gauge(&mut out, "hexmirror_generation", help, v);
     }
     if let Some(e) = tree.expires_at {
-        family(
+        let help = "When the served manifest expires (Unix time).";
+        gauge(
             &mut out,
             "hexmirror_manifest_expiry_timestamp_seconds",
-            "gauge",
-            "When the served manifest expires (Unix time).",
+            help,
+            e,
         );
-        let _ = writeln!(out, "hexmirror_manifest_expiry_timestamp_seconds {e}");
     }
     if let Some(sync) = data_dir.map(sync_state) {
         if let Some((at, took, _, failed)) = &sync.last_finished {
-            family(
-                &mut out,
-                "hexmirror_last_sync_timestamp_seconds",
-                "gauge",
-                "When the last sync finished (Unix time).",
-            );
-            let _ = writeln!(out, "hexmirror_last_sync_timestamp_seconds {at}");
-            family(
+            let help = "When the last sync finished (Unix time).";
+            gauge(&mut out, "hexmirror_last_sync_timestamp_seconds", help, *at);
+            let help = "How long the last sync took.";
+            gauge(
                 &mut out,
                 "hexmirror_last_sync_duration_seconds",
-                "gauge",
-                "How long the last sync took.",
+                help,
+                *took,
             );
-            let _ = writeln!(out, "hexmirror_last_sync_duration_seconds {took}");
-            family(
-                &mut out,
-                "hexmirror_last_sync_failures",
-                "gauge",
-                "Packages or releases the last sync could not mirror.",
-            );
-            let _ = writeln!(out, "hexmirror_last_sync_failures {failed}");
+            let help = "Packages or releases the last sync could not mirror.";
+            gauge(&mut out, "hexmirror_last_sync_failures", help, *failed);
         }
         if let Some(ok) = sync.last_ok {
-            family(
+            let help = "Seconds since the last complete sync.";
+            let age = unix_now().saturating_sub(ok);
+            gauge(
                 &mut out,
                 "hexmirror_last_successful_sync_age_seconds",
-                "gauge",
-                "Seconds since the last complete sync.",
-            );
-            let _ = writeln!(
-                out,
-                "hexmirror_last_successful_sync_age_seconds {}",
-                now().saturating_sub(ok)
+                help,
+                age,
             );
         }
     }

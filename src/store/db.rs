@@ -82,11 +82,6 @@ CREATE TABLE IF NOT EXISTS packages (
     name TEXT PRIMARY KEY, updated_s INTEGER, updated_n INTEGER,
     versions TEXT NOT NULL, retired TEXT NOT NULL, deps TEXT NOT NULL,
     synced_at INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS releases (
-    package TEXT NOT NULL, version TEXT NOT NULL, outer_checksum TEXT NOT NULL,
-    PRIMARY KEY (package, version));
-CREATE TABLE IF NOT EXISTS blobs (
-    sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, verified_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS syncs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, started_at INTEGER NOT NULL,
     finished_at INTEGER, status TEXT NOT NULL DEFAULT 'running',
@@ -102,10 +97,7 @@ CREATE TABLE IF NOT EXISTS failures (
 ";
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    crate::clock::unix_now() as i64
 }
 
 impl Db {
@@ -220,13 +212,12 @@ pub fn packages(
     rows.collect()
 }
 
-/// Records a package as published: its state, releases and validators, in
-/// one transaction.
+/// Records a package as published: its state and validators, in one
+/// transaction.
 pub fn record_package(
     conn: &mut Connection,
     name: &str,
     state: &PackageState,
-    releases: &[(String, [u8; 32])],
     validators: Option<&Validators>,
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
@@ -245,13 +236,6 @@ pub fn record_package(
             now()
         ],
     )?;
-    tx.execute("DELETE FROM releases WHERE package = ?1", [name])?;
-    for (version, sha) in releases {
-        tx.execute(
-            "INSERT INTO releases (package, version, outer_checksum) VALUES (?1, ?2, ?3)",
-            params![name, version, hex::encode(sha)],
-        )?;
-    }
     if let Some(v) = validators {
         set_validators(&tx, &format!("packages/{name}"), v)?;
     }
@@ -262,21 +246,11 @@ pub fn record_package(
 pub fn forget_package(conn: &mut Connection, name: &str) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     tx.execute("DELETE FROM packages WHERE name = ?1", [name])?;
-    tx.execute("DELETE FROM releases WHERE package = ?1", [name])?;
     tx.execute(
         "DELETE FROM validators WHERE path = ?1",
         [format!("packages/{name}")],
     )?;
     tx.commit()
-}
-
-/// Notes a verified blob.
-pub fn record_blob(conn: &Connection, sha256: &[u8; 32], size: u64) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT OR IGNORE INTO blobs (sha256, size, verified_at) VALUES (?1, ?2, ?3)",
-        params![hex::encode(sha256), size as i64, now()],
-    )?;
-    Ok(())
 }
 
 /// A re-signed record of one of our repositories and what it was made from.
@@ -392,7 +366,7 @@ mod tests {
             last_modified: None,
         };
         let (s, v2) = (state.clone(), v.clone());
-        db.call(move |c| record_package(c, "beta", &s, &[("1.0.0".into(), [7; 32])], Some(&v2)))
+        db.call(move |c| record_package(c, "beta", &s, Some(&v2)))
             .await
             .unwrap();
         drop(db);

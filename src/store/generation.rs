@@ -16,6 +16,10 @@ use sha2::{Digest, Sha256};
 
 use super::{Store, StoreError, err, sync_dir};
 
+/// Generations kept at least, whatever their age (the current one included),
+/// by syncs and by `hexmirror gc`.
+pub const KEEP_GENERATIONS: usize = 3;
+
 /// Name of the manifest file at the root of every generation.
 pub const MANIFEST_FILE: &str = "hexmirror-manifest.json";
 

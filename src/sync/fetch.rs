@@ -299,7 +299,6 @@ async fn fetch_tarball(
         Ok(Fetched::NotModified) => return Err(fail(format!("{url}: unexpected 304"))),
         Err(e) => return Err(fail(e.to_string())),
     };
-    let size = body.len() as u64;
     let (store, limits, n, v) = (
         ctx.store.clone(),
         ctx.limits.clone(),
@@ -321,9 +320,5 @@ async fn fetch_tarball(
     if let Err(reason) = stored {
         return Err(fail(format!("{url}: {reason}; not stored")));
     }
-    ctx.db
-        .call(move |c| db::record_blob(c, &outer, size))
-        .await
-        .map_err(|e| fail(e.to_string()))?;
     Ok(())
 }

@@ -9,6 +9,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 use super::fetch::PackageUpdate;
+use crate::clock::unix_now;
 use crate::config::{Config, RepositoryConfig};
 use crate::index;
 use crate::manifest::{self, FileEntry, Manifest, ManifestKey, UpstreamState};
@@ -292,26 +293,6 @@ pub(super) fn manifest_key(config: &Config) -> Result<ManifestKey, PublishError>
     }
 }
 
-/// Loads the RSA key that signs our repositories, if one is configured.
-pub(super) fn signing_key(config: &Config) -> Result<Option<SigningKey>, PublishError> {
-    let Some(path) = &config.signing.key else {
-        return Ok(None);
-    };
-    let pem = std::fs::read_to_string(path).map_err(|e| {
-        PublishError::Key(format!("cannot read signing.key {}: {e}", path.display()))
-    })?;
-    SigningKey::from_pem(&pem)
-        .map(Some)
-        .map_err(|e| PublishError::Key(format!("signing.key {}: {e}", path.display())))
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Builds the next generation and switches it in, unless it would equal the
 /// current one and the current manifest is not due for re-signing.
 pub(super) fn publish(
@@ -335,7 +316,11 @@ pub(super) fn publish(
                 .map(|(p, f)| (p.clone(), *f)),
         );
     } else if !config.repositories.is_empty() {
-        let key = signing_key(config)?
+        // Config loading refuses a [[repository]] without a key.
+        let key = config
+            .signing
+            .key
+            .clone()
             .ok_or_else(|| PublishError::Key("a [[repository]] needs signing.key".into()))?;
         let records = decode_records(store, &upstream, config)?;
         let sources = Sources {
@@ -359,7 +344,7 @@ pub(super) fn publish(
         });
     }
     let version = inputs.prev_version + 1;
-    let signed_at = now();
+    let signed_at = unix_now();
     let manifest = Manifest {
         version,
         generation: format!("g{version:012}"),

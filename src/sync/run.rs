@@ -15,6 +15,7 @@ use super::Progress;
 use super::fetch::{Ctx, Outcome, PackageUpdate, blocking, sync_package};
 use super::plan;
 use super::publish::{self, IndexFiles, Inputs, PublishError};
+use crate::clock::unix_now;
 use crate::config::Config;
 use crate::manifest::{self, UpstreamState};
 use crate::registry::{self, PackageName};
@@ -25,8 +26,6 @@ use crate::upstream::{Fetched, Upstream, UpstreamError, Validators};
 
 /// Largest `/names` or `/versions` body accepted from upstream.
 const INDEX_LIMIT: u64 = 64 << 20;
-/// Generations kept at least, whatever their age (the current one included).
-const KEEP_GENERATIONS: usize = 3;
 
 /// A problem that stops the whole sync. The served tree is left as it was.
 #[derive(Debug, thiserror::Error)]
@@ -160,16 +159,9 @@ fn fingerprint(config: &Config) -> String {
     }
     if let Some(key) = &config.signing.key {
         h.update([5]);
-        h.update(std::fs::read(key).unwrap_or_default());
+        h.update(key.public_key().spki_pem().as_bytes());
     }
     hex::encode(h.finalize())
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Runs one sync of `config`'s upstream into its data directory.
@@ -374,7 +366,8 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
         )
     )?;
     let manifest_due = prev.files.is_empty()
-        || prev.expires_at.saturating_sub(now()) < config.signing.manifest_expiry.as_secs() / 2;
+        || prev.expires_at.saturating_sub(unix_now())
+            < config.signing.manifest_expiry.as_secs() / 2;
     let unchanged =
         names.fresh.is_none() && versions.fresh.is_none() && last_fp.as_deref() == Some(&fp);
     if unchanged && !manifest_due {
@@ -465,7 +458,7 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
             url: config.upstream.url.clone(),
             names_etag: etag(&names.fresh, &names_v),
             versions_etag: etag(&versions.fresh, &versions_v),
-            synced_at: now(),
+            synced_at: unix_now(),
         },
         signed_cache: ctx.db.call(|c| db::signed_cache(c)).await?,
     };
@@ -485,12 +478,7 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
         .db
         .call(move |c| {
             for (name, u) in &updates {
-                let releases: Vec<(String, [u8; 32])> = u
-                    .releases
-                    .iter()
-                    .map(|(v, f)| (v.clone(), f.sha256))
-                    .collect();
-                db::record_package(c, name, &u.state, &releases, u.validators.as_ref())?;
+                db::record_package(c, name, &u.state, u.validators.as_ref())?;
             }
             db::set_meta(c, "manifest_version", &published.version.to_string())?;
             if !published.signed_cache.is_empty() {
@@ -516,7 +504,7 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
         .await?;
     summary.removed = removed;
     let (store, grace) = (ctx.store.clone(), config.signing.generation_grace);
-    let pruned = blocking(move || store.prune_generations(KEEP_GENERATIONS, grace))
+    let pruned = blocking(move || store.prune_generations(store::KEEP_GENERATIONS, grace))
         .await
         .map_err(internal)??;
     if pruned > 0 {

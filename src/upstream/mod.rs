@@ -84,10 +84,6 @@ pub enum Fetched {
 pub struct Traffic {
     /// Requests sent, retries included.
     pub requests: AtomicU64,
-    /// Requests that were conditional.
-    pub conditional: AtomicU64,
-    /// 304 answers.
-    pub not_modified: AtomicU64,
     /// Body bytes received on 200 answers.
     pub bytes: AtomicU64,
 }
@@ -189,9 +185,6 @@ impl Upstream {
         if let Some(lm) = &validators.last_modified {
             req = req.header(IF_MODIFIED_SINCE, lm);
         }
-        if !validators.is_empty() {
-            self.traffic.conditional.fetch_add(1, Ordering::Relaxed);
-        }
         let mut resp = match req.send().await {
             Ok(r) => r,
             Err(source) => return transport(url, source),
@@ -199,10 +192,7 @@ impl Upstream {
         let status = resp.status();
         match status {
             StatusCode::OK => {}
-            StatusCode::NOT_MODIFIED => {
-                self.traffic.not_modified.fetch_add(1, Ordering::Relaxed);
-                return Attempt::Done(Fetched::NotModified);
-            }
+            StatusCode::NOT_MODIFIED => return Attempt::Done(Fetched::NotModified),
             StatusCode::NOT_FOUND | StatusCode::GONE => return Attempt::Done(Fetched::NotFound),
             s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => {
                 let retry_after = resp
