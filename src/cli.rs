@@ -57,6 +57,41 @@ pub enum Command {
     },
     /// Remove generations past their grace period and blobs no generation uses.
     Gc,
+    /// Manage API tokens (stored hashed in the state database).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `hexmirror token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print its secret (shown once).
+    Create {
+        /// Key name, unique among live tokens.
+        #[arg(long, default_value = "admin")]
+        name: String,
+        /// The user the token acts for (package owner, audit log).
+        #[arg(long, default_value = "admin")]
+        user: String,
+        /// Full rights on every repository (needed to create other tokens
+        /// through the API and to read the audit log).
+        #[arg(long)]
+        admin: bool,
+        /// A scope REPO/PACKAGE:ACCESS[:REQUIREMENT], e.g. `acme/acme_*:write`
+        /// or `acme/big:read:~> 5.0`; repeatable.
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// Expire after this many days.
+        #[arg(long, value_name = "DAYS")]
+        expires_days: Option<u64>,
+    },
+    /// List live tokens (never their secrets).
+    List,
+    /// Revoke a token, and every token it created, by name.
+    Revoke {
+        /// Key name.
+        name: String,
+    },
 }
 
 /// Exit status for a sync that finished with failures, or a failed verify.
@@ -90,6 +125,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Keygen { out, bits } => run_keygen(&config, out, bits),
             Command::Verify { url, key, state } => run_verify(&config, url, key, state).await,
             Command::Gc => run_gc(&config).await,
+            Command::Token(t) => run_token(&config, t).await,
         }
     });
     match result {
@@ -162,16 +198,164 @@ fn print_summary(s: &Summary) {
     }
 }
 
-/// The repositories `serve` caches publicly: ours.
+/// The repositories `serve` caches publicly: ours, unless private.
 fn public_repos(config: &Config) -> std::collections::BTreeSet<String> {
-    config.repositories.iter().map(|r| r.name.clone()).collect()
+    config
+        .repositories
+        .iter()
+        .filter(|r| !r.private)
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+/// Parses `REPO/PACKAGE:ACCESS[:REQUIREMENT]`.
+fn parse_scope(text: &str) -> anyhow::Result<crate::auth::Scope> {
+    let usage = || {
+        anyhow::anyhow!(
+            "--scope {text:?}: write REPO/PACKAGE:ACCESS[:REQUIREMENT], e.g. acme/*:write or acme/big:read:~> 5.0"
+        )
+    };
+    let (target, rest) = text.split_once(':').ok_or_else(usage)?;
+    let (repo, package) = target.split_once('/').ok_or_else(usage)?;
+    let (access, versions) = match rest.split_once(':') {
+        Some((a, v)) => (a, Some(v.trim().to_owned())),
+        None => (rest, None),
+    };
+    let scope = crate::auth::Scope {
+        repository: repo.to_owned(),
+        package: package.to_owned(),
+        access: crate::auth::Access::parse(access).ok_or_else(usage)?,
+        versions,
+    };
+    scope
+        .validate()
+        .map_err(|e| anyhow::anyhow!("--scope {text:?}: {e}"))?;
+    Ok(scope)
+}
+
+async fn run_token(config: &Config, command: TokenCommand) -> anyhow::Result<ExitCode> {
+    use crate::hosted::db as hdb;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let db = crate::store::Db::open(&config.data_dir)?;
+    let now = crate::clock::unix_now() as i64;
+    match command {
+        TokenCommand::Create {
+            name,
+            user,
+            admin,
+            scopes,
+            expires_days,
+        } => {
+            let mut parsed = if admin {
+                crate::auth::admin_scopes()
+            } else {
+                Vec::new()
+            };
+            for s in &scopes {
+                parsed.push(parse_scope(s)?);
+            }
+            if parsed.is_empty() {
+                anyhow::bail!("give --admin or at least one --scope");
+            }
+            let expires_at = expires_days.map(|d| now + (d as i64) * 86_400);
+            let audit_scopes = serde_json::to_value(&parsed)?;
+            let (secret, row) = db
+                .call(move |c| {
+                    let created =
+                        crate::api::create_token(c, &name, &user, parsed, expires_at, None);
+                    if let Ok((_, row)) = &created {
+                        hdb::audit(
+                            c,
+                            &hdb::AuditEntry {
+                                at: now,
+                                actor: "cli".into(),
+                                token: None,
+                                action: "key.generate".into(),
+                                target: row.name.clone(),
+                                detail: serde_json::json!({"id": row.id, "scopes": audit_scopes})
+                                    .to_string(),
+                                client: None,
+                            },
+                        )?;
+                    }
+                    Ok(created)
+                })
+                .await??;
+            eprintln!(
+                "created token {:?} for user {:?}; the secret is shown only now:",
+                row.name, row.username
+            );
+            println!("{secret}");
+        }
+        TokenCommand::List => {
+            let tokens = db.call(|c| hdb::live_tokens(c)).await?;
+            for t in tokens {
+                let scopes: Vec<String> = t
+                    .scopes
+                    .iter()
+                    .map(|s| {
+                        let v = s
+                            .versions
+                            .as_deref()
+                            .map(|v| format!(":{v}"))
+                            .unwrap_or_default();
+                        format!("{}/{}:{}{v}", s.repository, s.package, s.access)
+                    })
+                    .collect();
+                let expires = t
+                    .expires_at
+                    .map_or_else(|| "never".into(), |e| crate::manifest::rfc3339(e as u64));
+                println!(
+                    "{}\t{}\texpires {}\t{}",
+                    t.name,
+                    t.username,
+                    expires,
+                    scopes.join(" ")
+                );
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            let n = name.clone();
+            let revoked = db
+                .call(move |c| {
+                    let Some(t) = hdb::live_tokens(c)?.into_iter().find(|t| t.name == n) else {
+                        return Ok(0);
+                    };
+                    let count = hdb::revoke_token(c, &t.id, now)?;
+                    hdb::audit(
+                        c,
+                        &hdb::AuditEntry {
+                            at: now,
+                            actor: "cli".into(),
+                            token: None,
+                            action: "key.revoke".into(),
+                            target: t.name.clone(),
+                            detail: serde_json::json!({"id": t.id, "revoked": count}).to_string(),
+                            client: None,
+                        },
+                    )?;
+                    Ok(count)
+                })
+                .await?;
+            if revoked == 0 {
+                anyhow::bail!("no live token named {name:?} (see `hexmirror token list`)");
+            }
+            println!("revoked {revoked} token(s)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Reloads the configuration on every SIGHUP. A configuration that does not
 /// load is refused and the running one stays, with the reason logged; what
 /// cannot change without a restart (address, data directory) is reported.
 #[cfg(unix)]
-async fn reload_on_sighup(running: Config, public: server::PublicRepos) {
+async fn reload_on_sighup(
+    running: Config,
+    public: server::PublicRepos,
+    api: Option<std::sync::Arc<crate::api::ApiState>>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; configuration reload is off");
@@ -191,6 +375,9 @@ async fn reload_on_sighup(running: Config, public: server::PublicRepos) {
                     );
                 }
                 public.set(public_repos(&new));
+                if let Some(api) = &api {
+                    api.set_config(new);
+                }
                 tracing::info!("SIGHUP: configuration reloaded");
             }
             Ok(Err(e)) => {
@@ -212,14 +399,25 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     println!("hexmirror serving {} on http://{addr}", tree.display());
     crate::notify::notify("READY=1");
+    // The write API needs a repository of ours to publish into.
+    let api = if config.repositories.is_empty() {
+        None
+    } else {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("cannot create data directory {}", config.data_dir.display())
+        })?;
+        Some(crate::api::ApiState::open(config.clone())?)
+    };
     let options = server::Options {
         public_repos: server::PublicRepos::new(public_repos(config)),
         data_dir: Some(config.data_dir.clone()),
+        api: api.clone(),
     };
     #[cfg(unix)]
     tokio::spawn(reload_on_sighup(
         config.clone(),
         options.public_repos.clone(),
+        api,
     ));
     server::run(
         listener,

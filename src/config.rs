@@ -63,6 +63,16 @@ struct RawConfig {
     signing: RawSigning,
     #[serde(default)]
     repository: Vec<RawRepository>,
+    #[serde(default)]
+    api: RawApi,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    revert_window_secs: Option<u64>,
+    default_repository: Option<String>,
+    max_tarball_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -81,6 +91,10 @@ struct RawRepository {
     packages: Option<Vec<String>>,
     #[serde(default)]
     deny: Vec<String>,
+    #[serde(default)]
+    private: bool,
+    #[serde(default)]
+    reserved: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,6 +129,8 @@ pub struct Config {
     pub mirror: MirrorConfig,
     /// Keys and the lifetime of what is signed with them.
     pub signing: SigningConfig,
+    /// The write API.
+    pub api: ApiConfig,
     /// Repositories of our own, re-signed with our key.
     pub repositories: Vec<RepositoryConfig>,
 }
@@ -142,6 +158,34 @@ pub struct RepositoryConfig {
     pub packages: Option<BTreeSet<String>>,
     /// Releases kept out of this repository.
     pub deny: Vec<crate::index::DenyRule>,
+    /// Every read (index, tarballs, docs, API) needs a token with read scope.
+    pub private: bool,
+    /// Names (or `prefix*` patterns) reserved for packages published here:
+    /// the upstream package of such a name is never served in this
+    /// repository, and publishing any other upstream name is refused.
+    pub reserved: Vec<String>,
+}
+
+impl RepositoryConfig {
+    /// Whether `name` is reserved for private packages in this repository.
+    pub fn reserves(&self, name: &str) -> bool {
+        self.reserved.iter().any(|r| match r.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => r == name,
+        })
+    }
+}
+
+/// The write API (`/api`) for packages published to our repositories.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// How long after publishing a release may be replaced or reverted.
+    pub revert_window: Duration,
+    /// The repository `POST /api/publish` and `/api/packages/...` (paths
+    /// without `/repos/NAME`) publish to; `None` when it is ambiguous.
+    pub default_repository: Option<String>,
+    /// Largest accepted package tarball (and docs tarball), in bytes.
+    pub max_tarball_bytes: u64,
 }
 
 /// The upstream repository.
@@ -352,10 +396,23 @@ impl Config {
                 .map(|d| crate::index::DenyRule::parse(d))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| invalid("repository.deny", e.to_string()))?;
+            for r in &raw_repo.reserved {
+                let stem = r.strip_suffix('*').unwrap_or(r);
+                if stem.is_empty() && r != "*"
+                    || (!stem.is_empty() && PackageName::parse(stem).is_err())
+                {
+                    return Err(invalid(
+                        "repository.reserved",
+                        format!("{r:?} is neither a package name nor a `prefix*` pattern"),
+                    ));
+                }
+            }
             repositories.push(RepositoryConfig {
                 name,
                 packages,
                 deny,
+                private: raw_repo.private,
+                reserved: raw_repo.reserved,
             });
         }
         if !repositories.is_empty() && signing.key.is_none() {
@@ -367,8 +424,27 @@ impl Config {
             ));
         }
 
+        let default_repository = match raw.api.default_repository {
+            Some(name) => {
+                if !repositories.iter().any(|r| r.name == name) {
+                    return Err(invalid(
+                        "api.default_repository",
+                        format!("{name:?} is not the name of a configured [[repository]]"),
+                    ));
+                }
+                Some(name)
+            }
+            None if repositories.len() == 1 => Some(repositories[0].name.clone()),
+            None => None,
+        };
+        let api = ApiConfig {
+            revert_window: Duration::from_secs(raw.api.revert_window_secs.unwrap_or(3600)),
+            default_repository,
+            max_tarball_bytes: raw.api.max_tarball_bytes.unwrap_or(16 * 1024 * 1024),
+        };
         Ok(Self {
             signing,
+            api,
             repositories,
             source: source.map(Path::to_owned),
             data_dir,

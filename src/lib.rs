@@ -11,6 +11,7 @@
 //! - [`store`]: the data directory: content-addressed blobs, the served tree
 //!   (atomic writes), and the SQLite state database.
 //! - [`sync`]: plans and runs a mirror sync, publishing one new generation.
+//! - [`hosted`]: private packages published through the API: state, records, the writer.
 //! - [`index`]: PURE. Builds the curated, re-signed files of our own repositories.
 //! - [`keyfiles`]: key files on disk (mode 0600, never overwritten).
 //! - [`server`]: the read-only HTTP server over the served tree.
@@ -19,11 +20,16 @@
 //! - [`verify`]: checks a served tree, local or remote, against its manifest.
 //! - [`notify`]: readiness notifications for systemd (`Type=notify`).
 //! - [`clock`]: wall-clock time as Unix seconds.
+//! - [`api`]: the Hex-compatible write API (publish, retire, keys, owners).
+//! - [`auth`]: PURE. API tokens: secrets, hashes, scopes, rate limiting.
 //! - [`cli`]: the command line, the only place that uses `anyhow`.
 
+pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod hosted;
 pub mod index;
 pub mod keyfiles;
 pub mod manifest;

@@ -52,6 +52,7 @@ fn every_pure_module_is_free_of_io() {
         ],
     );
     assert_no_io("index", &[include_str!("index/mod.rs")]);
+    assert_no_io("hosted::record", &[include_str!("hosted/record.rs")]);
     assert_no_io("manifest", &[include_str!("manifest.rs")]);
     assert_no_io("sync::plan", &[include_str!("sync/plan.rs")]);
     assert_no_io(

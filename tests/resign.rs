@@ -27,30 +27,9 @@ const PACKAGES: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
 /// as an optional dependency, gamma.
 const BETA: (&str, &str) = ("beta", "0.2.1");
 
-/// A loopback port nothing listens on (discard), for rebar3's built-in
-/// `hexpm` repo: any package found must have come from the repo under test.
-const DEAD_CDN: &str = "http://127.0.0.1:9";
-
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// `[signing] key = KEY` followed by one `[[repository]]` table per entry of
-/// `repos` (each the body of the table, e.g. `name = "mirror"`). Goes into
-/// `Mirror::new`'s extra, which ends the file, so it may open sections.
-fn repositories_config(key: &Path, repos: &[&str]) -> String {
-    let mut text = signing_section(key);
-    for body in repos {
-        text.push_str(&format!("\n[[repository]]\n{body}\n"));
-    }
-    text
-}
-
-/// The `[signing]` section alone, so a test can swap the key in place.
-fn signing_section(key: &Path) -> String {
-    // Debug quoting is a valid TOML basic string for the ASCII temp paths.
-    format!("\n[signing]\nkey = {:?}\n", key.display().to_string())
-}
 
 /// A mirror of `upstream` serving the repositories `repos`, signed with the
 /// mirror's key (`other.pem`), after one sync that must succeed.

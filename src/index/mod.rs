@@ -158,7 +158,15 @@ pub fn build_versions(
     repository: &str,
     records: &BTreeMap<String, package::Package>,
 ) -> versions::Versions {
-    let indexes = |pred: &dyn Fn(&package::Release) -> bool, r: &package::Package| {
+    versions::Versions {
+        repository: repository.to_owned(),
+        packages: records.values().map(versions_entry).collect(),
+    }
+}
+
+/// One package's `/versions` entry, derived from its record.
+pub fn versions_entry(r: &package::Package) -> versions::Package {
+    let indexes = |pred: &dyn Fn(&package::Release) -> bool| {
         r.releases
             .iter()
             .enumerate()
@@ -166,17 +174,11 @@ pub fn build_versions(
             .map(|(i, _)| i as i32)
             .collect::<Vec<_>>()
     };
-    versions::Versions {
-        repository: repository.to_owned(),
-        packages: records
-            .values()
-            .map(|r| versions::Package {
-                name: r.name.clone(),
-                versions: r.releases.iter().map(|rel| rel.version.clone()).collect(),
-                retired: indexes(&|rel| rel.retired.is_some(), r),
-                with_advisories: indexes(&|rel| !rel.advisory_indexes.is_empty(), r),
-            })
-            .collect(),
+    versions::Package {
+        name: r.name.clone(),
+        versions: r.releases.iter().map(|rel| rel.version.clone()).collect(),
+        retired: indexes(&|rel| rel.retired.is_some()),
+        with_advisories: indexes(&|rel| !rel.advisory_indexes.is_empty()),
     }
 }
 

@@ -30,6 +30,7 @@ impl Tree {
                 public_repos: PublicRepos::new(public.iter().map(|s| s.to_string()).collect()),
                 data_dir: None,
                 metrics: Default::default(),
+                api: None,
             }),
             dir,
         };
@@ -77,7 +78,7 @@ impl Tree {
                 HeaderValue::from_str(v).unwrap(),
             );
         }
-        let res = respond(&self.state, &method, path, &map).await;
+        let res = respond(&self.state, &method, path, &map, None).await;
         let status = res.status();
         let headers = res.headers().clone();
         let body = axum::body::to_bytes(res.into_body(), usize::MAX)
@@ -455,9 +456,17 @@ async fn root_symlink_switch_is_seen_at_once() {
         public_repos: Default::default(),
         data_dir: None,
         metrics: Default::default(),
+        api: None,
     });
     let body = |state: Arc<ServerState>| async move {
-        let res = respond(&state, &Method::GET, "/packages/foo", &HeaderMap::new()).await;
+        let res = respond(
+            &state,
+            &Method::GET,
+            "/packages/foo",
+            &HeaderMap::new(),
+            None,
+        )
+        .await;
         axum::body::to_bytes(res.into_body(), usize::MAX)
             .await
             .unwrap()

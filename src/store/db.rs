@@ -94,6 +94,24 @@ CREATE TABLE IF NOT EXISTS signed_cache (
 CREATE TABLE IF NOT EXISTS failures (
     sync_id INTEGER NOT NULL, package TEXT NOT NULL, version TEXT,
     message TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS hosted_releases (
+    repository TEXT NOT NULL, package TEXT NOT NULL, version TEXT NOT NULL,
+    outer_sha256 TEXT NOT NULL, inner_sha256 TEXT NOT NULL, size INTEGER NOT NULL,
+    requirements TEXT NOT NULL, meta TEXT NOT NULL,
+    retired_reason TEXT, retired_message TEXT, docs_sha256 TEXT,
+    publisher TEXT NOT NULL, inserted_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+    PRIMARY KEY (repository, package, version));
+CREATE TABLE IF NOT EXISTS hosted_owners (
+    repository TEXT NOT NULL, package TEXT NOT NULL, username TEXT NOT NULL,
+    level TEXT NOT NULL, PRIMARY KEY (repository, package, username));
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, username TEXT NOT NULL,
+    hash BLOB NOT NULL, scopes TEXT NOT NULL, created_at INTEGER NOT NULL,
+    expires_at INTEGER, parent TEXT, revoked_at INTEGER);
+CREATE TABLE IF NOT EXISTS audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, actor TEXT NOT NULL,
+    token TEXT, action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL,
+    client TEXT);
 ";
 
 fn now() -> i64 {
@@ -115,6 +133,18 @@ impl Db {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             path,
+        })
+    }
+
+    /// Runs `f` on the connection from code already on a blocking thread.
+    pub fn call_blocking<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, DbError> {
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard).map_err(|source| DbError::Sqlite {
+            path: self.path.to_path_buf(),
+            source,
         })
     }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 
 use super::{Store, StoreError, err, sync_dir};
+use crate::manifest::{self, FileEntry, Manifest, ManifestKey, ManifestPublicKey, UpstreamState};
 
 /// Generations kept at least, whatever their age (the current one included),
 /// by syncs and by `hexmirror gc`.
@@ -44,7 +45,98 @@ fn parse_dir_name(name: &str) -> Option<u64> {
     name.strip_prefix('g')?.parse().ok()
 }
 
+/// The current generation as the next one starts from it.
+#[derive(Debug, Clone, Default)]
+pub struct Current {
+    /// Its files.
+    pub files: FileMap,
+    /// Its manifest version (0 when there is none).
+    pub version: u64,
+    /// When its manifest expires.
+    pub expires_at: u64,
+    /// The upstream state its manifest records.
+    pub upstream: Option<UpstreamState>,
+}
+
 impl Store {
+    /// Reads the current generation's manifest. One that does not verify (a
+    /// rotated manifest key, a damaged disk) is not trusted as a file list:
+    /// the caller then starts from nothing and reuses verified blobs.
+    pub fn load_current(&self, key: &ManifestPublicKey) -> Current {
+        let Ok(Some((id, dir))) = self.current() else {
+            return Current::default();
+        };
+        let path = dir.join(MANIFEST_FILE);
+        let parsed = fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| manifest::verify(&bytes, key, 0, None).map_err(|e| e.to_string()));
+        let m = match parsed {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "current manifest unusable ({e}); rebuilding from the upstream");
+                return Current {
+                    version: id,
+                    ..Current::default()
+                };
+            }
+        };
+        let files = m
+            .files
+            .iter()
+            .filter_map(|(p, f)| {
+                let sha: [u8; 32] = hex::decode(&f.sha256).ok()?.try_into().ok()?;
+                Some((
+                    p.clone(),
+                    FileRef {
+                        sha256: sha,
+                        size: f.size,
+                    },
+                ))
+            })
+            .collect();
+        Current {
+            files,
+            version: m.version.max(id),
+            expires_at: m.expires_at,
+            upstream: Some(m.upstream),
+        }
+    }
+
+    /// Signs a manifest for `files` as generation `version`, publishes the
+    /// generation and switches `current` to it.
+    pub fn publish_signed(
+        &self,
+        version: u64,
+        files: &FileMap,
+        upstream: UpstreamState,
+        expiry: Duration,
+        key: &ManifestKey,
+    ) -> Result<(), StoreError> {
+        let signed_at = crate::clock::unix_now();
+        let manifest = Manifest {
+            version,
+            generation: dir_name(version),
+            signed_at,
+            expires_at: signed_at + expiry.as_secs(),
+            upstream,
+            files: files
+                .iter()
+                .map(|(p, f)| {
+                    (
+                        p.clone(),
+                        FileEntry {
+                            sha256: hex::encode(f.sha256),
+                            size: f.size,
+                        },
+                    )
+                })
+                .collect(),
+        };
+        let bytes = manifest::sign(&manifest, key);
+        self.publish_generation(version, files, &bytes)?;
+        Ok(())
+    }
+
     /// The generations directory.
     pub fn generations_dir(&self) -> PathBuf {
         self.data_dir.join("generations")

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::registry::PackageName;
 
 pub use db::{Db, DbError};
-pub use generation::{FileMap, FileRef, KEEP_GENERATIONS, MANIFEST_FILE};
+pub use generation::{Current, FileMap, FileRef, KEEP_GENERATIONS, MANIFEST_FILE};
 
 /// A store operation that failed, with the path it failed on.
 #[derive(Debug, thiserror::Error)]

@@ -10,5 +10,5 @@ mod publish;
 mod run;
 
 pub use progress::Progress;
-pub use publish::PublishError;
+pub use publish::{PublishError, manifest_key};
 pub use run::{Failure, Summary, SyncError, Unreachable, run};

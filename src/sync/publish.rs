@@ -9,10 +9,10 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 use super::fetch::PackageUpdate;
-use crate::clock::unix_now;
 use crate::config::{Config, RepositoryConfig};
+use crate::hosted::{self, db::ReleaseRow};
 use crate::index;
-use crate::manifest::{self, FileEntry, Manifest, ManifestKey, UpstreamState};
+use crate::manifest::{ManifestKey, UpstreamState};
 use crate::registry::{self, PublicKey, SigningKey, proto};
 use crate::store::{FileMap, FileRef, Store, StoreError, db};
 
@@ -46,6 +46,8 @@ pub(super) struct Inputs {
     pub upstream_state: UpstreamState,
     /// The signed-record cache of each repository, read from the database.
     pub signed_cache: Vec<db::SignedCacheRow>,
+    /// Every hosted release, merged into the repositories.
+    pub hosted: Vec<ReleaseRow>,
 }
 
 /// The upstream's `/names` and `/versions`, stored as blobs.
@@ -138,7 +140,13 @@ struct Sources<'a> {
     upstream_names: &'a proto::names::Names,
     upstream_repository: &'a str,
     cache: &'a [db::SignedCacheRow],
+    /// Every hosted release of every repository.
+    hosted: &'a [ReleaseRow],
 }
+
+/// One package of a repository: its record, what identifies its source for
+/// the signing cache, and its tarballs and docs (paths under the repository).
+type Entry = (proto::package::Package, String, Vec<(String, FileRef)>);
 
 /// Builds repository `repo`'s files under `repos/NAME/` from the upstream
 /// records in `upstream`, re-signing only records whose source, key or
@@ -156,6 +164,7 @@ fn repository_files(
         upstream_names,
         upstream_repository,
         cache,
+        hosted,
     } = *src;
     let fp = repo_fingerprint(repo, key);
     let cached: BTreeMap<&str, &db::SignedCacheRow> = cache
@@ -163,38 +172,93 @@ fn repository_files(
         .filter(|r| r.repository == repo.name && r.fingerprint == fp)
         .map(|r| (r.package.as_str(), r))
         .collect();
+    let mut hosted_rows: BTreeMap<&str, Vec<&ReleaseRow>> = BTreeMap::new();
+    for row in hosted.iter().filter(|r| r.repository == repo.name) {
+        hosted_rows
+            .entry(row.package.as_str())
+            .or_default()
+            .push(row);
+    }
+    // A reserved or hosted name never comes from the upstream here: that is
+    // the dependency-confusion guard.
     let curated: BTreeMap<String, proto::package::Package> = records
         .iter()
+        .filter(|(name, _)| !repo.reserves(name) && !hosted_rows.contains_key(name.as_str()))
         .filter_map(|(name, r)| {
             index::curate_package(r, &repo.name, &repo.deny).map(|c| (name.clone(), c))
         })
         .collect();
     let view: BTreeSet<String> = match &repo.packages {
         None => curated.keys().cloned().collect(),
-        Some(roots) => index::closure(roots, &curated, upstream_repository),
+        Some(roots) => {
+            // Hosted packages pull in what they depend on in this repository.
+            let mut roots = roots.clone();
+            roots.extend(
+                hosted_rows
+                    .values()
+                    .flatten()
+                    .flat_map(|r| &r.requirements)
+                    .filter(|d| d.repository.as_deref().is_none_or(|x| x == repo.name))
+                    .map(|d| d.name.clone()),
+            );
+            index::closure(&roots, &curated, upstream_repository)
+        }
     };
-    let curated: BTreeMap<String, proto::package::Package> = curated
-        .into_iter()
-        .filter(|(name, _)| view.contains(name))
-        .collect();
+    // Every package of the repository: its record, what identifies its
+    // source for the signing cache, and its tarballs and docs.
+    let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+    for (name, record) in curated.into_iter().filter(|(name, _)| view.contains(name)) {
+        let source = upstream
+            .get(&format!("packages/{name}"))
+            .map(sha_hex)
+            .unwrap_or_default();
+        let files = record
+            .releases
+            .iter()
+            .filter_map(|release| {
+                let tarball = format!("tarballs/{name}-{}.tar", release.version);
+                upstream.get(&tarball).map(|blob| (tarball, *blob))
+            })
+            .collect();
+        entries.insert(name, (record, source, files));
+    }
+    for (name, rows) in &hosted_rows {
+        let releases: Vec<_> = rows.iter().map(|r| r.release()).collect();
+        let record = hosted::record::package_record(&repo.name, name, &releases);
+        let source = format!(
+            "hosted:{}",
+            hex::encode(Sha256::digest(record.encode_to_vec()))
+        );
+        let mut files = Vec::new();
+        for r in rows {
+            files.push((
+                format!("tarballs/{name}-{}.tar", r.version),
+                FileRef {
+                    sha256: r.outer_sha256,
+                    size: r.size,
+                },
+            ));
+            if let Some(d) = r.docs_sha256 {
+                files.push((
+                    format!("docs/{name}-{}.tar.gz", r.version),
+                    store.blob_ref(&d)?,
+                ));
+            }
+        }
+        entries.insert((*name).to_owned(), (record, source, files));
+    }
 
     let base = format!("repos/{}", repo.name);
     let mut files = FileMap::new();
     // Reuse what the cache vouches for; sign the rest on every core (RSA
     // signing is ~15 ms per record at 4096 bits and was the whole cost of a
     // key change).
-    let source_of = |name: &str| {
-        upstream
-            .get(&format!("packages/{name}"))
-            .map(sha_hex)
-            .unwrap_or_default()
-    };
     let mut signed: BTreeMap<&str, FileRef> = BTreeMap::new();
     let mut misses = Vec::new();
-    for (name, record) in &curated {
+    for (name, (record, source, _)) in &entries {
         let reuse = cached
             .get(name.as_str())
-            .filter(|row| row.source_sha256 == source_of(name))
+            .filter(|row| row.source_sha256 == *source)
             .and_then(|row| {
                 let sha: [u8; 32] = hex::decode(&row.signed_sha256).ok()?.try_into().ok()?;
                 store.blob_ref(&sha).ok()
@@ -214,29 +278,41 @@ fn repository_files(
         let (name, r) = result?;
         signed.insert(name, r);
     }
-    for (name, record) in &curated {
+    for (name, (_, source, extra)) in &entries {
         let Some(&file) = signed.get(name.as_str()) else {
             continue;
         };
         new_cache.push(db::SignedCacheRow {
             repository: repo.name.clone(),
             package: name.clone(),
-            source_sha256: source_of(name),
+            source_sha256: source.clone(),
             fingerprint: fp.clone(),
             signed_sha256: sha_hex(&file),
         });
         files.insert(format!("{base}/packages/{name}"), file);
-        for release in &record.releases {
-            let tarball = format!("tarballs/{name}-{}.tar", release.version);
-            if let Some(blob) = upstream.get(&tarball) {
-                files.insert(format!("{base}/{tarball}"), *blob);
-            }
+        for (path, blob) in extra {
+            files.insert(format!("{base}/{path}"), *blob);
         }
     }
-    let updated_at: BTreeMap<String, proto::names::Timestamp> = upstream_names
+    let mut updated_at: BTreeMap<String, proto::names::Timestamp> = upstream_names
         .packages
         .iter()
         .filter_map(|p| p.updated_at.map(|t| (p.name.clone(), t)))
+        .collect();
+    for (name, rows) in &hosted_rows {
+        if let Some(secs) = rows.iter().map(|r| r.updated_at).max() {
+            updated_at.insert(
+                (*name).to_owned(),
+                proto::names::Timestamp {
+                    seconds: secs,
+                    nanos: 0,
+                },
+            );
+        }
+    }
+    let curated: BTreeMap<String, proto::package::Package> = entries
+        .into_iter()
+        .map(|(name, (record, _, _))| (name, record))
         .collect();
     let names = index::build_names(&repo.name, &curated, &updated_at);
     let versions = index::build_versions(&repo.name, &curated);
@@ -273,7 +349,7 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Ve
 }
 
 /// Loads the manifest key, creating it (mode 0600) if the file does not exist.
-pub(super) fn manifest_key(config: &Config) -> Result<ManifestKey, PublishError> {
+pub fn manifest_key(config: &Config) -> Result<ManifestKey, PublishError> {
     let path = &config.signing.manifest_key;
     match std::fs::read_to_string(path) {
         Ok(pem) => ManifestKey::from_pem(&pem).map_err(|e| {
@@ -331,6 +407,7 @@ pub(super) fn publish(
             upstream_names: &inputs.upstream_names,
             upstream_repository: &config.upstream.repository,
             cache: &inputs.signed_cache,
+            hosted: &inputs.hosted,
         };
         for repo in &config.repositories {
             files.extend(repository_files(&sources, repo, &mut new_cache)?);
@@ -344,29 +421,14 @@ pub(super) fn publish(
         });
     }
     let version = inputs.prev_version + 1;
-    let signed_at = unix_now();
-    let manifest = Manifest {
-        version,
-        generation: format!("g{version:012}"),
-        signed_at,
-        expires_at: signed_at + config.signing.manifest_expiry.as_secs(),
-        upstream: inputs.upstream_state,
-        files: files
-            .iter()
-            .map(|(p, f)| {
-                (
-                    p.clone(),
-                    FileEntry {
-                        sha256: sha_hex(f),
-                        size: f.size,
-                    },
-                )
-            })
-            .collect(),
-    };
     let key = manifest_key(config)?;
-    let bytes = manifest::sign(&manifest, &key);
-    store.publish_generation(version, &files, &bytes)?;
+    store.publish_signed(
+        version,
+        &files,
+        inputs.upstream_state,
+        config.signing.manifest_expiry,
+        &key,
+    )?;
     Ok(Published {
         version,
         signed_cache: new_cache,

@@ -17,10 +17,10 @@ use super::plan;
 use super::publish::{self, IndexFiles, Inputs, PublishError};
 use crate::clock::unix_now;
 use crate::config::Config;
-use crate::manifest::{self, UpstreamState};
+use crate::manifest::UpstreamState;
 use crate::registry::{self, PackageName};
 use crate::store::db::{self, SyncRecord};
-use crate::store::{self, Db, DbError, FileMap, FileRef, MANIFEST_FILE, Store, StoreError};
+use crate::store::{self, Db, DbError, FileMap, FileRef, Store, StoreError};
 use crate::tarball;
 use crate::upstream::{Fetched, Upstream, UpstreamError, Validators};
 
@@ -234,60 +234,6 @@ pub async fn run(config: &Config, progress: &Progress) -> Result<Summary, SyncEr
     Ok(summary)
 }
 
-/// The current generation as the next one starts from it.
-struct Previous {
-    files: FileMap,
-    version: u64,
-    expires_at: u64,
-}
-
-/// Reads the current generation's manifest. One that does not verify (a
-/// rotated manifest key, a damaged disk) is not trusted as a file list: the
-/// sync then starts from nothing and reuses verified blobs.
-fn load_previous(store: &Store, key: &manifest::ManifestPublicKey) -> Previous {
-    let empty = Previous {
-        files: FileMap::new(),
-        version: 0,
-        expires_at: 0,
-    };
-    let Ok(Some((id, dir))) = store.current() else {
-        return empty;
-    };
-    let path = dir.join(MANIFEST_FILE);
-    let parsed = std::fs::read(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|bytes| manifest::verify(&bytes, key, 0, None).map_err(|e| e.to_string()));
-    let m = match parsed {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::warn!(path = %path.display(), "current manifest unusable ({e}); rebuilding from the upstream");
-            return Previous {
-                version: id,
-                ..empty
-            };
-        }
-    };
-    let files = m
-        .files
-        .iter()
-        .filter_map(|(p, f)| {
-            let sha: [u8; 32] = hex::decode(&f.sha256).ok()?.try_into().ok()?;
-            Some((
-                p.clone(),
-                FileRef {
-                    sha256: sha,
-                    size: f.size,
-                },
-            ))
-        })
-        .collect();
-    Previous {
-        files,
-        version: m.version.max(id),
-        expires_at: m.expires_at,
-    }
-}
-
 /// A verified-to-be-fetched index file and, when it came anew, its validators.
 struct IndexFile {
     value: Vec<u8>,
@@ -337,7 +283,7 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
         .map_err(internal)??;
     let public = manifest_key.public();
     let store = ctx.store.clone();
-    let prev = blocking(move || load_previous(&store, &public))
+    let prev = blocking(move || store.load_current(&public))
         .await
         .map_err(internal)?;
     let fp = fingerprint(config);
@@ -461,6 +407,7 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
             synced_at: unix_now(),
         },
         signed_cache: ctx.db.call(|c| db::signed_cache(c)).await?,
+        hosted: ctx.db.call(|c| crate::hosted::db::all_releases(c)).await?,
     };
     let published_index = inputs.index.is_some();
     let (store, cfg) = (ctx.store.clone(), config.clone());

@@ -242,6 +242,62 @@ pub fn verify(
         });
     }
 
+    let verified = inspect_unsized(tarball, outer, limits)?;
+    if let Some(expected_inner) = expected.inner_checksum
+        && digest_arg("inner", expected_inner)? != verified.inner_checksum
+    {
+        return Err(TarballError::InnerChecksum {
+            actual: verified.inner_checksum,
+            expected: expected_inner.to_vec(),
+        });
+    }
+    if verified.metadata.name != expected.name {
+        return Err(TarballError::NameMismatch {
+            found: verified.metadata.name,
+            expected: expected.name.to_owned(),
+        });
+    }
+    if verified.metadata.version != expected.version {
+        return Err(TarballError::VersionMismatch {
+            found: verified.metadata.version,
+            expected: expected.version.to_owned(),
+        });
+    }
+    Ok(verified)
+}
+
+/// Checks an uploaded tarball on its own (no registry to compare against):
+/// size, structure, the CHECKSUM member, metadata and contents. Publishing
+/// uses this; the name and version come from the metadata it returns.
+pub fn inspect(tarball: &[u8], limits: &Limits) -> Result<Verified, TarballError> {
+    let size = u64::try_from(tarball.len()).unwrap_or(u64::MAX);
+    if size > limits.max_tarball {
+        return Err(TarballError::TooLarge {
+            size,
+            limit: limits.max_tarball,
+        });
+    }
+    inspect_unsized(tarball, outer_checksum(tarball), limits)
+}
+
+/// Checks a documentation tarball (`NAME-VERSION.tar.gz`, a gzipped tar of
+/// HTML) with the same path, link and inflation rules as package contents.
+pub fn check_docs(docs: &[u8], limits: &Limits) -> Result<(), TarballError> {
+    let size = u64::try_from(docs.len()).unwrap_or(u64::MAX);
+    if size > limits.max_tarball {
+        return Err(TarballError::TooLarge {
+            size,
+            limit: limits.max_tarball,
+        });
+    }
+    check_contents(docs, limits.max_uncompressed)
+}
+
+fn inspect_unsized(
+    tarball: &[u8],
+    outer: [u8; 32],
+    limits: &Limits,
+) -> Result<Verified, TarballError> {
     let members = read_outer(tarball, limits)?;
     if members.version != b"3" {
         return Err(TarballError::UnsupportedVersion {
@@ -261,31 +317,9 @@ pub fn verify(
             recorded,
         });
     }
-    if let Some(expected_inner) = expected.inner_checksum
-        && digest_arg("inner", expected_inner)? != inner
-    {
-        return Err(TarballError::InnerChecksum {
-            actual: inner,
-            expected: expected_inner.to_vec(),
-        });
-    }
-
     let terms = terms::parse_consult(&members.metadata)
         .map_err(|source| TarballError::MetadataSyntax { source })?;
     let metadata = metadata::extract(terms).map_err(|source| TarballError::Metadata { source })?;
-    if metadata.name != expected.name {
-        return Err(TarballError::NameMismatch {
-            found: metadata.name,
-            expected: expected.name.to_owned(),
-        });
-    }
-    if metadata.version != expected.version {
-        return Err(TarballError::VersionMismatch {
-            found: metadata.version,
-            expected: expected.version.to_owned(),
-        });
-    }
-
     check_contents(&members.contents, limits.max_uncompressed)?;
     Ok(Verified {
         inner_checksum: inner,

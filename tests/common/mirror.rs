@@ -120,6 +120,18 @@ impl Mirror {
     }
 }
 
+impl Mirror {
+    /// Creates an API token with `hexmirror token create ARGS...` and
+    /// returns its secret.
+    pub fn token(&self, args: &[&str]) -> String {
+        let mut all = vec!["token", "create"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        assert!(out.ok(), "token create {args:?} failed:\n{out}");
+        out.stdout.trim().to_owned()
+    }
+}
+
 /// A running `hexmirror serve`, killed when dropped.
 pub struct Served {
     child: Child,
@@ -172,6 +184,23 @@ impl Drop for Served {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `[signing] key = KEY` followed by one `[[repository]]` table per entry of
+/// `repos` (each the body of the table, e.g. `name = "mirror"`). Goes into
+/// `Mirror::new`'s extra, which ends the file, so it may open sections.
+pub fn repositories_config(key: &Path, repos: &[&str]) -> String {
+    let mut text = signing_section(key);
+    for body in repos {
+        text.push_str(&format!("\n[[repository]]\n{body}\n"));
+    }
+    text
+}
+
+/// The `[signing]` section alone, so a test can swap the key in place.
+pub fn signing_section(key: &Path) -> String {
+    // Debug quoting is a valid TOML basic string for the ASCII temp paths.
+    format!("\n[signing]\nkey = {:?}\n", key.display().to_string())
 }
 
 /// Replaces the upstream's content with `spec` built by the oracle (same

@@ -32,7 +32,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::Response;
 #[allow(unused_imports)] // each test crate uses a different subset
-pub use mirror::{Mirror, Served, rebuild_upstream};
+pub use mirror::{Mirror, Served, rebuild_upstream, repositories_config, signing_section};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
@@ -202,6 +202,10 @@ fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
 // The oracle: hex_core through tests/support/hexcore.escript
 // ---------------------------------------------------------------------------
 
+/// A loopback port nothing listens on (discard), for rebar3's built-in
+/// `hexpm` repository: any package found must have come from the server under test.
+pub const DEAD_CDN: &str = "http://127.0.0.1:9";
+
 /// A small upstream for the suites, in `hexcore.escript build-upstream` form.
 ///
 /// - alpha 1.0.0, 1.1.0, 2.0.0-rc.1 (a pre-release clients skip for `~> 1.1`)
@@ -347,6 +351,23 @@ impl Oracle {
     /// download; `Err` carries hex_core's reason for refusing it.
     pub fn unpack(tarball: &Path) -> Result<Checksums, String> {
         Self::run(&[OsStr::new("unpack"), tarball.as_os_str()]).map(|out| parse_checksums(&out))
+    }
+
+    /// Calls the Hex API as rebar3 3.19's hex_core does: `call` is one of
+    /// `publish TARBALL [replace]`, `retire NAME VERSION REASON MESSAGE`,
+    /// `unretire NAME VERSION`, `revert NAME VERSION`. Returns the HTTP
+    /// status and the body as hex_core decoded it (Erlang `~p` text, `nil`
+    /// when the body was not Erlang terms).
+    pub fn api(api_url: &str, key: &str, call: &[&str]) -> (u16, String) {
+        let mut args: Vec<&OsStr> = vec![OsStr::new(call[0]), api_url.as_ref(), key.as_ref()];
+        args.extend(call[1..].iter().map(OsStr::new));
+        let out = Self::run(&args).unwrap_or_else(|e| panic!("hexcore {call:?}: {e}"));
+        let (status, body) = out.split_once('\n').unwrap_or((out.as_str(), ""));
+        let status = status
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("hexcore {call:?}: no status in {out:?}"));
+        (status, body.trim().to_owned())
     }
 
     /// Runs one escript command: `Ok(stdout)` on exit 0, `Err(stderr)` on

@@ -33,6 +33,14 @@
 %%       repository (and package) name; prints "ok".
 %%   tarball NAME VERSION OUT.tar [DEP:REQUIREMENT ...]
 %%       Writes one package tarball; prints its inner and outer checksums.
+%%   publish API_URL API_KEY TARBALL [replace]
+%%   retire API_URL API_KEY NAME VERSION REASON MESSAGE
+%%   unretire API_URL API_KEY NAME VERSION
+%%   revert API_URL API_KEY NAME VERSION
+%%       Calls the Hex API the way rebar3 3.19 does (r3_hex_api_release:
+%%       publish/3 posts to API_URL/publish) and prints the HTTP status, then
+%%       the decoded body (`nil` unless it was application/vnd.hex+erlang).
+%%       Exits 0 whatever the status, so tests can assert refusals.
 %%   unpack TARBALL
 %%       Unpacks a tarball in memory as clients do; prints "ok" and both
 %%       checksums, so tests can show a hostile tarball is refused by the
@@ -82,6 +90,16 @@ command(["tarball", Name, Version, Out | DepArgs]) ->
     #{tarball := Tar} = Built = build_tarball(to_bin(Name), to_bin(Version), Deps, #{}),
     write_file(Out, Tar),
     print_checksums(Built);
+command(["publish", Url, Key, File | Opts]) ->
+    Params = [{replace, true} || "replace" <- Opts],
+    api_result(r3_hex_api_release:publish(api_config(Url, Key), read_file(File), Params));
+command(["retire", Url, Key, Name, Version, Reason, Message]) ->
+    Body = #{<<"reason">> => to_bin(Reason), <<"message">> => to_bin(Message)},
+    api_result(r3_hex_api_release:retire(api_config(Url, Key), to_bin(Name), to_bin(Version), Body));
+command(["unretire", Url, Key, Name, Version]) ->
+    api_result(r3_hex_api_release:unretire(api_config(Url, Key), to_bin(Name), to_bin(Version)));
+command(["revert", Url, Key, Name, Version]) ->
+    api_result(r3_hex_api_release:delete(api_config(Url, Key), to_bin(Name), to_bin(Version)));
 command(["unpack", File]) ->
     case r3_hex_tarball:unpack(read_file(File), memory) of
         {ok, Unpacked} ->
@@ -283,6 +301,15 @@ load_hex_core() ->
     %% r3_hex_http_httpc uses httpc's default profile.
     {ok, _} = application:ensure_all_started(inets),
     ok.
+
+api_config(Url, Key) ->
+    maps:merge(r3_hex_core:default_config(),
+               #{api_url => to_bin(Url), api_key => to_bin(Key)}).
+
+api_result({ok, {Status, _Headers, Body}}) ->
+    io:format("~p~n~p~n", [Status, Body]);
+api_result({error, Reason}) ->
+    {fail, io_lib:format("API call failed before a response: ~p", [Reason])}.
 
 repo_config(Url, Repo, PublicKey) ->
     maps:merge(r3_hex_core:default_config(),

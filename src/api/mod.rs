@@ -1,0 +1,305 @@
+//! The Hex-compatible write API for private packages (`/api/...`): publish,
+//! replace, revert, retire, docs, package reads, owners, keys, the audit log;
+//! and the read gate of private repositories.
+//!
+//! Layout: [`etf`] (PURE: Erlang External Term Format) and [`wire`] (content
+//! negotiation, error bodies) are the wire; `handlers` maps each endpoint to
+//! a permission check and a call into [`crate::hosted`]; `gate` decides what
+//! a token may read from a private repository's tree and re-signs filtered
+//! index files for version-limited tokens.
+//!
+//! Every change goes through one async gate and then the blocking
+//! [`Writer`](crate::hosted::writer::Writer), so changes never interleave.
+
+pub mod etf;
+mod gate;
+mod handlers;
+pub mod wire;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
+use axum::http::StatusCode;
+use axum::http::header::{self, HeaderMap};
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use rand::rngs::OsRng;
+
+pub use gate::Gate;
+
+use self::wire::Reply;
+use crate::auth::{self, FailureLimiter, Scope, TokenSecret};
+use crate::clock::unix_now;
+use crate::config::Config;
+use crate::hosted::db::{self as hdb, TokenRow};
+use crate::hosted::writer::Writer;
+use crate::store::{Db, Store};
+
+/// Failed authentications allowed per client within [`FAILURE_WINDOW`].
+const MAX_FAILURES: u32 = 10;
+/// The window of [`MAX_FAILURES`], in seconds.
+const FAILURE_WINDOW: u64 = 300;
+/// Clients the failure limiter remembers at most.
+const LIMITER_CLIENTS: usize = 100_000;
+
+/// What every API request shares.
+#[derive(Debug)]
+pub struct ApiState {
+    config: RwLock<Arc<Config>>,
+    db: Db,
+    writer: Arc<Writer>,
+    /// Serialises changes (the writer itself blocks).
+    changes: tokio::sync::Mutex<()>,
+    limiter: Mutex<FailureLimiter<IpAddr>>,
+    gate: gate::FilterCache,
+}
+
+impl ApiState {
+    /// State over the data directory of `config`.
+    pub fn open(config: Config) -> Result<Arc<Self>, crate::store::StoreError> {
+        let store = Store::open(&config.data_dir)?;
+        let db = Db::open(&config.data_dir).map_err(|e| crate::store::StoreError {
+            action: "open state database in",
+            path: config.data_dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        Ok(Arc::new(Self {
+            config: RwLock::new(Arc::new(config)),
+            writer: Arc::new(Writer::new(store, db.clone())),
+            db,
+            changes: tokio::sync::Mutex::new(()),
+            limiter: Mutex::new(FailureLimiter::new(
+                MAX_FAILURES,
+                FAILURE_WINDOW,
+                LIMITER_CLIENTS,
+            )),
+            gate: gate::FilterCache::default(),
+        }))
+    }
+
+    /// The configuration now in force.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Swaps in a reloaded configuration.
+    pub fn set_config(&self, config: Config) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+    }
+
+    /// Whether repository `name` is private.
+    pub fn is_private(&self, name: &str) -> bool {
+        self.config()
+            .repositories
+            .iter()
+            .any(|r| r.name == name && r.private)
+    }
+
+    /// Checks the request's token, if it has one. `Ok(None)`: anonymous.
+    async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        client: Option<IpAddr>,
+    ) -> Result<Option<TokenRow>, Reply> {
+        let now = unix_now();
+        if let Some(ip) = client {
+            let blocked = self
+                .limiter
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .blocked(&ip, now);
+            if let Some(retry) = blocked {
+                return Err(Reply::error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("too many failed authentications from {ip}; retry in {retry} s"),
+                )
+                .with_header(header::RETRY_AFTER, retry.to_string()));
+            }
+        }
+        let Some(raw) = headers.get(header::AUTHORIZATION) else {
+            return Ok(None);
+        };
+        let raw = raw.to_str().unwrap_or("").trim();
+        let raw = raw.strip_prefix("Bearer ").unwrap_or(raw).trim();
+        let found = match TokenSecret::parse(raw) {
+            None => None,
+            Some((id, secret)) => {
+                let (id, secret) = (id.to_owned(), secret.to_owned());
+                let row = self
+                    .db
+                    .call(move |c| hdb::token(c, &id))
+                    .await
+                    .map_err(|e| {
+                        tracing::error!("token lookup failed: {e}");
+                        Reply::error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+                    })?;
+                // Hash and compare even for an unknown id, so timing does not
+                // tell which ids exist.
+                let stored = row.as_ref().map_or([0u8; 32], |r| r.hash);
+                let matches = TokenSecret::verify(&secret, &stored);
+                row.filter(|_| matches)
+            }
+        };
+        let refusal = match &found {
+            None => Some("invalid API key".to_owned()),
+            Some(t) if t.revoked_at.is_some() => Some(format!("API key {} was revoked", t.name)),
+            Some(t) if t.expires_at.is_some_and(|e| e <= now as i64) => Some(format!(
+                "API key {} expired at {}",
+                t.name,
+                wire::iso(t.expires_at.unwrap_or(0))
+            )),
+            Some(_) => None,
+        };
+        if let Some(message) = refusal {
+            if let Some(ip) = client {
+                self.limiter
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .record_failure(&ip, now);
+            }
+            tracing::info!(client = ?client, "refused API key: {message}");
+            return Err(Reply::error(StatusCode::UNAUTHORIZED, message));
+        }
+        Ok(found)
+    }
+}
+
+/// Creates a token and returns the full secret (shown once) and its row.
+/// Blocking; the CLI and `POST /api/keys` both use it.
+pub fn create_token(
+    conn: &rusqlite::Connection,
+    name: &str,
+    username: &str,
+    scopes: Vec<Scope>,
+    expires_at: Option<i64>,
+    parent: Option<&TokenRow>,
+) -> Result<(String, TokenRow), TokenError> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        return Err(TokenError::Invalid(format!(
+            "key name {name:?}: use 1 to 64 letters, digits, `_`, `-` or `.`"
+        )));
+    }
+    for s in &scopes {
+        s.validate()
+            .map_err(|e| TokenError::Invalid(e.to_string()))?;
+    }
+    if let Some(p) = parent {
+        if !auth::within(&scopes, &p.scopes) {
+            return Err(TokenError::Forbidden(
+                "a key can only grant rights its creator has".into(),
+            ));
+        }
+        if let Some(limit) = p.expires_at
+            && expires_at.is_none_or(|e| e > limit)
+        {
+            return Err(TokenError::Forbidden(format!(
+                "a key cannot outlive its creator, which expires at {}",
+                wire::iso(limit)
+            )));
+        }
+    }
+    let live = hdb::live_tokens(conn).map_err(|e| TokenError::Internal(e.to_string()))?;
+    if live.iter().any(|t| t.name == name) {
+        return Err(TokenError::Invalid(format!(
+            "a key named {name:?} already exists; pick another name or revoke it first"
+        )));
+    }
+    let (id, full, hash) = TokenSecret::generate(&mut OsRng);
+    let row = TokenRow {
+        id,
+        name: name.to_owned(),
+        username: username.to_owned(),
+        hash,
+        scopes,
+        created_at: unix_now() as i64,
+        expires_at,
+        parent: parent.map(|p| p.id.clone()),
+        revoked_at: None,
+    };
+    hdb::insert_token(conn, &row).map_err(|e| TokenError::Internal(e.to_string()))?;
+    Ok((full, row))
+}
+
+/// Why a token could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Bad name or scopes.
+    #[error("{0}")]
+    Invalid(String),
+    /// More rights than the creator has.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Database trouble.
+    #[error("state database: {0}")]
+    Internal(String),
+}
+
+/// The client's address, when the server recorded it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
+/// The API routes, each also under `/api/repos/REPO/`.
+pub fn router(state: Arc<ApiState>) -> Router {
+    use handlers as h;
+    let limit = usize::try_from(state.config().api.max_tarball_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(64 * 1024);
+    let mut r = Router::new();
+    for prefix in ["/api", "/api/repos/{repo}"] {
+        r = r
+            .route(&format!("{prefix}/publish"), post(h::publish))
+            .route(&format!("{prefix}/packages"), get(h::list_packages))
+            .route(&format!("{prefix}/packages/{{name}}"), get(h::get_package))
+            .route(
+                &format!("{prefix}/packages/{{name}}/releases"),
+                post(h::publish),
+            )
+            .route(
+                &format!("{prefix}/packages/{{name}}/releases/{{version}}"),
+                get(h::get_release).delete(h::revert),
+            )
+            .route(
+                &format!("{prefix}/packages/{{name}}/releases/{{version}}/retire"),
+                post(h::retire).delete(h::unretire),
+            )
+            .route(
+                &format!("{prefix}/packages/{{name}}/releases/{{version}}/docs"),
+                post(h::publish_docs).delete(h::revert_docs),
+            )
+            .route(
+                &format!("{prefix}/packages/{{name}}/owners"),
+                get(h::list_owners),
+            )
+            .route(
+                &format!("{prefix}/packages/{{name}}/owners/{{user}}"),
+                get(h::get_owner).put(h::add_owner).delete(h::remove_owner),
+            );
+    }
+    r.route("/api/auth", get(h::auth_test))
+        .route("/api/users/me", get(h::me))
+        .route("/api/keys", get(h::list_keys).post(h::create_key))
+        .route("/api/keys/{key}", get(h::get_key).delete(h::delete_key))
+        .route("/api/audit-logs", get(h::audit_logs))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}

@@ -1,0 +1,285 @@
+//! PURE. Registry records of hosted packages: the signed package record built
+//! from the releases we hold, and the one-entry edits of `/names` and
+//! `/versions` a publish needs, so a publish never re-reads every record of
+//! the repository.
+
+use std::cmp::Ordering;
+
+use crate::index;
+use crate::registry::proto::{self, names, package, versions};
+use crate::tarball::Requirement;
+use crate::version::Version;
+
+/// One hosted release as the registry record needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    /// The version.
+    pub version: String,
+    /// SHA-256 of the whole tarball.
+    pub outer_checksum: [u8; 32],
+    /// SHA-256 of VERSION ‖ metadata.config ‖ contents.tar.gz.
+    pub inner_checksum: [u8; 32],
+    /// Dependencies from the tarball's metadata.
+    pub requirements: Vec<Requirement>,
+    /// Retirement: reason and message.
+    pub retired: Option<(Retirement, String)>,
+    /// Unix seconds of the first publication.
+    pub published_at: i64,
+}
+
+/// Why a release was retired (the registry's `RetirementReason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retirement {
+    /// Any other reason.
+    Other,
+    /// The release is broken.
+    Invalid,
+    /// The release has a security problem.
+    Security,
+    /// The package is no longer maintained.
+    Deprecated,
+    /// The package was renamed.
+    Renamed,
+}
+
+impl Retirement {
+    /// Parses the API's reason string (`other`, `invalid`, ...).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "other" => Self::Other,
+            "invalid" => Self::Invalid,
+            "security" => Self::Security,
+            "deprecated" => Self::Deprecated,
+            "renamed" => Self::Renamed,
+            _ => return None,
+        })
+    }
+
+    /// The API's reason string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Other => "other",
+            Self::Invalid => "invalid",
+            Self::Security => "security",
+            Self::Deprecated => "deprecated",
+            Self::Renamed => "renamed",
+        }
+    }
+
+    fn proto(self) -> proto::package::RetirementReason {
+        use proto::package::RetirementReason as R;
+        match self {
+            Self::Other => R::RetiredOther,
+            Self::Invalid => R::RetiredInvalid,
+            Self::Security => R::RetiredSecurity,
+            Self::Deprecated => R::RetiredDeprecated,
+            Self::Renamed => R::RetiredRenamed,
+        }
+    }
+}
+
+/// Orders version strings by SemVer precedence; unparsable ones (which the
+/// API never stores) sort last, by text, so the order is total.
+pub fn cmp_versions(a: &str, b: &str) -> Ordering {
+    match (Version::parse(a), Version::parse(b)) {
+        (Ok(x), Ok(y)) => x.cmp_precedence(&y).then_with(|| a.cmp(b)),
+        (Ok(_), Err(_)) => Ordering::Less,
+        (Err(_), Ok(_)) => Ordering::Greater,
+        (Err(_), Err(_)) => a.cmp(b),
+    }
+}
+
+/// The package record of `name` in `repository`: releases oldest first, as
+/// hex.pm orders them. A dependency naming `repository` itself is written
+/// without a repository, meaning "this one", as hex.pm does.
+pub fn package_record(repository: &str, name: &str, releases: &[Release]) -> package::Package {
+    let mut sorted: Vec<&Release> = releases.iter().collect();
+    sorted.sort_by(|a, b| cmp_versions(&a.version, &b.version));
+    package::Package {
+        name: name.to_owned(),
+        repository: repository.to_owned(),
+        advisories: Vec::new(),
+        releases: sorted
+            .into_iter()
+            .map(|r| package::Release {
+                version: r.version.clone(),
+                inner_checksum: r.inner_checksum.to_vec(),
+                outer_checksum: Some(r.outer_checksum.to_vec()),
+                dependencies: r
+                    .requirements
+                    .iter()
+                    .map(|d| package::Dependency {
+                        package: d.name.clone(),
+                        requirement: d.requirement.clone(),
+                        optional: d.optional.then_some(true),
+                        app: d.app.clone().filter(|a| a != &d.name),
+                        repository: d.repository.clone().filter(|r| r != repository),
+                    })
+                    .collect(),
+                retired: r
+                    .retired
+                    .as_ref()
+                    .map(|(reason, message)| package::RetirementStatus {
+                        reason: reason.proto() as i32,
+                        message: Some(message.clone()).filter(|m| !m.is_empty()),
+                    }),
+                advisory_indexes: Vec::new(),
+                published_at: Some(package::Timestamp {
+                    seconds: r.published_at,
+                    nanos: 0,
+                }),
+            })
+            .collect(),
+    }
+}
+
+/// Puts `name` into `/names` (sorted by name) with `updated_at`, or takes it
+/// out when `updated_at` is `None`.
+pub fn update_names(names: &mut names::Names, name: &str, updated_at: Option<i64>) {
+    let at = names
+        .packages
+        .binary_search_by(|p| p.name.as_str().cmp(name));
+    match (at, updated_at) {
+        (Ok(i), Some(secs)) => {
+            names.packages[i].updated_at = Some(names::Timestamp {
+                seconds: secs,
+                nanos: 0,
+            })
+        }
+        (Err(i), Some(secs)) => names.packages.insert(
+            i,
+            names::Package {
+                name: name.to_owned(),
+                updated_at: Some(names::Timestamp {
+                    seconds: secs,
+                    nanos: 0,
+                }),
+            },
+        ),
+        (Ok(i), None) => {
+            names.packages.remove(i);
+        }
+        (Err(_), None) => {}
+    }
+}
+
+/// Puts `record`'s entry into `/versions` (sorted by name), or takes `name`
+/// out when there is no record.
+pub fn update_versions(
+    versions: &mut versions::Versions,
+    name: &str,
+    record: Option<&package::Package>,
+) {
+    let at = versions
+        .packages
+        .binary_search_by(|p| p.name.as_str().cmp(name));
+    match (at, record) {
+        (Ok(i), Some(r)) => versions.packages[i] = index::versions_entry(r),
+        (Err(i), Some(r)) => versions.packages.insert(i, index::versions_entry(r)),
+        (Ok(i), None) => {
+            versions.packages.remove(i);
+        }
+        (Err(_), None) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(version: &str) -> Release {
+        Release {
+            version: version.into(),
+            outer_checksum: [1; 32],
+            inner_checksum: [2; 32],
+            requirements: vec![
+                Requirement {
+                    name: "jason".into(),
+                    requirement: "~> 1.0".into(),
+                    optional: false,
+                    app: Some("jason".into()),
+                    repository: Some("hexpm".into()),
+                },
+                Requirement {
+                    name: "acme_util".into(),
+                    requirement: ">= 0.1.0".into(),
+                    optional: true,
+                    app: None,
+                    repository: Some("acme".into()),
+                },
+            ],
+            retired: None,
+            published_at: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn record_orders_releases_and_normalises_dependencies() {
+        let mut retired = release("1.0.0-rc.1");
+        retired.retired = Some((Retirement::Security, "CVE".into()));
+        let r = package_record(
+            "acme",
+            "acme_web",
+            &[release("1.10.0"), release("1.2.0"), retired],
+        );
+        let versions: Vec<_> = r.releases.iter().map(|r| r.version.as_str()).collect();
+        assert_eq!(versions, ["1.0.0-rc.1", "1.2.0", "1.10.0"]);
+        assert_eq!(r.repository, "acme");
+        let deps = &r.releases[1].dependencies;
+        assert_eq!(deps[0].repository.as_deref(), Some("hexpm"));
+        assert_eq!(deps[0].app, None, "app equal to the name is implied");
+        assert_eq!(deps[1].repository, None, "own repository is implied");
+        assert_eq!(deps[1].optional, Some(true));
+        let status = r.releases[0].retired.as_ref().unwrap();
+        assert_eq!(
+            status.reason,
+            proto::package::RetirementReason::RetiredSecurity as i32
+        );
+        assert_eq!(status.message.as_deref(), Some("CVE"));
+    }
+
+    #[test]
+    fn names_and_versions_edits_keep_order() {
+        let mut names = names::Names {
+            repository: "acme".into(),
+            packages: Vec::new(),
+        };
+        update_names(&mut names, "b", Some(2));
+        update_names(&mut names, "a", Some(1));
+        update_names(&mut names, "c", Some(3));
+        update_names(&mut names, "b", Some(5));
+        let listed: Vec<_> = names.packages.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(listed, ["a", "b", "c"]);
+        assert_eq!(names.packages[1].updated_at.as_ref().unwrap().seconds, 5);
+        update_names(&mut names, "b", None);
+        update_names(&mut names, "zz", None);
+        assert_eq!(names.packages.len(), 2);
+
+        let mut versions = versions::Versions {
+            repository: "acme".into(),
+            packages: Vec::new(),
+        };
+        let mut old = release("0.1.0");
+        old.retired = Some((Retirement::Other, String::new()));
+        let rec = package_record("acme", "m", &[release("0.2.0"), old]);
+        update_versions(&mut versions, "m", Some(&rec));
+        update_versions(
+            &mut versions,
+            "a",
+            Some(&package_record("acme", "a", &[release("1.0.0")])),
+        );
+        assert_eq!(versions.packages[0].name, "a");
+        assert_eq!(versions.packages[1].versions, ["0.1.0", "0.2.0"]);
+        assert_eq!(versions.packages[1].retired, [0]);
+        update_versions(&mut versions, "m", None);
+        assert_eq!(versions.packages.len(), 1);
+    }
+
+    #[test]
+    fn retirement_reasons_round_trip() {
+        for s in ["other", "invalid", "security", "deprecated", "renamed"] {
+            assert_eq!(Retirement::parse(s).unwrap().as_str(), s);
+        }
+        assert!(Retirement::parse("Security").is_none());
+    }
+}

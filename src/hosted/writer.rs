@@ -1,0 +1,936 @@
+//! The writer for hosted packages: validates one change (publish, replace,
+//! revert, retire, docs), publishes it as a new generation that differs from
+//! the current one only in the package's files, the repository's `/names`
+//! and `/versions`, and then records it in the database.
+//!
+//! Order of work, and why: the generation goes live first and the database
+//! row second. If the process dies in between, the client never got its
+//! answer, and the next change of that package (or the next sync) rebuilds
+//! the record from the database, where the unacknowledged release does not
+//! exist. A database failure after the switch publishes the previous file
+//! list again, so a failed change never stays visible.
+//!
+//! Runs on the blocking pool, one change at a time: the API serialises calls
+//! and the data directory's writer lock keeps a sync out.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use serde_json::{Value, json};
+
+use super::db::{self as hdb, AuditEntry, ReleaseRow};
+use super::record::{self, Retirement};
+use crate::clock::unix_now;
+use crate::config::{Config, RepositoryConfig};
+use crate::manifest::{ManifestKey, UpstreamState};
+use crate::registry::{self, PackageName, PublicKey, SigningKey, proto};
+use crate::store::{Db, FileMap, FileRef, Store, db};
+use crate::tarball::{self, Limits, Metadata};
+use crate::version::{Requirement, Version};
+
+/// How long a change waits for a running sync to release the data directory.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+/// Longest accepted `metadata.config` in a published tarball.
+const MAX_METADATA: u64 = 128 * 1024;
+/// Most dependencies one release may declare.
+const MAX_REQUIREMENTS: usize = 500;
+/// Longest accepted package description, in characters.
+const MAX_DESCRIPTION: usize = 1000;
+
+/// Why a change was refused or failed. Nothing was changed in either case.
+#[derive(Debug, thiserror::Error)]
+pub enum HostedError {
+    /// The input is not acceptable (HTTP 422).
+    #[error("{0}")]
+    Invalid(String),
+    /// The package, release or repository does not exist (HTTP 404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The caller may not do this (HTTP 403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A sync holds the data directory (HTTP 503).
+    #[error("a sync is running and holds the data directory; retry in a minute")]
+    Busy,
+    /// Disk, database or key trouble (HTTP 500); details are logged.
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn internal(e: impl std::fmt::Display) -> HostedError {
+    HostedError::Internal(e.to_string())
+}
+
+/// Who asks for a change, for owners and the audit log.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// The user the token acts for.
+    pub user: String,
+    /// The token's public id (`None` for local tools).
+    pub token: Option<String>,
+    /// The client address.
+    pub client: Option<String>,
+    /// Whether the token has admin rights over the package (owners bypass).
+    pub admin: bool,
+}
+
+/// One change to a hosted package.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A tarball to publish, replacing an existing release when allowed.
+    Publish {
+        /// The package tarball.
+        tarball: Vec<u8>,
+        /// `?replace=true`.
+        replace: bool,
+    },
+    /// Remove a release (within the revert window).
+    Revert {
+        /// Package.
+        name: String,
+        /// Version.
+        version: String,
+    },
+    /// Retire (`Some`) or unretire (`None`) a release.
+    Retire {
+        /// Package.
+        name: String,
+        /// Version.
+        version: String,
+        /// Reason and message.
+        retirement: Option<(Retirement, String)>,
+    },
+    /// Upload (`Some`) or remove (`None`) a release's documentation tarball.
+    Docs {
+        /// Package.
+        name: String,
+        /// Version.
+        version: String,
+        /// The gzipped docs tarball.
+        tarball: Option<Vec<u8>>,
+    },
+}
+
+impl Change {
+    fn action(&self) -> &'static str {
+        match self {
+            Self::Publish { replace: false, .. } => "release.publish",
+            Self::Publish { replace: true, .. } => "release.publish_replace",
+            Self::Revert { .. } => "release.revert",
+            Self::Retire {
+                retirement: Some(_),
+                ..
+            } => "release.retire",
+            Self::Retire { .. } => "release.unretire",
+            Self::Docs {
+                tarball: Some(_), ..
+            } => "docs.publish",
+            Self::Docs { .. } => "docs.revert",
+        }
+    }
+}
+
+/// What a change produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The release after the change (`None` after a revert).
+    pub release: Option<ReleaseRow>,
+    /// True when a new release was inserted (HTTP 201 rather than 200).
+    pub created: bool,
+    /// The generation that shows it.
+    pub generation: u64,
+}
+
+/// Package name → its versions, as `/versions` lists them.
+type VersionMap = BTreeMap<String, Vec<String>>;
+
+/// The writer; one per serving process.
+#[derive(Debug)]
+pub struct Writer {
+    store: Store,
+    db: Db,
+    /// The upstream `/versions` last decoded, by blob: (name → versions).
+    upstream: Mutex<Option<([u8; 32], Arc<VersionMap>)>>,
+}
+
+impl Writer {
+    /// A writer over the data directory's store and database.
+    pub fn new(store: Store, db: Db) -> Self {
+        Self {
+            store,
+            db,
+            upstream: Mutex::new(None),
+        }
+    }
+
+    /// Validates and applies `change` to repository `repo`. Blocking.
+    pub fn apply(
+        &self,
+        config: &Config,
+        repo: &str,
+        change: Change,
+        actor: &Actor,
+    ) -> Result<Outcome, HostedError> {
+        let repo_cfg = config
+            .repositories
+            .iter()
+            .find(|r| r.name == repo)
+            .ok_or_else(|| {
+                HostedError::NotFound(format!("repository {repo:?} is not configured here"))
+            })?;
+        let key = config
+            .signing
+            .key
+            .clone()
+            .ok_or_else(|| HostedError::Internal("signing.key is not configured".into()))?;
+        let manifest_key = load_manifest_key(config)?;
+        let _lock = self.lock()?;
+        let current = self.store.load_current(&manifest_key.public());
+        let last_version = self
+            .db_call(|c| db::meta(c, "manifest_version"))?
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let ctx = Ctx {
+            writer: self,
+            config,
+            repo: repo_cfg,
+            key: &key,
+            files: &current.files,
+            now: unix_now() as i64,
+        };
+        let action = change.action();
+        let planned = ctx.plan(change, actor)?;
+        let mut files = current.files.clone();
+        ctx.apply_package(&mut files, &planned.name, &planned.rows_after)?;
+        let version = current.version.max(last_version) + 1;
+        let upstream = current.upstream.clone().unwrap_or_else(|| UpstreamState {
+            url: config.upstream.url.clone(),
+            names_etag: None,
+            versions_etag: None,
+            synced_at: 0,
+        });
+        let started = Instant::now();
+        self.store
+            .publish_signed(
+                version,
+                &files,
+                upstream.clone(),
+                config.signing.manifest_expiry,
+                &manifest_key,
+            )
+            .map_err(internal)?;
+        let audit = AuditEntry {
+            at: ctx.now,
+            actor: actor.user.clone(),
+            token: actor.token.clone(),
+            action: action.into(),
+            target: format!("{repo}/{} {}", planned.name, planned.version),
+            detail: planned.detail.to_string(),
+            client: actor.client.clone(),
+        };
+        let recorded = self.db_call({
+            let planned = planned.clone();
+            let user = actor.user.clone();
+            let repo = repo.to_owned();
+            move |c| {
+                let tx = c.transaction()?;
+                hdb::delete_release(&tx, &repo, &planned.name, &planned.version)?;
+                if let Some(row) = &planned.row {
+                    hdb::put_release(&tx, row)?;
+                }
+                if planned.new_package {
+                    hdb::put_owner(&tx, &repo, &planned.name, &user, "full")?;
+                }
+                hdb::audit(&tx, &audit)?;
+                db::set_meta(&tx, "manifest_version", &version.to_string())?;
+                tx.commit()
+            }
+        });
+        if let Err(e) = recorded {
+            // The change is live but not recorded: put the previous files back.
+            tracing::error!(repository = repo, package = %planned.name, "recording the change failed, reverting the tree: {e}");
+            self.store
+                .publish_signed(
+                    version + 1,
+                    &current.files,
+                    upstream,
+                    config.signing.manifest_expiry,
+                    &manifest_key,
+                )
+                .map_err(internal)?;
+            return Err(e);
+        }
+        tracing::info!(
+            repository = repo,
+            package = %planned.name,
+            version = %planned.version,
+            action,
+            generation = version,
+            publish_ms = started.elapsed().as_millis() as u64,
+            "hosted package changed"
+        );
+        Ok(Outcome {
+            release: planned.row,
+            created: planned.created,
+            generation: version,
+        })
+    }
+
+    /// Takes the data directory's writer lock, waiting for a running sync.
+    fn lock(&self) -> Result<std::fs::File, HostedError> {
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            if let Some(file) = self.store.try_lock().map_err(internal)? {
+                return Ok(file);
+            }
+            if Instant::now() >= deadline {
+                return Err(HostedError::Busy);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn db_call<T>(
+        &self,
+        f: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, HostedError> {
+        self.db.call_blocking(f).map_err(internal)
+    }
+
+    /// Package name → versions of the upstream index in the current tree.
+    fn upstream_versions(
+        &self,
+        config: &Config,
+        files: &FileMap,
+    ) -> Result<Option<Arc<VersionMap>>, HostedError> {
+        let Some(file) = files.get("versions") else {
+            return Ok(None);
+        };
+        let mut cache = self.upstream.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((sha, map)) = cache.as_ref()
+            && *sha == file.sha256
+        {
+            return Ok(Some(Arc::clone(map)));
+        }
+        let bytes = self.store.read_blob(&file.sha256).map_err(internal)?;
+        let versions = registry::verify_versions(
+            &bytes,
+            &config.upstream.public_key,
+            &config.upstream.repository,
+        )
+        .map_err(|e| internal(format!("stored upstream /versions does not verify: {e}")))?
+        .into_inner();
+        let map: Arc<BTreeMap<String, Vec<String>>> = Arc::new(
+            versions
+                .packages
+                .into_iter()
+                .map(|p| (p.name, p.versions))
+                .collect(),
+        );
+        *cache = Some((file.sha256, Arc::clone(&map)));
+        Ok(Some(map))
+    }
+}
+
+fn load_manifest_key(config: &Config) -> Result<ManifestKey, HostedError> {
+    crate::sync::manifest_key(config).map_err(internal)
+}
+
+/// A validated change, ready to publish.
+#[derive(Debug, Clone)]
+struct Planned {
+    name: String,
+    version: String,
+    /// The release row after the change (`None`: removed).
+    row: Option<ReleaseRow>,
+    /// Every release of the package after the change.
+    rows_after: Vec<ReleaseRow>,
+    created: bool,
+    new_package: bool,
+    detail: Value,
+}
+
+struct Ctx<'a> {
+    writer: &'a Writer,
+    config: &'a Config,
+    repo: &'a RepositoryConfig,
+    key: &'a SigningKey,
+    files: &'a FileMap,
+    now: i64,
+}
+
+impl Ctx<'_> {
+    fn window(&self) -> i64 {
+        self.config.api.revert_window.as_secs() as i64
+    }
+
+    fn window_text(&self) -> String {
+        let secs = self.config.api.revert_window.as_secs();
+        if secs.is_multiple_of(3600) {
+            format!("{} hour(s)", secs / 3600)
+        } else {
+            format!("{} minute(s)", secs.div_ceil(60))
+        }
+    }
+
+    fn rows(&self, name: &str) -> Result<Vec<ReleaseRow>, HostedError> {
+        let (repo, name) = (self.repo.name.clone(), name.to_owned());
+        self.writer.db_call(move |c| hdb::releases(c, &repo, &name))
+    }
+
+    fn existing(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<(Vec<ReleaseRow>, ReleaseRow), HostedError> {
+        let rows = self.rows(name)?;
+        let row = rows
+            .iter()
+            .find(|r| r.version == version)
+            .cloned()
+            .ok_or_else(|| {
+                HostedError::NotFound(format!(
+                    "{name} {version} is not a release in repository {}",
+                    self.repo.name
+                ))
+            })?;
+        Ok((rows, row))
+    }
+
+    fn check_owner(&self, name: &str, actor: &Actor) -> Result<bool, HostedError> {
+        let (repo, pkg) = (self.repo.name.clone(), name.to_owned());
+        let owners = self.writer.db_call(move |c| hdb::owners(c, &repo, &pkg))?;
+        if owners.is_empty() || actor.admin || owners.iter().any(|(u, _)| *u == actor.user) {
+            return Ok(owners.is_empty());
+        }
+        Err(HostedError::Forbidden(format!(
+            "{name} is owned by {}; ask an owner to add {} (`PUT /api/packages/{name}/owners/{}`)",
+            owners
+                .iter()
+                .map(|(u, _)| u.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            actor.user,
+            actor.user
+        )))
+    }
+
+    fn plan(&self, change: Change, actor: &Actor) -> Result<Planned, HostedError> {
+        match change {
+            Change::Publish { tarball, replace } => self.plan_publish(tarball, replace, actor),
+            Change::Revert { name, version } => {
+                self.check_owner(&name, actor)?;
+                let (rows, row) = self.existing(&name, &version)?;
+                if self.now - row.inserted_at > self.window() {
+                    return Err(HostedError::Invalid(format!(
+                        "{name} {version} was published more than {} ago and can no longer be \
+                         reverted; retire it instead",
+                        self.window_text()
+                    )));
+                }
+                self.check_no_dependents(&name, &version)?;
+                Ok(Planned {
+                    rows_after: rows.into_iter().filter(|r| r.version != version).collect(),
+                    name,
+                    version,
+                    row: None,
+                    created: false,
+                    new_package: false,
+                    detail: json!({"outer_checksum": hex::encode(row.outer_sha256)}),
+                })
+            }
+            Change::Retire {
+                name,
+                version,
+                retirement,
+            } => {
+                self.check_owner(&name, actor)?;
+                let (rows, mut row) = self.existing(&name, &version)?;
+                row.retired = retirement;
+                row.updated_at = self.now;
+                let detail = match &row.retired {
+                    Some((reason, message)) => {
+                        json!({"reason": reason.as_str(), "message": message})
+                    }
+                    None => json!({}),
+                };
+                Ok(self.replaced(rows, row, detail))
+            }
+            Change::Docs {
+                name,
+                version,
+                tarball,
+            } => {
+                self.check_owner(&name, actor)?;
+                let (rows, mut row) = self.existing(&name, &version)?;
+                row.docs_sha256 = match tarball {
+                    Some(bytes) => {
+                        tarball::check_docs(&bytes, &self.limits())
+                            .map_err(|e| HostedError::Invalid(format!("docs tarball: {e}")))?;
+                        Some(
+                            self.writer
+                                .store
+                                .put_bytes(&bytes)
+                                .map_err(internal)?
+                                .sha256,
+                        )
+                    }
+                    None => None,
+                };
+                row.updated_at = self.now;
+                let detail = json!({"docs_sha256": row.docs_sha256.map(hex::encode)});
+                Ok(self.replaced(rows, row, detail))
+            }
+        }
+    }
+
+    fn replaced(&self, rows: Vec<ReleaseRow>, row: ReleaseRow, detail: Value) -> Planned {
+        let rows_after = rows
+            .into_iter()
+            .map(|r| {
+                if r.version == row.version {
+                    row.clone()
+                } else {
+                    r
+                }
+            })
+            .collect();
+        Planned {
+            name: row.package.clone(),
+            version: row.version.clone(),
+            row: Some(row),
+            rows_after,
+            created: false,
+            new_package: false,
+            detail,
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_tarball: self.config.api.max_tarball_bytes,
+            max_metadata: MAX_METADATA,
+            ..Limits::default()
+        }
+    }
+
+    fn plan_publish(
+        &self,
+        bytes: Vec<u8>,
+        replace: bool,
+        actor: &Actor,
+    ) -> Result<Planned, HostedError> {
+        let verified = tarball::inspect(&bytes, &self.limits())
+            .map_err(|e| HostedError::Invalid(format!("package tarball: {e}")))?;
+        let meta = &verified.metadata;
+        let name = meta.name.clone();
+        let version = meta.version.clone();
+        PackageName::parse(&name).map_err(|_| {
+            HostedError::Invalid(format!(
+                "package name {name:?}: names start with a lowercase letter and hold only \
+                 lowercase letters, digits and _"
+            ))
+        })?;
+        if name.len() < 2 || name.len() > 64 {
+            return Err(HostedError::Invalid(format!(
+                "package name {name:?} must be 2 to 64 characters long"
+            )));
+        }
+        if Version::parse(&version).is_err() || !registry::is_valid_version(&version) {
+            return Err(HostedError::Invalid(format!(
+                "version {version:?} of {name} is not a semantic version like 1.2.3"
+            )));
+        }
+        self.check_metadata(meta)?;
+        self.check_not_upstream(&name)?;
+        let new_package = self.check_owner(&name, actor)?;
+        let rows = self.rows(&name)?;
+        let previous = rows.iter().find(|r| r.version == version);
+        let inserted_at = match previous {
+            None => self.now,
+            Some(_) if !replace => {
+                return Err(HostedError::Invalid(format!(
+                    "{name} {version} is already published; versions are immutable. Within {} \
+                     of publishing it can be replaced (`mix hex.publish --replace`, \
+                     `?replace=true`); after that, publish a new version",
+                    self.window_text()
+                )));
+            }
+            Some(p) if self.now - p.inserted_at > self.window() => {
+                return Err(HostedError::Invalid(format!(
+                    "{name} {version} was published more than {} ago and can no longer be \
+                     replaced; retire it and publish a new version",
+                    self.window_text()
+                )));
+            }
+            Some(p) => p.inserted_at,
+        };
+        self.check_requirements(&name, meta)?;
+        self.writer.store.put_bytes(&bytes).map_err(internal)?;
+        let row = ReleaseRow {
+            repository: self.repo.name.clone(),
+            package: name.clone(),
+            version: version.clone(),
+            outer_sha256: verified.outer_checksum,
+            inner_sha256: verified.inner_checksum,
+            size: bytes.len() as u64,
+            requirements: meta.requirements.clone(),
+            meta: meta_json(meta),
+            retired: None,
+            docs_sha256: previous.and_then(|p| p.docs_sha256),
+            publisher: actor.user.clone(),
+            inserted_at,
+            updated_at: self.now,
+        };
+        let created = previous.is_none();
+        let mut rows_after: Vec<ReleaseRow> =
+            rows.into_iter().filter(|r| r.version != version).collect();
+        rows_after.push(row.clone());
+        Ok(Planned {
+            name,
+            version,
+            row: Some(row),
+            rows_after,
+            created,
+            new_package,
+            detail: json!({"outer_checksum": hex::encode(verified.outer_checksum)}),
+        })
+    }
+
+    fn check_metadata(&self, meta: &Metadata) -> Result<(), HostedError> {
+        if meta.requirements.len() > MAX_REQUIREMENTS {
+            return Err(HostedError::Invalid(format!(
+                "{} declares {} dependencies, more than the limit of {MAX_REQUIREMENTS}",
+                meta.name,
+                meta.requirements.len()
+            )));
+        }
+        let description = meta
+            .terms
+            .iter()
+            .find(|(k, _)| k == "description")
+            .and_then(|(_, v)| v.as_str())
+            .unwrap_or("");
+        if description.chars().count() > MAX_DESCRIPTION {
+            return Err(HostedError::Invalid(format!(
+                "the description of {} is longer than {MAX_DESCRIPTION} characters",
+                meta.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Dependency confusion: a name the upstream has may only be published
+    /// here when the configuration reserves it for private use.
+    fn check_not_upstream(&self, name: &str) -> Result<(), HostedError> {
+        if self.repo.reserves(name) {
+            return Ok(());
+        }
+        let upstream = &self.config.upstream.repository;
+        match self.writer.upstream_versions(self.config, self.files)? {
+            Some(map) if !map.contains_key(name) => Ok(()),
+            Some(_) => Err(HostedError::Forbidden(format!(
+                "{name} exists in the upstream repository {upstream}; publishing it in {} would \
+                 shadow it for clients (dependency confusion). Pick another name, or reserve \
+                 it with `reserved = [\"{name}\"]` under this [[repository]] if this is your package",
+                self.repo.name
+            ))),
+            None => Err(HostedError::Forbidden(format!(
+                "hexmirror has no upstream index yet, so it cannot tell whether {name} exists in \
+                 {upstream}; run `hexmirror sync`, or reserve the name (or `reserved = [\"*\"]` \
+                 for a repository without upstream packages)"
+            ))),
+        }
+    }
+
+    /// Every dependency must resolve in the repository it names.
+    fn check_requirements(&self, name: &str, meta: &Metadata) -> Result<(), HostedError> {
+        let mut own: Option<BTreeMap<String, Vec<String>>> = None;
+        for dep in &meta.requirements {
+            let req = Requirement::parse(&dep.requirement).map_err(|e| {
+                HostedError::Invalid(format!(
+                    "dependency {} of {name}: requirement {:?}: {e}",
+                    dep.name, dep.requirement
+                ))
+            })?;
+            PackageName::parse(&dep.name).map_err(|_| {
+                HostedError::Invalid(format!(
+                    "dependency {:?} of {name} is not a package name",
+                    dep.name
+                ))
+            })?;
+            let target = dep.repository.as_deref().unwrap_or(&self.repo.name);
+            let versions: Option<Vec<String>> = if target == self.repo.name {
+                if own.is_none() {
+                    own = Some(self.repository_versions(&self.repo.name)?);
+                }
+                let mut list = own.as_ref().and_then(|m| m.get(&dep.name)).cloned();
+                if dep.name == name {
+                    list.get_or_insert_with(Vec::new).push(meta.version.clone());
+                }
+                list
+            } else if target == self.config.upstream.repository {
+                self.writer
+                    .upstream_versions(self.config, self.files)?
+                    .and_then(|m| m.get(&dep.name).cloned())
+            } else if self.config.repositories.iter().any(|r| r.name == target) {
+                self.repository_versions(target)?.remove(&dep.name)
+            } else {
+                return Err(HostedError::Invalid(format!(
+                    "dependency {} of {name} names repository {target:?}, which this server \
+                     does not know; known: {}, {}",
+                    dep.name,
+                    self.config.upstream.repository,
+                    self.config
+                        .repositories
+                        .iter()
+                        .map(|r| r.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            };
+            let Some(versions) = versions else {
+                return Err(HostedError::Invalid(format!(
+                    "dependency {} of {name} does not exist in repository {target}; publish it \
+                     first, or name the repository that has it",
+                    dep.name
+                )));
+            };
+            let ok = versions.iter().any(|v| {
+                Version::parse(v).is_ok_and(|v| req.matches(&v) || req.matches_allowing_pre(&v))
+            });
+            if !ok {
+                return Err(HostedError::Invalid(format!(
+                    "dependency {} {} of {name}: no release of {} in repository {target} \
+                     matches (it has {})",
+                    dep.name,
+                    dep.requirement,
+                    dep.name,
+                    versions.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A revert may not pull a release out from under another package of
+    /// this repository whose requirement it satisfies.
+    fn check_no_dependents(&self, name: &str, version: &str) -> Result<(), HostedError> {
+        let repo = self.repo.name.clone();
+        let all = self
+            .writer
+            .db_call(move |c| hdb::all_releases(c))?
+            .into_iter()
+            .filter(|r| r.repository == repo && r.package != name);
+        let Ok(v) = Version::parse(version) else {
+            return Ok(());
+        };
+        let mut dependents = Vec::new();
+        for r in all {
+            let depends = r.requirements.iter().any(|d| {
+                d.name == name
+                    && d.repository.as_deref().is_none_or(|x| x == self.repo.name)
+                    && Requirement::parse(&d.requirement)
+                        .is_ok_and(|q| q.matches(&v) || q.matches_allowing_pre(&v))
+            });
+            if depends {
+                dependents.push(format!("{} {}", r.package, r.version));
+            }
+        }
+        if dependents.is_empty() {
+            Ok(())
+        } else {
+            Err(HostedError::Invalid(format!(
+                "{name} {version} cannot be reverted: {} depend(s) on it; retire it instead",
+                dependents.join(", ")
+            )))
+        }
+    }
+
+    /// Package name → versions of one of our repositories, from its signed
+    /// `/versions` in the current tree.
+    fn repository_versions(
+        &self,
+        repo: &str,
+    ) -> Result<BTreeMap<String, Vec<String>>, HostedError> {
+        Ok(self
+            .own_versions(repo)?
+            .packages
+            .into_iter()
+            .map(|p| (p.name, p.versions))
+            .collect())
+    }
+
+    fn own_file<T>(
+        &self,
+        repo: &str,
+        file: &str,
+        verify: impl Fn(
+            &[u8],
+            &PublicKey,
+            &str,
+        ) -> Result<registry::Verified<T>, registry::RegistryError>,
+    ) -> Result<Option<T>, HostedError> {
+        let Some(f) = self.files.get(&format!("repos/{repo}/{file}")) else {
+            return Ok(None);
+        };
+        let bytes = self.writer.store.read_blob(&f.sha256).map_err(internal)?;
+        verify(&bytes, self.key.public_key(), repo)
+            .map(|v| Some(v.into_inner()))
+            .map_err(|e| {
+                internal(format!(
+                    "the served /repos/{repo}/{file} does not verify with signing.key ({e}); \
+                     if the key changed, run `hexmirror sync` to re-sign the repository"
+                ))
+            })
+    }
+
+    fn own_versions(&self, repo: &str) -> Result<proto::versions::Versions, HostedError> {
+        Ok(self
+            .own_file(repo, "versions", registry::verify_versions)?
+            .unwrap_or_else(|| proto::versions::Versions {
+                repository: repo.to_owned(),
+                packages: Vec::new(),
+            }))
+    }
+
+    /// Rewrites the package's files and the repository's index in `files`.
+    fn apply_package(
+        &self,
+        files: &mut FileMap,
+        name: &str,
+        rows: &[ReleaseRow],
+    ) -> Result<(), HostedError> {
+        let repo = &self.repo.name;
+        let base = format!("repos/{repo}");
+        let store = &self.writer.store;
+        let put = |payload: Vec<u8>| -> Result<FileRef, HostedError> {
+            store
+                .put_bytes(&registry::seal_signed(payload, self.key))
+                .map_err(internal)
+        };
+        let tarballs = format!("{base}/tarballs/{name}-");
+        let docs = format!("{base}/docs/{name}-");
+        files.retain(|p, _| !p.starts_with(&tarballs) && !p.starts_with(&docs));
+        let record = (!rows.is_empty()).then(|| {
+            let releases: Vec<record::Release> = rows.iter().map(ReleaseRow::release).collect();
+            record::package_record(repo, name, &releases)
+        });
+        let mut names = self
+            .own_file(repo, "names", registry::verify_names)?
+            .unwrap_or_else(|| proto::names::Names {
+                repository: repo.clone(),
+                packages: Vec::new(),
+            });
+        let mut versions = self.own_versions(repo)?;
+        record::update_names(&mut names, name, rows.iter().map(|r| r.updated_at).max());
+        record::update_versions(&mut versions, name, record.as_ref());
+        // Three RSA signatures are most of a publish; make them at once.
+        let payloads = [
+            record.as_ref().map(|r| r.encode_to_vec()),
+            Some(names.encode_to_vec()),
+            Some(versions.encode_to_vec()),
+        ];
+        let signed: Vec<Result<Option<FileRef>, HostedError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = payloads
+                .into_iter()
+                .map(|p| s.spawn(move || p.map(put).transpose()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let mut signed = signed.into_iter();
+        let mut next = || signed.next().unwrap_or(Ok(None));
+        let (record_file, names_file, versions_file) = (next()?, next()?, next()?);
+        let record_path = format!("{base}/packages/{name}");
+        match record_file {
+            Some(f) => {
+                files.insert(record_path, f);
+            }
+            None => {
+                files.remove(&record_path);
+            }
+        }
+        for (path, file) in [("names", names_file), ("versions", versions_file)] {
+            if let Some(f) = file {
+                files.insert(format!("{base}/{path}"), f);
+            }
+        }
+        for r in rows {
+            files.insert(
+                format!("{base}/tarballs/{name}-{}.tar", r.version),
+                FileRef {
+                    sha256: r.outer_sha256,
+                    size: r.size,
+                },
+            );
+            if let Some(d) = r.docs_sha256 {
+                files.insert(
+                    format!("{base}/docs/{name}-{}.tar.gz", r.version),
+                    store.blob_ref(&d).map_err(internal)?,
+                );
+            }
+        }
+        if let std::collections::btree_map::Entry::Vacant(slot) =
+            files.entry(format!("{base}/public_key"))
+        {
+            slot.insert(
+                store
+                    .put_bytes(self.key.public_key().spki_pem().as_bytes())
+                    .map_err(internal)?,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The release's `meta` as hex.pm's API shows it.
+fn meta_json(meta: &Metadata) -> Value {
+    let term = |k: &str| meta.terms.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+    let text = |k: &str| term(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let list = |k: &str| -> Vec<String> {
+        term(k)
+            .and_then(|v| v.as_list())
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|t| t.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let links: serde_json::Map<String, Value> = match term("links") {
+        Some(tarball::terms::Term::Map(pairs)) => pairs
+            .iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    k.as_str()?.to_owned(),
+                    Value::String(v.as_str()?.to_owned()),
+                ))
+            })
+            .collect(),
+        Some(tarball::terms::Term::List(items)) => items
+            .iter()
+            .filter_map(|t| {
+                let [k, v] = t.as_tuple()? else { return None };
+                Some((
+                    k.as_str()?.to_owned(),
+                    Value::String(v.as_str()?.to_owned()),
+                ))
+            })
+            .collect(),
+        _ => serde_json::Map::new(),
+    };
+    json!({
+        "app": meta.app,
+        "build_tools": meta.build_tools,
+        "elixir": text("elixir"),
+        "description": text("description"),
+        "licenses": list("licenses"),
+        "links": links,
+    })
+}
