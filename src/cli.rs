@@ -408,10 +408,21 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
         })?;
         Some(crate::api::ApiState::open(config.clone())?)
     };
+    let proxy = if config.proxy.enabled {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("cannot create data directory {}", config.data_dir.display())
+        })?;
+        let proxy = crate::proxy::Proxy::new(config).map_err(anyhow::Error::msg)?;
+        tracing::info!(upstream = %config.upstream.url, "pull-through cache on: files not mirrored yet are fetched on request");
+        Some(proxy)
+    } else {
+        None
+    };
     let options = server::Options {
         public_repos: server::PublicRepos::new(public_repos(config)),
         data_dir: Some(config.data_dir.clone()),
         api: api.clone(),
+        proxy,
     };
     #[cfg(unix)]
     tokio::spawn(reload_on_sighup(

@@ -65,6 +65,17 @@ struct RawConfig {
     repository: Vec<RawRepository>,
     #[serde(default)]
     api: RawApi,
+    #[serde(default)]
+    proxy: RawProxy,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    enabled: Option<bool>,
+    record_ttl_secs: Option<u64>,
+    negative_ttl_secs: Option<u64>,
+    prefetch: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +142,8 @@ pub struct Config {
     pub signing: SigningConfig,
     /// The write API.
     pub api: ApiConfig,
+    /// The pull-through cache.
+    pub proxy: ProxyConfig,
     /// Repositories of our own, re-signed with our key.
     pub repositories: Vec<RepositoryConfig>,
 }
@@ -186,6 +199,21 @@ pub struct ApiConfig {
     pub default_repository: Option<String>,
     /// Largest accepted package tarball (and docs tarball), in bytes.
     pub max_tarball_bytes: u64,
+}
+
+/// The pull-through cache of `serve`: files not mirrored yet are fetched
+/// from the upstream on request, verified like a sync, stored and served.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// On for the embedded default; off unless set in a config file.
+    pub enabled: bool,
+    /// How long a fetched `/names`, `/versions` or package record is served
+    /// before the upstream is asked again (conditionally).
+    pub record_ttl: Duration,
+    /// How long an upstream 404 is remembered.
+    pub negative_ttl: Duration,
+    /// Fetch the records of a fetched package's dependencies in the background.
+    pub prefetch: bool,
 }
 
 /// The upstream repository.
@@ -442,9 +470,18 @@ impl Config {
             default_repository,
             max_tarball_bytes: raw.api.max_tarball_bytes.unwrap_or(16 * 1024 * 1024),
         };
+        let proxy = ProxyConfig {
+            // The embedded default is a caching proxy for hex.pm; a config
+            // file opts in, so a syncing mirror never starts proxying.
+            enabled: raw.proxy.enabled.unwrap_or(source.is_none()),
+            record_ttl: Duration::from_secs(raw.proxy.record_ttl_secs.unwrap_or(300)),
+            negative_ttl: Duration::from_secs(raw.proxy.negative_ttl_secs.unwrap_or(60)),
+            prefetch: raw.proxy.prefetch.unwrap_or(false),
+        };
         Ok(Self {
             signing,
             api,
+            proxy,
             repositories,
             source: source.map(Path::to_owned),
             data_dir,

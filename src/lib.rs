@@ -18,6 +18,7 @@
 //! - [`manifest`]: PURE. The Ed25519-signed snapshot manifest of a generation.
 //! - [`version`]: PURE. Hex versions and requirements (Elixir semantics).
 //! - [`verify`]: checks a served tree, local or remote, against its manifest.
+//! - [`proxy`]: the pull-through cache of `serve`: fetch, verify, store on request.
 //! - [`notify`]: readiness notifications for systemd (`Type=notify`).
 //! - [`clock`]: wall-clock time as Unix seconds.
 //! - [`api`]: the Hex-compatible write API (publish, retire, keys, owners).
@@ -34,6 +35,7 @@ pub mod index;
 pub mod keyfiles;
 pub mod manifest;
 pub mod notify;
+pub mod proxy;
 #[cfg(test)]
 mod purity;
 pub mod registry;

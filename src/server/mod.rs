@@ -59,6 +59,8 @@ struct ServerState {
     metrics: status::Metrics,
     /// The API, whose gate guards private repositories.
     api: Option<Arc<crate::api::ApiState>>,
+    /// The pull-through cache for upstream files the tree lacks.
+    proxy: Option<Arc<crate::proxy::Proxy>>,
 }
 
 /// The names of our public repositories, shared with the server so a
@@ -94,6 +96,8 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
     /// The write API under `/api`, and the read gate of private repositories.
     pub api: Option<Arc<crate::api::ApiState>>,
+    /// The pull-through cache (proxy mode).
+    pub proxy: Option<Arc<crate::proxy::Proxy>>,
 }
 
 /// Builds the router that serves the Hex tree rooted at `root`; everything
@@ -112,6 +116,7 @@ pub fn router_with(root: PathBuf, options: Options) -> Router {
         data_dir: options.data_dir,
         metrics: status::Metrics::default(),
         api: options.api.clone(),
+        proxy: options.proxy.clone(),
     });
     state.metrics.mark_started();
     // One fallback for the tree instead of axum routes: validation must see
@@ -129,21 +134,32 @@ pub fn router_with(root: PathBuf, options: Options) -> Router {
 
 async fn health(State(state): State<Arc<ServerState>>) -> Response {
     let state = Arc::clone(&state);
-    tokio::task::spawn_blocking(move || status::health(&state.root, state.data_dir.as_deref()))
-        .await
-        .unwrap_or_else(|e| {
-            ServeError::Task {
-                path: "/health".into(),
-                source: e,
-            }
-            .into_response()
-        })
+    tokio::task::spawn_blocking(move || {
+        status::health(
+            &state.root,
+            state.data_dir.as_deref(),
+            state.proxy.as_deref(),
+        )
+    })
+    .await
+    .unwrap_or_else(|e| {
+        ServeError::Task {
+            path: "/health".into(),
+            source: e,
+        }
+        .into_response()
+    })
 }
 
 async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
     let state = Arc::clone(&state);
     tokio::task::spawn_blocking(move || {
-        status::metrics(&state.metrics, &state.root, state.data_dir.as_deref())
+        status::metrics(
+            &state.metrics,
+            &state.root,
+            state.data_dir.as_deref(),
+            state.proxy.as_deref(),
+        )
     })
     .await
     .unwrap_or_else(|e| {
@@ -197,6 +213,8 @@ enum ServeError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("{0}")]
+    Upstream(String),
     #[error("serving {path}: {source}")]
     Io {
         path: PathBuf,
@@ -231,6 +249,10 @@ impl IntoResponse for ServeError {
             Self::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed\n".to_owned(),
+            ),
+            Self::Upstream(e) => (
+                StatusCode::BAD_GATEWAY,
+                format!("not mirrored yet, and the upstream could not supply it: {e}\n"),
             ),
             Self::Io { .. } | Self::Task { .. } => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -325,7 +347,10 @@ async fn serve(
                     }
                 }
             }
-            serve_file(state, method, &target, headers).await
+            match serve_file(state, &state.root, method, &target, headers).await {
+                Err(ServeError::NotFound) => proxied(state, method, &target, headers).await,
+                other => other,
+            }
         }
     }
 }
@@ -360,13 +385,36 @@ fn serve_bytes(method: &Method, kind: Kind, bytes: &[u8], headers: &HeaderMap) -
     res
 }
 
-async fn serve_file(
+/// A file the tree lacks: fetched through the proxy when there is one and
+/// the path is the upstream's (never `/repos/...`).
+async fn proxied(
     state: &Arc<ServerState>,
     method: &Method,
     target: &FileTarget,
     headers: &HeaderMap,
 ) -> Result<Response, ServeError> {
-    let path = state.root.join(&target.relative);
+    let Some(proxy) = &state.proxy else {
+        return Err(ServeError::NotFound);
+    };
+    if target.org.is_some() || !matches!(target.kind, Kind::Registry | Kind::Tarball) {
+        return Err(ServeError::NotFound);
+    }
+    let rel = target.relative.to_string_lossy().into_owned();
+    match proxy.ensure(&rel).await {
+        Ok(()) => serve_file(state, proxy.root(), method, target, headers).await,
+        Err(crate::proxy::ProxyError::NotFound) => Err(ServeError::NotFound),
+        Err(e) => Err(ServeError::Upstream(e.to_string())),
+    }
+}
+
+async fn serve_file(
+    state: &Arc<ServerState>,
+    root: &std::path::Path,
+    method: &Method,
+    target: &FileTarget,
+    headers: &HeaderMap,
+) -> Result<Response, ServeError> {
+    let path = root.join(&target.relative);
     let wants_body = method == Method::GET;
     let (opened, content) = {
         let state = Arc::clone(state);

@@ -143,12 +143,17 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
 }
 
 /// `GET /health`.
-pub(super) fn health(root: &Path, data_dir: Option<&Path>) -> Response {
+pub(super) fn health(
+    root: &Path,
+    data_dir: Option<&Path>,
+    proxy: Option<&crate::proxy::Proxy>,
+) -> Response {
     let tree = tree_state(root);
     let sync = data_dir.map(sync_state);
     let now = unix_now();
     let expired = tree.expires_at.is_some_and(|e| e <= now);
-    let servable = tree.error.is_none();
+    // A proxy serves what it can fetch even before any sync.
+    let servable = tree.error.is_none() || proxy.is_some();
     let degraded = expired
         || sync.as_ref().is_some_and(|s| {
             s.error.is_some() || s.last_finished.as_ref().is_some_and(|l| l.2 == "failed")
@@ -175,6 +180,10 @@ pub(super) fn health(root: &Path, data_dir: Option<&Path>) -> Response {
         "upstream": sync.as_ref().map(|s| serde_json::json!({
             "last_successful_sync_age_secs": s.last_ok.map(|t| now.saturating_sub(t)),
         })),
+        "proxy": proxy.map(|p| serde_json::json!({
+            "enabled": true,
+            "circuit_open": p.circuit_open(),
+        })),
     });
     let status = if servable {
         StatusCode::OK
@@ -185,7 +194,12 @@ pub(super) fn health(root: &Path, data_dir: Option<&Path>) -> Response {
 }
 
 /// `GET /metrics`.
-pub(super) fn metrics(metrics: &Metrics, root: &Path, data_dir: Option<&Path>) -> Response {
+pub(super) fn metrics(
+    metrics: &Metrics,
+    root: &Path,
+    data_dir: Option<&Path>,
+    proxy: Option<&crate::proxy::Proxy>,
+) -> Response {
     use std::fmt::Write;
     let mut out = String::new();
     let family = |out: &mut String, name: &str, kind: &str, help: &str| {
@@ -274,7 +288,84 @@ pub(super) fn metrics(metrics: &Metrics, root: &Path, data_dir: Option<&Path>) -
             );
         }
     }
+    if let Some(p) = proxy {
+        proxy_metrics(&mut out, p);
+    }
     respond(StatusCode::OK, "text/plain; version=0.0.4", out)
+}
+
+fn proxy_metrics(out: &mut String, proxy: &crate::proxy::Proxy) {
+    use std::fmt::Write;
+    let m = proxy.metrics();
+    let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    };
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    counter(
+        out,
+        "hexmirror_proxy_cache_hits_total",
+        "Proxied requests answered from the cache.",
+        get(&m.hits),
+    );
+    counter(
+        out,
+        "hexmirror_proxy_cache_misses_total",
+        "Proxied requests that needed the upstream.",
+        get(&m.misses),
+    );
+    counter(
+        out,
+        "hexmirror_upstream_requests_total",
+        "Requests the proxy sent upstream.",
+        get(&m.upstream_requests),
+    );
+    counter(
+        out,
+        "hexmirror_upstream_errors_total",
+        "Proxy upstream requests that failed.",
+        get(&m.upstream_errors),
+    );
+    counter(
+        out,
+        "hexmirror_upstream_request_seconds_total",
+        "Time spent in proxy upstream requests (divide by requests for the mean latency).",
+        get(&m.upstream_micros) / 1_000_000,
+    );
+    counter(
+        out,
+        "hexmirror_proxy_stale_served_total",
+        "Cached files served stale because the upstream failed.",
+        get(&m.stale_served),
+    );
+    counter(
+        out,
+        "hexmirror_proxy_circuit_opened_total",
+        "Times the upstream circuit breaker opened.",
+        get(&m.breaker_opened),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP hexmirror_verification_failures_total Upstream files refused, by kind.\n# TYPE hexmirror_verification_failures_total counter"
+    );
+    for (kind, n) in m
+        .verification_failures
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "hexmirror_verification_failures_total{{kind=\"{kind}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP hexmirror_proxy_circuit_open Whether the upstream circuit breaker is open.\n# TYPE hexmirror_proxy_circuit_open gauge\nhexmirror_proxy_circuit_open {}",
+        u8::from(proxy.circuit_open())
+    );
 }
 
 #[cfg(test)]
@@ -293,12 +384,12 @@ mod tests {
     #[test]
     fn health_without_a_tree_is_503_and_metrics_still_answer() {
         let dir = tempfile::tempdir().unwrap();
-        let res = health(dir.path(), Some(dir.path()));
+        let res = health(dir.path(), Some(dir.path()), None);
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
         let m = Metrics::default();
         m.record("registry", 200, 10);
         m.record("registry", 200, 5);
-        let res = metrics(&m, dir.path(), Some(dir.path()));
+        let res = metrics(&m, dir.path(), Some(dir.path()), None);
         assert_eq!(res.status(), StatusCode::OK);
     }
 }

@@ -31,6 +31,7 @@ impl Tree {
                 data_dir: None,
                 metrics: Default::default(),
                 api: None,
+                proxy: None,
             }),
             dir,
         };
@@ -457,6 +458,7 @@ async fn root_symlink_switch_is_seen_at_once() {
         data_dir: None,
         metrics: Default::default(),
         api: None,
+        proxy: None,
     });
     let body = |state: Arc<ServerState>| async move {
         let res = respond(

@@ -99,11 +99,19 @@ impl Store {
         let file = File::create(&path).map_err(err("create", &path))?;
         match file.try_lock() {
             Ok(()) => {
-                // Only a writer makes temp files and we are now the only
-                // writer, so whatever is there is garbage from a crash.
+                // Temp files older than a few minutes are garbage from a
+                // crash; younger ones may belong to `serve` storing a proxied
+                // or published file right now (it writes without this lock).
                 let entries = fs::read_dir(&self.tmp).map_err(err("list", &self.tmp))?;
+                let cutoff = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
                 for entry in entries.flatten() {
-                    let _ = fs::remove_file(entry.path());
+                    let old = entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|m| m < cutoff);
+                    if old {
+                        let _ = fs::remove_file(entry.path());
+                    }
                 }
                 Ok(Some(file))
             }
@@ -112,7 +120,8 @@ impl Store {
         }
     }
 
-    fn blob_path(&self, sha256: &[u8; 32]) -> PathBuf {
+    /// Where the blob with this SHA-256 lives (it may not exist).
+    pub fn blob_path(&self, sha256: &[u8; 32]) -> PathBuf {
         let hex = hex::encode(sha256);
         self.blobs.join(&hex[..2]).join(hex)
     }
@@ -176,14 +185,32 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 mod tests {
     use super::*;
 
+    /// Makes a temp file that looks left over from a crash long ago.
+    fn stale(path: &Path) {
+        fs::write(path, b"half").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        File::options()
+            .append(true)
+            .open(path)
+            .and_then(|f| f.set_modified(old))
+            .unwrap();
+    }
+
     #[test]
     fn lock_is_exclusive_and_cleans_leftover_temp_files() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        fs::write(dir.path().join("tmp/123-0-dead"), b"half").unwrap();
+        stale(&dir.path().join("tmp/123-0-dead"));
+        // A young temp file may be `serve` writing a proxied file right now.
+        fs::write(dir.path().join("tmp/789-0-serving"), b"young").unwrap();
         let lock = store.try_lock().unwrap();
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
-        fs::write(dir.path().join("tmp/456-0-live"), b"live").unwrap();
+        let left: Vec<_> = fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["789-0-serving"]);
+        fs::remove_file(dir.path().join("tmp/789-0-serving")).unwrap();
+        stale(&dir.path().join("tmp/456-0-live"));
         assert!(lock.is_some());
         let again = Store::open(dir.path()).unwrap();
         assert!(again.try_lock().unwrap().is_none());
