@@ -108,6 +108,7 @@ pub fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    init_logging(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -137,10 +138,40 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// Logs to stderr: text, or one JSON object per line (`[log] format`);
+/// the level comes from `HEXMIRROR_LOG` (default `info`).
+fn init_logging(format: crate::config::LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("HEXMIRROR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // `try_init`: a second call (tests driving `run` twice) keeps the first.
+    let _ = match format {
+        crate::config::LogFormat::Text => builder.try_init(),
+        crate::config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Exit status of a sync stopped by SIGTERM/SIGINT (128 + SIGTERM).
+const EXIT_INTERRUPTED: u8 = 143;
+
 async fn run_sync(config: &Config) -> anyhow::Result<ExitCode> {
     tracing::info!(upstream = %config.upstream.url, data_dir = %config.data_dir.display(), "sync starting");
     let progress = Progress::new(std::io::stderr().is_terminal());
-    let summary = sync::run(config, &progress).await?;
+    // On SIGTERM the sync future is dropped at its next await: every step
+    // before it is durable (blobs, then generation, then database) and a
+    // step in progress on the blocking pool finishes before the runtime
+    // exits, so the served tree stays whole and the next sync resumes.
+    let summary = tokio::select! {
+        s = sync::run(config, &progress) => s?,
+        () = shutdown_signal() => {
+            progress.finish();
+            eprintln!("hexmirror: sync interrupted; the served tree is unchanged or complete, and the next sync resumes");
+            return Ok(ExitCode::from(EXIT_INTERRUPTED));
+        }
+    };
     print_summary(&summary);
     Ok(if summary.failures.is_empty() {
         ExitCode::SUCCESS
@@ -355,6 +386,7 @@ async fn reload_on_sighup(
     running: Config,
     public: server::PublicRepos,
     api: Option<std::sync::Arc<crate::api::ApiState>>,
+    config_tx: tokio::sync::watch::Sender<Config>,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -376,8 +408,12 @@ async fn reload_on_sighup(
                 }
                 public.set(public_repos(&new));
                 if let Some(api) = &api {
-                    api.set_config(new);
+                    api.set_config(new.clone());
                 }
+                if new.sync_schedule.is_some() && running.sync_schedule.is_none() {
+                    tracing::warn!("SIGHUP: a new [schedule] takes effect after a restart");
+                }
+                let _ = config_tx.send(new);
                 tracing::info!("SIGHUP: configuration reloaded");
             }
             Ok(Err(e)) => {
@@ -388,9 +424,55 @@ async fn reload_on_sighup(
     }
 }
 
+/// Runs a sync at every time `schedule` names, with the configuration in
+/// force at that moment. A sync already running (from `hexmirror sync` or
+/// the timer unit) holds the data directory's lock; this one is skipped.
+async fn scheduled_syncs(config: tokio::sync::watch::Receiver<Config>) {
+    loop {
+        let schedule = config.borrow().sync_schedule.clone();
+        let Some(next) = schedule.and_then(|s| s.upcoming(chrono::Utc).next()) else {
+            return;
+        };
+        let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
+        tracing::info!(at = %next.to_rfc3339(), "next scheduled sync");
+        tokio::time::sleep(wait).await;
+        let cfg = config.borrow().clone();
+        let started = std::time::Instant::now();
+        match sync::run(&cfg, &Progress::new(false)).await {
+            Ok(s) => tracing::info!(
+                packages = s.packages,
+                failures = s.failures.len(),
+                generation = s.generation,
+                secs = started.elapsed().as_secs(),
+                "scheduled sync finished"
+            ),
+            Err(sync::SyncError::Locked(_)) => {
+                tracing::info!("scheduled sync skipped: another sync holds the data directory")
+            }
+            Err(e) => tracing::error!("scheduled sync failed: {e}"),
+        }
+    }
+}
+
+/// Re-signs the snapshot manifest when less than half its lifetime is left
+/// and no sync did it (a proxy-only or hosting-only server never syncs).
+async fn resign_manifest_when_due(config: tokio::sync::watch::Receiver<Config>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let cfg = config.borrow().clone();
+        match tokio::task::spawn_blocking(move || crate::sync::resign_if_due(&cfg)).await {
+            Ok(Ok(Some(version))) => tracing::info!(version, "re-signed the snapshot manifest"),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!("manifest re-signing skipped: {e}"),
+            Err(e) => tracing::error!("manifest re-signing task failed: {e}"),
+        }
+    }
+}
+
 async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
     let tree = config.data_dir.join("current");
-    if !tree.join(crate::store::MANIFEST_FILE).is_file() {
+    if !config.proxy.enabled && !tree.join(crate::store::MANIFEST_FILE).is_file() {
         tracing::warn!(tree = %tree.display(), "no mirrored tree yet; run `hexmirror sync` first");
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -424,11 +506,17 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
         api: api.clone(),
         proxy,
     };
+    let (config_tx, config_rx) = tokio::sync::watch::channel(config.clone());
+    if config.sync_schedule.is_some() {
+        tokio::spawn(scheduled_syncs(config_rx.clone()));
+    }
+    tokio::spawn(resign_manifest_when_due(config_rx));
     #[cfg(unix)]
     tokio::spawn(reload_on_sighup(
         config.clone(),
         options.public_repos.clone(),
         api,
+        config_tx,
     ));
     server::run(
         listener,

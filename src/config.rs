@@ -67,6 +67,31 @@ struct RawConfig {
     api: RawApi,
     #[serde(default)]
     proxy: RawProxy,
+    import: Option<RawImport>,
+    #[serde(default)]
+    schedule: RawSchedule,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    sync: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImport {
+    dir: Option<PathBuf>,
+    repository: Option<String>,
+    settle_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +169,12 @@ pub struct Config {
     pub api: ApiConfig,
     /// The pull-through cache.
     pub proxy: ProxyConfig,
+    /// The import folder of `serve` (`[import]`), if configured.
+    pub import: Option<ImportConfig>,
+    /// When `serve` runs a sync: a six-field cron expression (seconds first).
+    pub sync_schedule: Option<cron::Schedule>,
+    /// Log format.
+    pub log_format: LogFormat,
     /// Repositories of our own, re-signed with our key.
     pub repositories: Vec<RepositoryConfig>,
 }
@@ -199,6 +230,28 @@ pub struct ApiConfig {
     pub default_repository: Option<String>,
     /// Largest accepted package tarball (and docs tarball), in bytes.
     pub max_tarball_bytes: u64,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+/// The import folder of `serve` (see [`crate::import`]): package tarballs
+/// dropped into `dir` are published into `repository`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportConfig {
+    /// The watched directory; `processing/`, `done/` and `failed/` are made in it.
+    pub dir: PathBuf,
+    /// The [[repository]] imported tarballs are published into.
+    pub repository: String,
+    /// How long a file's size and times must stay unchanged before it is
+    /// taken (so a file still being copied is not).
+    pub settle: Duration,
 }
 
 /// The pull-through cache of `serve`: files not mirrored yet are fetched
@@ -478,10 +531,79 @@ impl Config {
             negative_ttl: Duration::from_secs(raw.proxy.negative_ttl_secs.unwrap_or(60)),
             prefetch: raw.proxy.prefetch.unwrap_or(false),
         };
+        let sync_schedule = match raw.schedule.sync {
+            None => None,
+            Some(expr) => Some(expr.parse::<cron::Schedule>().map_err(|e| {
+                invalid(
+                    "schedule.sync",
+                    format!(
+                        "{expr:?} is not a cron expression ({e}); six fields, seconds first: \
+                         \"0 */15 * * * *\" is every 15 minutes"
+                    ),
+                )
+            })?),
+        };
+        let import = match raw.import {
+            None => None,
+            Some(raw_import) => {
+                let dir = raw_import.dir.map(resolve).ok_or_else(|| {
+                    invalid(
+                        "import.dir",
+                        "missing: the directory to watch for package tarballs".into(),
+                    )
+                })?;
+                let repository = match raw_import.repository {
+                    Some(name) => name,
+                    None => api.default_repository.clone().ok_or_else(|| {
+                        invalid(
+                            "import.repository",
+                            if repositories.is_empty() {
+                                "imported packages are published into a [[repository]] of                                  ours, and none is configured"
+                                    .into()
+                            } else {
+                                "several [[repository]] tables and no api.default_repository:                                  name the one imported packages are published into"
+                                    .into()
+                            },
+                        )
+                    })?,
+                };
+                if !repositories.iter().any(|r| r.name == repository) {
+                    return Err(invalid(
+                        "import.repository",
+                        format!("{repository:?} is not the name of a configured [[repository]]"),
+                    ));
+                }
+                let settle_ms = raw_import.settle_ms.unwrap_or(2000);
+                if !(100..=3_600_000).contains(&settle_ms) {
+                    return Err(invalid(
+                        "import.settle_ms",
+                        format!("{settle_ms} is outside 100..=3600000 (milliseconds)"),
+                    ));
+                }
+                Some(ImportConfig {
+                    dir,
+                    repository,
+                    settle: Duration::from_millis(settle_ms),
+                })
+            }
+        };
+        let log_format = match raw.log.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(invalid(
+                    "log.format",
+                    format!("{other:?}: use \"text\" or \"json\""),
+                ));
+            }
+        };
         Ok(Self {
             signing,
             api,
             proxy,
+            sync_schedule,
+            log_format,
+            import,
             repositories,
             source: source.map(Path::to_owned),
             data_dir,
@@ -563,5 +685,69 @@ mod tests {
     fn trailing_slash_is_trimmed() {
         let c = parse("[upstream]\nurl = \"http://127.0.0.1:9/\"").unwrap();
         assert_eq!(c.upstream.url, "http://127.0.0.1:9");
+    }
+
+    /// `[signing]` with the test key and one `[[repository]]` per name.
+    fn with_repos(names: &[&str], rest: &str) -> String {
+        let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys/other.pem");
+        let mut text = format!("[signing]\nkey = {:?}\n", key.display().to_string());
+        for name in names {
+            text.push_str(&format!("[[repository]]\nname = \"{name}\"\n"));
+        }
+        text.push_str(rest);
+        text
+    }
+
+    #[test]
+    fn import_section_defaults_and_resolution() {
+        assert!(parse("").unwrap().import.is_none());
+        let c = parse(&with_repos(&["acme"], "[import]\ndir = \"drop\"\n")).unwrap();
+        let import = c.import.unwrap();
+        assert_eq!(import.dir, PathBuf::from("/etc/hexmirror/drop"));
+        assert_eq!(import.repository, "acme");
+        assert_eq!(import.settle, Duration::from_secs(2));
+        let c = parse(&with_repos(
+            &["acme", "beta"],
+            "[api]\ndefault_repository = \"beta\"\n\
+             [import]\ndir = \"/srv/drop\"\nsettle_ms = 250\n",
+        ))
+        .unwrap();
+        let import = c.import.unwrap();
+        assert_eq!(import.dir, PathBuf::from("/srv/drop"));
+        assert_eq!(import.repository, "beta");
+        assert_eq!(import.settle, Duration::from_millis(250));
+        let c = parse(&with_repos(
+            &["acme", "beta"],
+            "[import]\ndir = \"d\"\nrepository = \"acme\"\n",
+        ))
+        .unwrap();
+        assert_eq!(c.import.unwrap().repository, "acme");
+    }
+
+    #[test]
+    fn bad_import_sections_are_refused_with_the_key() {
+        for (text, key) in [
+            (with_repos(&["acme"], "[import]\n"), "`import.dir`"),
+            (
+                with_repos(&["acme"], "[import]\ndir = \"d\"\nrepository = \"nope\"\n"),
+                "`import.repository`",
+            ),
+            (
+                with_repos(&["acme", "beta"], "[import]\ndir = \"d\"\n"),
+                "`import.repository`",
+            ),
+            ("[import]\ndir = \"d\"\n".to_owned(), "`import.repository`"),
+            (
+                with_repos(&["acme"], "[import]\ndir = \"d\"\nsettle_ms = 0\n"),
+                "`import.settle_ms`",
+            ),
+            (
+                with_repos(&["acme"], "[import]\ndir = \"d\"\nsettle = 5\n"),
+                "unknown field `settle`",
+            ),
+        ] {
+            let msg = parse(&text).unwrap_err().to_string();
+            assert!(msg.contains(key), "{text}: {msg}");
+        }
     }
 }

@@ -219,3 +219,47 @@ fn a_damaged_blob_is_fetched_again_by_the_next_sync_that_needs_it() {
     );
     mirror.assert_verifies();
 }
+
+#[test]
+fn sigterm_mid_sync_stops_at_a_safe_point_and_the_tree_verifies() {
+    let upstream = TestUpstream::build(&spec(&["1.0.0", "1.1.0"]));
+    let mirror = Mirror::new(&upstream, "");
+    let first = mirror.sync();
+    assert!(first.ok(), "{first}");
+    rebuild_upstream(&upstream, &spec(&["1.0.0", "1.1.0", "2.0.0"]));
+    upstream.delay("/tarballs/", Duration::from_millis(40));
+    upstream.clear_log();
+    let mut child = mirror
+        .sync_command()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while upstream.count(|r| r.path.starts_with("/tarballs/") && r.status == 200) < 4 {
+        assert!(Instant::now() < deadline, "sync never reached 4 tarballs");
+        sleep(Duration::from_millis(5));
+    }
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "sync did not stop on SIGTERM");
+        sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(143), "SIGTERM ends the sync with 143");
+    assert_tree_is_usable(&mirror.tree(), upstream.dir(), false);
+    mirror.assert_verifies();
+
+    upstream.delay("/tarballs/", Duration::ZERO);
+    let out = mirror.sync();
+    assert!(out.ok(), "{out}");
+    assert_tree_is_usable(&mirror.tree(), upstream.dir(), true);
+    mirror.assert_verifies();
+}

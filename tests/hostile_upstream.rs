@@ -13,15 +13,13 @@ use std::fmt::Display;
 use std::fs;
 use std::path::Path;
 
+use common::tarballs::{Entry, hex_tarball, metadata};
 use common::*;
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use hexmirror::registry::proto::package::Package;
 use hexmirror::registry::proto::signed::Signed;
 use hexmirror::registry::{SigningKey, gunzip, gzip, seal_signed};
 use prost::Message;
 use sha2::{Digest, Sha256};
-use tar::{EntryType, Header};
 
 // ---------------------------------------------------------------------------
 // Tampering with signed registry files
@@ -80,75 +78,13 @@ fn oracle_verdict(
 // Hostile tarballs
 // ---------------------------------------------------------------------------
 
-/// One entry of a hostile `contents.tar.gz`.
-enum Entry {
-    File(&'static str, &'static [u8]),
-    Symlink(&'static str, &'static str),
-}
-
-/// hex_core-style metadata for `alpha 1.1.0`, so the tarball gets past the
-/// metadata checks and the test reaches the attack it is about.
-const ALPHA_1_1_0_METADATA: &str = r#"{<<"app">>,<<"alpha">>}.
-{<<"build_tools">>,[<<"rebar3">>]}.
-{<<"description">>,<<"alpha">>}.
-{<<"files">>,[<<"src/alpha.erl">>]}.
-{<<"licenses">>,[<<"Apache-2.0">>]}.
-{<<"name">>,<<"alpha">>}.
-{<<"requirements">>,[]}.
-{<<"version">>,<<"1.1.0">>}.
-"#;
-
-/// A tar header whose name and link name are written as raw bytes: the `tar`
-/// builder refuses `..` in paths, which is exactly what an attacker sends.
-fn raw_header(path: &str, kind: EntryType, link: &str, size: usize) -> Header {
-    let mut header = Header::new_gnu();
-    let old = header.as_old_mut();
-    old.name[..path.len()].copy_from_slice(path.as_bytes());
-    old.linkname[..link.len()].copy_from_slice(link.as_bytes());
-    header.set_entry_type(kind);
-    header.set_size(size as u64);
-    header.set_mode(0o644);
-    header.set_mtime(946_684_800);
-    header.set_cksum();
-    header
-}
-
 /// A Hex tarball for `alpha 1.1.0` that is consistent with itself (CHECKSUM is
 /// the true inner checksum) but carries `version_member` as VERSION and
-/// `entries` in contents.tar.gz. Returns the tarball and its inner checksum.
-fn hostile_tarball(version_member: &[u8], entries: &[Entry]) -> (Vec<u8>, [u8; 32]) {
-    let mut contents = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::default()));
-    for entry in entries {
-        let (header, data): (Header, &[u8]) = match *entry {
-            Entry::File(path, data) => (raw_header(path, EntryType::Regular, "", data.len()), data),
-            Entry::Symlink(path, target) => (raw_header(path, EntryType::Symlink, target, 0), b""),
-        };
-        contents.append(&header, data).unwrap();
-    }
-    let contents = contents.into_inner().unwrap().finish().unwrap();
-    let metadata = ALPHA_1_1_0_METADATA.as_bytes();
-    let inner: [u8; 32] = Sha256::new()
-        .chain_update(version_member)
-        .chain_update(metadata)
-        .chain_update(&contents)
-        .finalize()
-        .into();
-    let checksum = hex::encode_upper(inner);
-    let mut outer = tar::Builder::new(Vec::new());
-    for (name, data) in [
-        ("VERSION", version_member),
-        ("CHECKSUM", checksum.as_bytes()),
-        ("metadata.config", metadata),
-        ("contents.tar.gz", contents.as_slice()),
-    ] {
-        let mut header = Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(946_684_800);
-        header.set_cksum();
-        outer.append_data(&mut header, name, data).unwrap();
-    }
-    (outer.into_inner().unwrap(), inner)
+/// `entries` in contents.tar.gz. Its metadata is hex_core-style for `alpha
+/// 1.1.0`, so it gets past the metadata checks and the test reaches the attack
+/// it is about. Returns the tarball and its inner checksum.
+fn hostile_tarball(version_member: &[u8], entries: &[Entry<'_>]) -> (Vec<u8>, [u8; 32]) {
+    hex_tarball(version_member, &metadata("alpha", "1.1.0"), entries)
 }
 
 /// Makes the upstream lie consistently: `tarballs/alpha-1.1.0.tar` becomes
@@ -188,7 +124,7 @@ enum HexCore {
 /// hex_core judges the file as `hex_core` says.
 fn assert_hostile_alpha_refused(
     version_member: &[u8],
-    entries: &[Entry],
+    entries: &[Entry<'_>],
     reason: &str,
     hex_core: HexCore,
 ) {

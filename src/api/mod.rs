@@ -14,6 +14,7 @@
 pub mod etf;
 mod gate;
 mod handlers;
+mod local;
 pub mod wire;
 
 use std::net::{IpAddr, SocketAddr};

@@ -10,5 +10,5 @@ mod publish;
 mod run;
 
 pub use progress::Progress;
-pub use publish::{PublishError, manifest_key};
+pub use publish::{PublishError, manifest_key, resign_if_due};
 pub use run::{Failure, Summary, SyncError, Unreachable, run};

@@ -369,6 +369,42 @@ pub fn manifest_key(config: &Config) -> Result<ManifestKey, PublishError> {
     }
 }
 
+/// Re-signs the current generation's manifest (same files, next version)
+/// when less than half its lifetime is left. `Ok(None)`: nothing to do, or
+/// a sync holds the data directory (it re-signs itself when due).
+pub fn resign_if_due(config: &Config) -> Result<Option<u64>, PublishError> {
+    let store = Store::open(&config.data_dir)?;
+    let key = manifest_key(config)?;
+    let Some(_lock) = store.try_lock()? else {
+        return Ok(None);
+    };
+    let current = store.load_current(&key.public());
+    let Some(upstream) = current.upstream.clone() else {
+        return Ok(None);
+    };
+    let lifetime = config.signing.manifest_expiry.as_secs();
+    if current.expires_at.saturating_sub(crate::clock::unix_now()) > lifetime / 2 {
+        return Ok(None);
+    }
+    let db = db::Db::open(&config.data_dir).map_err(|e| PublishError::Key(e.to_string()))?;
+    let recorded = db
+        .call_blocking(|c| db::meta(c, "manifest_version"))
+        .map_err(|e| PublishError::Key(e.to_string()))?
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let version = current.version.max(recorded) + 1;
+    store.publish_signed(
+        version,
+        &current.files,
+        upstream,
+        config.signing.manifest_expiry,
+        &key,
+    )?;
+    db.call_blocking(|c| db::set_meta(c, "manifest_version", &version.to_string()))
+        .map_err(|e| PublishError::Key(e.to_string()))?;
+    Ok(Some(version))
+}
+
 /// Builds the next generation and switches it in, unless it would equal the
 /// current one and the current manifest is not due for re-signing.
 pub(super) fn publish(
