@@ -137,3 +137,26 @@ fn what_does_not_verify_is_refused_and_not_cached() {
     assert_eq!(res.status, 404);
     assert_eq!(upstream.count_path("/repos/acme/names"), 0);
 }
+
+#[test]
+fn prefetch_fetches_the_dependency_records_in_the_background() {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let mirror = Mirror::new(&upstream, "\n[proxy]\nenabled = true\nprefetch = true\n");
+    let served = mirror.serve();
+    let res = http("GET", &format!("{}/packages/beta", served.url()), &[]);
+    assert_eq!(res.status, 200);
+    let cache = mirror.data_dir().join("proxy/packages");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !(cache.join("alpha").is_file() && cache.join("gamma").is_file()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dependencies were not prefetched"
+        );
+        thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        !cache.join("delta").exists(),
+        "only the closure is prefetched"
+    );
+    assert_eq!(upstream.count_path("/packages/alpha"), 1);
+}

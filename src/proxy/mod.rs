@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -274,7 +275,14 @@ impl Proxy {
                 })
                 .await
                 .map_err(|e| ProxyError::Unavailable(format!("verification task failed: {e}")))?;
-                stored?;
+                let deps = stored?;
+                if self.settings.prefetch {
+                    // Each fetched record prefetches its own dependencies:
+                    // the closure, one fetch per package at most.
+                    for dep in deps {
+                        tokio::spawn(Arc::clone(self).prefetch(dep));
+                    }
+                }
                 self.validators
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -282,6 +290,16 @@ impl Proxy {
                 Ok(())
             }
         }
+    }
+
+    /// Fetches a dependency's record in the background. Boxed: the future
+    /// contains `ensure`, which spawns this, and the cycle needs a name.
+    fn prefetch(self: Arc<Self>, package: String) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            if let Err(e) = self.ensure(&format!("packages/{package}")).await {
+                tracing::debug!(%package, "prefetch skipped: {e}");
+            }
+        })
     }
 
     fn stale_or(&self, cached: bool, reason: String) -> Result<(), ProxyError> {
@@ -367,7 +385,7 @@ impl Proxy {
         kind: &Kind,
         body: &[u8],
         expected: Option<&ReleaseSums>,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<Vec<String>, ProxyError> {
         let refuse = |what: &'static str, reason: String| {
             self.verification_failed(what);
             tracing::warn!(path = rel, "refused from the upstream: {reason}");
@@ -377,10 +395,23 @@ impl Proxy {
             }
         };
         let (key, repo) = (&self.upstream_cfg.public_key, &self.upstream_cfg.repository);
+        // A record's dependencies in this repository, for prefetching.
         let checked = match kind {
-            Kind::Names => registry::verify_names(body, key, repo).map(|_| ()),
-            Kind::Versions => registry::verify_versions(body, key, repo).map(|_| ()),
-            Kind::Package(name) => registry::verify_package(body, key, repo, name).map(|_| ()),
+            Kind::Names => registry::verify_names(body, key, repo).map(|_| Vec::new()),
+            Kind::Versions => registry::verify_versions(body, key, repo).map(|_| Vec::new()),
+            Kind::Package(name) => registry::verify_package(body, key, repo, name).map(|r| {
+                let mut deps: Vec<String> = r
+                    .into_inner()
+                    .releases
+                    .iter()
+                    .flat_map(|rel| &rel.dependencies)
+                    .filter(|d| d.repository.as_deref().is_none_or(|x| x == repo.as_str()))
+                    .map(|d| d.package.clone())
+                    .collect();
+                deps.sort();
+                deps.dedup();
+                deps
+            }),
             Kind::Tarball { name, version } => {
                 let sums = expected.ok_or_else(|| refuse("record", "no record".into()))?;
                 let exp = Expected {
@@ -390,13 +421,13 @@ impl Proxy {
                     inner_checksum: Some(&sums.inner),
                 };
                 return match tarball::verify(body, &exp, &Limits::default()) {
-                    Ok(_) => self.link(rel, body),
+                    Ok(_) => self.link(rel, body).map(|()| Vec::new()),
                     Err(e) => Err(refuse("tarball", e.to_string())),
                 };
             }
         };
         match checked {
-            Ok(()) => self.link(rel, body),
+            Ok(deps) => self.link(rel, body).map(|()| deps),
             Err(e) => Err(refuse("registry", e.to_string())),
         }
     }
