@@ -410,6 +410,9 @@ async fn reload_on_sighup(
                 if let Some(api) = &api {
                     api.set_config(new.clone());
                 }
+                if new.import != running.import {
+                    tracing::warn!("SIGHUP: [import] changes take effect after a restart");
+                }
                 if new.sync_schedule.is_some() && running.sync_schedule.is_none() {
                     tracing::warn!("SIGHUP: a new [schedule] takes effect after a restart");
                 }
@@ -506,6 +509,18 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
         api: api.clone(),
         proxy,
     };
+    // The import folder (`[import]`): package tarballs dropped there are published.
+    let (stop_import, import_stopped) = tokio::sync::oneshot::channel::<()>();
+    let importer = match (&config.import, &api) {
+        (Some(import), Some(api)) => Some(tokio::spawn(crate::import::run(
+            import.clone(),
+            std::sync::Arc::clone(api),
+            async {
+                let _ = import_stopped.await;
+            },
+        ))),
+        _ => None,
+    };
     let (config_tx, config_rx) = tokio::sync::watch::channel(config.clone());
     if config.sync_schedule.is_some() {
         tokio::spawn(scheduled_syncs(config_rx.clone()));
@@ -524,6 +539,10 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
         shutdown_signal(),
     )
     .await?;
+    let _ = stop_import.send(());
+    if let Some(task) = importer {
+        let _ = task.await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

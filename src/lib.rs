@@ -19,6 +19,7 @@
 //! - [`version`]: PURE. Hex versions and requirements (Elixir semantics).
 //! - [`verify`]: checks a served tree, local or remote, against its manifest.
 //! - [`proxy`]: the pull-through cache of `serve`: fetch, verify, store on request.
+//! - [`import`]: the import folder of `serve`: dropped package tarballs are published.
 //! - [`notify`]: readiness notifications for systemd (`Type=notify`).
 //! - [`clock`]: wall-clock time as Unix seconds.
 //! - [`api`]: the Hex-compatible write API (publish, retire, keys, owners).
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod hosted;
+pub mod import;
 pub mod index;
 pub mod keyfiles;
 pub mod manifest;

@@ -28,16 +28,11 @@ fn mirror_key() -> PublicKey {
 /// A synced mirror with repository `acme` (beta and its closure from the
 /// upstream) and a revert window of `window` seconds, serving, with an admin token.
 fn hosting(upstream: &TestUpstream, window: u64) -> (Mirror, Served, String) {
-    let extra = format!(
-        "{}\n[api]\nrevert_window_secs = {window}\n",
-        repositories_config(
-            &fixture_key("other.pem"),
-            &[&format!("name = \"{REPO}\"\npackages = [\"beta\"]")],
-        )
+    let mirror = Mirror::hosting(
+        upstream,
+        &format!("name = \"{REPO}\"\npackages = [\"beta\"]"),
+        &format!("[api]\nrevert_window_secs = {window}"),
     );
-    let mirror = Mirror::new(upstream, &extra);
-    let out = mirror.sync();
-    assert!(out.ok(), "first sync failed:\n{out}");
     let token = mirror.token(&["--admin", "--name", "ci", "--user", "builder"]);
     let served = mirror.serve();
     (mirror, served, token)

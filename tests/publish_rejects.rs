@@ -41,16 +41,11 @@ fn mirror_key() -> PublicKey {
 /// dependency-confusion guard never is what refuses a test's package), with
 /// a tarball limit of [`MAX_TARBALL`], serving, with an admin token.
 fn hosting(upstream: &TestUpstream) -> (Mirror, Served, String) {
-    let extra = format!(
-        "{}\n[api]\nmax_tarball_bytes = {MAX_TARBALL}\n",
-        repositories_config(
-            &fixture_key("other.pem"),
-            &[&format!("name = \"{REPO}\"\nreserved = [\"acme_*\"]")],
-        )
+    let mirror = Mirror::hosting(
+        upstream,
+        &format!("name = \"{REPO}\"\nreserved = [\"acme_*\"]"),
+        &format!("[api]\nmax_tarball_bytes = {MAX_TARBALL}"),
     );
-    let mirror = Mirror::new(upstream, &extra);
-    let out = mirror.sync();
-    assert!(out.ok(), "first sync failed:\n{out}");
     let token = mirror.token(&["--admin"]);
     let served = mirror.serve();
     (mirror, served, token)

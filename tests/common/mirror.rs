@@ -121,6 +121,20 @@ impl Mirror {
 }
 
 impl Mirror {
+    /// A mirror with one repository of ours (`repo_body` is the body of its
+    /// `[[repository]]` table), signed with `other.pem`, plus `sections`
+    /// appended to the config, after one sync that must succeed.
+    pub fn hosting(upstream: &TestUpstream, repo_body: &str, sections: &str) -> Self {
+        let extra = format!(
+            "{}\n{sections}\n",
+            repositories_config(&fixture_key("other.pem"), &[repo_body])
+        );
+        let mirror = Self::new(upstream, &extra);
+        let out = mirror.sync();
+        assert!(out.ok(), "first sync failed:\n{out}");
+        mirror
+    }
+
     /// Creates an API token with `hexmirror token create ARGS...` and
     /// returns its secret.
     pub fn token(&self, args: &[&str]) -> String {
