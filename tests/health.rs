@@ -63,6 +63,8 @@ fn metrics_count_requests_by_route_and_status_and_report_sync_state() {
         ),
         "hexmirror_generation 1".to_string(),
         "hexmirror_last_sync_failures 0".to_string(),
+        // Everything seen upstream is published: no lag.
+        "hexmirror_upstream_lag_seconds 0".to_string(),
     ] {
         assert!(
             text.lines().any(|l| l == line),

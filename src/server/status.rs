@@ -91,6 +91,8 @@ fn tree_state(root: &Path) -> TreeState {
 struct SyncState {
     last_finished: Option<(u64, u64, String, u64)>, // finished_at, duration, status, failed
     last_ok: Option<u64>,
+    /// Newest upstream `updated_at` seen by the last sync, and the newest published.
+    newest: (Option<u64>, Option<u64>),
     error: Option<String>,
 }
 
@@ -121,7 +123,19 @@ fn sync_state(data_dir: &Path) -> SyncState {
                 |r| r.get::<_, Option<i64>>(0),
             )?
             .map(|t| t as u64);
+        let meta = |key: &str| -> rusqlite::Result<Option<u64>> {
+            Ok(conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+                    r.get::<_, String>(0)
+                })
+                .optional()?
+                .and_then(|v| v.parse().ok()))
+        };
         Ok(SyncState {
+            newest: (
+                meta("upstream_newest_seen")?,
+                meta("upstream_newest_mirrored")?,
+            ),
             last_finished,
             last_ok,
             error: None,
@@ -276,6 +290,18 @@ pub(super) fn metrics(
             );
             let help = "Packages or releases the last sync could not mirror.";
             gauge(&mut out, "hexmirror_last_sync_failures", help, *failed);
+        }
+        if let (Some(seen), Some(mirrored)) = sync.newest {
+            let help = "Newest upstream package update seen by the last sync (Unix time).";
+            gauge(
+                &mut out,
+                "hexmirror_upstream_newest_update_timestamp_seconds",
+                help,
+                seen,
+            );
+            let help = "Newest upstream update seen minus newest update published here.";
+            let lag = seen.saturating_sub(mirrored);
+            gauge(&mut out, "hexmirror_upstream_lag_seconds", help, lag);
         }
         if let Some(ok) = sync.last_ok {
             let help = "Seconds since the last complete sync.";

@@ -350,6 +350,19 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
     })
     .await
     .map_err(internal)??;
+    // The newest upstream change seen, against the newest one published
+    // (recorded with the index below): their difference is the lag /metrics reports.
+    let newest = names_p
+        .packages
+        .iter()
+        .filter_map(|p| p.updated_at.map(|t| t.seconds))
+        .max()
+        .unwrap_or(0)
+        .to_string();
+    let seen = newest.clone();
+    ctx.db
+        .call(move |c| db::set_meta(c, "upstream_newest_seen", &seen))
+        .await?;
     let remote = plan::remote_index(&names_p, &versions_p);
     tracing::info!(
         packages = remote.len(),
@@ -446,6 +459,7 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
                 db::forget_package(c, name)?;
             }
             db::set_meta(c, "complete_selection", &fp)?;
+            db::set_meta(c, "upstream_newest_mirrored", &newest)?;
             Ok(gone.len() as u64)
         })
         .await?;
