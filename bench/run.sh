@@ -31,6 +31,17 @@
 #      e. the same full sync across a network namespace with ~20 ms RTT (veth pair,
 #         netem delay 10ms on both ends), first scale only; prints
 #         "skipped: REASON" when namespaces or netem are not available.
+#      f. publish-to-visible latency (last scale only, or PUBLISH_SCALES): a data dir
+#         with `[signing] key` (PUBLISH_KEY, RSA) and `[[repository]] name = "hexpm"`
+#         (the whole mirrored index) reserving `bench_*`, synced once; an admin token
+#         (`hexmirror token create --admin`); `hexmirror serve` on a free loopback
+#         port. PUBLISH_N tarballs bench_p1..N 1.0.0 are built with hex_core
+#         (tests/support/hexcore.escript) before timing; then, one at a time, POST
+#         /api/repos/hexpm/publish and GET /repos/hexpm/packages/NAME until 200 (one
+#         curl, one connection). Wall time from before the POST to the 200, and the
+#         server's `publish_ms` (log line "hosted package changed"): p50 and p99
+#         (nearest rank, so the maximum up to 100 samples); files in the generation
+#         (manifest) and packages in /repos/hexpm/names (checked with hex_core).
 #   4. Writes the raw output to bench/results/<timestamp>.txt, the Markdown
 #      tables to bench/results/<timestamp>.md and stdout, and the medians as
 #      bench/results/<timestamp>.tsv (scale, section, metric, tool, value).
@@ -40,7 +51,13 @@
 # NETEM (1; 0 to skip), NETEM_SCALE (first of SCALES), RESIGN (1), SERVE (1),
 # MUTATE (0.01), WORK (scratch dir, default /tmp/hexmirror-bench; needs about
 # 4x the upstream size, ~10 GB per 1.0 of scale), PORT_BASE (18400), SEED (42),
-# KEEP (0; 1 keeps the generated upstreams in WORK).
+# KEEP (0; 1 keeps the generated upstreams in WORK), PUBLISH (1; 0 to skip),
+# PUBLISH_N (40), PUBLISH_SCALES (last of SCALES), PUBLISH_KEY (RSA private key PEM,
+# default tests/fixtures/keys/other.pem, 2048 bits), ONLY (sections to run, from
+# "full incremental resign serve netem publish"; default all; incremental, resign
+# and serve also run full, whose data dir they use; e.g. ONLY=publish),
+# PUBLISH_PERF (0; 1 profiles `hexmirror serve` with `perf record -g` during the
+# publishes and appends the report to the raw output; it perturbs the latencies).
 #
 # Every process it starts is bounded by `timeout` or a duration and stopped at the
 # end (trap on EXIT); it only listens on 127.0.0.1 and on the veth pair it creates.
@@ -61,12 +78,18 @@ WORK=${WORK:-/tmp/hexmirror-bench}
 PORT_BASE=${PORT_BASE:-18400}
 SEED=${SEED:-42}
 SERVE_SCALE=${SERVE_SCALE:-${SCALES##* }}
+PUBLISH=${PUBLISH:-1}
+PUBLISH_N=${PUBLISH_N:-40}
+PUBLISH_SCALES=${PUBLISH_SCALES:-${SCALES##* }}
+ONLY=${ONLY:-}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HEXMIRROR=$ROOT/target/release/hexmirror
 GEN=$ROOT/target/release/examples/gen_upstream
 UPKEY=$ROOT/tests/fixtures/keys/upstream.pem
 UPPUB=$ROOT/tests/fixtures/keys/upstream.pub.pem
+PUBLISH_KEY=${PUBLISH_KEY:-$ROOT/tests/fixtures/keys/other.pem}
+HEXCORE=$ROOT/tests/support/hexcore.escript
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$ROOT/bench/results" "$WORK"
 RAW=$ROOT/bench/results/$STAMP.txt
@@ -80,6 +103,7 @@ PORT_NG1=$((PORT_BASE + 1))   # nginx (single process): DATA_DIR/current
 PORT_NG2=$((PORT_BASE + 2))   # nginx (one worker per core): DATA_DIR/current
 PORT_HM=$((PORT_BASE + 3))    # hexmirror serve
 PORT_NET=$((PORT_BASE + 4))   # nginx on the veth address (netem run)
+# (the publish section's `hexmirror serve` listens on a free port: listen = 127.0.0.1:0)
 
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$RAW" >&2; }
 raw() { tee -a "$RAW" >/dev/null; }
@@ -87,6 +111,10 @@ raw() { tee -a "$RAW" >/dev/null; }
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$TSV"; echo "result $*" >>"$RAW"; }
 median() { sort -g | awk '{a[NR]=$1} END{if(NR==0){print "nan"} else if(NR%2){print a[(NR+1)/2]} else {print (a[NR/2]+a[NR/2+1])/2}}'; }
 now() { date +%s.%N; }
+# pct P: nearest-rank percentile (P in 0..100) of the numbers on stdin
+pct() { sort -g | awk -v p="$1" '{a[NR]=$1} END{if(NR==0){print "nan"; exit} i=int(p/100*NR); if(i<p/100*NR)i++; if(i<1)i=1; print a[i]}'; }
+# want SECTION: whether ONLY (empty: everything) selects SECTION
+want() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
 
 # ---------------------------------------------------------------------------
 # Cleanup: every process we start is remembered by PID and stopped here.
@@ -133,6 +161,11 @@ command -v aria2c >/dev/null || need+=(aria2)
 command -v hyperfine >/dev/null || need+=(hyperfine)
 [ -x /usr/bin/time ] || need+=(time)
 command -v curl >/dev/null || need+=(curl)
+if [ "$PUBLISH" = 1 ] && want publish; then
+  command -v jq >/dev/null || need+=(jq)
+  command -v python3 >/dev/null || need+=(python3)
+  command -v escript >/dev/null && [ -e /usr/bin/rebar3 ] || need+=(rebar3) # hex_core, for hexcore.escript
+fi
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -158,7 +191,7 @@ log "building (release)"
   echo "hyperfine: $(hyperfine --version)"
   echo "hexmirror: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null)$(cd "$ROOT" && git diff --quiet HEAD -- src 2>/dev/null || echo '+dirty')"
   echo "rustc: $(rustc --version)"
-  echo "config: SCALES='$SCALES' RUNS=$RUNS PAR=$PAR WRK_SECS=$WRK_SECS WRK_CONNS='$WRK_CONNS' NETEM=$NETEM MUTATE=$MUTATE"
+  echo "config: SCALES='$SCALES' RUNS=$RUNS PAR=$PAR WRK_SECS=$WRK_SECS WRK_CONNS='$WRK_CONNS' NETEM=$NETEM MUTATE=$MUTATE RESIGN=$RESIGN SERVE=$SERVE PUBLISH=$PUBLISH PUBLISH_N=$PUBLISH_N PUBLISH_SCALES='$PUBLISH_SCALES' ONLY='$ONLY'"
   echo "load before start: $(cat /proc/loadavg)"
 } | tee -a "$RAW" >&2
 
@@ -238,7 +271,7 @@ timed() {
 hm_config() { # hm_config FILE DATA_DIR UPSTREAM_URL [extra toml]
   cat >"$1" <<EOF
 data_dir = "$2"
-listen = "127.0.0.1:$PORT_HM"
+listen = "${HM_LISTEN:-127.0.0.1:$PORT_HM}"
 [upstream]
 url = "$3"
 public_key = "$UPPUB"
@@ -362,35 +395,39 @@ for SCALE in $SCALES; do
   MAIN_NGINX=$NGINX_PID
 
   # a. full sync on loopback
-  log "full sync (loopback), $RUNS runs each: hexmirror, curl, aria2c"
-  full_sync_round "$SCALE" full "http://127.0.0.1:$PORT_UP" "" "$LIST"
+  if want full || want incremental || want resign || want serve; then
+    log "full sync (loopback), $RUNS runs each: hexmirror, curl, aria2c"
+    full_sync_round "$SCALE" full "http://127.0.0.1:$PORT_UP" "" "$LIST"
+  fi
 
   # b. incremental
   HMCONF=$WORK/hm-full.toml
-  log "incremental: no change"
-  timeout 600 "$HEXMIRROR" sync --config "$HMCONF" >"$WORK/nochange.out" 2>&1 || true
-  read -r req _ < <(sync_summary "$WORK/nochange.out")
-  cat "$WORK/nochange.out" | raw
-  record "$SCALE" nochange requests hexmirror "$req"
-  timeout 900 hyperfine -N --runs $((RUNS < 5 ? 5 : RUNS)) --warmup 1 --export-json "$WORK/nochange.json" \
-    "$HEXMIRROR sync --config $HMCONF" 2>&1 | raw
-  record "$SCALE" nochange wall_s hexmirror "$(grep -o '"median": *[0-9.e+-]*' "$WORK/nochange.json" | head -1 | awk '{printf "%.3f", $2}')"
+  if want incremental; then
+    log "incremental: no change"
+    timeout 600 "$HEXMIRROR" sync --config "$HMCONF" >"$WORK/nochange.out" 2>&1 || true
+    read -r req _ < <(sync_summary "$WORK/nochange.out")
+    cat "$WORK/nochange.out" | raw
+    record "$SCALE" nochange requests hexmirror "$req"
+    timeout 900 hyperfine -N --runs $((RUNS < 5 ? 5 : RUNS)) --warmup 1 --export-json "$WORK/nochange.json" \
+      "$HEXMIRROR sync --config $HMCONF" 2>&1 | raw
+    record "$SCALE" nochange wall_s hexmirror "$(grep -o '"median": *[0-9.e+-]*' "$WORK/nochange.json" | head -1 | awk '{printf "%.3f", $2}')"
 
-  log "incremental: after --mutate $MUTATE (new packages each run)"
-  mw=(); mr=()
-  for r in $(seq "$RUNS"); do
-    timeout 600 "$GEN" --out "$UP" --key "$UPKEY" --repo hexpm --seed "$SEED" --mutate "$MUTATE" 2>&1 | raw
-    read -r w c rss rc < <(timed "$WORK/mut-$r" timeout 1800 "$HEXMIRROR" sync --config "$HMCONF")
-    read -r req bytes < <(sync_summary "$WORK/mut-$r.stdout")
-    { echo "-- mutate run $r: wall=$w cpu=$c rss_kb=$rss rc=$rc"; cat "$WORK/mut-$r.stdout"; } | raw
-    mw+=("$w"); mr+=("$req")
-    record "$SCALE" mutate cpu_s hexmirror "$c"
-  done
-  record "$SCALE" mutate wall_s hexmirror "$(printf '%s\n' "${mw[@]}" | median)"
-  record "$SCALE" mutate requests hexmirror "$(printf '%s\n' "${mr[@]}" | median)"
+    log "incremental: after --mutate $MUTATE (new packages each run)"
+    mw=(); mr=()
+    for r in $(seq "$RUNS"); do
+      timeout 600 "$GEN" --out "$UP" --key "$UPKEY" --repo hexpm --seed "$SEED" --mutate "$MUTATE" 2>&1 | raw
+      read -r w c rss rc < <(timed "$WORK/mut-$r" timeout 1800 "$HEXMIRROR" sync --config "$HMCONF")
+      read -r req bytes < <(sync_summary "$WORK/mut-$r.stdout")
+      { echo "-- mutate run $r: wall=$w cpu=$c rss_kb=$rss rc=$rc"; cat "$WORK/mut-$r.stdout"; } | raw
+      mw+=("$w"); mr+=("$req")
+      record "$SCALE" mutate cpu_s hexmirror "$c"
+    done
+    record "$SCALE" mutate wall_s hexmirror "$(printf '%s\n' "${mw[@]}" | median)"
+    record "$SCALE" mutate requests hexmirror "$(printf '%s\n' "${mr[@]}" | median)"
+  fi
 
   # c. re-sign after a key change
-  if [ "$RESIGN" = 1 ]; then
+  if [ "$RESIGN" = 1 ] && want resign; then
     KEYS=$WORK/keys
     if [ ! -f "$KEYS/k1/hexmirror.pem" ]; then
       log "generating two RSA-4096 signing keys"
@@ -421,7 +458,7 @@ name = \"hexpm\""
   fi
 
   # d. serving (on the last scale)
-  if [ "$SERVE" = 1 ] && [ "$SCALE" = "$SERVE_SCALE" ]; then
+  if [ "$SERVE" = 1 ] && want serve && [ "$SCALE" = "$SERVE_SCALE" ]; then
     log "serving: wrk against hexmirror serve, nginx (1 process), nginx ($(nproc) workers)"
     CUR=$DATA/current
     SMALL=$(cd "$CUR" && ls -l packages | awk 'NR>1{print $5, $9}' | sort -n | awk '{a[NR]=$2} END{print a[int(NR/2)+1]}')
@@ -481,7 +518,7 @@ name = \"hexpm\""
   fi
 
   # e. netem run
-  if [ "$NETEM" = 1 ] && [ "$SCALE" = "$NETEM_SCALE" ]; then
+  if [ "$NETEM" = 1 ] && want netem && [ "$SCALE" = "$NETEM_SCALE" ]; then
     log "network namespace with ~20 ms RTT"
     if netns_setup >"$WORK/netns.log" 2>&1; then
       raw <"$WORK/netns.log"
@@ -504,6 +541,142 @@ name = \"hexpm\""
     fi
     [ -n "$VETH" ] && ip link del "$VETH" 2>/dev/null; VETH=""
     [ -n "$NETNS" ] && ip netns del "$NETNS" 2>/dev/null; NETNS=""
+  fi
+
+  # f. publish-to-visible latency (on the last scale, or PUBLISH_SCALES)
+  if [ "$PUBLISH" = 1 ] && want publish && [[ " $PUBLISH_SCALES " == *" $SCALE "* ]]; then
+    log "publish: signed repository hexpm (the whole index), $PUBLISH_N publishes"
+    PDATA=$WORK/data-publish
+    PCONF=$WORK/hm-publish.toml
+    rm -rf "$PDATA"
+    HM_LISTEN=127.0.0.1:0 hm_config "$PCONF" "$PDATA" "http://127.0.0.1:$PORT_UP" "[signing]
+key = \"$PUBLISH_KEY\"
+[[repository]]
+name = \"hexpm\"
+reserved = [\"bench_*\"]
+[api]
+revert_window_secs = 3600
+[log]
+format = \"json\""
+    bits=$(openssl pkey -in "$PUBLISH_KEY" -noout -text 2>/dev/null | sed -nE '1s/.*\(([0-9]+) bit.*/\1/p')
+    echo "publish: signing key $PUBLISH_KEY (RSA-${bits:-?})" | raw
+    record "$SCALE" publish key_bits rsa "${bits:-?}"
+    read -r w c rss rc < <(timed "$WORK/pub-sync" timeout 1800 "$HEXMIRROR" sync --config "$PCONF")
+    { echo "-- publish: initial sync wall=$w cpu=$c rc=$rc"; cat "$WORK/pub-sync.stdout"; tail -3 "$WORK/pub-sync.stderr"; } | raw
+    [ "$rc" = 0 ] || { log "publish: the initial sync failed (rc=$rc); see $RAW"; exit 1; }
+    record "$SCALE" publish sync_wall_s hexmirror "$w"
+    TOKEN=$(timeout 60 "$HEXMIRROR" token create --admin --config "$PCONF" 2>>"$RAW")
+    [ -n "$TOKEN" ] || { log "publish: no token"; exit 1; }
+    # Tarballs, outside the timing (hex_core, as rebar3 builds them).
+    PTAR=$WORK/publish-tarballs
+    rm -rf "$PTAR"; mkdir -p "$PTAR"
+    seq "$PUBLISH_N" | timeout 900 xargs -P "$(nproc)" -I{} \
+      escript "$HEXCORE" tarball "bench_p{}" 1.0.0 "$PTAR/bench_p{}.tar" >>"$RAW" 2>&1
+    [ "$(ls "$PTAR" | wc -l)" = "$PUBLISH_N" ] || { log "publish: hexcore.escript built $(ls "$PTAR" | wc -l) of $PUBLISH_N tarballs"; exit 1; }
+    "$HEXMIRROR" serve --config "$PCONF" >"$WORK/pub-serve.out" 2>"$WORK/pub-serve.err" &
+    PUB_PID=$!
+    PIDS+=("$PUB_PID")
+    PADDR=""
+    for _ in $(seq 300); do
+      PADDR=$(sed -nE '1s#^hexmirror serving .* on http://([^ ]+)$#\1#p' "$WORK/pub-serve.out")
+      [ -n "$PADDR" ] && curl -s -o /dev/null "http://$PADDR/repos/hexpm/names" && break
+      kill -0 "$PUB_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    [ -n "$PADDR" ] || { log "publish: hexmirror serve did not start"; cat "$WORK/pub-serve.err" | raw; exit 1; }
+    echo "publish: hexmirror serve on $PADDR" | raw
+    PERF_PID=""
+    if [ "${PUBLISH_PERF:-0}" = 1 ] && command -v perf >/dev/null; then
+      # Where a publish spends its time (perturbs the latencies: a separate run).
+      perf record -q -F 1999 -g -p "$PUB_PID" -o "$WORK/pub-perf.data" >>"$RAW" 2>&1 &
+      PERF_PID=$!
+      PIDS+=("$PERF_PID")
+      sleep 1
+    fi
+    vis=(); post=(); bad=0
+    ticks0=$(awk '{print $14 + $15}' "/proc/$PUB_PID/stat")
+    for i in $(seq "$PUBLISH_N"); do
+      name=bench_p$i
+      # One curl, one connection: the POST, then the GET of the record.
+      t0=$EPOCHREALTIME
+      out=$(timeout 120 curl -s -o /dev/null -w '%{http_code} %{time_total}\n' -X POST \
+        -H "authorization: $TOKEN" -H "content-type: application/octet-stream" \
+        --data-binary "@$PTAR/$name.tar" "http://$PADDR/api/repos/hexpm/publish" \
+        --next -s -o /dev/null -w '%{http_code}\n' "http://$PADDR/repos/hexpm/packages/$name") || true
+      polls=1
+      got=$(sed -n 2p <<<"$out")
+      while [ "$got" != 200 ] && [ $polls -lt 3000 ]; do
+        got=$(timeout 10 curl -s -o /dev/null -w '%{http_code}' "http://$PADDR/repos/hexpm/packages/$name") || true
+        polls=$((polls + 1))
+      done
+      t1=$EPOCHREALTIME
+      read -r code ptime <<<"$(sed -n 1p <<<"$out")"
+      ms=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", (b-a)*1000}')
+      echo "-- publish $name: post=$code post_ms=$(awk -v t="$ptime" 'BEGIN{printf "%.1f", t*1000}') get=$got polls=$polls visible_ms=$ms" | raw
+      if [ "$code" != 201 ] || [ "$got" != 200 ]; then bad=$((bad + 1)); continue; fi
+      vis+=("$ms"); post+=("$(awk -v t="$ptime" 'BEGIN{printf "%.1f", t*1000}')")
+    done
+    ticks1=$(awk '{print $14 + $15}' "/proc/$PUB_PID/stat")
+    [ "$bad" = 0 ] || log "WARNING: publish: $bad of $PUBLISH_N publishes did not answer 201 or never became visible"
+    if [ -n "$PERF_PID" ]; then
+      kill -INT "$PERF_PID" 2>/dev/null; wait "$PERF_PID" 2>/dev/null || true
+      { echo "== perf: hexmirror serve during the publishes (self time, then inclusive)"
+        perf report -i "$WORK/pub-perf.data" --no-children --stdio -g none --sort dso,sym --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep -v '^$'
+        perf report -i "$WORK/pub-perf.data" --children --stdio -g none --sort sym --percent-limit 2 2>/dev/null | grep -v '^#' | grep -v '^$'
+      } | raw
+    fi
+    srv=$(grep '"hosted package changed"' "$WORK/pub-serve.err" | grep -o '"publish_ms":[0-9]*' | cut -d: -f2)
+    echo "publish: server publish_ms: $(echo $srv)" | raw
+    record "$SCALE" publish samples client "${#vis[@]}"
+    record "$SCALE" publish visible_p50_ms client "$(printf '%s\n' "${vis[@]}" | median)"
+    record "$SCALE" publish visible_p99_ms client "$(printf '%s\n' "${vis[@]}" | pct 99)"
+    record "$SCALE" publish visible_max_ms client "$(printf '%s\n' "${vis[@]}" | sort -g | tail -1)"
+    record "$SCALE" publish post_p50_ms client "$(printf '%s\n' "${post[@]}" | median)"
+    record "$SCALE" publish samples server "$(wc -w <<<"$srv")"
+    record "$SCALE" publish publish_p50_ms server "$(tr ' ' '\n' <<<"$srv" | median)"
+    record "$SCALE" publish publish_p99_ms server "$(tr ' ' '\n' <<<"$srv" | pct 99)"
+    # CPU (user+sys) of the serve process across the loop, per publish (includes the GETs).
+    record "$SCALE" publish cpu_ms_per_publish server "$(awk -v a="$ticks0" -v b="$ticks1" -v hz="$(getconf CLK_TCK)" -v n="$PUBLISH_N" 'BEGIN{printf "%.0f", (b-a)*1000/hz/n}')"
+    record "$SCALE" publish generations_on_disk server "$(ls "$PDATA/generations" | wc -l)"
+    # What a publish rebuilds: every file of the generation, and the index it grew.
+    MANI=$PDATA/current/hexmirror-manifest.json
+    record "$SCALE" publish files generation "$(jq '.signed.files | length' "$MANI")"
+    record "$SCALE" publish files repos "$(jq '[.signed.files | keys[] | select(startswith("repos/"))] | length' "$MANI")"
+    record "$SCALE" publish manifest_bytes generation "$(stat -L -c %s "$MANI")"
+    curl -s -o "$WORK/pub-names" "http://$PADDR/repos/hexpm/names"
+    curl -s -o "$WORK/pub-key.pem" "http://$PADDR/repos/hexpm/public_key"
+    echo "publish: hex_core verify-file /repos/hexpm/names: $(timeout 60 escript "$HEXCORE" verify-file "$WORK/pub-names" names hexpm "$WORK/pub-key.pem" 2>&1)" | raw
+    echo "publish: hex_core fetch bench_p1: $(timeout 60 escript "$HEXCORE" fetch "http://$PADDR/repos/hexpm" hexpm "$WORK/pub-key.pem" bench_p1 2>&1)" | raw
+    # Packages in /names: gunzip, Signed.payload (field 1), Names.packages (field 1).
+    record "$SCALE" publish names_packages repos "$(python3 - "$WORK/pub-names" <<'PY'
+import gzip, sys
+def fields(b):
+    i = 0
+    while i < len(b):
+        key = 0; s = 0
+        while True:
+            c = b[i]; i += 1; key |= (c & 0x7f) << s; s += 7
+            if c < 0x80: break
+        n, wt = key >> 3, key & 7
+        if wt == 0:
+            while b[i] & 0x80: i += 1
+            i += 1; v = None
+        elif wt == 2:
+            ln = 0; s = 0
+            while True:
+                c = b[i]; i += 1; ln |= (c & 0x7f) << s; s += 7
+                if c < 0x80: break
+            v = b[i:i + ln]; i += ln
+        else:
+            raise SystemExit("unexpected wire type %d" % wt)
+        yield n, v
+signed = gzip.decompress(open(sys.argv[1], "rb").read())
+payload = next(v for n, v in fields(signed) if n == 1)
+print(sum(1 for n, _ in fields(payload) if n == 1))
+PY
+)"
+    stop_pid "$PUB_PID"
+    rm -rf "$PDATA" "$PTAR"
   fi
 
   stop_pid "$MAIN_NGINX"
@@ -550,6 +723,9 @@ report() {
       sync_table("netem", "Full sync across a network namespace, ~20 ms RTT")
       for (i = 1; i <= ns; i++) if (g(order[i], "netem", "skipped", "reason") != "")
         printf "\nnetem run at scale %s skipped: %s\n", order[i], g(order[i], "netem", "skipped", "reason")
+      any = 0
+      for (i = 1; i <= ns; i++) if (g(order[i], "nochange", "requests", "hexmirror") != "" || g(order[i], "resign", "wall_s", "hexmirror") != "") any = 1
+      if (any) {
       print "\n### Incremental sync and re-sign (hexmirror)\n"
       print "| scale | no change: wall s | no change: requests | 1% changed: wall s | 1% changed: requests | re-sign after key change: wall s | re-sign CPU s | records re-signed |"
       print "|---|---|---|---|---|---|---|---|"
@@ -557,6 +733,20 @@ report() {
         printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", s, f2(g(s,"nochange","wall_s","hexmirror")), g(s,"nochange","requests","hexmirror"),
           f2(g(s,"mutate","wall_s","hexmirror")), g(s,"mutate","requests","hexmirror"),
           f2(g(s,"resign","wall_s","hexmirror")), f1(g(s,"resign","cpu_s","hexmirror")), g(s,"resign","records","hexmirror") }
+      }
+      any = 0
+      for (i = 1; i <= ns; i++) if (g(order[i], "publish", "samples", "client") != "") any = 1
+      if (any) {
+        print "\n### Publish-to-visible latency (one publish at a time; p99 is nearest rank, the maximum up to 100 samples)\n"
+        print "| scale | RSA bits | files in generation (of which repos/) | packages in /repos/hexpm/names | publishes | **visible p50 ms** | **visible p99 ms** | POST p50 ms | server publish_ms p50 / p99 | server CPU ms per publish | links/s (files / server p50) | p99 / 100 ms target |"
+        print "|---|---|---|---|---|---|---|---|---|---|---|---|"
+        for (i = 1; i <= ns; i++) { s = order[i]; n = g(s, "publish", "samples", "client"); if (n == "") continue
+          fl = g(s, "publish", "files", "generation"); sp = g(s, "publish", "publish_p50_ms", "server"); p99 = g(s, "publish", "visible_p99_ms", "client")
+          printf "| %s | %s | %s (%s) | %s | %s | **%s** | **%s** | %s | %s / %s | %s | %s | **%s** |\n", s, g(s, "publish", "key_bits", "rsa"),
+            fl, g(s, "publish", "files", "repos"), g(s, "publish", "names_packages", "repos"), n,
+            f1(g(s, "publish", "visible_p50_ms", "client")), f1(p99), f1(g(s, "publish", "post_p50_ms", "client")),
+            sp, g(s, "publish", "publish_p99_ms", "server"), g(s, "publish", "cpu_ms_per_publish", "server"), (sp + 0 > 0 ? sprintf("%.0f", fl / (sp / 1000)) : "–"), r(p99, 100) }
+      }
       nc = split(conns, cs, " ")
       for (i = 1; i <= ns; i++) { s = order[i]
         if (g(s, "serve", "small_bytes", "file") == "") continue
