@@ -10,8 +10,6 @@ mod common;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
-use std::thread;
-use std::time::Duration;
 
 use common::*;
 use hexmirror::registry::{PublicKey, verify_names, verify_package, verify_versions};
@@ -149,47 +147,14 @@ fn send(
     content_type: Option<&str>,
     body: Vec<u8>,
 ) -> HttpResponse {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("valid method");
-    let (url, token, content_type) = (
-        url.to_owned(),
-        token.map(str::to_owned),
-        content_type.map(str::to_owned),
-    );
-    thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("build client runtime");
-        rt.block_on(async move {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .expect("build reqwest client");
-            let mut request = client
-                .request(method.clone(), &url)
-                .header("accept", "application/json");
-            if let Some(token) = &token {
-                request = request.header("authorization", token);
-            }
-            if let Some(ctype) = &content_type {
-                request = request.header("content-type", ctype);
-            }
-            if !body.is_empty() {
-                request = request.body(body);
-            }
-            let response = request
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-            HttpResponse {
-                status: response.status().as_u16(),
-                headers: response.headers().clone(),
-                body: response.bytes().await.expect("read body").to_vec(),
-            }
-        })
-    })
-    .join()
-    .expect("request thread panicked")
+    let mut headers = vec![("accept", "application/json")];
+    if let Some(token) = token {
+        headers.push(("authorization", token));
+    }
+    if let Some(ctype) = content_type {
+        headers.push(("content-type", ctype));
+    }
+    http_body(method, url, &headers, body)
 }
 
 fn get(url: &str, token: Option<&str>) -> HttpResponse {

@@ -11,7 +11,6 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use common::tarballs::{Entry, contents_tar_gz, hex_tarball, inner_checksum, metadata, outer_tar};
@@ -58,45 +57,9 @@ fn oracle_tarball(dir: &Path, name: &str, version: &str) -> Vec<u8> {
     fs::read(&path).unwrap()
 }
 
-/// Sends one request with `headers` and, when given, `body`; like
-/// [`http`], on a fresh runtime in its own thread.
+/// Sends one request with `headers` and, when given, `body`.
 fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> HttpResponse {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("valid method");
-    let url = url.to_owned();
-    let headers: Vec<(String, String)> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("build client runtime");
-        rt.block_on(async move {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .expect("build reqwest client");
-            let mut request = client.request(method.clone(), &url);
-            for (k, v) in &headers {
-                request = request.header(k, v);
-            }
-            if let Some(body) = body {
-                request = request.body(body);
-            }
-            let response = request
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{method} {url}: {e:?}"));
-            HttpResponse {
-                status: response.status().as_u16(),
-                headers: response.headers().clone(),
-                body: response.bytes().await.expect("read body").to_vec(),
-            }
-        })
-    })
-    .join()
-    .expect("http request thread panicked")
+    http_body(method, url, headers, body.unwrap_or_default())
 }
 
 /// POSTs `tarball` raw to `PATH` under the API of `acme`, with the admin

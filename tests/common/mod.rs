@@ -937,6 +937,11 @@ impl HttpResponse {
 /// on a fresh runtime in its own thread, so it also works inside
 /// `#[tokio::test]`.
 pub fn http(method: &str, url: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    http_body(method, url, headers, Vec::new())
+}
+
+/// Like [`http`], sending `body` when it is not empty.
+pub fn http_body(method: &str, url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> HttpResponse {
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("valid method");
     let url = url.to_owned();
     let headers: Vec<(String, String)> = headers
@@ -950,12 +955,15 @@ pub fn http(method: &str, url: &str, headers: &[(&str, &str)]) -> HttpResponse {
             .expect("build client runtime");
         rt.block_on(async move {
             let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
+                .timeout(Duration::from_secs(60))
                 .build()
                 .expect("build reqwest client");
             let mut request = client.request(method.clone(), &url);
             for (k, v) in &headers {
                 request = request.header(k, v);
+            }
+            if !body.is_empty() {
+                request = request.body(body);
             }
             let response = request
                 .send()
