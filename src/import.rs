@@ -69,9 +69,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::api::ApiState;
-use crate::config::ImportConfig;
-use crate::hosted::writer::{Change, HostedError};
-use crate::tarball::{self, Limits};
+use crate::config::{Config, ImportConfig};
+use crate::hosted::writer::{Change, HostedError, Upload};
 
 /// Subdirectory of claimed files being imported.
 pub const PROCESSING: &str = "processing";
@@ -498,19 +497,15 @@ enum Prepared {
     /// Not importable: to `failed/`.
     Refused { what: String, todo: String },
     /// A well-formed package tarball.
-    Package {
-        bytes: Vec<u8>,
-        name: String,
-        version: String,
-        outer: [u8; 32],
-    },
+    Package(Upload),
     /// The file is no longer there.
     Gone,
 }
 
-/// Reads `processing/name` and checks that it is a package tarball no
-/// larger than `max_bytes`.
-fn prepare(dir: &Path, name: &OsStr, max_bytes: u64) -> io::Result<Prepared> {
+/// Reads `processing/name` and checks that it is a package tarball within
+/// the API's limits.
+fn prepare(dir: &Path, name: &OsStr, config: &Config) -> io::Result<Prepared> {
+    let max_bytes = config.api.max_tarball_bytes;
     let redo = || {
         format!(
             "build the package again (`mix hex.build` or `rebar3 hex build`) and drop the \
@@ -566,19 +561,10 @@ fn prepare(dir: &Path, name: &OsStr, max_bytes: u64) -> io::Result<Prepared> {
     if read > max_bytes {
         return Ok(too_large(read));
     }
-    let limits = Limits {
-        max_tarball: max_bytes,
-        ..Limits::default()
-    };
-    match tarball::inspect(&bytes, &limits) {
-        Ok(v) => Ok(Prepared::Package {
-            bytes,
-            name: v.metadata.name,
-            version: v.metadata.version,
-            outer: v.outer_checksum,
-        }),
+    match Upload::inspect(bytes, config) {
+        Ok(upload) => Ok(Prepared::Package(upload)),
         Err(e) => Ok(Prepared::Refused {
-            what: format!("package tarball: {e}"),
+            what: e.to_string(),
             todo: redo(),
         }),
     }
@@ -769,25 +755,25 @@ impl Importer {
 
     /// The verdict on `processing/name`; `None` if the file is gone.
     async fn decide(&self, name: &OsStr) -> Option<Verdict> {
-        let max = self.api.config().api.max_tarball_bytes;
+        let config = self.api.config();
         let (dir, n) = (self.config.dir.clone(), name.to_owned());
-        let prepared = match blocking(move || prepare(&dir, &n, max))
+        let prepared = match blocking(move || prepare(&dir, &n, &config))
             .await
             .and_then(|r| r)
         {
             Ok(p) => p,
             Err(e) => return Some(Verdict::Retry(format!("cannot read the file: {e}"))),
         };
-        let (bytes, pkg, version, outer) = match prepared {
+        let upload = match prepared {
             Prepared::Gone => return None,
             Prepared::Refused { what, todo } => return Some(Verdict::Failed { what, todo }),
-            Prepared::Package {
-                bytes,
-                name,
-                version,
-                outer,
-            } => (bytes, name, version, outer),
+            Prepared::Package(upload) => upload,
         };
+        let (pkg, version, outer) = (
+            upload.name().to_owned(),
+            upload.version().to_owned(),
+            upload.outer_checksum(),
+        );
         let repo = &self.config.repository;
         match self.api.release(repo, &pkg, &version).await {
             Ok(Some(row)) if row.outer_sha256 == outer => {
@@ -802,7 +788,7 @@ impl Importer {
             Err(e) => return Some(verdict_of(e, &self.config.dir)),
         }
         let change = Change::Publish {
-            tarball: bytes,
+            upload,
             replace: false,
         };
         Some(match self.api.apply_local(repo, change, USER).await {

@@ -85,6 +85,27 @@ fn stored_blobs(data: &Path) -> BTreeSet<String> {
     out
 }
 
+/// Starts `hexmirror sync` and returns it once `reached` holds (at most 60 s;
+/// the sync must still be running then).
+fn sync_until(mirror: &Mirror, what: &str, reached: impl Fn() -> bool) -> std::process::Child {
+    let mut child = mirror
+        .sync_command()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reached() {
+        assert!(Instant::now() < deadline, "sync never {what}");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "sync ended before it {what}"
+        );
+        sleep(Duration::from_millis(5));
+    }
+    child
+}
+
 /// Starts a sync and SIGKILLs it once it has stored `tarballs` more of the
 /// upstream's tarballs than were stored before. Waiting on the store rather
 /// than on upstream answers keeps this true on a loaded machine, where a
@@ -100,24 +121,9 @@ fn kill_after_tarballs(mirror: &Mirror, upstream: &TestUpstream, tarballs: usize
             .count()
     };
     let before = stored();
-    let mut child = mirror
-        .sync_command()
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while stored() < before + tarballs {
-        assert!(
-            Instant::now() < deadline,
-            "sync never stored {tarballs} more tarballs"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "sync ended before it could be killed"
-        );
-        sleep(Duration::from_millis(5));
-    }
+    let mut child = sync_until(mirror, &format!("stored {tarballs} more tarballs"), || {
+        stored() >= before + tarballs
+    });
     child.kill().unwrap(); // SIGKILL: no destructor, no flush, no cleanup
     child.wait().unwrap();
 }
@@ -241,17 +247,9 @@ fn sigterm_mid_sync_stops_at_a_safe_point_and_the_tree_verifies() {
     rebuild_upstream(&upstream, &spec(&["1.0.0", "1.1.0", "2.0.0"]));
     upstream.delay("/tarballs/", Duration::from_millis(40));
     upstream.clear_log();
-    let mut child = mirror
-        .sync_command()
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while upstream.count(|r| r.path.starts_with("/tarballs/") && r.status == 200) < 4 {
-        assert!(Instant::now() < deadline, "sync never reached 4 tarballs");
-        sleep(Duration::from_millis(5));
-    }
+    let mut child = sync_until(&mirror, "reached 4 tarballs", || {
+        upstream.count(|r| r.path.starts_with("/tarballs/") && r.status == 200) >= 4
+    });
     let sent = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -17,8 +17,7 @@ use crate::clock::unix_now;
 use crate::config::Config;
 use crate::hosted::db::{self as hdb, AuditEntry, ReleaseRow, TokenRow};
 use crate::hosted::record::{Retirement, cmp_versions};
-use crate::hosted::writer::{Actor, Change, HostedError, Outcome};
-use crate::tarball::{self, Limits};
+use crate::hosted::writer::{Actor, Change, HostedError, Outcome, Upload};
 
 type Params = Path<BTreeMap<String, String>>;
 type QueryMap = Query<BTreeMap<String, String>>;
@@ -355,25 +354,13 @@ pub(super) async fn publish(
                 format!("package tarball is larger than the limit of {limit} bytes ([api] max_tarball_bytes)"),
             )
         })?;
-        let tarball = bytes.to_vec();
-        let limits = Limits {
-            max_tarball: limit as u64,
-            ..Limits::default()
-        };
-        let inspected = {
-            let t = tarball.clone();
-            tokio::task::spawn_blocking(move || tarball::inspect(&t, &limits)).await
-        };
-        let name = match inspected {
-            Ok(Ok(v)) => v.metadata.name,
-            Ok(Err(e)) => {
-                return Err(Reply::error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("package tarball: {e}"),
-                ));
-            }
-            Err(e) => return Err(hosted_error(HostedError::Internal(e.to_string()))),
-        };
+        let config = Arc::clone(&req.config);
+        let upload = tokio::task::spawn_blocking(move || Upload::inspect(bytes.to_vec(), &config))
+            .await
+            .map_err(|e| HostedError::Internal(e.to_string()))
+            .and_then(|r| r)
+            .map_err(hosted_error)?;
+        let name = upload.name().to_owned();
         if let Some(url_name) = &url_name
             && *url_name != name
         {
@@ -385,7 +372,7 @@ pub(super) async fn publish(
         req.need(&repo, Some(&name), Access::Write)?;
         let admin = req.token.as_ref().is_some_and(|t| auth::allows(&t.scopes, &repo, Some(&name), Access::Admin));
         let replace = q.get("replace").is_some_and(|v| v == "true");
-        let outcome = req.change(&repo, Change::Publish { tarball, replace }, admin).await?;
+        let outcome = req.change(&repo, Change::Publish { upload, replace }, admin).await?;
         let row = outcome.release.ok_or_else(|| hosted_error(HostedError::Internal("no release".into())))?;
         let body = req.release_json(&row);
         Ok(if outcome.created {

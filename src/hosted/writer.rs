@@ -63,6 +63,48 @@ fn internal(e: impl std::fmt::Display) -> HostedError {
     HostedError::Internal(e.to_string())
 }
 
+/// The limits an uploaded package or docs tarball must meet.
+pub fn upload_limits(config: &Config) -> Limits {
+    Limits {
+        max_tarball: config.api.max_tarball_bytes,
+        max_metadata: MAX_METADATA,
+        ..Limits::default()
+    }
+}
+
+/// An uploaded package tarball, checked once (size, structure, checksums,
+/// metadata, contents) by whoever received it, so the writer never inflates
+/// it again while every other change waits.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    bytes: Vec<u8>,
+    verified: tarball::Verified,
+}
+
+impl Upload {
+    /// Checks `bytes` against [`upload_limits`]. Blocking (it inflates).
+    pub fn inspect(bytes: Vec<u8>, config: &Config) -> Result<Self, HostedError> {
+        let verified = tarball::inspect(&bytes, &upload_limits(config))
+            .map_err(|e| HostedError::Invalid(format!("package tarball: {e}")))?;
+        Ok(Self { bytes, verified })
+    }
+
+    /// The package name its metadata gives.
+    pub fn name(&self) -> &str {
+        &self.verified.metadata.name
+    }
+
+    /// The version its metadata gives.
+    pub fn version(&self) -> &str {
+        &self.verified.metadata.version
+    }
+
+    /// SHA-256 of the whole tarball.
+    pub fn outer_checksum(&self) -> [u8; 32] {
+        self.verified.outer_checksum
+    }
+}
+
 /// Who asks for a change, for owners and the audit log.
 #[derive(Debug, Clone)]
 pub struct Actor {
@@ -81,8 +123,8 @@ pub struct Actor {
 pub enum Change {
     /// A tarball to publish, replacing an existing release when allowed.
     Publish {
-        /// The package tarball.
-        tarball: Vec<u8>,
+        /// The package tarball, already inspected.
+        upload: Upload,
         /// `?replace=true`.
         replace: bool,
     },
@@ -419,7 +461,7 @@ impl Ctx<'_> {
 
     fn plan(&self, change: Change, actor: &Actor) -> Result<Planned, HostedError> {
         match change {
-            Change::Publish { tarball, replace } => self.plan_publish(tarball, replace, actor),
+            Change::Publish { upload, replace } => self.plan_publish(upload, replace, actor),
             Change::Revert { name, version } => {
                 self.check_owner(&name, actor)?;
                 let (rows, row) = self.existing(&name, &version)?;
@@ -467,7 +509,7 @@ impl Ctx<'_> {
                 let (rows, mut row) = self.existing(&name, &version)?;
                 row.docs_sha256 = match tarball {
                     Some(bytes) => {
-                        tarball::check_docs(&bytes, &self.limits())
+                        tarball::check_docs(&bytes, &upload_limits(self.config))
                             .map_err(|e| HostedError::Invalid(format!("docs tarball: {e}")))?;
                         Some(
                             self.writer
@@ -508,22 +550,13 @@ impl Ctx<'_> {
         }
     }
 
-    fn limits(&self) -> Limits {
-        Limits {
-            max_tarball: self.config.api.max_tarball_bytes,
-            max_metadata: MAX_METADATA,
-            ..Limits::default()
-        }
-    }
-
     fn plan_publish(
         &self,
-        bytes: Vec<u8>,
+        upload: Upload,
         replace: bool,
         actor: &Actor,
     ) -> Result<Planned, HostedError> {
-        let verified = tarball::inspect(&bytes, &self.limits())
-            .map_err(|e| HostedError::Invalid(format!("package tarball: {e}")))?;
+        let Upload { bytes, verified } = upload;
         let meta = &verified.metadata;
         let name = meta.name.clone();
         let version = meta.version.clone();

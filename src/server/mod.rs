@@ -133,42 +133,40 @@ pub fn router_with(root: PathBuf, options: Options) -> Router {
 }
 
 async fn health(State(state): State<Arc<ServerState>>) -> Response {
-    let state = Arc::clone(&state);
-    tokio::task::spawn_blocking(move || {
-        status::health(
-            &state.root,
-            state.data_dir.as_deref(),
-            state.proxy.as_deref(),
-        )
+    on_blocking_pool("/health", state, |s| {
+        status::health(&s.root, s.data_dir.as_deref(), s.proxy.as_deref())
     })
     .await
-    .unwrap_or_else(|e| {
-        ServeError::Task {
-            path: "/health".into(),
-            source: e,
-        }
-        .into_response()
-    })
 }
 
 async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
-    let state = Arc::clone(&state);
-    tokio::task::spawn_blocking(move || {
+    on_blocking_pool("/metrics", state, |s| {
         status::metrics(
-            &state.metrics,
-            &state.root,
-            state.data_dir.as_deref(),
-            state.proxy.as_deref(),
+            &s.metrics,
+            &s.root,
+            s.data_dir.as_deref(),
+            s.proxy.as_deref(),
         )
     })
     .await
-    .unwrap_or_else(|e| {
-        ServeError::Task {
-            path: "/metrics".into(),
-            source: e,
-        }
-        .into_response()
-    })
+}
+
+/// Runs a status page (it reads the manifest and the database) off the
+/// async threads.
+async fn on_blocking_pool(
+    path: &'static str,
+    state: Arc<ServerState>,
+    page: fn(&ServerState) -> Response,
+) -> Response {
+    tokio::task::spawn_blocking(move || page(&state))
+        .await
+        .unwrap_or_else(|e| {
+            ServeError::Task {
+                path: path.into(),
+                source: e,
+            }
+            .into_response()
+        })
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then drains open connections.
