@@ -101,6 +101,33 @@ pub struct FileEntry {
     pub size: u64,
 }
 
+/// Changes to a base manifest, signed on their own. A hosted change edits a
+/// handful of files of the served generation in place and re-signs only this
+/// (cumulative) list, so its cost grows with the changes since the base, not
+/// with the tree. The pair means: the base's files with these applied.
+///
+/// Served as `hexmirror-manifest-delta.json` beside the base. Fields are in
+/// sorted order, as for [`Manifest`]. Our key signs exactly one base per
+/// version (versions strictly increase), so `base_version` with `generation`
+/// names the base unambiguously.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delta {
+    /// The base manifest's `version`.
+    pub base_version: u64,
+    /// Unix time after which verifiers refuse the pair.
+    pub expires_at: u64,
+    /// Path → new content, or `null` for a file removed from the base.
+    #[serde(deserialize_with = "unique_files")]
+    pub files: BTreeMap<String, Option<FileEntry>>,
+    /// The base manifest's `generation`.
+    pub generation: String,
+    /// Unix time of signing.
+    pub signed_at: u64,
+    /// The version of the pair; greater than `base_version`.
+    pub version: u64,
+}
+
 /// The file as stored: `signed` then `signatures` (the order is for readers;
 /// only `signed` is canonicalised).
 #[derive(Serialize, Deserialize)]
@@ -120,13 +147,14 @@ struct SignatureEntry {
 /// Deserialises `files` refusing duplicate paths, which a plain `BTreeMap`
 /// would resolve silently (last wins) while a person reading the file sees the
 /// first.
-fn unique_files<'de, D>(deserializer: D) -> Result<BTreeMap<String, FileEntry>, D::Error>
+fn unique_files<'de, D, V>(deserializer: D) -> Result<BTreeMap<String, V>, D::Error>
 where
     D: Deserializer<'de>,
+    V: Deserialize<'de>,
 {
-    struct Visitor;
-    impl<'de> serde::de::Visitor<'de> for Visitor {
-        type Value = BTreeMap<String, FileEntry>;
+    struct Visitor<V>(std::marker::PhantomData<V>);
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<V> {
+        type Value = BTreeMap<String, V>;
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a map from file path to {sha256, size}")
@@ -137,7 +165,7 @@ where
             A: serde::de::MapAccess<'de>,
         {
             let mut files = BTreeMap::new();
-            while let Some((path, entry)) = map.next_entry::<String, FileEntry>()? {
+            while let Some((path, entry)) = map.next_entry::<String, V>()? {
                 if files.contains_key(&path) {
                     return Err(serde::de::Error::custom(format_args!(
                         "duplicate file path {path:?}"
@@ -148,13 +176,13 @@ where
             Ok(files)
         }
     }
-    deserializer.deserialize_map(Visitor)
+    deserializer.deserialize_map(Visitor(std::marker::PhantomData))
 }
 
 /// The bytes the signature covers (see the module doc).
-fn canonical_bytes(manifest: &Manifest) -> Vec<u8> {
+fn canonical_bytes<T: Serialize>(signed: &T) -> Vec<u8> {
     // Serialising strings, integers and string-keyed maps cannot fail.
-    serde_json::to_vec(manifest).unwrap_or_else(|_| unreachable!("a Manifest serialises"))
+    serde_json::to_vec(signed).unwrap_or_else(|_| unreachable!("a manifest serialises"))
 }
 
 /// Why a manifest key could not be loaded.
@@ -291,6 +319,14 @@ pub enum ManifestError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The delta beside a manifest belongs to another base.
+    #[error(
+        "manifest delta does not belong to this manifest: {reason}; a write was interrupted or the files were mixed up, run `hexmirror sync` to publish a complete generation"
+    )]
+    DeltaMismatch {
+        /// How they disagree.
+        reason: String,
+    },
     /// The version went backwards: an old manifest is being replayed.
     #[error("manifest version {found} is lower than the last accepted {last}: rollback refused")]
     Rollback {
@@ -321,9 +357,18 @@ pub enum ManifestError {
 /// relative path or whose `sha256` is not 64 lowercase hex digits, so a
 /// publisher should verify what it just signed before publishing it.
 pub fn sign(manifest: &Manifest, key: &ManifestKey) -> Vec<u8> {
-    let signature = key.0.sign(&canonical_bytes(manifest));
+    sign_envelope(manifest, key)
+}
+
+/// Signs a delta and returns the bytes of the delta file.
+pub fn sign_delta(delta: &Delta, key: &ManifestKey) -> Vec<u8> {
+    sign_envelope(delta, key)
+}
+
+fn sign_envelope<T: Serialize>(signed: &T, key: &ManifestKey) -> Vec<u8> {
+    let signature = key.0.sign(&canonical_bytes(signed));
     let file = Envelope {
-        signed: manifest,
+        signed,
         signatures: vec![SignatureEntry {
             keyid: key.public().keyid(),
             sig: STANDARD.encode(signature.to_bytes()),
@@ -350,7 +395,111 @@ pub fn verify(
     now: u64,
     last_accepted_version: Option<u64>,
 ) -> Result<Manifest, ManifestError> {
-    let envelope: Envelope<Manifest> =
+    let manifest = open_base(file, key)?;
+    check_fresh(&manifest, now, last_accepted_version)?;
+    Ok(manifest)
+}
+
+/// Verifies a base manifest and, when there is one, the delta beside it, and
+/// returns the manifest they describe together: the base's files with the
+/// delta applied, the delta's version, signing time and the earlier of the
+/// two expiries. Rollback and expiry are checked on that result, as
+/// [`verify`] checks them on a base alone.
+pub fn verify_with_delta(
+    base: &[u8],
+    delta: Option<&[u8]>,
+    key: &ManifestPublicKey,
+    now: u64,
+    last_accepted_version: Option<u64>,
+) -> Result<Manifest, ManifestError> {
+    let mut manifest = open_base(base, key)?;
+    if let Some(delta) = delta {
+        let delta = verify_delta(delta, key)?;
+        let mismatch = |reason: String| Err(ManifestError::DeltaMismatch { reason });
+        if delta.base_version != manifest.version || delta.generation != manifest.generation {
+            return mismatch(format!(
+                "it applies to version {} of {}, the base is version {} of {}",
+                delta.base_version, delta.generation, manifest.version, manifest.generation
+            ));
+        }
+        if delta.version <= manifest.version {
+            return mismatch(format!(
+                "its version {} is not above the base's {}",
+                delta.version, manifest.version
+            ));
+        }
+        apply_delta(&mut manifest, delta);
+    }
+    check_fresh(&manifest, now, last_accepted_version)?;
+    Ok(manifest)
+}
+
+/// Verifies a delta file's format, signature and entries (not freshness:
+/// that is a property of the pair, see [`verify_with_delta`]).
+pub fn verify_delta(file: &[u8], key: &ManifestPublicKey) -> Result<Delta, ManifestError> {
+    let delta: Delta = open_envelope(file, key)?;
+    for (path, entry) in &delta.files {
+        match entry {
+            Some(entry) => check_entry(path, entry)?,
+            None => check_path(path)?,
+        }
+    }
+    Ok(delta)
+}
+
+/// Applies a delta to its base in memory.
+pub fn apply_delta(manifest: &mut Manifest, delta: Delta) {
+    for (path, entry) in delta.files {
+        match entry {
+            Some(entry) => manifest.files.insert(path, entry),
+            None => manifest.files.remove(&path),
+        };
+    }
+    manifest.version = delta.version;
+    manifest.signed_at = delta.signed_at;
+    manifest.expires_at = manifest.expires_at.min(delta.expires_at);
+}
+
+/// A base manifest whose format, signature and entries are good.
+fn open_base(file: &[u8], key: &ManifestPublicKey) -> Result<Manifest, ManifestError> {
+    let manifest: Manifest = open_envelope(file, key)?;
+    for (path, entry) in &manifest.files {
+        check_entry(path, entry)?;
+    }
+    Ok(manifest)
+}
+
+/// Rollback, then expiry.
+fn check_fresh(
+    manifest: &Manifest,
+    now: u64,
+    last_accepted_version: Option<u64>,
+) -> Result<(), ManifestError> {
+    if let Some(last) = last_accepted_version
+        && manifest.version < last
+    {
+        return Err(ManifestError::Rollback {
+            found: manifest.version,
+            last,
+        });
+    }
+    if now >= manifest.expires_at {
+        return Err(ManifestError::Expired {
+            expired_at: manifest.expires_at,
+            signed_at: manifest.signed_at,
+            now,
+        });
+    }
+    Ok(())
+}
+
+/// Parses a signed file strictly and checks a signature by `key` over the
+/// canonical bytes of what it parsed.
+fn open_envelope<T>(file: &[u8], key: &ManifestPublicKey) -> Result<T, ManifestError>
+where
+    T: Serialize + serde::de::DeserializeOwned,
+{
+    let envelope: Envelope<T> =
         serde_json::from_slice(file).map_err(|source| ManifestError::Malformed { source })?;
     let keyid = key.keyid();
     let mine: Vec<&SignatureEntry> = envelope
@@ -379,32 +528,28 @@ pub fn verify(
     if !verified {
         return Err(ManifestError::BadSignature { keyid });
     }
-
-    let manifest = envelope.signed;
-    for (path, entry) in &manifest.files {
-        check_entry(path, entry)?;
-    }
-    if let Some(last) = last_accepted_version
-        && manifest.version < last
-    {
-        return Err(ManifestError::Rollback {
-            found: manifest.version,
-            last,
-        });
-    }
-    if now >= manifest.expires_at {
-        return Err(ManifestError::Expired {
-            expired_at: manifest.expires_at,
-            signed_at: manifest.signed_at,
-            now,
-        });
-    }
-    Ok(manifest)
+    Ok(envelope.signed)
 }
 
 /// Refuses paths that could leave the tree or alias another entry, and
 /// digests `diff` could never match.
 fn check_entry(path: &str, entry: &FileEntry) -> Result<(), ManifestError> {
+    check_path(path)?;
+    let digest = entry.sha256.as_bytes();
+    if digest.len() != 64
+        || !digest
+            .iter()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(ManifestError::InvalidEntry {
+            path: path.to_owned(),
+            reason: "sha256 is not 64 lowercase hex digits",
+        });
+    }
+    Ok(())
+}
+
+fn check_path(path: &str) -> Result<(), ManifestError> {
     let invalid = |reason| {
         Err(ManifestError::InvalidEntry {
             path: path.to_owned(),
@@ -422,14 +567,6 @@ fn check_entry(path: &str, entry: &FileEntry) -> Result<(), ManifestError> {
         .any(|segment| segment.is_empty() || segment == "." || segment == "..")
     {
         return invalid("path is absolute or has an empty, `.` or `..` segment");
-    }
-    let digest = entry.sha256.as_bytes();
-    if digest.len() != 64
-        || !digest
-            .iter()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    {
-        return invalid("sha256 is not 64 lowercase hex digits");
     }
     Ok(())
 }
@@ -601,6 +738,107 @@ mod tests {
         let mut value: serde_json::Value = serde_json::from_slice(file).unwrap();
         edit(&mut value);
         serde_json::to_vec(&value).unwrap()
+    }
+
+    fn sample_delta(base: &Manifest) -> Delta {
+        Delta {
+            base_version: base.version,
+            generation: base.generation.clone(),
+            version: base.version + 2,
+            signed_at: SIGNED_AT + 100,
+            expires_at: EXPIRES_AT + 100,
+            files: [
+                ("packages/jason".to_owned(), Some(entry('f', 2100))),
+                ("tarballs/jason-1.4.4.tar".to_owned(), None),
+                (
+                    "tarballs/jason-1.5.0.tar".to_owned(),
+                    Some(entry('1', 9000)),
+                ),
+            ]
+            .into(),
+        }
+    }
+
+    #[test]
+    fn a_delta_applies_on_its_base() {
+        let key = fixed_key();
+        let base = sample();
+        let delta = sample_delta(&base);
+        let (b, d) = (sign(&base, &key), sign_delta(&delta, &key));
+        let m = verify_with_delta(&b, Some(&d), &key.public(), SIGNED_AT, Some(43)).unwrap();
+        assert_eq!(m.version, 44);
+        assert_eq!(m.signed_at, SIGNED_AT + 100);
+        assert_eq!(m.expires_at, EXPIRES_AT, "the earlier expiry wins");
+        assert_eq!(m.files["packages/jason"], entry('f', 2100));
+        assert_eq!(m.files["tarballs/jason-1.5.0.tar"], entry('1', 9000));
+        assert!(!m.files.contains_key("tarballs/jason-1.4.4.tar"));
+        assert_eq!(m.files.len(), base.files.len());
+        // No delta: the base alone, as `verify` reads it.
+        assert_eq!(
+            verify_with_delta(&b, None, &key.public(), SIGNED_AT, None).unwrap(),
+            verify(&b, &key.public(), SIGNED_AT, None).unwrap()
+        );
+        // Rollback is judged on the pair's version.
+        assert!(matches!(
+            verify_with_delta(&b, Some(&d), &key.public(), SIGNED_AT, Some(45)),
+            Err(ManifestError::Rollback {
+                found: 44,
+                last: 45
+            })
+        ));
+        // A delta that expires first makes the pair expire.
+        let mut short = delta.clone();
+        short.expires_at = SIGNED_AT + 200;
+        let short = sign_delta(&short, &key);
+        assert!(matches!(
+            verify_with_delta(&b, Some(&short), &key.public(), SIGNED_AT + 200, None),
+            Err(ManifestError::Expired { .. })
+        ));
+    }
+
+    #[test]
+    fn a_delta_for_another_base_or_key_is_refused() {
+        let key = fixed_key();
+        let base = sample();
+        let b = sign(&base, &key);
+        let verify = |d: &[u8]| verify_with_delta(&b, Some(d), &key.public(), SIGNED_AT, None);
+        for edit in [
+            |d: &mut Delta| d.base_version -= 1,
+            |d: &mut Delta| d.generation = "g-000041".into(),
+            |d: &mut Delta| d.version = d.base_version,
+        ] {
+            let mut delta = sample_delta(&base);
+            edit(&mut delta);
+            let err = verify(&sign_delta(&delta, &key)).unwrap_err();
+            assert!(matches!(err, ManifestError::DeltaMismatch { .. }), "{err}");
+            assert!(err.to_string().contains("hexmirror sync"), "{err}");
+        }
+        let other = ManifestKey(SigningKey::from_bytes(&[9; 32]));
+        let foreign = sign_delta(&sample_delta(&base), &other);
+        assert!(matches!(
+            verify(&foreign),
+            Err(ManifestError::NotSignedByKey { .. })
+        ));
+        let good = sign_delta(&sample_delta(&base), &key);
+        let tampered = edit_json(&good, |v| {
+            v["signed"]["files"]["packages/jason"]["size"] = 1.into();
+        });
+        assert!(matches!(
+            verify(&tampered),
+            Err(ManifestError::BadSignature { .. })
+        ));
+        // A base manifest is not a delta, nor the other way round.
+        assert!(matches!(verify(&b), Err(ManifestError::Malformed { .. })));
+        assert!(matches!(
+            verify_with_delta(&good, None, &key.public(), SIGNED_AT, None),
+            Err(ManifestError::Malformed { .. })
+        ));
+        let mut escaping = sample_delta(&base);
+        escaping.files.insert("../etc/passwd".into(), None);
+        assert!(matches!(
+            verify(&sign_delta(&escaping, &key)),
+            Err(ManifestError::InvalidEntry { .. })
+        ));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::clock::unix_now;
 use crate::manifest::{self, FileEntry, Manifest, ManifestError, ManifestPublicKey, Report};
-use crate::store::MANIFEST_FILE;
+use crate::store::{MANIFEST_DELTA_FILE, MANIFEST_FILE};
 use crate::upstream::{Fetched, Upstream, Validators};
 
 /// Why verification could not even compare files.
@@ -88,18 +88,21 @@ fn write_state(path: &Path, version: u64) -> Result<(), VerifyError> {
 
 fn check_manifest(
     bytes: &[u8],
+    delta: Option<&[u8]>,
     key: &ManifestPublicKey,
     state: &Path,
     where_: &str,
 ) -> Result<Manifest, VerifyError> {
     let last = read_state(state)?;
-    manifest::verify(bytes, key, unix_now(), last).map_err(|source| VerifyError::Manifest {
-        where_: where_.to_owned(),
-        source,
+    manifest::verify_with_delta(bytes, delta, key, unix_now(), last).map_err(|source| {
+        VerifyError::Manifest {
+            where_: where_.to_owned(),
+            source,
+        }
     })
 }
 
-/// Hashes every file under `root` except the manifest.
+/// Hashes every file under `root` except the manifest and its delta.
 fn scan(root: &Path) -> std::io::Result<BTreeMap<String, FileEntry>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_owned()];
@@ -115,7 +118,7 @@ fn scan(root: &Path) -> std::io::Result<BTreeMap<String, FileEntry>> {
                 .strip_prefix(root)
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            if rel == MANIFEST_FILE {
+            if rel == MANIFEST_FILE || rel == MANIFEST_DELTA_FILE {
                 continue;
             }
             let bytes = std::fs::read(&path)?;
@@ -145,11 +148,11 @@ pub async fn local(
         where_: where_.clone(),
         reason: format!("{e} (has a sync published anything yet?)"),
     })?;
-    let bytes = std::fs::read(root.join(MANIFEST_FILE)).map_err(|e| VerifyError::Read {
+    let (bytes, delta) = crate::store::read_manifest(&root).map_err(|e| VerifyError::Read {
         where_: where_.clone(),
         reason: e.to_string(),
     })?;
-    let manifest = check_manifest(&bytes, key, state, &where_)?;
+    let manifest = check_manifest(&bytes, delta.as_deref(), key, state, &where_)?;
     let scan_root = root.clone();
     let actual = tokio::task::spawn_blocking(move || scan(&scan_root))
         .await
@@ -183,7 +186,16 @@ pub async fn remote(
         Ok(_) => return Err(read_err("not found".into())),
         Err(e) => return Err(read_err(e.to_string())),
     };
-    let manifest = check_manifest(&bytes, key, state, &where_)?;
+    // The delta is there once a hosted change patched the generation.
+    let delta = match upstream
+        .get(MANIFEST_DELTA_FILE, &Validators::default(), 1 << 30)
+        .await
+    {
+        Ok(Fetched::Body { body, .. }) => Some(body),
+        Ok(_) => None,
+        Err(e) => return Err(read_err(format!("{MANIFEST_DELTA_FILE}: {e}"))),
+    };
+    let manifest = check_manifest(&bytes, delta.as_deref(), key, state, &where_)?;
     let mut actual = BTreeMap::new();
     let mut tasks = JoinSet::new();
     for path in manifest.files.keys().cloned() {

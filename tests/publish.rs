@@ -254,3 +254,117 @@ fn reserved_names_replace_the_upstream_package_in_the_repository() {
     assert!(mirror.sync().ok());
     assert_eq!(record(&served, "delta").unwrap().releases.len(), 1);
 }
+
+/// A change patches the served generation in place and signs a delta that
+/// lists only what changed; `hexmirror verify` (local and over HTTP) accepts
+/// the pair. A crash after the delta was written but before the files moved
+/// is finished when `serve` starts again, and a sync folds everything into
+/// a complete generation.
+#[test]
+fn changes_patch_the_served_generation_and_an_interrupted_one_is_finished() {
+    use hexmirror::store::MANIFEST_DELTA_FILE;
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let (mirror, served, token) = hosting(&upstream, 3600);
+    let work = tempfile::TempDir::new().unwrap();
+    let api = api_url(&served);
+    let current = || fs::read_link(mirror.data_dir().join("current")).unwrap();
+    let synced = current();
+    let before = mirror.current_manifest();
+    assert!(!mirror.tree().join(MANIFEST_DELTA_FILE).exists());
+
+    for version in ["1.0.0", "1.1.0"] {
+        let file = tarball(work.path(), "acme_app", version, &[]);
+        let (status, body) = Oracle::api(&api, &token, &["publish", &file]);
+        assert_eq!(status, 201, "publish {version}: {body}");
+    }
+    assert_eq!(
+        current(),
+        synced,
+        "a publish patches, it does not copy the tree"
+    );
+    let delta_bytes = fs::read(mirror.tree().join(MANIFEST_DELTA_FILE)).unwrap();
+    let delta =
+        hexmirror::manifest::verify_delta(&delta_bytes, &mirror.manifest_key().public()).unwrap();
+    let changed: Vec<&str> = delta.files.keys().map(String::as_str).collect();
+    assert_eq!(
+        changed,
+        [
+            "repos/acme/names",
+            "repos/acme/packages/acme_app",
+            "repos/acme/tarballs/acme_app-1.0.0.tar",
+            "repos/acme/tarballs/acme_app-1.1.0.tar",
+            "repos/acme/versions",
+        ]
+    );
+    let patched = mirror.current_manifest();
+    assert_eq!(patched.version, before.version + 2);
+    assert_eq!(patched.files.len(), before.files.len() + 3);
+    mirror.assert_verifies();
+    let pem = work.path().join("manifest.pub.pem");
+    fs::write(&pem, mirror.manifest_key().public().to_pem()).unwrap();
+    let remote = mirror.run(&[
+        "verify",
+        "--url",
+        &served.url(),
+        "--key",
+        pem.to_str().unwrap(),
+        "--state",
+        work.path().join("remote.state").to_str().unwrap(),
+    ]);
+    assert!(remote.ok(), "verify over HTTP:\n{remote}");
+
+    // Revert 1.1.0, then put its files back as they were before: what a
+    // kill -9 leaves after the delta was renamed in and before any file moved.
+    let tree = mirror.tree();
+    let paths = [
+        "repos/acme/names",
+        "repos/acme/versions",
+        "repos/acme/packages/acme_app",
+        "repos/acme/tarballs/acme_app-1.1.0.tar",
+    ];
+    let old: Vec<Vec<u8>> = paths
+        .iter()
+        .map(|p| fs::read(tree.join(p)).unwrap())
+        .collect();
+    let (status, body) = Oracle::api(&api, &token, &["revert", "acme_app", "1.1.0"]);
+    assert_eq!(status, 204, "{body}");
+    drop(served);
+    for (path, bytes) in paths.iter().zip(&old) {
+        // Unlink first: writing through the name would change the blob.
+        let _ = fs::remove_file(tree.join(path));
+        fs::write(tree.join(path), bytes).unwrap();
+    }
+    let out = mirror.run(&["verify"]);
+    assert!(!out.ok(), "the half-applied change is detected:\n{out}");
+
+    let served = mirror.serve();
+    mirror.assert_verifies();
+    let rec = record(&served, "acme_app").expect("record");
+    let versions: Vec<&str> = rec.releases.iter().map(|r| r.version.as_str()).collect();
+    assert_eq!(versions, ["1.0.0"]);
+    let gone = http(
+        "GET",
+        &format!("{}/repos/{REPO}/tarballs/acme_app-1.1.0.tar", served.url()),
+        &[],
+    );
+    assert_eq!(gone.status, 404);
+
+    // A sync with nothing new upstream leaves the patched generation alone;
+    // one with an upstream change publishes a complete generation, which
+    // keeps the hosted package and needs no delta.
+    let out = mirror.sync();
+    assert!(out.ok(), "{out}");
+    assert_eq!(current(), synced);
+    mirror.assert_verifies();
+    rebuild_upstream(
+        &upstream,
+        &format!("{SPEC_SMALL}{{\"beta\", \"0.3.0\", [{{\"alpha\", \"~> 1.1\", false}}], []}}.\n"),
+    );
+    let out = mirror.sync();
+    assert!(out.ok(), "{out}");
+    assert_ne!(current(), synced);
+    assert!(!mirror.tree().join(MANIFEST_DELTA_FILE).exists());
+    assert_eq!(record(&served, "acme_app").unwrap().releases.len(), 1);
+    assert!(mirror.current_manifest().version > patched.version);
+    mirror.assert_verifies();
+}

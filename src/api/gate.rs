@@ -36,8 +36,10 @@ pub enum Gate {
 #[derive(Debug, Default)]
 pub(super) struct FilterCache(Mutex<HashMap<FilterKey, Arc<Vec<u8>>>>);
 
-/// (generation directory, scopes as JSON, file path).
-type FilterKey = (PathBuf, String, PathBuf);
+/// (generation directory, inode of its manifest delta (0: none), scopes as
+/// JSON, file path). A hosted change patches the generation in place and
+/// renames a new delta in, so the inode tells patched states apart.
+type FilterKey = (PathBuf, u64, String, PathBuf);
 
 impl ApiState {
     /// Decides a read of `relative` (a path under the served `root`) in the
@@ -134,8 +136,11 @@ impl ApiState {
         // The generation the `current` link names, so a cached answer never
         // outlives the files it was made from.
         let generation = std::fs::canonicalize(root).map_err(|e| e.to_string())?;
+        let patched = std::fs::metadata(generation.join(crate::store::MANIFEST_DELTA_FILE))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap_or(0);
         let scope_key = serde_json::to_string(scopes).map_err(|e| e.to_string())?;
-        let key = (generation.clone(), scope_key, relative.to_owned());
+        let key = (generation.clone(), patched, scope_key, relative.to_owned());
         if let Some(hit) = self
             .gate
             .0

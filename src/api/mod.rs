@@ -66,9 +66,11 @@ impl ApiState {
             path: config.data_dir.clone(),
             source: std::io::Error::other(e.to_string()),
         })?;
+        let writer = Writer::new(store, db.clone());
+        writer.recover(&config);
         Ok(Arc::new(Self {
             config: RwLock::new(Arc::new(config)),
-            writer: Arc::new(Writer::new(store, db.clone())),
+            writer: Arc::new(writer),
             db,
             changes: tokio::sync::Mutex::new(()),
             limiter: Mutex::new(FailureLimiter::new(

@@ -185,6 +185,18 @@ pub struct Outcome {
     pub generation: u64,
 }
 
+/// How a change that could not be recorded is taken back.
+enum Undo<'a> {
+    /// Patch the generation again with the files it had.
+    Patch(&'a crate::store::Patchable),
+    /// Publish the previous complete file list again.
+    Full(FileMap, UpstreamState),
+}
+
+/// A served file by (device, inode): a hard link to its blob, so one inode
+/// is one content.
+type FileId = (u64, u64);
+
 /// Package name → its versions, as `/versions` lists them.
 type VersionMap = BTreeMap<String, Vec<String>>;
 
@@ -193,8 +205,8 @@ type VersionMap = BTreeMap<String, Vec<String>>;
 pub struct Writer {
     store: Store,
     db: Db,
-    /// The upstream `/versions` last decoded, by blob: (name → versions).
-    upstream: Mutex<Option<([u8; 32], Arc<VersionMap>)>>,
+    /// The upstream `/versions` last decoded, by (device, inode).
+    upstream: Mutex<Option<(FileId, Arc<VersionMap>)>>,
 }
 
 impl Writer {
@@ -204,6 +216,37 @@ impl Writer {
             store,
             db,
             upstream: Mutex::new(None),
+        }
+    }
+
+    /// Finishes a patch of the served generation that a crash interrupted
+    /// (see [`Store::roll_forward`]). Skipped while a sync holds the data
+    /// directory: its generation replaces the patched one anyway. Blocking.
+    pub fn recover(&self, config: &Config) {
+        let patched = self
+            .store
+            .current_link()
+            .join(crate::store::MANIFEST_DELTA_FILE)
+            .is_file();
+        if !patched {
+            return;
+        }
+        let Ok(Some(_lock)) = self.store.try_lock() else {
+            return;
+        };
+        let Ok(key) = load_manifest_key(config) else {
+            return;
+        };
+        match self.store.roll_forward(&key.public()) {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                files = n,
+                "finished an interrupted hosted change in the served generation"
+            ),
+            Err(e) => tracing::error!(
+                "the served generation's delta cannot be applied ({e}); `hexmirror verify` will \
+                 report the difference until the next sync publishes a complete generation"
+            ),
         }
     }
 
@@ -228,8 +271,22 @@ impl Writer {
             .clone()
             .ok_or_else(|| HostedError::Internal("signing.key is not configured".into()))?;
         let manifest_key = load_manifest_key(config)?;
+        let public = manifest_key.public();
         let _lock = self.lock()?;
-        let current = self.store.load_current(&manifest_key.public());
+        // The usual case patches the served generation in place and signs a
+        // delta; no current generation, a delta grown too large or an
+        // unusable one publish a complete generation instead.
+        let patchable = match self.store.patchable(&public) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("manifest delta unusable ({e}); publishing a complete generation");
+                None
+            }
+        };
+        let tree = match &patchable {
+            Some(p) => Some(p.dir.clone()),
+            None => self.store.current().map_err(internal)?.map(|(_, dir)| dir),
+        };
         let last_version = self
             .db_call(|c| db::meta(c, "manifest_version"))?
             .and_then(|v| v.parse::<u64>().ok())
@@ -239,30 +296,50 @@ impl Writer {
             config,
             repo: repo_cfg,
             key: &key,
-            files: &current.files,
+            tree: tree.as_deref(),
             now: unix_now() as i64,
         };
         let action = change.action();
         let planned = ctx.plan(change, actor)?;
-        let mut files = current.files.clone();
-        ctx.apply_package(&mut files, &planned.name, &planned.rows_after)?;
-        let version = current.version.max(last_version) + 1;
-        let upstream = current.upstream.clone().unwrap_or_else(|| UpstreamState {
-            url: config.upstream.url.clone(),
-            names_etag: None,
-            versions_etag: None,
-            synced_at: 0,
-        });
+        let before = ctx.rows(&planned.name)?;
+        let changes = ctx.package_changes(&planned.name, &before, &planned.rows_after)?;
+        let expiry = config.signing.manifest_expiry;
         let started = Instant::now();
-        self.store
-            .publish_signed(
-                version,
-                &files,
-                upstream.clone(),
-                config.signing.manifest_expiry,
-                &manifest_key,
-            )
-            .map_err(internal)?;
+        let patch = patchable.filter(|p| {
+            p.delta.as_ref().map_or(0, |d| d.files.len()) + changes.len()
+                <= crate::store::MAX_DELTA_FILES
+        });
+        let (version, undo) = match &patch {
+            Some(at) => {
+                let done = at.delta.as_ref().map_or(at.id, |d| d.version);
+                let version = done.max(last_version) + 1;
+                self.store
+                    .patch_signed(at, version, &changes, expiry, &manifest_key)
+                    .map_err(internal)?;
+                (version, Undo::Patch(at))
+            }
+            None => {
+                let current = self.store.load_current(&public);
+                let mut files = current.files.clone();
+                for (path, file) in &changes {
+                    match file {
+                        Some(f) => files.insert(path.clone(), *f),
+                        None => files.remove(path),
+                    };
+                }
+                let version = current.version.max(last_version) + 1;
+                let upstream = current.upstream.clone().unwrap_or_else(|| UpstreamState {
+                    url: config.upstream.url.clone(),
+                    names_etag: None,
+                    versions_etag: None,
+                    synced_at: 0,
+                });
+                self.store
+                    .publish_signed(version, &files, upstream.clone(), expiry, &manifest_key)
+                    .map_err(internal)?;
+                (version, Undo::Full(current.files, upstream))
+            }
+        };
         let audit = AuditEntry {
             at: ctx.now,
             actor: actor.user.clone(),
@@ -293,15 +370,29 @@ impl Writer {
         if let Err(e) = recorded {
             // The change is live but not recorded: put the previous files back.
             tracing::error!(repository = repo, package = %planned.name, "recording the change failed, reverting the tree: {e}");
-            self.store
-                .publish_signed(
-                    version + 1,
-                    &current.files,
-                    upstream,
-                    config.signing.manifest_expiry,
-                    &manifest_key,
-                )
-                .map_err(internal)?;
+            match undo {
+                Undo::Patch(at) => {
+                    let before = self.store.patchable_files(at, &public).map_err(internal)?;
+                    let back: Vec<_> = changes
+                        .iter()
+                        .map(|(path, _)| (path.clone(), before.get(path).copied()))
+                        .collect();
+                    let mut at = at.clone();
+                    at.delta = self
+                        .store
+                        .patchable(&public)
+                        .map_err(internal)?
+                        .and_then(|p| p.delta);
+                    self.store
+                        .patch_signed(&at, version + 1, &back, expiry, &manifest_key)
+                        .map_err(internal)?;
+                }
+                Undo::Full(files, upstream) => {
+                    self.store
+                        .publish_signed(version + 1, &files, upstream, expiry, &manifest_key)
+                        .map_err(internal)?;
+                }
+            }
             return Err(e);
         }
         tracing::info!(
@@ -345,18 +436,26 @@ impl Writer {
     fn upstream_versions(
         &self,
         config: &Config,
-        files: &FileMap,
+        tree: Option<&std::path::Path>,
     ) -> Result<Option<Arc<VersionMap>>, HostedError> {
-        let Some(file) = files.get("versions") else {
+        use std::os::unix::fs::MetadataExt;
+        let Some(path) = tree.map(|t| t.join("versions")) else {
             return Ok(None);
         };
+        // A served file is a hard link to its blob: same inode, same bytes.
+        let identity = match std::fs::metadata(&path) {
+            Ok(m) => (m.dev(), m.ino()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(internal(format!("{}: {e}", path.display()))),
+        };
         let mut cache = self.upstream.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((sha, map)) = cache.as_ref()
-            && *sha == file.sha256
+        if let Some((seen, map)) = cache.as_ref()
+            && *seen == identity
         {
             return Ok(Some(Arc::clone(map)));
         }
-        let bytes = self.store.read_blob(&file.sha256).map_err(internal)?;
+        let bytes =
+            std::fs::read(&path).map_err(|e| internal(format!("{}: {e}", path.display())))?;
         let versions = registry::verify_versions(
             &bytes,
             &config.upstream.public_key,
@@ -371,7 +470,7 @@ impl Writer {
                 .map(|p| (p.name, p.versions))
                 .collect(),
         );
-        *cache = Some((file.sha256, Arc::clone(&map)));
+        *cache = Some((identity, Arc::clone(&map)));
         Ok(Some(map))
     }
 }
@@ -399,7 +498,8 @@ struct Ctx<'a> {
     config: &'a Config,
     repo: &'a RepositoryConfig,
     key: &'a SigningKey,
-    files: &'a FileMap,
+    /// The served generation's directory (`None`: nothing published yet).
+    tree: Option<&'a std::path::Path>,
     now: i64,
 }
 
@@ -662,7 +762,7 @@ impl Ctx<'_> {
             return Ok(());
         }
         let upstream = &self.config.upstream.repository;
-        match self.writer.upstream_versions(self.config, self.files)? {
+        match self.writer.upstream_versions(self.config, self.tree)? {
             Some(map) if !map.contains_key(name) => Ok(()),
             Some(_) => Err(HostedError::Forbidden(format!(
                 "{name} exists in the upstream repository {upstream}; publishing it in {} would \
@@ -706,7 +806,7 @@ impl Ctx<'_> {
                 list
             } else if target == self.config.upstream.repository {
                 self.writer
-                    .upstream_versions(self.config, self.files)?
+                    .upstream_versions(self.config, self.tree)?
                     .and_then(|m| m.get(&dep.name).cloned())
             } else if self.config.repositories.iter().any(|r| r.name == target) {
                 self.repository_versions(target)?.remove(&dep.name)
@@ -806,10 +906,9 @@ impl Ctx<'_> {
             &str,
         ) -> Result<registry::Verified<T>, registry::RegistryError>,
     ) -> Result<Option<T>, HostedError> {
-        let Some(f) = self.files.get(&format!("repos/{repo}/{file}")) else {
+        let Some(bytes) = self.read(&format!("repos/{repo}/{file}"))? else {
             return Ok(None);
         };
-        let bytes = self.writer.store.read_blob(&f.sha256).map_err(internal)?;
         verify(&bytes, self.key.public_key(), repo)
             .map(|v| Some(v.into_inner()))
             .map_err(|e| {
@@ -829,13 +928,28 @@ impl Ctx<'_> {
             }))
     }
 
-    /// Rewrites the package's files and the repository's index in `files`.
-    fn apply_package(
+    /// A file of the served tree (`None`: absent, or nothing published).
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, HostedError> {
+        let Some(tree) = self.tree else {
+            return Ok(None);
+        };
+        let path = tree.join(path);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(internal(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// The files a change of package `name` from releases `before` to
+    /// `after` rewrites: its record, the repository's `/names` and
+    /// `/versions`, and the tarballs and docs that differ (`None`: removed).
+    fn package_changes(
         &self,
-        files: &mut FileMap,
         name: &str,
-        rows: &[ReleaseRow],
-    ) -> Result<(), HostedError> {
+        before: &[ReleaseRow],
+        after: &[ReleaseRow],
+    ) -> Result<Vec<(String, Option<FileRef>)>, HostedError> {
         let repo = &self.repo.name;
         let base = format!("repos/{repo}");
         let store = &self.writer.store;
@@ -844,11 +958,38 @@ impl Ctx<'_> {
                 .put_bytes(&registry::seal_signed(payload, self.key))
                 .map_err(internal)
         };
-        let tarballs = format!("{base}/tarballs/{name}-");
-        let docs = format!("{base}/docs/{name}-");
-        files.retain(|p, _| !p.starts_with(&tarballs) && !p.starts_with(&docs));
-        let record = (!rows.is_empty()).then(|| {
-            let releases: Vec<record::Release> = rows.iter().map(ReleaseRow::release).collect();
+        let mut changes: Vec<(String, Option<FileRef>)> = Vec::new();
+        let tarball = |v: &str| format!("{base}/tarballs/{name}-{v}.tar");
+        let docs = |v: &str| format!("{base}/docs/{name}-{v}.tar.gz");
+        for old in before {
+            let new = after.iter().find(|r| r.version == old.version);
+            if new.is_none() {
+                changes.push((tarball(&old.version), None));
+            }
+            if old.docs_sha256.is_some() && new.is_none_or(|n| n.docs_sha256.is_none()) {
+                changes.push((docs(&old.version), None));
+            }
+        }
+        for r in after {
+            let old = before.iter().find(|o| o.version == r.version);
+            if old.is_none_or(|o| o.outer_sha256 != r.outer_sha256) {
+                let file = FileRef {
+                    sha256: r.outer_sha256,
+                    size: r.size,
+                };
+                changes.push((tarball(&r.version), Some(file)));
+            }
+            if let Some(d) = r.docs_sha256
+                && old.is_none_or(|o| o.docs_sha256 != Some(d))
+            {
+                changes.push((
+                    docs(&r.version),
+                    Some(store.blob_ref(&d).map_err(internal)?),
+                ));
+            }
+        }
+        let record = (!after.is_empty()).then(|| {
+            let releases: Vec<record::Release> = after.iter().map(ReleaseRow::release).collect();
             record::package_record(repo, name, &releases)
         });
         let mut names = self
@@ -858,7 +999,7 @@ impl Ctx<'_> {
                 packages: Vec::new(),
             });
         let mut versions = self.own_versions(repo)?;
-        record::update_names(&mut names, name, rows.iter().map(|r| r.updated_at).max());
+        record::update_names(&mut names, name, after.iter().map(|r| r.updated_at).max());
         record::update_versions(&mut versions, name, record.as_ref());
         // Three RSA signatures are most of a publish; make them at once.
         let payloads = [
@@ -879,45 +1020,18 @@ impl Ctx<'_> {
         let mut signed = signed.into_iter();
         let mut next = || signed.next().unwrap_or(Ok(None));
         let (record_file, names_file, versions_file) = (next()?, next()?, next()?);
-        let record_path = format!("{base}/packages/{name}");
-        match record_file {
-            Some(f) => {
-                files.insert(record_path, f);
-            }
-            None => {
-                files.remove(&record_path);
-            }
+        changes.push((format!("{base}/packages/{name}"), record_file));
+        changes.push((format!("{base}/names"), names_file));
+        changes.push((format!("{base}/versions"), versions_file));
+        let public_key = format!("{base}/public_key");
+        if self.read(&public_key)?.is_none() {
+            let pem = self.key.public_key().spki_pem();
+            changes.push((
+                public_key,
+                Some(store.put_bytes(pem.as_bytes()).map_err(internal)?),
+            ));
         }
-        for (path, file) in [("names", names_file), ("versions", versions_file)] {
-            if let Some(f) = file {
-                files.insert(format!("{base}/{path}"), f);
-            }
-        }
-        for r in rows {
-            files.insert(
-                format!("{base}/tarballs/{name}-{}.tar", r.version),
-                FileRef {
-                    sha256: r.outer_sha256,
-                    size: r.size,
-                },
-            );
-            if let Some(d) = r.docs_sha256 {
-                files.insert(
-                    format!("{base}/docs/{name}-{}.tar.gz", r.version),
-                    store.blob_ref(&d).map_err(internal)?,
-                );
-            }
-        }
-        if let std::collections::btree_map::Entry::Vacant(slot) =
-            files.entry(format!("{base}/public_key"))
-        {
-            slot.insert(
-                store
-                    .put_bytes(self.key.public_key().spki_pem().as_bytes())
-                    .map_err(internal)?,
-            );
-        }
-        Ok(())
+        Ok(changes)
     }
 }
 

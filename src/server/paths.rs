@@ -43,7 +43,8 @@ pub enum Kind {
     Docs,
     /// `public_key`: PEM text.
     PublicKey,
-    /// `hexmirror-manifest.json`: the signed snapshot manifest of the generation.
+    /// `hexmirror-manifest.json` and `hexmirror-manifest-delta.json`: the
+    /// signed snapshot manifest of the generation and its delta.
     Manifest,
 }
 
@@ -93,7 +94,9 @@ pub fn parse(raw_path: &str) -> Result<Target, PathError> {
     let kind = match segments.as_slice() {
         ["names"] | ["versions"] => Kind::Registry,
         ["public_key"] => Kind::PublicKey,
-        [crate::store::MANIFEST_FILE] if org.is_none() => Kind::Manifest,
+        [crate::store::MANIFEST_FILE | crate::store::MANIFEST_DELTA_FILE] if org.is_none() => {
+            Kind::Manifest
+        }
         ["packages", name] => {
             check_name(name)?;
             Kind::Registry

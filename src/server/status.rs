@@ -11,7 +11,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 
 use crate::clock::unix_now;
-use crate::store::MANIFEST_FILE;
+use crate::store::{MANIFEST_DELTA_FILE, MANIFEST_FILE};
 
 /// Request counters kept by the server.
 #[derive(Debug, Default)]
@@ -51,7 +51,7 @@ pub(super) fn route_label(path: &str) -> &'static str {
         "tarballs" => "tarball",
         "docs" => "docs",
         "public_key" => "public_key",
-        MANIFEST_FILE => "manifest",
+        MANIFEST_FILE | MANIFEST_DELTA_FILE => "manifest",
         _ => "other",
     }
 }
@@ -66,19 +66,35 @@ struct TreeState {
 }
 
 fn tree_state(root: &Path) -> TreeState {
-    let path = root.join(MANIFEST_FILE);
-    let parsed = std::fs::read(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))
-        .and_then(|b| {
-            serde_json::from_slice::<serde_json::Value>(&b)
-                .map_err(|e| format!("{}: {e}", path.display()))
-        });
+    let parse = |name: &str| -> Result<Option<serde_json::Value>, String> {
+        let path = root.join(name);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && name != MANIFEST_FILE => Ok(None),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    };
+    let parsed = parse(MANIFEST_FILE).and_then(|base| Ok((base, parse(MANIFEST_DELTA_FILE)?)));
     match parsed {
-        Ok(v) => TreeState {
-            version: v["signed"]["version"].as_u64(),
-            expires_at: v["signed"]["expires_at"].as_u64(),
-            error: None,
-        },
+        Ok((base, delta)) => {
+            let base = base.unwrap_or_default();
+            let delta = delta.unwrap_or_default();
+            let field = |f: &str| (base["signed"][f].as_u64(), delta["signed"][f].as_u64());
+            let (version, delta_version) = field("version");
+            let (expires, delta_expires) = field("expires_at");
+            TreeState {
+                // A delta (hosted changes) moves the version on and can only
+                // shorten the expiry; see `manifest::verify_with_delta`.
+                version: delta_version.or(version),
+                expires_at: match (expires, delta_expires) {
+                    (Some(b), Some(d)) => Some(b.min(d)),
+                    (b, d) => b.or(d),
+                },
+                error: None,
+            }
+        }
         Err(e) => TreeState {
             error: Some(e),
             ..TreeState::default()

@@ -15,7 +15,9 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 
 use super::{Store, StoreError, err, sync_dir};
-use crate::manifest::{self, FileEntry, Manifest, ManifestKey, ManifestPublicKey, UpstreamState};
+use crate::manifest::{
+    self, Delta, FileEntry, Manifest, ManifestKey, ManifestPublicKey, UpstreamState,
+};
 
 /// Generations kept at least, whatever their age (the current one included),
 /// by syncs and by `hexmirror gc`.
@@ -23,6 +25,51 @@ pub const KEEP_GENERATIONS: usize = 3;
 
 /// Name of the manifest file at the root of every generation.
 pub const MANIFEST_FILE: &str = "hexmirror-manifest.json";
+
+/// Name of the signed delta beside it, once a hosted change patched the
+/// generation (see [`crate::manifest::Delta`]).
+pub const MANIFEST_DELTA_FILE: &str = "hexmirror-manifest-delta.json";
+
+/// Reads a generation's manifest and, if there is one, its delta.
+pub fn read_manifest(root: &Path) -> Result<(Vec<u8>, Option<Vec<u8>>), StoreError> {
+    let path = root.join(MANIFEST_FILE);
+    let base = fs::read(&path).map_err(err("read", &path))?;
+    let path = root.join(MANIFEST_DELTA_FILE);
+    let delta = match fs::read(&path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(err("read", &path)(e)),
+    };
+    Ok((base, delta))
+}
+
+/// The current generation, as a hosted change patches it in place.
+#[derive(Debug, Clone)]
+pub struct Patchable {
+    /// Its id, which is also its base manifest's version.
+    pub id: u64,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// The delta already applied to it, if any.
+    pub delta: Option<Delta>,
+}
+
+/// The order a patch touches files in, so a client reading the tree while
+/// it changes never finds a name before what it points to: tarballs and
+/// docs first, then package records, then `/names` and `/versions`, then
+/// removals of records, then removals of tarballs.
+fn patch_rank(path: &str, present: bool) -> u8 {
+    let leaf =
+        |dir: &str| path.starts_with(&format!("{dir}/")) || path.contains(&format!("/{dir}/"));
+    let blob = leaf("tarballs") || leaf("docs");
+    match (present, blob, leaf("packages")) {
+        (true, true, _) => 0,
+        (true, false, true) => 1,
+        (true, false, false) => 2,
+        (false, false, _) => 3,
+        (false, true, _) => 4,
+    }
+}
 
 /// A served file: which blob it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,8 +80,38 @@ pub struct FileRef {
     pub size: u64,
 }
 
+impl FileRef {
+    /// The file as a manifest lists it.
+    pub fn entry(&self) -> FileEntry {
+        FileEntry {
+            sha256: hex::encode(self.sha256),
+            size: self.size,
+        }
+    }
+
+    /// The file a manifest entry describes (`None`: not a SHA-256).
+    pub fn from_entry(entry: &FileEntry) -> Option<Self> {
+        Some(Self {
+            sha256: hex::decode(&entry.sha256).ok()?.try_into().ok()?,
+            size: entry.size,
+        })
+    }
+}
+
 /// Every file of a generation but the manifest, by path relative to its root.
 pub type FileMap = BTreeMap<String, FileRef>;
+
+/// A manifest's file list as references (entries `verify` already checked).
+fn file_map(files: &BTreeMap<String, FileEntry>) -> FileMap {
+    files
+        .iter()
+        .filter_map(|(p, f)| Some((p.clone(), FileRef::from_entry(f)?)))
+        .collect()
+}
+
+/// Most files a delta may list before a hosted change publishes a complete
+/// generation instead (bounds the delta at a few hundred KB).
+pub const MAX_DELTA_FILES: usize = 4096;
 
 /// Directory name of generation `id` (zero-padded so names sort by id).
 fn dir_name(id: u64) -> String {
@@ -67,9 +144,12 @@ impl Store {
             return Current::default();
         };
         let path = dir.join(MANIFEST_FILE);
-        let parsed = fs::read(&path)
+        let parsed = read_manifest(&dir)
             .map_err(|e| e.to_string())
-            .and_then(|bytes| manifest::verify(&bytes, key, 0, None).map_err(|e| e.to_string()));
+            .and_then(|(base, delta)| {
+                manifest::verify_with_delta(&base, delta.as_deref(), key, 0, None)
+                    .map_err(|e| e.to_string())
+            });
         let m = match parsed {
             Ok(m) => m,
             Err(e) => {
@@ -80,22 +160,8 @@ impl Store {
                 };
             }
         };
-        let files = m
-            .files
-            .iter()
-            .filter_map(|(p, f)| {
-                let sha: [u8; 32] = hex::decode(&f.sha256).ok()?.try_into().ok()?;
-                Some((
-                    p.clone(),
-                    FileRef {
-                        sha256: sha,
-                        size: f.size,
-                    },
-                ))
-            })
-            .collect();
         Current {
-            files,
+            files: file_map(&m.files),
             version: m.version.max(id),
             expires_at: m.expires_at,
             upstream: Some(m.upstream),
@@ -119,22 +185,187 @@ impl Store {
             signed_at,
             expires_at: signed_at + expiry.as_secs(),
             upstream,
-            files: files
-                .iter()
-                .map(|(p, f)| {
-                    (
-                        p.clone(),
-                        FileEntry {
-                            sha256: hex::encode(f.sha256),
-                            size: f.size,
-                        },
-                    )
-                })
-                .collect(),
+            files: files.iter().map(|(p, f)| (p.clone(), f.entry())).collect(),
         };
         let bytes = manifest::sign(&manifest, key);
         self.publish_generation(version, files, &bytes)?;
         Ok(())
+    }
+
+    /// The current generation and its delta, for a hosted change to patch.
+    /// `Ok(None)`: nothing is published yet. An error means the delta is
+    /// unusable (damaged, another key, another base): the caller publishes a
+    /// complete generation instead.
+    pub fn patchable(&self, key: &ManifestPublicKey) -> Result<Option<Patchable>, String> {
+        let Some((id, dir)) = self.current().map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let path = dir.join(MANIFEST_DELTA_FILE);
+        let delta = match fs::read(&path) {
+            Ok(bytes) => {
+                let delta = manifest::verify_delta(&bytes, key)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                if delta.base_version != id {
+                    return Err(format!(
+                        "{}: applies to version {}, the generation is {id}",
+                        path.display(),
+                        delta.base_version
+                    ));
+                }
+                Some(delta)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        Ok(Some(Patchable { id, dir, delta }))
+    }
+
+    /// Signs the next delta of `at` (its previous delta plus `changes`) as
+    /// version `version` and patches the generation with it.
+    pub fn patch_signed(
+        &self,
+        at: &Patchable,
+        version: u64,
+        changes: &[(String, Option<FileRef>)],
+        expiry: Duration,
+        key: &ManifestKey,
+    ) -> Result<(), StoreError> {
+        let signed_at = crate::clock::unix_now();
+        let mut files = at
+            .delta
+            .as_ref()
+            .map(|d| d.files.clone())
+            .unwrap_or_default();
+        for (path, file) in changes {
+            files.insert(path.clone(), file.as_ref().map(FileRef::entry));
+        }
+        let delta = Delta {
+            base_version: at.id,
+            expires_at: signed_at + expiry.as_secs(),
+            files,
+            generation: dir_name(at.id),
+            signed_at,
+            version,
+        };
+        self.patch_generation(&at.dir, &manifest::sign_delta(&delta, key), changes)
+    }
+
+    /// The files of `at` as its base manifest and delta list them: what a
+    /// failed change puts back.
+    pub fn patchable_files(
+        &self,
+        at: &Patchable,
+        key: &ManifestPublicKey,
+    ) -> Result<FileMap, String> {
+        let path = at.dir.join(MANIFEST_FILE);
+        let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut m = manifest::verify(&bytes, key, 0, None)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Some(delta) = &at.delta {
+            manifest::apply_delta(&mut m, delta.clone());
+        }
+        Ok(file_map(&m.files))
+    }
+
+    /// Patches generation directory `dir` in place: writes `delta` (the
+    /// signed, cumulative delta that already lists `changes`) beside its
+    /// manifest, then links or removes each changed file in [`patch_rank`]
+    /// order, each with one `rename`. The delta goes first so that a crash
+    /// part-way is finished by [`Store::roll_forward`]. Every blob must
+    /// already be stored. Takes the writer lock's holder only.
+    pub fn patch_generation(
+        &self,
+        dir: &Path,
+        delta: &[u8],
+        changes: &[(String, Option<FileRef>)],
+    ) -> Result<(), StoreError> {
+        self.write_atomic(&dir.join(MANIFEST_DELTA_FILE), delta)?;
+        let mut ordered: Vec<&(String, Option<FileRef>)> = changes.iter().collect();
+        ordered.sort_by_key(|(path, file)| patch_rank(path, file.is_some()));
+        let mut dirs = std::collections::BTreeSet::new();
+        for (path, file) in ordered {
+            if self.place(dir, path, file.as_ref())? {
+                let target = dir.join(path);
+                dirs.insert(target.parent().unwrap_or(dir).to_owned());
+            }
+        }
+        for d in dirs {
+            sync_dir(&d)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the current generation's files match its delta, finishing a
+    /// patch a crash interrupted. Returns how many files it fixed. Takes the
+    /// writer lock's holder only.
+    pub fn roll_forward(&self, key: &ManifestPublicKey) -> Result<usize, String> {
+        let Some(Patchable {
+            dir,
+            delta: Some(delta),
+            ..
+        }) = self.patchable(key)?
+        else {
+            return Ok(0);
+        };
+        let mut changes = Vec::with_capacity(delta.files.len());
+        for (path, entry) in delta.files {
+            let file = match entry {
+                Some(e) => {
+                    let file = FileRef::from_entry(&e)
+                        .ok_or_else(|| format!("delta entry {path:?}: bad sha256"))?;
+                    if !self.has_blob(&file.sha256) {
+                        return Err(format!(
+                            "delta entry {path:?}: blob {} is missing; run `hexmirror sync` to publish a complete generation",
+                            e.sha256
+                        ));
+                    }
+                    Some(file)
+                }
+                None => None,
+            };
+            changes.push((path, file));
+        }
+        changes.sort_by_key(|(path, file)| patch_rank(path, file.is_some()));
+        let mut fixed = 0;
+        for (path, file) in &changes {
+            if self
+                .place(&dir, path, file.as_ref())
+                .map_err(|e| e.to_string())?
+            {
+                fixed += 1;
+                let target = dir.join(path);
+                sync_dir(target.parent().unwrap_or(&dir)).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(fixed)
+    }
+
+    /// Makes `dir/path` the blob `file` (or absent). Returns whether it
+    /// changed anything.
+    fn place(&self, dir: &Path, path: &str, file: Option<&FileRef>) -> Result<bool, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let target = dir.join(path);
+        let Some(file) = file else {
+            return match fs::remove_file(&target) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(err("remove", &target)(e)),
+            };
+        };
+        let blob = self.blob_path(&file.sha256);
+        let blob_ino = fs::metadata(&blob).map_err(err("stat blob", &blob))?.ino();
+        if fs::symlink_metadata(&target).is_ok_and(|m| m.ino() == blob_ino) {
+            return Ok(false);
+        }
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(err("create directory", parent))?;
+        }
+        // Link under tmp/ (same file system) and rename over the old name,
+        // so a reader sees the old file or the new one, never neither.
+        let tmp = self.tmp_path();
+        fs::hard_link(&blob, &tmp).map_err(err("link blob", &tmp))?;
+        self.commit_quiet(&tmp, &target)?;
+        Ok(true)
     }
 
     /// The generations directory.
@@ -358,6 +589,93 @@ mod tests {
         assert!(!store.blob_is_intact(&a.sha256).unwrap());
         assert!(!store.has_blob(&a.sha256));
         assert!(!store.blob_is_intact(&[0; 32]).unwrap());
+    }
+
+    #[test]
+    fn a_patch_edits_the_current_generation_and_roll_forward_finishes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = ManifestKey::generate();
+        let upstream = UpstreamState {
+            names_etag: None,
+            synced_at: 0,
+            url: "http://upstream".into(),
+            versions_etag: None,
+        };
+        let [a, b, c, d, e] = [b"a", b"b", b"c", b"d", b"e"].map(|x| store.put_bytes(x).unwrap());
+        let files: FileMap = [
+            ("names".to_string(), a),
+            ("packages/x".to_string(), b),
+            ("tarballs/x-1.tar".to_string(), c),
+        ]
+        .into();
+        let expiry = Duration::from_secs(3600);
+        store
+            .publish_signed(1, &files, upstream, expiry, &key)
+            .unwrap();
+        let at = store.patchable(&key.public()).unwrap().unwrap();
+        assert_eq!((at.id, at.delta.is_none()), (1, true));
+        let changes = vec![
+            ("packages/x".to_string(), Some(e)),
+            ("tarballs/x-1.tar".to_string(), None),
+            ("docs/x-2.tar.gz".to_string(), Some(d)),
+        ];
+        store.patch_signed(&at, 2, &changes, expiry, &key).unwrap();
+        let root = store.current_link();
+        assert_eq!(store.current().unwrap().unwrap().0, 1, "patched in place");
+        assert_eq!(fs::read(root.join("packages/x")).unwrap(), b"e");
+        assert_eq!(fs::read(root.join("docs/x-2.tar.gz")).unwrap(), b"d");
+        assert!(!root.join("tarballs/x-1.tar").exists());
+        let current = store.load_current(&key.public());
+        assert_eq!(current.version, 2);
+        let expected: FileMap = [
+            ("docs/x-2.tar.gz".to_string(), d),
+            ("names".to_string(), a),
+            ("packages/x".to_string(), e),
+        ]
+        .into();
+        assert_eq!(current.files, expected);
+
+        // A crash after the delta, before the files: roll forward finishes it.
+        fs::remove_file(root.join("packages/x")).unwrap();
+        fs::hard_link(store.blob_path(&b.sha256), root.join("packages/x")).unwrap();
+        fs::hard_link(store.blob_path(&c.sha256), root.join("tarballs/x-1.tar")).unwrap();
+        fs::remove_file(root.join("docs/x-2.tar.gz")).unwrap();
+        assert_eq!(store.roll_forward(&key.public()).unwrap(), 3);
+        assert_eq!(fs::read(root.join("packages/x")).unwrap(), b"e");
+        assert!(!root.join("tarballs/x-1.tar").exists());
+        assert_eq!(store.roll_forward(&key.public()).unwrap(), 0);
+
+        // The next patch builds on the delta; a delta of another key is refused.
+        let at = store.patchable(&key.public()).unwrap().unwrap();
+        assert_eq!(at.delta.as_ref().unwrap().version, 2);
+        assert_eq!(store.patchable_files(&at, &key.public()).unwrap(), expected);
+        assert!(store.patchable(&ManifestKey::generate().public()).is_err());
+    }
+
+    #[test]
+    fn patches_write_what_is_pointed_to_before_what_points() {
+        let mut paths = [
+            ("repos/r/names", true),
+            ("repos/r/tarballs/x-1.tar", false),
+            ("repos/r/packages/x", true),
+            ("repos/r/tarballs/x-2.tar", true),
+            ("packages/y", false),
+            ("docs/x-2.tar.gz", true),
+        ];
+        paths.sort_by_key(|(p, present)| patch_rank(p, *present));
+        let order: Vec<_> = paths.iter().map(|(p, _)| *p).collect();
+        assert_eq!(
+            order,
+            [
+                "repos/r/tarballs/x-2.tar",
+                "docs/x-2.tar.gz",
+                "repos/r/packages/x",
+                "repos/r/names",
+                "packages/y",
+                "repos/r/tarballs/x-1.tar",
+            ]
+        );
     }
 
     #[test]

@@ -25,7 +25,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::registry::PackageName;
 
 pub use db::{Db, DbError};
-pub use generation::{Current, FileMap, FileRef, KEEP_GENERATIONS, MANIFEST_FILE};
+pub use generation::{
+    Current, FileMap, FileRef, KEEP_GENERATIONS, MANIFEST_DELTA_FILE, MANIFEST_FILE,
+    MAX_DELTA_FILES, Patchable, read_manifest,
+};
 
 /// A store operation that failed, with the path it failed on.
 #[derive(Debug, thiserror::Error)]
@@ -166,11 +169,17 @@ impl Store {
     }
 
     fn commit(&self, tmp: &Path, target: &Path) -> Result<(), StoreError> {
+        self.commit_quiet(tmp, target)?;
+        sync_dir(target.parent().unwrap_or(&self.data_dir))
+    }
+
+    /// Renames `tmp` over `target`; the caller fsyncs the directory.
+    fn commit_quiet(&self, tmp: &Path, target: &Path) -> Result<(), StoreError> {
         if let Err(e) = fs::rename(tmp, target) {
             let _ = fs::remove_file(tmp);
             return Err(err("rename into place", target)(e));
         }
-        sync_dir(target.parent().unwrap_or(&self.data_dir))
+        Ok(())
     }
 }
 

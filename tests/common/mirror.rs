@@ -250,13 +250,20 @@ impl Mirror {
         hexmirror::manifest::ManifestKey::from_pem(&pem).expect("manifest key")
     }
 
-    /// The current generation's manifest, checked against the mirror's key
-    /// (but not for expiry, so a test can read one it forged as expired).
+    /// The current generation's manifest (with its delta, if hosted changes
+    /// patched it), checked against the mirror's key (but not for expiry, so
+    /// a test can read one it forged as expired).
     pub fn current_manifest(&self) -> hexmirror::manifest::Manifest {
-        let bytes = fs::read(self.tree().join(hexmirror::store::MANIFEST_FILE))
-            .expect("read the current manifest");
-        hexmirror::manifest::verify(&bytes, &self.manifest_key().public(), 0, None)
-            .expect("the current manifest verifies with the mirror's key")
+        let (bytes, delta) =
+            hexmirror::store::read_manifest(&self.tree()).expect("read the current manifest");
+        hexmirror::manifest::verify_with_delta(
+            &bytes,
+            delta.as_deref(),
+            &self.manifest_key().public(),
+            0,
+            None,
+        )
+        .expect("the current manifest verifies with the mirror's key")
     }
 
     /// Replaces the current generation's manifest with `edit` applied to it,
