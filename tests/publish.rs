@@ -367,4 +367,14 @@ fn changes_patch_the_served_generation_and_an_interrupted_one_is_finished() {
     assert_eq!(record(&served, "acme_app").unwrap().releases.len(), 1);
     assert!(mirror.current_manifest().version > patched.version);
     mirror.assert_verifies();
+
+    // The writer's decoded /names is not reused across the sync's new files.
+    let file = tarball(work.path(), "acme_lib", "0.1.0", &[]);
+    let (status, body) = Oracle::api(&api_url(&served), &token, &["publish", &file]);
+    assert_eq!(status, 201, "{body}");
+    let names = listed_names(&served);
+    for name in ["acme_app", "acme_lib", "alpha", "beta"] {
+        assert!(names.contains(&name.to_owned()), "{name} in {names:?}");
+    }
+    mirror.assert_verifies();
 }

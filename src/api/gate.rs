@@ -200,7 +200,7 @@ impl ApiState {
                 record.encode_to_vec()
             }
         };
-        let bytes = Arc::new(registry::seal_signed(payload, &signing));
+        let bytes = Arc::new(registry::seal_signed_fast(payload, &signing));
         let mut cache = self.gate.0.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_CACHED {
             cache.clear();

@@ -25,7 +25,7 @@ use super::record::{self, Retirement};
 use crate::clock::unix_now;
 use crate::config::{Config, RepositoryConfig};
 use crate::manifest::{ManifestKey, UpstreamState};
-use crate::registry::{self, PackageName, PublicKey, SigningKey, proto};
+use crate::registry::{self, PackageName, SigningKey, proto};
 use crate::store::{Db, FileMap, FileRef, Store, db};
 use crate::tarball::{self, Limits, Metadata};
 use crate::version::{Requirement, Version};
@@ -193,9 +193,84 @@ enum Undo<'a> {
     Full(FileMap, UpstreamState),
 }
 
-/// A served file by (device, inode): a hard link to its blob, so one inode
-/// is one content.
-type FileId = (u64, u64);
+/// A served file by (device, inode, size, modification time): a hard link
+/// to its blob, so one inode is one content. Size and time guard against an
+/// inode number that `gc` freed and a new blob reused.
+type FileId = (u64, u64, u64, i64, i64);
+
+/// The value in `a`, copied only if someone else still holds it.
+fn owned<T: Clone>(a: Arc<T>) -> T {
+    Arc::try_unwrap(a).unwrap_or_else(|a| (*a).clone())
+}
+
+/// The identity of a file (`None`: absent).
+fn file_id(path: &std::path::Path) -> Result<Option<FileId>, HostedError> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(Some((
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(internal(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// Index files decoded once, by repository, valid while the served file is
+/// the same inode.
+#[derive(Debug)]
+struct Decoded<T>(Mutex<BTreeMap<String, (FileId, Arc<T>)>>);
+
+impl<T> Default for Decoded<T> {
+    fn default() -> Self {
+        Self(Mutex::new(BTreeMap::new()))
+    }
+}
+
+impl<T> Decoded<T> {
+    /// The decoded `path` (`None`: absent), from the cache when its inode is
+    /// unchanged, else read and `decode`d. With `take`, the entry leaves the
+    /// cache so the caller may change it without copying.
+    fn get(
+        &self,
+        repo: &str,
+        path: &std::path::Path,
+        take: bool,
+        decode: impl FnOnce(&[u8]) -> Result<T, HostedError>,
+    ) -> Result<Option<Arc<T>>, HostedError> {
+        let Some(id) = file_id(path)? else {
+            return Ok(None);
+        };
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.get(repo).is_some_and(|(seen, _)| *seen == id) {
+            return Ok(if take {
+                cache.remove(repo).map(|(_, v)| v)
+            } else {
+                cache.get(repo).map(|(_, v)| Arc::clone(v))
+            });
+        }
+        drop(cache);
+        let bytes =
+            std::fs::read(path).map_err(|e| internal(format!("{}: {e}", path.display())))?;
+        let value = Arc::new(decode(&bytes)?);
+        if !take {
+            let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            cache.insert(repo.to_owned(), (id, Arc::clone(&value)));
+        }
+        Ok(Some(value))
+    }
+
+    /// Remembers `value` as the content of the blob at `blob`.
+    fn put(&self, repo: &str, blob: &std::path::Path, value: T) {
+        if let Ok(Some(id)) = file_id(blob) {
+            let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            cache.insert(repo.to_owned(), (id, Arc::new(value)));
+        }
+    }
+}
 
 /// Package name → its versions, as `/versions` lists them.
 type VersionMap = BTreeMap<String, Vec<String>>;
@@ -205,8 +280,13 @@ type VersionMap = BTreeMap<String, Vec<String>>;
 pub struct Writer {
     store: Store,
     db: Db,
-    /// The upstream `/versions` last decoded, by (device, inode).
-    upstream: Mutex<Option<(FileId, Arc<VersionMap>)>>,
+    /// The upstream `/versions` last decoded.
+    upstream: Decoded<VersionMap>,
+    /// Our repositories' `/names` and `/versions` as last read or written,
+    /// so a change decodes neither again (at hex.pm scale they are most of
+    /// the work of a publish).
+    names: Decoded<proto::names::Names>,
+    versions: Decoded<proto::versions::Versions>,
 }
 
 impl Writer {
@@ -215,7 +295,9 @@ impl Writer {
         Self {
             store,
             db,
-            upstream: Mutex::new(None),
+            upstream: Decoded::default(),
+            names: Decoded::default(),
+            versions: Decoded::default(),
         }
     }
 
@@ -270,9 +352,11 @@ impl Writer {
             .key
             .clone()
             .ok_or_else(|| HostedError::Internal("signing.key is not configured".into()))?;
+        let asked = Instant::now();
         let manifest_key = load_manifest_key(config)?;
         let public = manifest_key.public();
         let _lock = self.lock()?;
+        let began = Instant::now();
         // The usual case patches the served generation in place and signs a
         // delta; no current generation, a delta grown too large or an
         // unusable one publish a complete generation instead.
@@ -340,6 +424,7 @@ impl Writer {
                 (version, Undo::Full(current.files, upstream))
             }
         };
+        let published = Instant::now();
         let audit = AuditEntry {
             at: ctx.now,
             actor: actor.user.clone(),
@@ -401,7 +486,10 @@ impl Writer {
             version = %planned.version,
             action,
             generation = version,
-            publish_ms = started.elapsed().as_millis() as u64,
+            lock_ms = began.duration_since(asked).as_millis() as u64,
+            prepare_ms = started.duration_since(began).as_millis() as u64,
+            publish_ms = published.duration_since(started).as_millis() as u64,
+            record_ms = published.elapsed().as_millis() as u64,
             "hosted package changed"
         );
         Ok(Outcome {
@@ -421,7 +509,7 @@ impl Writer {
             if Instant::now() >= deadline {
                 return Err(HostedError::Busy);
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -438,40 +526,23 @@ impl Writer {
         config: &Config,
         tree: Option<&std::path::Path>,
     ) -> Result<Option<Arc<VersionMap>>, HostedError> {
-        use std::os::unix::fs::MetadataExt;
         let Some(path) = tree.map(|t| t.join("versions")) else {
             return Ok(None);
         };
-        // A served file is a hard link to its blob: same inode, same bytes.
-        let identity = match std::fs::metadata(&path) {
-            Ok(m) => (m.dev(), m.ino()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(internal(format!("{}: {e}", path.display()))),
-        };
-        let mut cache = self.upstream.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((seen, map)) = cache.as_ref()
-            && *seen == identity
-        {
-            return Ok(Some(Arc::clone(map)));
-        }
-        let bytes =
-            std::fs::read(&path).map_err(|e| internal(format!("{}: {e}", path.display())))?;
-        let versions = registry::verify_versions(
-            &bytes,
-            &config.upstream.public_key,
-            &config.upstream.repository,
-        )
-        .map_err(|e| internal(format!("stored upstream /versions does not verify: {e}")))?
-        .into_inner();
-        let map: Arc<BTreeMap<String, Vec<String>>> = Arc::new(
-            versions
+        self.upstream.get("", &path, false, |bytes| {
+            let versions = registry::verify_versions(
+                bytes,
+                &config.upstream.public_key,
+                &config.upstream.repository,
+            )
+            .map_err(|e| internal(format!("stored upstream /versions does not verify: {e}")))?
+            .into_inner();
+            Ok(versions
                 .packages
                 .into_iter()
                 .map(|p| (p.name, p.versions))
-                .collect(),
-        );
-        *cache = Some((identity, Arc::clone(&map)));
-        Ok(Some(map))
+                .collect())
+        })
     }
 }
 
@@ -780,7 +851,6 @@ impl Ctx<'_> {
 
     /// Every dependency must resolve in the repository it names.
     fn check_requirements(&self, name: &str, meta: &Metadata) -> Result<(), HostedError> {
-        let mut own: Option<BTreeMap<String, Vec<String>>> = None;
         for dep in &meta.requirements {
             let req = Requirement::parse(&dep.requirement).map_err(|e| {
                 HostedError::Invalid(format!(
@@ -796,10 +866,7 @@ impl Ctx<'_> {
             })?;
             let target = dep.repository.as_deref().unwrap_or(&self.repo.name);
             let versions: Option<Vec<String>> = if target == self.repo.name {
-                if own.is_none() {
-                    own = Some(self.repository_versions(&self.repo.name)?);
-                }
-                let mut list = own.as_ref().and_then(|m| m.get(&dep.name)).cloned();
+                let mut list = self.repository_versions(target, &dep.name)?;
                 if dep.name == name {
                     list.get_or_insert_with(Vec::new).push(meta.version.clone());
                 }
@@ -809,7 +876,7 @@ impl Ctx<'_> {
                     .upstream_versions(self.config, self.tree)?
                     .and_then(|m| m.get(&dep.name).cloned())
             } else if self.config.repositories.iter().any(|r| r.name == target) {
-                self.repository_versions(target)?.remove(&dep.name)
+                self.repository_versions(target, &dep.name)?
             } else {
                 return Err(HostedError::Invalid(format!(
                     "dependency {} of {name} names repository {target:?}, which this server \
@@ -882,50 +949,68 @@ impl Ctx<'_> {
         }
     }
 
-    /// Package name → versions of one of our repositories, from its signed
-    /// `/versions` in the current tree.
+    /// The versions of `package` in one of our repositories, from its
+    /// signed `/versions` in the current tree.
     fn repository_versions(
         &self,
         repo: &str,
-    ) -> Result<BTreeMap<String, Vec<String>>, HostedError> {
-        Ok(self
-            .own_versions(repo)?
-            .packages
-            .into_iter()
-            .map(|p| (p.name, p.versions))
-            .collect())
+        package: &str,
+    ) -> Result<Option<Vec<String>>, HostedError> {
+        Ok(self.own_versions(repo, false)?.and_then(|v| {
+            v.packages
+                .iter()
+                .find(|p| p.name == package)
+                .map(|p| p.versions.clone())
+        }))
     }
 
-    fn own_file<T>(
+    /// The repository's `/versions` (`None`: not published yet).
+    fn own_versions(
+        &self,
+        repo: &str,
+        take: bool,
+    ) -> Result<Option<Arc<proto::versions::Versions>>, HostedError> {
+        let cache = &self.writer.versions;
+        self.own_index(repo, "versions", take, cache, registry::verify_versions)
+    }
+
+    /// The repository's `/names` (`None`: not published yet).
+    fn own_names(
+        &self,
+        repo: &str,
+        take: bool,
+    ) -> Result<Option<Arc<proto::names::Names>>, HostedError> {
+        let cache = &self.writer.names;
+        self.own_index(repo, "names", take, cache, registry::verify_names)
+    }
+
+    /// One of our repository's signed index files, verified with our key.
+    fn own_index<T>(
         &self,
         repo: &str,
         file: &str,
+        take: bool,
+        cache: &Decoded<T>,
         verify: impl Fn(
             &[u8],
-            &PublicKey,
+            &registry::PublicKey,
             &str,
         ) -> Result<registry::Verified<T>, registry::RegistryError>,
-    ) -> Result<Option<T>, HostedError> {
-        let Some(bytes) = self.read(&format!("repos/{repo}/{file}"))? else {
+    ) -> Result<Option<Arc<T>>, HostedError> {
+        let Some(tree) = self.tree else {
             return Ok(None);
         };
-        verify(&bytes, self.key.public_key(), repo)
-            .map(|v| Some(v.into_inner()))
-            .map_err(|e| {
-                internal(format!(
-                    "the served /repos/{repo}/{file} does not verify with signing.key ({e}); \
-                     if the key changed, run `hexmirror sync` to re-sign the repository"
-                ))
-            })
-    }
-
-    fn own_versions(&self, repo: &str) -> Result<proto::versions::Versions, HostedError> {
-        Ok(self
-            .own_file(repo, "versions", registry::verify_versions)?
-            .unwrap_or_else(|| proto::versions::Versions {
-                repository: repo.to_owned(),
-                packages: Vec::new(),
-            }))
+        let path = tree.join(format!("repos/{repo}/{file}"));
+        cache.get(repo, &path, take, |bytes| {
+            verify(bytes, self.key.public_key(), repo)
+                .map(registry::Verified::into_inner)
+                .map_err(|e| {
+                    internal(format!(
+                        "the served /repos/{repo}/{file} does not verify with signing.key ({e}); \
+                         if the key changed, run `hexmirror sync` to re-sign the repository"
+                    ))
+                })
+        })
     }
 
     /// A file of the served tree (`None`: absent, or nothing published).
@@ -955,7 +1040,7 @@ impl Ctx<'_> {
         let store = &self.writer.store;
         let put = |payload: Vec<u8>| -> Result<FileRef, HostedError> {
             store
-                .put_bytes(&registry::seal_signed(payload, self.key))
+                .put_bytes(&registry::seal_signed_fast(payload, self.key))
                 .map_err(internal)
         };
         let mut changes: Vec<(String, Option<FileRef>)> = Vec::new();
@@ -992,13 +1077,20 @@ impl Ctx<'_> {
             let releases: Vec<record::Release> = after.iter().map(ReleaseRow::release).collect();
             record::package_record(repo, name, &releases)
         });
-        let mut names = self
-            .own_file(repo, "names", registry::verify_names)?
-            .unwrap_or_else(|| proto::names::Names {
+        let mut names =
+            self.own_names(repo, true)?
+                .map(owned)
+                .unwrap_or_else(|| proto::names::Names {
+                    repository: repo.clone(),
+                    packages: Vec::new(),
+                });
+        let mut versions = self
+            .own_versions(repo, true)?
+            .map(owned)
+            .unwrap_or_else(|| proto::versions::Versions {
                 repository: repo.clone(),
                 packages: Vec::new(),
             });
-        let mut versions = self.own_versions(repo)?;
         record::update_names(&mut names, name, after.iter().map(|r| r.updated_at).max());
         record::update_versions(&mut versions, name, record.as_ref());
         // Three RSA signatures are most of a publish; make them at once.
@@ -1021,6 +1113,17 @@ impl Ctx<'_> {
         let mut next = || signed.next().unwrap_or(Ok(None));
         let (record_file, names_file, versions_file) = (next()?, next()?, next()?);
         changes.push((format!("{base}/packages/{name}"), record_file));
+        // The served files become links to these blobs: same inodes.
+        if let Some(f) = &names_file {
+            self.writer
+                .names
+                .put(repo, &store.blob_path(&f.sha256), names);
+        }
+        if let Some(f) = &versions_file {
+            self.writer
+                .versions
+                .put(repo, &store.blob_path(&f.sha256), versions);
+        }
         changes.push((format!("{base}/names"), names_file));
         changes.push((format!("{base}/versions"), versions_file));
         let public_key = format!("{base}/public_key");

@@ -112,8 +112,12 @@ pub fn gunzip(file: &[u8]) -> Result<Vec<u8>, RegistryError> {
 
 /// Gzips bytes the way registry files are stored.
 pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    gzip_with(bytes, flate2::Compression::default())
+}
+
+fn gzip_with(bytes: &[u8], level: flate2::Compression) -> Vec<u8> {
     use std::io::Write;
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), level);
     // Writing to a Vec cannot fail.
     let _ = enc.write_all(bytes);
     enc.finish().unwrap_or_default()
@@ -137,12 +141,23 @@ pub fn open_signed(file: &[u8], key: &PublicKey) -> Result<Vec<u8>, RegistryErro
 
 /// Signs a payload and wraps it as a gzipped `Signed` registry file.
 pub fn seal_signed(payload: Vec<u8>, key: &SigningKey) -> Vec<u8> {
+    seal_signed_with(payload, key, flate2::Compression::default())
+}
+
+/// [`seal_signed`] at gzip level 1: for files signed while a client waits
+/// (a publish, a filtered index), where deflate at the default level is most
+/// of the time spent on a large `/versions`. About a fifth bigger.
+pub fn seal_signed_fast(payload: Vec<u8>, key: &SigningKey) -> Vec<u8> {
+    seal_signed_with(payload, key, flate2::Compression::fast())
+}
+
+fn seal_signed_with(payload: Vec<u8>, key: &SigningKey, level: flate2::Compression) -> Vec<u8> {
     let signature = key.sign(&payload);
     let signed = proto::signed::Signed {
         payload,
         signature: Some(signature),
     };
-    gzip(&signed.encode_to_vec())
+    gzip_with(&signed.encode_to_vec(), level)
 }
 
 fn decode<T: Message + Default>(payload: &[u8], what: &'static str) -> Result<T, RegistryError> {

@@ -43,6 +43,31 @@ pub fn read_manifest(root: &Path) -> Result<(Vec<u8>, Option<Vec<u8>>), StoreErr
     Ok((base, delta))
 }
 
+/// When a generation's manifest (with its delta) expires, read without
+/// verifying: enough to decide whether re-signing is due, never to trust.
+/// `None` when it cannot tell.
+pub fn peek_expiry(root: &Path) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Signed {
+        expires_at: u64,
+    }
+    #[derive(serde::Deserialize)]
+    struct File {
+        signed: Signed,
+    }
+    let (base, delta) = read_manifest(root).ok()?;
+    let expiry = |b: &[u8]| {
+        serde_json::from_slice::<File>(b)
+            .ok()
+            .map(|f| f.signed.expires_at)
+    };
+    let base = expiry(&base)?;
+    Some(match delta {
+        Some(d) => base.min(expiry(&d)?),
+        None => base,
+    })
+}
+
 /// The current generation, as a hosted change patches it in place.
 #[derive(Debug, Clone)]
 pub struct Patchable {

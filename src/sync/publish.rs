@@ -375,6 +375,15 @@ pub fn manifest_key(config: &Config) -> Result<ManifestKey, PublishError> {
 pub fn resign_if_due(config: &Config) -> Result<Option<u64>, PublishError> {
     let store = Store::open(&config.data_dir)?;
     let key = manifest_key(config)?;
+    let lifetime = config.signing.manifest_expiry.as_secs();
+    // Look before taking the lock: verifying a full-scale manifest takes a
+    // second, and publishes wait for the lock meanwhile.
+    let due = |expires_at: u64| expires_at.saturating_sub(crate::clock::unix_now()) <= lifetime / 2;
+    if let Some(expires_at) = crate::store::peek_expiry(&store.current_link())
+        && !due(expires_at)
+    {
+        return Ok(None);
+    }
     let Some(_lock) = store.try_lock()? else {
         return Ok(None);
     };
@@ -382,8 +391,7 @@ pub fn resign_if_due(config: &Config) -> Result<Option<u64>, PublishError> {
     let Some(upstream) = current.upstream.clone() else {
         return Ok(None);
     };
-    let lifetime = config.signing.manifest_expiry.as_secs();
-    if current.expires_at.saturating_sub(crate::clock::unix_now()) > lifetime / 2 {
+    if !due(current.expires_at) {
         return Ok(None);
     }
     let db = db::Db::open(&config.data_dir).map_err(|e| PublishError::Key(e.to_string()))?;
