@@ -68,9 +68,13 @@ impl ApiState {
         })?;
         let writer = Writer::new(store, db.clone());
         writer.recover(&config);
+        let writer = Arc::new(writer);
+        // Off the start path: at hex.pm scale this is a second of decoding.
+        let (warming, warm_config) = (Arc::clone(&writer), config.clone());
+        std::thread::spawn(move || warming.warm(&warm_config));
         Ok(Arc::new(Self {
             config: RwLock::new(Arc::new(config)),
-            writer: Arc::new(writer),
+            writer,
             db,
             changes: tokio::sync::Mutex::new(()),
             limiter: Mutex::new(FailureLimiter::new(

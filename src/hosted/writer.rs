@@ -332,6 +332,37 @@ impl Writer {
         }
     }
 
+    /// Decodes the index files a change reads (the upstream `/versions`,
+    /// each repository's `/names` and `/versions`) ahead of the first
+    /// change, so it does not pay for them. Blocking; needs no lock: the
+    /// cache is keyed by the served files' inodes.
+    pub fn warm(&self, config: &Config) {
+        let started = Instant::now();
+        let Ok(Some((_, dir))) = self.store.current() else {
+            return;
+        };
+        let _ = self.upstream_versions(config, Some(&dir));
+        let Some(key) = config.signing.key.clone() else {
+            return;
+        };
+        for repo in &config.repositories {
+            let ctx = Ctx {
+                writer: self,
+                config,
+                repo,
+                key: &key,
+                tree: Some(&dir),
+                now: 0,
+            };
+            let _ = ctx.own_names(&repo.name, false);
+            let _ = ctx.own_versions(&repo.name, false);
+        }
+        tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            "index decoded for hosted changes"
+        );
+    }
+
     /// Validates and applies `change` to repository `repo`. Blocking.
     pub fn apply(
         &self,
