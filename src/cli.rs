@@ -478,21 +478,24 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
     if !config.proxy.enabled && !tree.join(crate::store::MANIFEST_FILE).is_file() {
         tracing::warn!(tree = %tree.display(), "no mirrored tree yet; run `hexmirror sync` first");
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))?;
-    let addr = listener.local_addr()?;
-    println!("hexmirror serving {} on http://{addr}", tree.display());
-    crate::notify::notify("READY=1");
-    // The write API needs a repository of ours to publish into.
+    // The write API needs a repository of ours to publish into. Opened
+    // before listening: it finishes a hosted change a crash interrupted, and
+    // nothing may be served (or READY sent) until the tree is whole again.
     let api = if config.repositories.is_empty() {
         None
     } else {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("cannot create data directory {}", config.data_dir.display())
         })?;
-        Some(crate::api::ApiState::open(config.clone())?)
+        let cfg = config.clone();
+        Some(tokio::task::spawn_blocking(move || crate::api::ApiState::open(cfg)).await??)
     };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))?;
+    let addr = listener.local_addr()?;
+    println!("hexmirror serving {} on http://{addr}", tree.display());
+    crate::notify::notify("READY=1");
     let proxy = if config.proxy.enabled {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("cannot create data directory {}", config.data_dir.display())
