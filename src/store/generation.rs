@@ -305,19 +305,32 @@ impl Store {
         changes: &[(String, Option<FileRef>)],
     ) -> Result<(), StoreError> {
         self.write_atomic(&dir.join(MANIFEST_DELTA_FILE), delta)?;
+        self.place_all(dir, changes)?;
+        Ok(())
+    }
+
+    /// Places every change in [`patch_rank`] order, then fsyncs the
+    /// directories it touched. Returns how many files it changed.
+    fn place_all(
+        &self,
+        dir: &Path,
+        changes: &[(String, Option<FileRef>)],
+    ) -> Result<usize, StoreError> {
         let mut ordered: Vec<&(String, Option<FileRef>)> = changes.iter().collect();
         ordered.sort_by_key(|(path, file)| patch_rank(path, file.is_some()));
         let mut dirs = std::collections::BTreeSet::new();
+        let mut changed = 0;
         for (path, file) in ordered {
             if self.place(dir, path, file.as_ref())? {
+                changed += 1;
                 let target = dir.join(path);
                 dirs.insert(target.parent().unwrap_or(dir).to_owned());
             }
         }
-        for d in dirs {
-            sync_dir(&d)?;
+        for d in &dirs {
+            sync_dir(d)?;
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// Makes the current generation's files match its delta, finishing a
@@ -350,19 +363,7 @@ impl Store {
             };
             changes.push((path, file));
         }
-        changes.sort_by_key(|(path, file)| patch_rank(path, file.is_some()));
-        let mut fixed = 0;
-        for (path, file) in &changes {
-            if self
-                .place(&dir, path, file.as_ref())
-                .map_err(|e| e.to_string())?
-            {
-                fixed += 1;
-                let target = dir.join(path);
-                sync_dir(target.parent().unwrap_or(&dir)).map_err(|e| e.to_string())?;
-            }
-        }
-        Ok(fixed)
+        self.place_all(&dir, &changes).map_err(|e| e.to_string())
     }
 
     /// Makes `dir/path` the blob `file` (or absent). Returns whether it
