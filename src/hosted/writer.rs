@@ -1044,19 +1044,6 @@ impl Ctx<'_> {
         })
     }
 
-    /// A file of the served tree (`None`: absent, or nothing published).
-    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, HostedError> {
-        let Some(tree) = self.tree else {
-            return Ok(None);
-        };
-        let path = tree.join(path);
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(internal(format!("{}: {e}", path.display()))),
-        }
-    }
-
     /// The files a change of package `name` from releases `before` to
     /// `after` rewrites: its record, the repository's `/names` and
     /// `/versions`, and the tarballs and docs that differ (`None`: removed).
@@ -1158,7 +1145,11 @@ impl Ctx<'_> {
         changes.push((format!("{base}/names"), names_file));
         changes.push((format!("{base}/versions"), versions_file));
         let public_key = format!("{base}/public_key");
-        if self.read(&public_key)?.is_none() {
+        let served = match self.tree {
+            Some(tree) => file_id(&tree.join(&public_key))?.is_some(),
+            None => false,
+        };
+        if !served {
             let pem = self.key.public_key().spki_pem();
             changes.push((
                 public_key,

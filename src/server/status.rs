@@ -66,35 +66,12 @@ struct TreeState {
 }
 
 fn tree_state(root: &Path) -> TreeState {
-    let parse = |name: &str| -> Result<Option<serde_json::Value>, String> {
-        let path = root.join(name);
-        match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| format!("{}: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && name != MANIFEST_FILE => Ok(None),
-            Err(e) => Err(format!("{}: {e}", path.display())),
-        }
-    };
-    let parsed = parse(MANIFEST_FILE).and_then(|base| Ok((base, parse(MANIFEST_DELTA_FILE)?)));
-    match parsed {
-        Ok((base, delta)) => {
-            let base = base.unwrap_or_default();
-            let delta = delta.unwrap_or_default();
-            let field = |f: &str| (base["signed"][f].as_u64(), delta["signed"][f].as_u64());
-            let (version, delta_version) = field("version");
-            let (expires, delta_expires) = field("expires_at");
-            TreeState {
-                // A delta (hosted changes) moves the version on and can only
-                // shorten the expiry; see `manifest::verify_with_delta`.
-                version: delta_version.or(version),
-                expires_at: match (expires, delta_expires) {
-                    (Some(b), Some(d)) => Some(b.min(d)),
-                    (b, d) => b.or(d),
-                },
-                error: None,
-            }
-        }
+    match crate::store::peek_manifest(root) {
+        Ok(peek) => TreeState {
+            version: Some(peek.version),
+            expires_at: Some(peek.expires_at),
+            error: None,
+        },
         Err(e) => TreeState {
             error: Some(e),
             ..TreeState::default()

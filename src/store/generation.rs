@@ -43,28 +43,47 @@ pub fn read_manifest(root: &Path) -> Result<(Vec<u8>, Option<Vec<u8>>), StoreErr
     Ok((base, delta))
 }
 
-/// When a generation's manifest (with its delta) expires, read without
-/// verifying: enough to decide whether re-signing is due, never to trust.
-/// `None` when it cannot tell.
-pub fn peek_expiry(root: &Path) -> Option<u64> {
+/// A generation's manifest version and expiry (with its delta, if any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peek {
+    /// The delta's version, else the manifest's.
+    pub version: u64,
+    /// The earlier of the two expiries.
+    pub expires_at: u64,
+}
+
+/// Reads a generation's manifest version and expiry without verifying:
+/// enough for health reports and to decide whether re-signing is due, never
+/// to trust. Parses only those two fields (a full-scale manifest is 90 MB).
+pub fn peek_manifest(root: &Path) -> Result<Peek, String> {
     #[derive(serde::Deserialize)]
     struct Signed {
         expires_at: u64,
+        version: u64,
     }
     #[derive(serde::Deserialize)]
     struct File {
         signed: Signed,
     }
-    let (base, delta) = read_manifest(root).ok()?;
-    let expiry = |b: &[u8]| {
-        serde_json::from_slice::<File>(b)
-            .ok()
-            .map(|f| f.signed.expires_at)
+    let (base, delta) = read_manifest(root).map_err(|e| e.to_string())?;
+    let parse = |bytes: &[u8], name: &str| {
+        serde_json::from_slice::<File>(bytes)
+            .map(|f| f.signed)
+            .map_err(|e| format!("{}: {e}", root.join(name).display()))
     };
-    let base = expiry(&base)?;
-    Some(match delta {
-        Some(d) => base.min(expiry(&d)?),
-        None => base,
+    let base = parse(&base, MANIFEST_FILE)?;
+    Ok(match delta {
+        Some(d) => {
+            let delta = parse(&d, MANIFEST_DELTA_FILE)?;
+            Peek {
+                version: delta.version,
+                expires_at: base.expires_at.min(delta.expires_at),
+            }
+        }
+        None => Peek {
+            version: base.version,
+            expires_at: base.expires_at,
+        },
     })
 }
 

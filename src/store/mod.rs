@@ -27,7 +27,7 @@ use crate::registry::PackageName;
 pub use db::{Db, DbError};
 pub use generation::{
     Current, FileMap, FileRef, KEEP_GENERATIONS, MANIFEST_DELTA_FILE, MANIFEST_FILE,
-    MAX_DELTA_FILES, Patchable, peek_expiry, read_manifest,
+    MAX_DELTA_FILES, Patchable, Peek, peek_manifest, read_manifest,
 };
 
 /// A store operation that failed, with the path it failed on.

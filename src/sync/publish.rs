@@ -379,8 +379,8 @@ pub fn resign_if_due(config: &Config) -> Result<Option<u64>, PublishError> {
     // Look before taking the lock: verifying a full-scale manifest takes a
     // second, and publishes wait for the lock meanwhile.
     let due = |expires_at: u64| expires_at.saturating_sub(crate::clock::unix_now()) <= lifetime / 2;
-    if let Some(expires_at) = crate::store::peek_expiry(&store.current_link())
-        && !due(expires_at)
+    if let Ok(peek) = crate::store::peek_manifest(&store.current_link())
+        && !due(peek.expires_at)
     {
         return Ok(None);
     }
