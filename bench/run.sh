@@ -48,7 +48,8 @@
 #
 # Knobs (environment): SCALES (default 0.02), RUNS (3), PAR (8: curl batches,
 # aria2 -j, hexmirror concurrency), WRK_SECS (4), WRK_CONNS ("1 64 512"),
-# NETEM (1; 0 to skip), NETEM_SCALE (first of SCALES), RESIGN (1), SERVE (1),
+# ARIA_RUNS (RUNS; how many of the rounds also run aria2c), NETEM (1; 0 to skip),
+# NETEM_SCALE (first of SCALES), RESIGN (1), SERVE (1),
 # MUTATE (0.01), WORK (scratch dir, default /tmp/hexmirror-bench; needs about
 # 4x the upstream size, ~10 GB per 1.0 of scale), PORT_BASE (18400), SEED (42),
 # KEEP (0; 1 keeps the generated upstreams in WORK), PUBLISH (1; 0 to skip),
@@ -82,6 +83,7 @@ PUBLISH=${PUBLISH:-1}
 PUBLISH_N=${PUBLISH_N:-40}
 PUBLISH_SCALES=${PUBLISH_SCALES:-${SCALES##* }}
 ONLY=${ONLY:-}
+ARIA_RUNS=${ARIA_RUNS:-$RUNS}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HEXMIRROR=$ROOT/target/release/hexmirror
@@ -325,8 +327,10 @@ full_sync_round() {
     echo "-- $sec curl run $r: wall=$w cpu=$c rc=$rc files=$got/$n bytes=$(du -sb "$dl" | cut -f1)" | raw
     [ "$got" = "$n" ] || log "WARNING: curl fetched $got of $n files"
     curl_wall+=("$w"); curl_cpu+=("$c")
-    # aria2c
-    rm -rf "$dl"; mkdir -p "$dl"
+    # aria2c (ARIA_RUNS of the RUNS rounds: at full scale one run takes minutes)
+    rm -rf "$dl"
+    [ "$r" -le "$ARIA_RUNS" ] || continue
+    mkdir -p "$dl"
     read -r w c rss rc < <(timed "$WORK/aria-$sec-$r" $pre timeout 3600 aria2c -i "$WORK/urls.txt" -j "$PAR" -d "$dl" -q \
       --file-allocation=none --auto-file-renaming=false --allow-overwrite=true --max-tries=2 --summary-interval=0)
     got=$(find "$dl" -type f | wc -l)

@@ -352,7 +352,7 @@ pub enum ManifestError {
     },
 }
 
-/// Signs `manifest` and returns the bytes of the manifest file (pretty JSON
+/// Signs `manifest` and returns the bytes of the manifest file (compact JSON
 /// with a final newline). `verify` refuses entries whose path is not a clean
 /// relative path or whose `sha256` is not 64 lowercase hex digits, so a
 /// publisher should verify what it just signed before publishing it.
@@ -366,17 +366,23 @@ pub fn sign_delta(delta: &Delta, key: &ManifestKey) -> Vec<u8> {
 }
 
 fn sign_envelope<T: Serialize>(signed: &T, key: &ManifestKey) -> Vec<u8> {
-    let signature = key.0.sign(&canonical_bytes(signed));
-    let file = Envelope {
-        signed,
-        signatures: vec![SignatureEntry {
-            keyid: key.public().keyid(),
-            sig: STANDARD.encode(signature.to_bytes()),
-        }],
-    };
-    let mut out = serde_json::to_vec_pretty(&file)
-        .unwrap_or_else(|_| unreachable!("a manifest file serialises"));
-    out.push(b'\n');
+    // The file is built around the very bytes that are signed, in one buffer:
+    // the manifest lists every file (about 90 MB of JSON at hex.pm's size),
+    // and a second, pretty-printed copy doubled the peak memory of a sync.
+    const HEAD: &[u8] = b"{\"signed\":";
+    let mut out = HEAD.to_vec();
+    serde_json::to_writer(&mut out, signed)
+        .unwrap_or_else(|_| unreachable!("a manifest serialises"));
+    debug_assert_eq!(out[HEAD.len()..], canonical_bytes(signed));
+    let signature = key.0.sign(&out[HEAD.len()..]);
+    let signatures = [SignatureEntry {
+        keyid: key.public().keyid(),
+        sig: STANDARD.encode(signature.to_bytes()),
+    }];
+    out.extend_from_slice(b",\"signatures\":");
+    serde_json::to_writer(&mut out, &signatures)
+        .unwrap_or_else(|_| unreachable!("a signature list serialises"));
+    out.extend_from_slice(b"}\n");
     out
 }
 
@@ -963,7 +969,7 @@ mod tests {
         let text = String::from_utf8(file.clone()).unwrap();
         for (from, to) in [
             ("52224", "52225"),
-            ("\"version\": 42", "\"version\": 43"),
+            ("\"version\":42", "\"version\":43"),
             ("dddd", "dddf"),
             ("g-000042", "g-000043"),
             ("1795946400", "1795946401"),
@@ -1115,17 +1121,17 @@ mod tests {
         let key = fixed_key();
         let text = String::from_utf8(sign(&sample(), &key)).unwrap();
         let dup_file = text.replacen(
-            "\"names\": {",
+            "\"names\":{",
             &format!(
-                "\"names\": {{\"sha256\": \"{}\", \"size\": 1}},\n\"names\": {{",
+                "\"names\":{{\"sha256\":\"{}\",\"size\":1}},\"names\":{{",
                 "f".repeat(64)
             ),
             1,
         );
-        let dup_field = text.replacen("\"version\": 42", "\"version\": 1, \"version\": 42", 1);
+        let dup_field = text.replacen("\"version\":42", "\"version\":1,\"version\":42", 1);
         let dup_top = text.replacen(
-            "\"signatures\": [",
-            "\"signatures\": [], \"signatures\": [",
+            "\"signatures\":[",
+            "\"signatures\":[],\"signatures\":[",
             1,
         );
         for bad in [dup_file, dup_field, dup_top] {
