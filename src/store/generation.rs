@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Store, StoreError, err, sync_dir};
 use crate::manifest::{
-    self, Delta, FileEntry, Manifest, ManifestKey, ManifestPublicKey, UpstreamState,
+    self, Delta, FileEntry, FileList, ManifestKey, ManifestPublicKey, ManifestRef, UpstreamState,
 };
 
 /// Generations kept at least, whatever their age (the current one included),
@@ -223,15 +223,16 @@ impl Store {
         key: &ManifestKey,
     ) -> Result<(), StoreError> {
         let signed_at = crate::clock::unix_now();
-        let manifest = Manifest {
+        let generation = dir_name(version);
+        let manifest = ManifestRef {
             version,
-            generation: dir_name(version),
+            generation: &generation,
             signed_at,
             expires_at: signed_at + expiry.as_secs(),
-            upstream,
-            files: files.iter().map(|(p, f)| (p.clone(), f.entry())).collect(),
+            upstream: &upstream,
+            files: FileList(files.iter().map(|(p, f)| (p.as_str(), &f.sha256, f.size))),
         };
-        let bytes = manifest::sign(&manifest, key);
+        let bytes = manifest::sign_ref(&manifest, key);
         self.publish_generation(version, files, &bytes)?;
         Ok(())
     }

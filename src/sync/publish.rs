@@ -422,7 +422,9 @@ pub(super) fn publish(
     manifest_due: bool,
 ) -> Result<Published, PublishError> {
     let upstream = upstream_files(store, &inputs, &config.upstream.public_key)?;
-    let mut files = upstream.clone();
+    // Our repositories' files, built beside the upstream's rather than into a
+    // copy of them: the map holds every file of the tree.
+    let mut files = FileMap::new();
     let mut new_cache = Vec::new();
     if inputs.index.is_none() {
         // Some packages failed: our repositories keep the views of the last
@@ -457,6 +459,7 @@ pub(super) fn publish(
             files.extend(repository_files(&sources, repo, &mut new_cache)?);
         }
     }
+    files.extend(upstream);
     let changed = files != inputs.prev;
     if !changed && !manifest_due {
         return Ok(Published {

@@ -408,7 +408,7 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
             .map_or_else(|| stored.etag.clone(), |v| v.etag.clone())
     };
     let inputs = Inputs {
-        prev: prev.files.clone(),
+        prev: prev.files,
         prev_version,
         updates: updates.clone(),
         index,
