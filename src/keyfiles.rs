@@ -27,20 +27,44 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyFileError> {
         path: path.to_owned(),
         source,
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    if path.exists() {
+        return Err(KeyFileError::Exists(path.to_owned()));
     }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => KeyFileError::Exists(path.to_owned()),
-            _ => io(e),
-        })?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)
+    // Written whole under a private name, then linked into place: a process
+    // killed half-way (a `serve` stopped at start, a full disk) must not leave
+    // an empty key file that every later run refuses. link(2), unlike rename,
+    // fails when the name exists, so a key is still never overwritten.
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(
+        ".{name}.{}-{:016x}.partial",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    match written {
+        Ok(()) => std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(KeyFileError::Exists(path.to_owned()))
+        }
+        Err(e) => Err(io(e)),
+    }
 }
 
 /// Creates a secret key file with mode 0600; fails if it exists.
@@ -68,5 +92,28 @@ mod tests {
         let err = write_new_secret(&path, b"two").unwrap_err();
         assert!(matches!(err, KeyFileError::Exists(_)), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"one");
+        // Nothing but the key is left beside it.
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from("key.pem")]);
+    }
+
+    #[test]
+    fn a_failed_link_leaves_only_what_was_there() {
+        // A dangling symlink under the key's name: the bytes are written to
+        // the private name, then linking fails, as a crash in between would
+        // leave it: no partial key, no stray secret.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &path).unwrap();
+        let err = write_new_secret(&path, b"one").unwrap_err();
+        assert!(matches!(err, KeyFileError::Exists(_)), "{err}");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from("key.pem")]);
     }
 }

@@ -15,7 +15,7 @@ fn health_is_503_before_the_first_sync_and_ok_after() {
         let body: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
         assert_eq!(body["status"], "unavailable");
     }
-    assert!(mirror.sync().ok());
+    mirror.sync_ok();
     let server = mirror.serve();
     let got = http("GET", &format!("{}/health", server.url()), &[]);
     assert_eq!(got.status, 200);
@@ -32,7 +32,7 @@ fn health_is_503_before_the_first_sync_and_ok_after() {
 fn metrics_count_requests_by_route_and_status_and_report_sync_state() {
     let upstream = TestUpstream::build(SPEC_SMALL);
     let mirror = Mirror::new(&upstream, "");
-    assert!(mirror.sync().ok());
+    mirror.sync_ok();
     let server = mirror.serve();
     let url = server.url();
     let first = http("GET", &format!("{url}/packages/beta"), &[]);

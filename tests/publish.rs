@@ -228,7 +228,7 @@ fn reserved_names_replace_the_upstream_package_in_the_repository() {
         &[&format!("name = \"{REPO}\"\nreserved = [\"delta\"]")],
     );
     let mirror = Mirror::new(&upstream, &extra);
-    assert!(mirror.sync().ok());
+    mirror.sync_ok();
     let token = mirror.token(&["--admin"]);
     let served = mirror.serve();
     let work = tempfile::TempDir::new().unwrap();
@@ -251,7 +251,7 @@ fn reserved_names_replace_the_upstream_package_in_the_repository() {
         ["5.0.0"],
         "only the private package, never upstream's 1.0.0"
     );
-    assert!(mirror.sync().ok());
+    mirror.sync_ok();
     assert_eq!(record(&served, "delta").unwrap().releases.len(), 1);
 }
 

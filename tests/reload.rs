@@ -15,7 +15,7 @@ use common::*;
 fn sighup_with_a_broken_config_keeps_serving_and_a_good_one_is_applied() {
     let upstream = TestUpstream::build(SPEC_SMALL);
     let mirror = Mirror::new(&upstream, "");
-    assert!(mirror.sync().ok());
+    mirror.sync_ok();
     let mut child = hexmirror()
         .args(["serve", "--config"])
         .arg(mirror.config())

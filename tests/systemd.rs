@@ -81,7 +81,7 @@ fn services_are_hardened_to_an_exposure_below_2_0() {
 fn serve_notifies_ready_and_stopping_and_exits_cleanly_on_sigterm() {
     let upstream = TestUpstream::build(SPEC_SMALL);
     let mirror = Mirror::new(&upstream, "");
-    assert!(mirror.sync().ok());
+    mirror.sync_ok();
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();

@@ -374,6 +374,10 @@ pub fn manifest_key(config: &Config) -> Result<ManifestKey, PublishError> {
 /// a sync holds the data directory (it re-signs itself when due).
 pub fn resign_if_due(config: &Config) -> Result<Option<u64>, PublishError> {
     let store = Store::open(&config.data_dir)?;
+    if store.current()?.is_none() {
+        // Nothing to re-sign; the first sync creates the key.
+        return Ok(None);
+    }
     let key = manifest_key(config)?;
     let lifetime = config.signing.manifest_expiry.as_secs();
     // Look before taking the lock: verifying a full-scale manifest takes a
@@ -515,6 +519,19 @@ fn decode_records(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resign_check_before_the_first_publish_creates_no_key() {
+        // Regression: `serve` ran this check at start and created the
+        // manifest key; killed in between, it left an empty key file that
+        // made every later sync fail.
+        let tmp = tempfile::tempdir().unwrap();
+        let config =
+            Config::parse("data_dir = \"data\"\n", &tmp.path().join("hexmirror.toml")).unwrap();
+        std::fs::create_dir_all(&config.data_dir).unwrap();
+        assert!(resign_if_due(&config).unwrap().is_none());
+        assert!(!config.signing.manifest_key.exists());
+    }
 
     #[test]
     fn parallel_map_keeps_order() {

@@ -104,6 +104,13 @@ impl Mirror {
         cmd
     }
 
+    /// Runs `hexmirror sync` and fails the test, showing its output, unless it succeeds.
+    pub fn sync_ok(&self) -> Output {
+        let out = self.sync();
+        assert!(out.ok(), "sync failed: {out}");
+        out
+    }
+
     /// Runs a sync to the end and returns what it printed.
     pub fn sync(&self) -> Output {
         let out = run_with_timeout(self.sync_command(), SYNC_TIMEOUT);
