@@ -383,16 +383,12 @@ async fn run_token(config: &Config, command: TokenCommand) -> anyhow::Result<Exi
 /// cannot change without a restart (address, data directory) is reported.
 #[cfg(unix)]
 async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
     running: Config,
     public: server::PublicRepos,
     api: Option<std::sync::Arc<crate::api::ApiState>>,
     config_tx: tokio::sync::watch::Sender<Config>,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; configuration reload is off");
-        return;
-    };
     while hup.recv().await.is_some() {
         let Some(path) = running.source.clone() else {
             tracing::info!("SIGHUP: running on the embedded default, nothing to reload");
@@ -494,6 +490,14 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))?;
     let addr = listener.local_addr()?;
+    // Before READY: SIGHUP's default action ends the process, and a reload
+    // may come as soon as the service manager hears that we are up.
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .inspect_err(|e| {
+            tracing::warn!("cannot listen for SIGHUP ({e}); configuration reload is off")
+        })
+        .ok();
     println!("hexmirror serving {} on http://{addr}", tree.display());
     crate::notify::notify("READY=1");
     let proxy = if config.proxy.enabled {
@@ -530,12 +534,15 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
     }
     tokio::spawn(resign_manifest_when_due(config_rx));
     #[cfg(unix)]
-    tokio::spawn(reload_on_sighup(
-        config.clone(),
-        options.public_repos.clone(),
-        api,
-        config_tx,
-    ));
+    if let Some(hup) = hup {
+        tokio::spawn(reload_on_sighup(
+            hup,
+            config.clone(),
+            options.public_repos.clone(),
+            api,
+            config_tx,
+        ));
+    }
     server::run(
         listener,
         server::router_with(tree, options),

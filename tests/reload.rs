@@ -53,6 +53,11 @@ fn sighup_with_a_broken_config_keeps_serving_and_a_good_one_is_applied() {
             .unwrap();
     };
 
+    // Regression: the SIGHUP handler was installed after the address was
+    // printed (and READY sent), so a reload right then killed the server.
+    hup();
+    wait_for("configuration reloaded");
+
     let good = fs::read_to_string(mirror.config()).unwrap();
     fs::write(mirror.config(), format!("{good}\nthis is not toml\n")).unwrap();
     hup();
