@@ -128,9 +128,9 @@ pub struct Delta {
     pub version: u64,
 }
 
-/// The file as stored: `signed` then `signatures` (the order is for readers;
-/// only `signed` is canonicalised).
-#[derive(Serialize, Deserialize)]
+/// The file as read: `signed` then `signatures` (`sign_envelope` writes it
+/// around the canonical bytes; only `signed` is canonicalised).
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Envelope<M> {
     signed: M,
@@ -181,8 +181,15 @@ where
 
 /// The bytes the signature covers (see the module doc).
 fn canonical_bytes<T: Serialize>(signed: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_canonical(&mut out, signed);
+    out
+}
+
+/// Appends [`canonical_bytes`] of `signed` to `out`.
+fn write_canonical<T: Serialize>(out: &mut Vec<u8>, signed: &T) {
     // Serialising strings, integers and string-keyed maps cannot fail.
-    serde_json::to_vec(signed).unwrap_or_else(|_| unreachable!("a manifest serialises"))
+    serde_json::to_writer(out, signed).unwrap_or_else(|_| unreachable!("a manifest serialises"))
 }
 
 /// Why a manifest key could not be loaded.
@@ -439,9 +446,7 @@ fn sign_envelope<T: Serialize>(signed: &T, key: &ManifestKey) -> Vec<u8> {
     // and a second, pretty-printed copy doubled the peak memory of a sync.
     const HEAD: &[u8] = b"{\"signed\":";
     let mut out = HEAD.to_vec();
-    serde_json::to_writer(&mut out, signed)
-        .unwrap_or_else(|_| unreachable!("a manifest serialises"));
-    debug_assert_eq!(out[HEAD.len()..], canonical_bytes(signed));
+    write_canonical(&mut out, signed);
     let signature = key.0.sign(&out[HEAD.len()..]);
     let signatures = [SignatureEntry {
         keyid: key.public().keyid(),
