@@ -659,7 +659,9 @@ async fn run_verify(
         }
         None => {
             let state = state.unwrap_or_else(|| config.data_dir.join("verify.state"));
-            crate::verify::local(&config.data_dir, &public, &state).await
+            let repositories: Vec<String> =
+                config.repositories.iter().map(|r| r.name.clone()).collect();
+            crate::verify::local(&config.data_dir, &public, &state, &repositories).await
         }
     };
     let result = match result {
@@ -679,6 +681,9 @@ async fn run_verify(
     }
     for path in &r.extra {
         println!("extra: {path}");
+    }
+    for path in &result.lost {
+        println!("lost: {path} (the database records it as published)");
     }
     for (path, want, got) in &r.corrupt {
         println!(
@@ -702,7 +707,14 @@ async fn run_verify(
         },
         r.corrupt.len()
     );
-    Ok(if r.is_clean() {
+    if !result.lost.is_empty() {
+        println!(
+            "{} files of published releases are not in the generation; run `hexmirror sync` to \
+             publish them again",
+            result.lost.len()
+        );
+    }
+    Ok(if result.is_clean() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_SYNC_FAILED)

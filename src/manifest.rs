@@ -539,6 +539,46 @@ pub fn apply_delta(manifest: &mut Manifest, delta: Delta) {
     manifest.expires_at = manifest.expires_at.min(delta.expires_at);
 }
 
+/// Reads a manifest and its delta **without checking any signature**: a
+/// hint of which blob each file of a generation is, for rebuilding the file
+/// list of a generation whose manifest the configured key cannot verify (a
+/// rotated key). Every path is still checked, and nothing read here is
+/// trusted as content: the caller proves each file against the blob store.
+pub fn read_unverified(base: &[u8], delta: Option<&[u8]>) -> Result<Manifest, ManifestError> {
+    let mut manifest: Manifest = serde_json::from_slice::<Envelope<Manifest>>(base)
+        .map_err(|source| ManifestError::Malformed { source })?
+        .signed;
+    for (path, entry) in &manifest.files {
+        check_entry(path, entry)?;
+    }
+    if let Some(delta) = delta {
+        let delta: Delta = serde_json::from_slice::<Envelope<Delta>>(delta)
+            .map_err(|source| ManifestError::Malformed { source })?
+            .signed;
+        for (path, entry) in &delta.files {
+            match entry {
+                Some(entry) => check_entry(path, entry)?,
+                None => check_path(path)?,
+            }
+        }
+        apply_delta(&mut manifest, delta);
+    }
+    Ok(manifest)
+}
+
+/// The key ids a signed file names, read from its last bytes alone (the
+/// signature list closes every file this module writes). Unverified: it
+/// tells whether a file *claims* to be signed by a key, cheaply, even for a
+/// 90 MB manifest; `None` when the tail holds no signature list.
+pub fn tail_keyids(tail: &[u8]) -> Option<Vec<String>> {
+    const MARK: &[u8] = b"\"signatures\":";
+    let at = tail.windows(MARK.len()).rposition(|w| w == MARK)? + MARK.len();
+    let rest = std::str::from_utf8(&tail[at..]).ok()?.trim_end();
+    let list = rest.strip_suffix('}')?;
+    let entries: Vec<SignatureEntry> = serde_json::from_str(list).ok()?;
+    Some(entries.into_iter().map(|e| e.keyid).collect())
+}
+
 /// A base manifest whose format, signature and entries are good.
 fn open_base(file: &[u8], key: &ManifestPublicKey) -> Result<Manifest, ManifestError> {
     let manifest: Manifest = open_envelope(file, key)?;
@@ -836,6 +876,32 @@ mod tests {
             ]
             .into(),
         }
+    }
+
+    #[test]
+    fn an_unverified_read_gives_the_files_and_the_tail_names_the_signer() {
+        let (key, other) = (fixed_key(), ManifestKey(SigningKey::from_bytes(&[9; 32])));
+        let base = sample();
+        let delta = sample_delta(&base);
+        let (b, d) = (sign(&base, &other), sign_delta(&delta, &other));
+        assert!(verify_with_delta(&b, Some(&d), &key.public(), 0, None).is_err());
+        let read = read_unverified(&b, Some(&d)).unwrap();
+        assert_eq!(
+            read,
+            verify_with_delta(&b, Some(&d), &other.public(), 0, None).unwrap()
+        );
+        // The tail alone names the signer, however long the file.
+        assert_eq!(
+            tail_keyids(&b[b.len() - 300..]),
+            Some(vec![other.public().keyid()])
+        );
+        assert_eq!(tail_keyids(&b[..b.len() / 2]), None);
+        assert_eq!(tail_keyids(b"garbage"), None);
+        // An escaping path is refused even unverified.
+        let bad = edit_json(&b, |v| {
+            v["signed"]["files"]["../etc/passwd"] = serde_json::json!(entry('a', 1));
+        });
+        assert!(read_unverified(&bad, None).is_err());
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub enum VerifyError {
         /// Why.
         source: ManifestError,
     },
+    /// The state database could not be read.
+    #[error("cannot read what the database records as published: {0}")]
+    Database(#[from] crate::store::DbError),
     /// The rollback state file could not be read or written.
     #[error("verify state {}: {reason}", path.display())]
     State {
@@ -53,6 +56,48 @@ pub struct Verification {
     pub report: Report,
     /// False for remote checks, which cannot list files the manifest omits.
     pub extra_checked: bool,
+    /// Files of releases the database records as published that the
+    /// generation does not hold (local checks only; sorted).
+    pub lost: Vec<String>,
+}
+
+impl Verification {
+    /// True when every file matches and nothing recorded is lost.
+    pub fn is_clean(&self) -> bool {
+        self.report.is_clean() && self.lost.is_empty()
+    }
+}
+
+/// The record and tarballs of every release the database records as
+/// published: mirrored packages, and hosted releases of `repositories`.
+fn recorded_paths(data_dir: &Path, repositories: &[String]) -> Result<Vec<String>, VerifyError> {
+    let Some(db) = crate::store::Db::open_read_only(data_dir)? else {
+        return Ok(Vec::new());
+    };
+    let (mirrored, hosted) = db.call_blocking(|c| {
+        Ok((
+            crate::store::db::packages(c)?,
+            crate::hosted::db::all_releases(c)?,
+        ))
+    })?;
+    let mut paths = Vec::new();
+    for (name, state) in mirrored {
+        for version in &state.versions {
+            paths.push(format!("tarballs/{name}-{version}.tar"));
+        }
+        paths.push(format!("packages/{name}"));
+    }
+    for row in hosted
+        .iter()
+        .filter(|r| repositories.contains(&r.repository))
+    {
+        let (repo, name) = (&row.repository, &row.package);
+        paths.push(format!("repos/{repo}/tarballs/{name}-{}.tar", row.version));
+        paths.push(format!("repos/{repo}/packages/{name}"));
+    }
+    paths.sort();
+    paths.dedup();
+    Ok(paths)
 }
 
 /// The last manifest version accepted, kept in a small text file.
@@ -134,11 +179,14 @@ fn scan(root: &Path) -> std::io::Result<BTreeMap<String, FileEntry>> {
     Ok(out)
 }
 
-/// Verifies the generation `current` points to in `data_dir`.
+/// Verifies the generation `current` points to in `data_dir`, and that it
+/// holds every release the database records as published (of the mirror and
+/// of `repositories`).
 pub async fn local(
     data_dir: &Path,
     key: &ManifestPublicKey,
     state: &Path,
+    repositories: &[String],
 ) -> Result<Verification, VerifyError> {
     let root = data_dir.join("current");
     let manifest_path = root.join(MANIFEST_FILE);
@@ -164,7 +212,18 @@ pub async fn local(
             where_: root.display().to_string(),
             reason: e.to_string(),
         })?;
-    conclude(manifest, &actual, state, true)
+    let (dir, repos) = (data_dir.to_owned(), repositories.to_vec());
+    let recorded = tokio::task::spawn_blocking(move || recorded_paths(&dir, &repos))
+        .await
+        .map_err(|e| VerifyError::Read {
+            where_: data_dir.display().to_string(),
+            reason: e.to_string(),
+        })??;
+    let lost = recorded
+        .into_iter()
+        .filter(|p| !manifest.files.contains_key(p))
+        .collect();
+    conclude(manifest, &actual, state, true, lost)
 }
 
 /// Verifies a mirror over HTTP: the manifest, then every file it lists.
@@ -217,7 +276,7 @@ pub async fn remote(
             );
         }
     }
-    conclude(manifest, &actual, state, false)
+    conclude(manifest, &actual, state, false, Vec::new())
 }
 
 /// Compares, and remembers the version as accepted only when all matched.
@@ -226,16 +285,18 @@ fn conclude(
     actual: &BTreeMap<String, FileEntry>,
     state: &Path,
     extra_checked: bool,
+    lost: Vec<String>,
 ) -> Result<Verification, VerifyError> {
-    let report = manifest::diff(&manifest, actual);
-    if report.is_clean() {
-        write_state(state, manifest.version)?;
-    }
-    Ok(Verification {
+    let verification = Verification {
+        report: manifest::diff(&manifest, actual),
         manifest,
-        report,
         extra_checked,
-    })
+        lost,
+    };
+    if verification.is_clean() {
+        write_state(state, verification.manifest.version)?;
+    }
+    Ok(verification)
 }
 
 /// Default rollback-state file for a remote mirror, one per URL.

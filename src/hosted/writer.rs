@@ -321,6 +321,11 @@ impl Writer {
         };
         match self.store.roll_forward(&key.public()) {
             Ok(0) => {}
+            // The manifest key was rotated: the next change or the re-sign
+            // check rebuilds the file list from the generation itself.
+            Err(crate::store::GenerationError::NotPatchable(
+                crate::store::NotPatchable::OtherKey { .. },
+            )) => {}
             Ok(n) => tracing::warn!(
                 files = n,
                 "finished an interrupted hosted change in the served generation"
@@ -434,7 +439,7 @@ impl Writer {
                 (version, Undo::Patch(at))
             }
             None => {
-                let current = self.store.load_current(&public);
+                let current = self.store.load_current(&public).map_err(internal)?;
                 let mut files = current.files.clone();
                 for (path, file) in &changes {
                     match file {
@@ -449,8 +454,16 @@ impl Writer {
                     versions_etag: None,
                     synced_at: 0,
                 });
+                let removes = |path: &str| changes.iter().any(|(p, f)| p == path && f.is_none());
                 self.store
-                    .publish_signed(version, &files, upstream.clone(), expiry, &manifest_key)
+                    .publish_signed(
+                        version,
+                        &files,
+                        &removes,
+                        upstream.clone(),
+                        expiry,
+                        &manifest_key,
+                    )
                     .map_err(internal)?;
                 (version, Undo::Full(current.files, upstream))
             }
@@ -504,8 +517,17 @@ impl Writer {
                         .map_err(internal)?;
                 }
                 Undo::Full(files, upstream) => {
+                    // Putting the previous files back drops what the change added.
+                    let added = |path: &str| changes.iter().any(|(p, _)| p == path);
                     self.store
-                        .publish_signed(version + 1, &files, upstream, expiry, &manifest_key)
+                        .publish_signed(
+                            version + 1,
+                            &files,
+                            &added,
+                            upstream,
+                            expiry,
+                            &manifest_key,
+                        )
                         .map_err(internal)?;
                 }
             }

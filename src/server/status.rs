@@ -73,7 +73,7 @@ fn tree_state(root: &Path) -> TreeState {
             error: None,
         },
         Err(e) => TreeState {
-            error: Some(e),
+            error: Some(e.to_string()),
             ..TreeState::default()
         },
     }

@@ -136,6 +136,28 @@ impl Db {
         })
     }
 
+    /// Opens `DATA_DIR/hexmirror.db` read-only, for readers that must not
+    /// create or migrate it. `Ok(None)`: there is no database yet.
+    pub fn open_read_only(data_dir: &Path) -> Result<Option<Self>, DbError> {
+        let path: Arc<Path> = data_dir.join("hexmirror.db").into();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| {
+                c.busy_timeout(std::time::Duration::from_secs(10))?;
+                Ok(c)
+            })
+            .map_err(|source| DbError::Sqlite {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Some(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        }))
+    }
+
     /// Runs `f` on the connection from code already on a blocking thread.
     pub fn call_blocking<T>(
         &self,

@@ -55,7 +55,7 @@ pub struct Peek {
 /// Reads a generation's manifest version and expiry without verifying:
 /// enough for health reports and to decide whether re-signing is due, never
 /// to trust. Parses only those two fields (a full-scale manifest is 90 MB).
-pub fn peek_manifest(root: &Path) -> Result<Peek, String> {
+pub fn peek_manifest(root: &Path) -> Result<Peek, GenerationError> {
     #[derive(serde::Deserialize)]
     struct Signed {
         expires_at: u64,
@@ -65,11 +65,14 @@ pub fn peek_manifest(root: &Path) -> Result<Peek, String> {
     struct File {
         signed: Signed,
     }
-    let (base, delta) = read_manifest(root).map_err(|e| e.to_string())?;
+    let (base, delta) = read_manifest(root)?;
     let parse = |bytes: &[u8], name: &str| {
         serde_json::from_slice::<File>(bytes)
             .map(|f| f.signed)
-            .map_err(|e| format!("{}: {e}", root.join(name).display()))
+            .map_err(|source| GenerationError::Malformed {
+                path: root.join(name),
+                source,
+            })
     };
     let base = parse(&base, MANIFEST_FILE)?;
     Ok(match delta {
@@ -145,6 +148,117 @@ impl FileRef {
 /// Every file of a generation but the manifest, by path relative to its root.
 pub type FileMap = BTreeMap<String, FileRef>;
 
+/// Why the writer cannot build the next generation from the current one.
+/// The current generation stays served, untouched.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerationError {
+    /// Disk trouble.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The current generation's manifest is neither verifiable nor readable
+    /// as a hint, so its file list cannot be known.
+    #[error(
+        "the current generation {} has no readable manifest ({source}); refusing to build the next \
+         generation from it, which would drop its files: restore the manifest or run `hexmirror sync`",
+        dir.display()
+    )]
+    Unreadable {
+        /// The generation's directory.
+        dir: PathBuf,
+        /// Why the manifest could not be read.
+        source: manifest::ManifestError,
+    },
+    /// A manifest does not verify.
+    #[error("{}: {source}", path.display())]
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// Why it was refused.
+        source: manifest::ManifestError,
+    },
+    /// A manifest is not even the manifest format.
+    #[error("{}: not a manifest ({source})", path.display())]
+    Malformed {
+        /// The manifest file.
+        path: PathBuf,
+        /// The parser's reason.
+        source: serde_json::Error,
+    },
+    /// The delta can no longer be applied: a blob it names is gone.
+    #[error(
+        "delta entry {path:?}: blob {sha256} is missing; run `hexmirror sync` to publish a complete generation"
+    )]
+    MissingBlob {
+        /// The entry.
+        path: String,
+        /// The blob it names.
+        sha256: String,
+    },
+    /// The delta cannot be applied at all.
+    #[error(transparent)]
+    NotPatchable(#[from] NotPatchable),
+    /// A file of the current generation is not a stored (verified) blob.
+    #[error(
+        "{} is not a stored blob: the served generation was edited by hand; refusing to carry it \
+         into the next generation, remove it or run `hexmirror sync`",
+        path.display()
+    )]
+    NotABlob {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The next generation would drop files that no change removes.
+    #[error(
+        "refusing to publish generation {version}: it would drop {count} files of the current \
+         generation that this change does not remove (first: {}); nothing was changed",
+        first.join(", ")
+    )]
+    WouldDrop {
+        /// The generation that was refused.
+        version: u64,
+        /// How many files it would have lost.
+        count: usize,
+        /// The first few of them.
+        first: Vec<String>,
+    },
+}
+
+/// Why a hosted change cannot patch the current generation in place; the
+/// writer then publishes a complete generation instead.
+#[derive(Debug, thiserror::Error)]
+pub enum NotPatchable {
+    /// Disk trouble.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The delta beside the manifest does not verify or is damaged.
+    #[error("{}: {source}", path.display())]
+    Delta {
+        /// The delta file.
+        path: PathBuf,
+        /// Why it was refused.
+        source: manifest::ManifestError,
+    },
+    /// The delta applies to another generation.
+    #[error("{}: applies to version {base}, the generation is {id}", path.display())]
+    OtherBase {
+        /// The delta file.
+        path: PathBuf,
+        /// The version it names as its base.
+        base: u64,
+        /// The generation it sits in.
+        id: u64,
+    },
+    /// The base manifest is not signed by the configured key (it was
+    /// rotated): a delta signed now would not verify against it.
+    #[error("{} is signed by another key ({found}); the manifest key was changed", path.display())]
+    OtherKey {
+        /// The base manifest.
+        path: PathBuf,
+        /// The key ids it names.
+        found: String,
+    },
+}
+
 /// A manifest's file list as references (entries `verify` already checked).
 fn file_map(files: &BTreeMap<String, FileEntry>) -> FileMap {
     files
@@ -177,51 +291,143 @@ pub struct Current {
     pub expires_at: u64,
     /// The upstream state its manifest records.
     pub upstream: Option<UpstreamState>,
+    /// False when the manifest does not verify with the configured key (a
+    /// rotated key) and the file list was rebuilt from the directory: the
+    /// next publication re-signs it.
+    pub signed_by_key: bool,
 }
 
 impl Store {
-    /// Reads the current generation's manifest. One that does not verify (a
-    /// rotated manifest key, a damaged disk) is not trusted as a file list:
-    /// the caller then starts from nothing and reuses verified blobs.
-    pub fn load_current(&self, key: &ManifestPublicKey) -> Current {
-        let Ok(Some((id, dir))) = self.current() else {
-            return Current::default();
-        };
-        let path = dir.join(MANIFEST_FILE);
-        let parsed = read_manifest(&dir)
-            .map_err(|e| e.to_string())
-            .and_then(|(base, delta)| {
-                manifest::verify_with_delta(&base, delta.as_deref(), key, 0, None)
-                    .map_err(|e| e.to_string())
+    /// Reads the current generation's file list, from its manifest when that
+    /// verifies with `key`. When it does not (a rotated manifest key, a delta
+    /// signed by the old key) the files are still verified blobs, so the list
+    /// is rebuilt from the directory itself; the next publication signs it
+    /// with `key`. Never returns fewer files than the generation holds: an
+    /// unreadable generation is an error, not an empty list.
+    pub fn load_current(&self, key: &ManifestPublicKey) -> Result<Current, GenerationError> {
+        let Some((id, dir)) = self.current()? else {
+            return Ok(Current {
+                signed_by_key: true,
+                ..Current::default()
             });
-        let m = match parsed {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), "current manifest unusable ({e}); rebuilding from the upstream");
-                return Current {
-                    version: id,
-                    ..Current::default()
-                };
-            }
         };
-        Current {
-            files: file_map(&m.files),
-            version: m.version.max(id),
-            expires_at: m.expires_at,
-            upstream: Some(m.upstream),
+        let (base, delta) = read_manifest(&dir)?;
+        match manifest::verify_with_delta(&base, delta.as_deref(), key, 0, None) {
+            Ok(m) => Ok(Current {
+                files: file_map(&m.files),
+                version: m.version.max(id),
+                expires_at: m.expires_at,
+                upstream: Some(m.upstream),
+                signed_by_key: true,
+            }),
+            Err(e) => {
+                tracing::warn!(
+                    generation = %dir.display(),
+                    "current manifest does not verify with the configured key ({e}); \
+                     rebuilding its file list from the generation's files"
+                );
+                // The unverified manifest says which blob each file claims
+                // to be; the directory proves it (same inode as the blob).
+                let hint = manifest::read_unverified(&base, delta.as_deref())
+                    .or_else(|_| manifest::read_unverified(&base, None))
+                    .map_err(|source| GenerationError::Unreadable {
+                        dir: dir.clone(),
+                        source,
+                    })?;
+                let files = self.files_in(&dir, &file_map(&hint.files))?;
+                Ok(Current {
+                    files,
+                    version: hint.version.max(id),
+                    // Due at once: the next publication re-signs.
+                    expires_at: 0,
+                    upstream: Some(UpstreamState {
+                        // Validators the old key vouched for are not reused.
+                        names_etag: None,
+                        versions_etag: None,
+                        ..hint.upstream
+                    }),
+                    signed_by_key: false,
+                })
+            }
         }
+    }
+
+    /// The files of generation directory `dir` (but its manifest), each
+    /// proven a stored blob: by inode when `hint` names the blob, else by
+    /// hashing it and finding that blob.
+    fn files_in(&self, dir: &Path, hint: &FileMap) -> Result<FileMap, GenerationError> {
+        use std::os::unix::fs::MetadataExt;
+        let mut files = FileMap::new();
+        for rel in list_files(dir)? {
+            let path = dir.join(&rel);
+            let meta = fs::symlink_metadata(&path).map_err(err("stat", &path))?;
+            let linked = hint.get(&rel).filter(|f| {
+                f.size == meta.len()
+                    && fs::metadata(self.blob_path(&f.sha256))
+                        .is_ok_and(|b| b.ino() == meta.ino() && b.dev() == meta.dev())
+            });
+            let file = match linked {
+                Some(f) => *f,
+                None => {
+                    let bytes = fs::read(&path).map_err(err("read", &path))?;
+                    let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+                    if !self.has_blob(&sha256) {
+                        return Err(GenerationError::NotABlob { path });
+                    }
+                    FileRef {
+                        sha256,
+                        size: bytes.len() as u64,
+                    }
+                }
+            };
+            files.insert(rel, file);
+        }
+        Ok(files)
+    }
+
+    /// Refuses `files` as the next generation if it lacks a file of the
+    /// current one (as its directory holds it) that `removed` does not name.
+    fn check_no_loss(
+        &self,
+        version: u64,
+        files: &FileMap,
+        removed: &dyn Fn(&str) -> bool,
+    ) -> Result<(), GenerationError> {
+        let Some((_, dir)) = self.current()? else {
+            return Ok(());
+        };
+        let mut dropped: Vec<String> = list_files(&dir)?
+            .into_iter()
+            .filter(|p| !files.contains_key(p) && !removed(p))
+            .collect();
+        if dropped.is_empty() {
+            return Ok(());
+        }
+        let count = dropped.len();
+        dropped.truncate(5);
+        tracing::error!(version, count, "refused a generation that would lose files");
+        Err(GenerationError::WouldDrop {
+            version,
+            count,
+            first: dropped,
+        })
     }
 
     /// Signs a manifest for `files` as generation `version`, publishes the
     /// generation and switches `current` to it.
+    ///
+    /// `removed` names the files of the current generation that this
+    /// publication removes on purpose; dropping any other is refused.
     pub fn publish_signed(
         &self,
         version: u64,
         files: &FileMap,
+        removed: &dyn Fn(&str) -> bool,
         upstream: UpstreamState,
         expiry: Duration,
         key: &ManifestKey,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), GenerationError> {
+        self.check_no_loss(version, files, removed)?;
         let signed_at = crate::clock::unix_now();
         let generation = dir_name(version);
         let manifest = ManifestRef {
@@ -238,29 +444,39 @@ impl Store {
     }
 
     /// The current generation and its delta, for a hosted change to patch.
-    /// `Ok(None)`: nothing is published yet. An error means the delta is
-    /// unusable (damaged, another key, another base): the caller publishes a
-    /// complete generation instead.
-    pub fn patchable(&self, key: &ManifestPublicKey) -> Result<Option<Patchable>, String> {
-        let Some((id, dir)) = self.current().map_err(|e| e.to_string())? else {
+    /// `Ok(None)`: nothing is published yet. An error means it cannot be
+    /// patched (a damaged delta, another key, another base): the caller
+    /// publishes a complete generation instead.
+    pub fn patchable(&self, key: &ManifestPublicKey) -> Result<Option<Patchable>, NotPatchable> {
+        let Some((id, dir)) = self.current()? else {
             return Ok(None);
         };
+        let found = base_signers(&dir)?;
+        if !found.contains(&key.keyid()) {
+            return Err(NotPatchable::OtherKey {
+                path: dir.join(MANIFEST_FILE),
+                found: found.join(", "),
+            });
+        }
         let path = dir.join(MANIFEST_DELTA_FILE);
         let delta = match fs::read(&path) {
             Ok(bytes) => {
-                let delta = manifest::verify_delta(&bytes, key)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let delta =
+                    manifest::verify_delta(&bytes, key).map_err(|source| NotPatchable::Delta {
+                        path: path.clone(),
+                        source,
+                    })?;
                 if delta.base_version != id {
-                    return Err(format!(
-                        "{}: applies to version {}, the generation is {id}",
-                        path.display(),
-                        delta.base_version
-                    ));
+                    return Err(NotPatchable::OtherBase {
+                        path,
+                        base: delta.base_version,
+                        id,
+                    });
                 }
                 Some(delta)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(e) => return Err(err("read", &path)(e).into()),
         };
         Ok(Some(Patchable { id, dir, delta }))
     }
@@ -301,11 +517,11 @@ impl Store {
         &self,
         at: &Patchable,
         key: &ManifestPublicKey,
-    ) -> Result<FileMap, String> {
+    ) -> Result<FileMap, GenerationError> {
         let path = at.dir.join(MANIFEST_FILE);
-        let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bytes = fs::read(&path).map_err(err("read", &path))?;
         let mut m = manifest::verify(&bytes, key, 0, None)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|source| GenerationError::Manifest { path, source })?;
         if let Some(delta) = &at.delta {
             manifest::apply_delta(&mut m, delta.clone());
         }
@@ -356,7 +572,7 @@ impl Store {
     /// Makes the current generation's files match its delta, finishing a
     /// patch a crash interrupted. Returns how many files it fixed. Takes the
     /// writer lock's holder only.
-    pub fn roll_forward(&self, key: &ManifestPublicKey) -> Result<usize, String> {
+    pub fn roll_forward(&self, key: &ManifestPublicKey) -> Result<usize, GenerationError> {
         let Some(Patchable {
             dir,
             delta: Some(delta),
@@ -367,23 +583,19 @@ impl Store {
         };
         let mut changes = Vec::with_capacity(delta.files.len());
         for (path, entry) in delta.files {
-            let file = match entry {
-                Some(e) => {
-                    let file = FileRef::from_entry(&e)
-                        .ok_or_else(|| format!("delta entry {path:?}: bad sha256"))?;
-                    if !self.has_blob(&file.sha256) {
-                        return Err(format!(
-                            "delta entry {path:?}: blob {} is missing; run `hexmirror sync` to publish a complete generation",
-                            e.sha256
-                        ));
-                    }
-                    Some(file)
-                }
-                None => None,
-            };
+            // `verify_delta` checked every digest, so this always converts.
+            let file = entry.as_ref().and_then(FileRef::from_entry);
+            if let Some(f) = &file
+                && !self.has_blob(&f.sha256)
+            {
+                return Err(GenerationError::MissingBlob {
+                    path,
+                    sha256: hex::encode(f.sha256),
+                });
+            }
             changes.push((path, file));
         }
-        self.place_all(&dir, &changes).map_err(|e| e.to_string())
+        Ok(self.place_all(&dir, &changes)?)
     }
 
     /// Makes `dir/path` the blob `file` (or absent). Returns whether it
@@ -621,6 +833,58 @@ impl Store {
     }
 }
 
+/// Every file under generation directory `dir` but its manifest and delta,
+/// as paths relative to it.
+fn list_files(dir: &Path) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).map_err(err("list", &d))? {
+            let entry = entry.map_err(err("list", &d))?;
+            let path = entry.path();
+            if entry.file_type().map_err(err("stat", &path))?.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let Ok(rel) = path.strip_prefix(dir) else {
+                continue;
+            };
+            let rel = rel.to_string_lossy().into_owned();
+            if rel != MANIFEST_FILE && rel != MANIFEST_DELTA_FILE {
+                out.push(rel);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The key ids generation `dir`'s base manifest claims to be signed by,
+/// unverified: it is too large to verify per change, and its signature list
+/// closes it. Empty when it has none (or no manifest).
+pub fn base_signers(dir: &Path) -> Result<Vec<String>, StoreError> {
+    let base = dir.join(MANIFEST_FILE);
+    Ok(read_tail(&base, 1024)
+        .map_err(err("read", &base))?
+        .as_deref()
+        .and_then(manifest::tail_keyids)
+        .unwrap_or_default())
+}
+
+/// The last `n` bytes of a file (all of it if shorter); `None` if absent.
+fn read_tail(path: &Path, n: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(n)))?;
+    let mut buf = Vec::with_capacity(n.min(len) as usize);
+    f.read_to_end(&mut buf)?;
+    Ok(Some(buf))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -657,7 +921,7 @@ mod tests {
         .into();
         let expiry = Duration::from_secs(3600);
         store
-            .publish_signed(1, &files, upstream, expiry, &key)
+            .publish_signed(1, &files, &|_| false, upstream, expiry, &key)
             .unwrap();
         let at = store.patchable(&key.public()).unwrap().unwrap();
         assert_eq!((at.id, at.delta.is_none()), (1, true));
@@ -672,7 +936,7 @@ mod tests {
         assert_eq!(fs::read(root.join("packages/x")).unwrap(), b"e");
         assert_eq!(fs::read(root.join("docs/x-2.tar.gz")).unwrap(), b"d");
         assert!(!root.join("tarballs/x-1.tar").exists());
-        let current = store.load_current(&key.public());
+        let current = store.load_current(&key.public()).unwrap();
         assert_eq!(current.version, 2);
         let expected: FileMap = [
             ("docs/x-2.tar.gz".to_string(), d),
@@ -697,6 +961,104 @@ mod tests {
         assert_eq!(at.delta.as_ref().unwrap().version, 2);
         assert_eq!(store.patchable_files(&at, &key.public()).unwrap(), expected);
         assert!(store.patchable(&ManifestKey::generate().public()).is_err());
+    }
+
+    fn upstream() -> UpstreamState {
+        UpstreamState {
+            names_etag: Some("\"n\"".into()),
+            synced_at: 7,
+            url: "http://upstream".into(),
+            versions_etag: None,
+        }
+    }
+
+    /// A store whose current generation 1 (signed by `key`) holds three files.
+    fn published(key: &ManifestKey) -> (tempfile::TempDir, Store, FileMap) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let [a, b, c] = [b"a", b"b", b"c"].map(|x| store.put_bytes(x).unwrap());
+        let files: FileMap = [
+            ("names".to_string(), a),
+            ("packages/x".to_string(), b),
+            ("tarballs/x-1.tar".to_string(), c),
+        ]
+        .into();
+        let expiry = Duration::from_secs(3600);
+        store
+            .publish_signed(1, &files, &|_| false, upstream(), expiry, key)
+            .unwrap();
+        (dir, store, files)
+    }
+
+    #[test]
+    fn a_rotated_key_rebuilds_the_file_list_from_the_generation() {
+        // Regression: a manifest (or delta) signed by the previous key was
+        // read as an empty file list, and the next publication dropped
+        // every file of the tree.
+        let (old, new) = (ManifestKey::generate(), ManifestKey::generate());
+        let (_dir, store, files) = published(&old);
+        let (a, d) = (files["names"], store.put_bytes(b"d").unwrap());
+        let expiry = Duration::from_secs(3600);
+        let at = store.patchable(&old.public()).unwrap().unwrap();
+        let changes = vec![("repos/r/packages/y".to_string(), Some(d))];
+        store.patch_signed(&at, 2, &changes, expiry, &old).unwrap();
+        let mut expected = files.clone();
+        expected.insert("repos/r/packages/y".into(), d);
+
+        // The new key can neither verify nor patch it, but reads every file.
+        assert!(matches!(
+            store.patchable(&new.public()),
+            Err(NotPatchable::OtherKey { .. })
+        ));
+        let current = store.load_current(&new.public()).unwrap();
+        assert!(!current.signed_by_key);
+        assert_eq!(current.files, expected);
+        assert_eq!(current.version, 2);
+        assert_eq!(current.expires_at, 0, "due for re-signing at once");
+        assert_eq!(current.upstream.as_ref().unwrap().names_etag, None);
+
+        // A file the hint does not name is hashed and found among the blobs;
+        // one that is no blob at all is refused, never dropped.
+        let root = store.current_link();
+        fs::hard_link(store.blob_path(&a.sha256), root.join("extra")).unwrap();
+        assert_eq!(store.load_current(&new.public()).unwrap().files["extra"], a);
+        fs::write(root.join("stray"), b"not a blob").unwrap();
+        assert!(matches!(
+            store.load_current(&new.public()),
+            Err(GenerationError::NotABlob { .. })
+        ));
+        fs::remove_file(root.join("stray")).unwrap();
+
+        // An unreadable manifest is an error, not an empty list.
+        fs::write(root.join(MANIFEST_FILE), b"{").unwrap();
+        fs::remove_file(root.join(MANIFEST_DELTA_FILE)).unwrap();
+        assert!(matches!(
+            store.load_current(&new.public()),
+            Err(GenerationError::Unreadable { .. })
+        ));
+    }
+
+    #[test]
+    fn a_generation_that_drops_files_nobody_removed_is_refused() {
+        let key = ManifestKey::generate();
+        let (_dir, store, files) = published(&key);
+        let a = files["names"];
+        let expiry = Duration::from_secs(3600);
+        let fewer: FileMap = [("names".to_string(), a)].into();
+        let refused =
+            store.publish_signed(2, &fewer, &|p| p == "packages/x", upstream(), expiry, &key);
+        match refused {
+            Err(GenerationError::WouldDrop { count, first, .. }) => {
+                assert_eq!((count, first), (1, vec!["tarballs/x-1.tar".to_string()]));
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(store.current().unwrap().unwrap().0, 1, "nothing changed");
+        let removed = |p: &str| p.starts_with("packages/") || p.starts_with("tarballs/");
+        store
+            .publish_signed(2, &fewer, &removed, upstream(), expiry, &key)
+            .unwrap();
+        assert_eq!(store.current().unwrap().unwrap().0, 2);
     }
 
     #[test]

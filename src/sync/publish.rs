@@ -14,7 +14,7 @@ use crate::hosted::{self, db::ReleaseRow};
 use crate::index;
 use crate::manifest::{ManifestKey, UpstreamState};
 use crate::registry::{self, PublicKey, SigningKey, proto};
-use crate::store::{FileMap, FileRef, Store, StoreError, db};
+use crate::store::{FileMap, FileRef, GenerationError, Store, StoreError, db};
 
 /// Why a generation could not be published. The previous one stays served.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +22,10 @@ pub enum PublishError {
     /// Disk trouble.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The current generation cannot be carried forward, or the next one
+    /// would lose files.
+    #[error(transparent)]
+    Generation(#[from] GenerationError),
     /// A key could not be read or made.
     #[error("{0}")]
     Key(String),
@@ -102,6 +106,26 @@ fn upstream_files(store: &Store, inputs: &Inputs, key: &PublicKey) -> Result<Fil
         });
     }
     Ok(files)
+}
+
+/// Whether this sync removes `path` of the previous tree on purpose: the
+/// tarballs of a package it updated (its current ones are added back), a
+/// package that left the mirror, and, when the index is published, any file
+/// of our repositories, which are rebuilt whole from verified records and
+/// the hosted releases. Mirrors what [`upstream_files`] and [`publish`] do,
+/// so a generation built from a wrong previous tree is refused.
+fn removed_by_sync(inputs: &Inputs, path: &str) -> bool {
+    if path.starts_with("repos/") {
+        return inputs.index.is_some();
+    }
+    let Some(name) = package_of(path) else {
+        return false;
+    };
+    (path.starts_with("tarballs/") && inputs.updates.contains_key(name))
+        || inputs
+            .index
+            .as_ref()
+            .is_some_and(|index| !index.wanted.contains(name))
 }
 
 /// The package a `packages/` or `tarballs/` path belongs to. Package names
@@ -383,19 +407,23 @@ pub fn resign_if_due(config: &Config) -> Result<Option<u64>, PublishError> {
     // Look before taking the lock: verifying a full-scale manifest takes a
     // second, and publishes wait for the lock meanwhile.
     let due = |expires_at: u64| expires_at.saturating_sub(crate::clock::unix_now()) <= lifetime / 2;
+    // A rotated key makes the manifest due at once, whatever its expiry.
+    let keyid = key.public().keyid();
     if let Ok(peek) = crate::store::peek_manifest(&store.current_link())
         && !due(peek.expires_at)
+        && crate::store::base_signers(&store.current_link())?.contains(&keyid)
     {
         return Ok(None);
     }
     let Some(_lock) = store.try_lock()? else {
         return Ok(None);
     };
-    let current = store.load_current(&key.public());
+    let current = store.load_current(&key.public())?;
     let Some(upstream) = current.upstream.clone() else {
         return Ok(None);
     };
-    if !due(current.expires_at) {
+    // A manifest the configured key did not sign (a rotated key) is due now.
+    if current.signed_by_key && !due(current.expires_at) {
         return Ok(None);
     }
     let db = db::Db::open(&config.data_dir).map_err(|e| PublishError::Key(e.to_string()))?;
@@ -408,6 +436,7 @@ pub fn resign_if_due(config: &Config) -> Result<Option<u64>, PublishError> {
     store.publish_signed(
         version,
         &current.files,
+        &|_| false,
         upstream,
         config.signing.manifest_expiry,
         &key,
@@ -476,7 +505,8 @@ pub(super) fn publish(
     store.publish_signed(
         version,
         &files,
-        inputs.upstream_state,
+        &|path| removed_by_sync(&inputs, path),
+        inputs.upstream_state.clone(),
         config.signing.manifest_expiry,
         &key,
     )?;

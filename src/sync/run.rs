@@ -285,7 +285,8 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
     let store = ctx.store.clone();
     let prev = blocking(move || store.load_current(&public))
         .await
-        .map_err(internal)?;
+        .map_err(internal)?
+        .map_err(PublishError::from)?;
     let fp = fingerprint(config);
     let (names_v, versions_v, last_fp, last_version) = ctx
         .db
