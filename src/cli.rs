@@ -460,7 +460,12 @@ async fn resign_manifest_when_due(config: tokio::sync::watch::Receiver<Config>) 
     loop {
         tick.tick().await;
         let cfg = config.borrow().clone();
-        match tokio::task::spawn_blocking(move || crate::sync::resign_if_due(&cfg)).await {
+        let resign = move || -> Result<Option<u64>, crate::store::GenerationError> {
+            let store = crate::store::Store::open(&cfg.data_dir)?;
+            let db = crate::store::Db::open(&cfg.data_dir)?;
+            store.resign_if_due(&db, &cfg.signing.manifest_key, cfg.signing.manifest_expiry)
+        };
+        match tokio::task::spawn_blocking(resign).await {
             Ok(Ok(Some(version))) => tracing::info!(version, "re-signed the snapshot manifest"),
             Ok(Ok(None)) => {}
             Ok(Err(e)) => tracing::warn!("manifest re-signing skipped: {e}"),

@@ -5,6 +5,8 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::manifest::{ManifestKey, ManifestKeyError};
+
 /// A key file could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
@@ -19,6 +21,43 @@ pub enum KeyFileError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The key file could not be read.
+    #[error("cannot read key file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not a key of the expected kind.
+    #[error("key file {}: {source}; point the setting at an Ed25519 private key (PKCS#8 PEM)", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Why it was refused.
+        source: ManifestKeyError,
+    },
+}
+
+/// Loads the manifest signing key (Ed25519) from `path`, creating it there
+/// (mode 0600, whole or not at all) the first time a generation is signed.
+pub fn manifest_key(path: &Path) -> Result<ManifestKey, KeyFileError> {
+    match std::fs::read_to_string(path) {
+        Ok(pem) => ManifestKey::from_pem(&pem).map_err(|source| KeyFileError::Invalid {
+            path: path.to_owned(),
+            source,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = ManifestKey::generate();
+            write_new_secret(path, key.to_pkcs8_pem().as_bytes())?;
+            tracing::info!(path = %path.display(), "created the manifest signing key (Ed25519)");
+            Ok(key)
+        }
+        Err(source) => Err(KeyFileError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyFileError> {

@@ -10,7 +10,8 @@
 //!   retries with backoff, bounded concurrency.
 //! - [`store`]: the data directory: content-addressed blobs, the served tree
 //!   (atomic writes), and the SQLite state database.
-//! - [`sync`]: plans and runs a mirror sync, publishing one new generation.
+//! - [`plan`]: PURE. What a sync fetches, keeps and removes, from the index and the state.
+//! - [`sync`]: runs a mirror sync, publishing one new generation.
 //! - [`hosted`]: private packages published through the API: state, records, the writer.
 //! - [`index`]: PURE. Builds the curated, re-signed files of our own repositories.
 //! - [`keyfiles`]: key files on disk (mode 0600, never overwritten).
@@ -37,6 +38,7 @@ pub mod index;
 pub mod keyfiles;
 pub mod manifest;
 pub mod notify;
+pub mod plan;
 pub mod proxy;
 #[cfg(test)]
 mod purity;

@@ -42,6 +42,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+/// Name of the manifest file at the root of every generation.
+pub const MANIFEST_FILE: &str = "hexmirror-manifest.json";
+
+/// Name of the signed delta beside it, once a hosted change patched the
+/// generation (see [`Delta`]).
+pub const MANIFEST_DELTA_FILE: &str = "hexmirror-manifest-delta.json";
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
@@ -744,44 +751,14 @@ pub fn diff(manifest: &Manifest, actual: &BTreeMap<String, FileEntry>) -> Report
     report
 }
 
-/// Formats Unix seconds as RFC 3339 UTC, e.g. `2026-11-29T10:00:00Z`.
+/// Formats Unix seconds as RFC 3339 UTC, e.g. `2026-11-29T10:00:00Z`
+/// (times past chrono's range, which no real expiry reaches, print its end).
 pub fn rfc3339(secs: u64) -> String {
-    let (year, month, day) = civil_from_days(secs / 86_400);
-    let rem = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Gregorian (year, month, day) of a day count since 1970-01-01.
-///
-/// Counts from 0000-03-01 so that the leap day is the last day of its year:
-/// then every 400-year era has 146 097 days, and within an era the year,
-/// day of year and month follow from integer division alone.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    // 719 468 days from 0000-03-01 to 1970-01-01.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z % 146_097; // 0..=146_096
-    // Subtract the leap days seen so far (every 4 years, not every 100, every
-    // 400) to get a count in which every year has 365 days.
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    // Months from March: lengths 31 30 31 30 31 31 30 31 30 31 31 28/29 repeat
-    // in a 153-day, 5-month pattern.
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
-    let year = era * 400 + year_of_era + u64::from(month <= 2);
-    (year, month, day)
+    let at = i64::try_from(secs)
+        .ok()
+        .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+    at.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// "7 days", "36 hours", "90 seconds": the largest unit that divides exactly.
@@ -1519,30 +1496,6 @@ mod tests {
         }
         // Far-future values do not overflow or panic.
         assert!(rfc3339(u64::MAX).ends_with('Z'));
-    }
-
-    #[test]
-    fn civil_from_days_is_continuous() {
-        // Every day from 1970 to 2500 follows the one before.
-        let mut prev = civil_from_days(0);
-        assert_eq!(prev, (1970, 1, 1));
-        for days in 1..(530 * 366) {
-            let (y, m, d) = civil_from_days(days);
-            let (py, pm, pd) = prev;
-            let next_day = (y, m, d) == (py, pm, pd + 1);
-            let next_month = (y, m, d) == (py, pm + 1, 1) && pd >= 28;
-            let next_year = (y, m, d) == (py + 1, 1, 1) && (pm, pd) == (12, 31);
-            assert!(
-                next_day || next_month || next_year,
-                "{prev:?} -> {:?}",
-                (y, m, d)
-            );
-            let leap = (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
-            if m == 2 && d == 29 {
-                assert!(leap, "{y}-02-29");
-            }
-            prev = (y, m, d);
-        }
     }
 
     #[test]

@@ -1116,11 +1116,6 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn stays_free_of_io() {
-        crate::purity::assert_no_io("api::etf", &[include_str!("etf.rs")]);
-    }
-
     fn nested_lists(depth: usize) -> Vec<u8> {
         let mut bytes = vec![VERSION];
         for _ in 0..depth {

@@ -19,19 +19,3 @@ pub use scope::{
     may_read_release, permissions_from_scopes, scopes_from_permissions, within,
 };
 pub use token::TokenSecret;
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn auth_is_free_of_io() {
-        crate::purity::assert_no_io(
-            "auth",
-            &[
-                include_str!("mod.rs"),
-                include_str!("token.rs"),
-                include_str!("scope.rs"),
-                include_str!("ratelimit.rs"),
-            ],
-        );
-    }
-}

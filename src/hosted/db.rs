@@ -5,8 +5,8 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::{Value, json};
 
-use super::record::{Release, Retirement};
 use crate::auth::Scope;
+use crate::index::hosted::{Release, Retirement};
 use crate::tarball::Requirement;
 
 /// One hosted release as stored.

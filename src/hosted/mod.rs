@@ -1,7 +1,8 @@
-//! Private packages hosted by hexmirror: their state in SQLite ([`db`]),
-//! their registry records ([`record`], pure), and the writer that validates
-//! a change and publishes it as a new generation ([`writer`]).
+//! Private packages hosted by hexmirror: their state in SQLite ([`db`]) and
+//! the writer that validates a change and publishes it ([`writer`]). Their
+//! registry records are pure index code: [`crate::index::hosted`].
 
 pub mod db;
-pub mod record;
 pub mod writer;
+
+pub use crate::index::hosted as record;

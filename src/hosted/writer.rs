@@ -21,9 +21,9 @@ use prost::Message;
 use serde_json::{Value, json};
 
 use super::db::{self as hdb, AuditEntry, ReleaseRow};
-use super::record::{self, Retirement};
 use crate::clock::unix_now;
 use crate::config::{Config, RepositoryConfig};
+use crate::index::hosted::{self as record, Retirement};
 use crate::manifest::{ManifestKey, UpstreamState};
 use crate::registry::{self, PackageName, SigningKey, proto};
 use crate::store::{Db, FileMap, FileRef, Store, db};
@@ -600,7 +600,7 @@ impl Writer {
 }
 
 fn load_manifest_key(config: &Config) -> Result<ManifestKey, HostedError> {
-    crate::sync::manifest_key(config).map_err(internal)
+    crate::keyfiles::manifest_key(&config.signing.manifest_key).map_err(internal)
 }
 
 /// A validated change, ready to publish.

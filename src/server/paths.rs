@@ -94,7 +94,9 @@ pub fn parse(raw_path: &str) -> Result<Target, PathError> {
     let kind = match segments.as_slice() {
         ["names"] | ["versions"] => Kind::Registry,
         ["public_key"] => Kind::PublicKey,
-        [crate::store::MANIFEST_FILE | crate::store::MANIFEST_DELTA_FILE] if org.is_none() => {
+        [crate::manifest::MANIFEST_FILE | crate::manifest::MANIFEST_DELTA_FILE]
+            if org.is_none() =>
+        {
             Kind::Manifest
         }
         ["packages", name] => {

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::upstream::Validators;
+pub use crate::plan::PackageState;
+use crate::plan::Validators;
 
 /// A database operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,19 +39,6 @@ pub enum DbError {
 pub struct Db {
     conn: Arc<Mutex<Connection>>,
     path: Arc<Path>,
-}
-
-/// What the state knows about one mirrored package.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PackageState {
-    /// `updated_at` from the upstream `/names` when it was synced.
-    pub updated_at: Option<(i64, i32)>,
-    /// Versions in the published package record, in record order.
-    pub versions: Vec<String>,
-    /// Indexes into `versions` of retired releases.
-    pub retired: Vec<i32>,
-    /// Dependencies of every release: (package, repository if named).
-    pub deps: Vec<(String, Option<String>)>,
 }
 
 /// Outcome counters of one sync, as recorded in the history.

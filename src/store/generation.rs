@@ -23,12 +23,7 @@ use crate::manifest::{
 /// by syncs and by `hexmirror gc`.
 pub const KEEP_GENERATIONS: usize = 3;
 
-/// Name of the manifest file at the root of every generation.
-pub const MANIFEST_FILE: &str = "hexmirror-manifest.json";
-
-/// Name of the signed delta beside it, once a hosted change patched the
-/// generation (see [`crate::manifest::Delta`]).
-pub const MANIFEST_DELTA_FILE: &str = "hexmirror-manifest-delta.json";
+pub use crate::manifest::{MANIFEST_DELTA_FILE, MANIFEST_FILE};
 
 /// Reads a generation's manifest and, if there is one, its delta.
 pub fn read_manifest(root: &Path) -> Result<(Vec<u8>, Option<Vec<u8>>), StoreError> {
@@ -168,6 +163,12 @@ pub enum GenerationError {
         /// Why the manifest could not be read.
         source: manifest::ManifestError,
     },
+    /// The manifest key could not be read or made.
+    #[error(transparent)]
+    Key(#[from] crate::keyfiles::KeyFileError),
+    /// The state database failed.
+    #[error(transparent)]
+    Db(#[from] super::DbError),
     /// A manifest does not verify.
     #[error("{}: {source}", path.display())]
     Manifest {
@@ -441,6 +442,53 @@ impl Store {
         let bytes = manifest::sign_ref(&manifest, key);
         self.publish_generation(version, files, &bytes)?;
         Ok(())
+    }
+
+    /// Re-signs the current generation's manifest (same files, next version)
+    /// when less than half of `expiry` is left, or at once when the manifest
+    /// key (at `key_path`) was rotated. `Ok(None)`: nothing to do, nothing
+    /// published yet (no key is created then), or a sync holds the data
+    /// directory (it re-signs itself when due). Blocking.
+    pub fn resign_if_due(
+        &self,
+        db: &super::Db,
+        key_path: &Path,
+        expiry: Duration,
+    ) -> Result<Option<u64>, GenerationError> {
+        if self.current()?.is_none() {
+            return Ok(None);
+        }
+        let key = crate::keyfiles::manifest_key(key_path)?;
+        let lifetime = expiry.as_secs();
+        let due =
+            |expires_at: u64| expires_at.saturating_sub(crate::clock::unix_now()) <= lifetime / 2;
+        // Look before taking the lock: verifying a full-scale manifest takes
+        // a second, and publishes wait for the lock meanwhile.
+        let keyid = key.public().keyid();
+        if let Ok(peek) = peek_manifest(&self.current_link())
+            && !due(peek.expires_at)
+            && base_signers(&self.current_link())?.contains(&keyid)
+        {
+            return Ok(None);
+        }
+        let Some(_lock) = self.try_lock()? else {
+            return Ok(None);
+        };
+        let current = self.load_current(&key.public())?;
+        let Some(upstream) = current.upstream.clone() else {
+            return Ok(None);
+        };
+        if current.signed_by_key && !due(current.expires_at) {
+            return Ok(None);
+        }
+        let recorded = db
+            .call_blocking(|c| super::db::meta(c, "manifest_version"))?
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let version = current.version.max(recorded) + 1;
+        self.publish_signed(version, &current.files, &|_| false, upstream, expiry, &key)?;
+        db.call_blocking(|c| super::db::set_meta(c, "manifest_version", &version.to_string()))?;
+        Ok(Some(version))
     }
 
     /// The current generation and its delta, for a hosted change to patch.
@@ -988,6 +1036,42 @@ mod tests {
             .publish_signed(1, &files, &|_| false, upstream(), expiry, key)
             .unwrap();
         (dir, store, files)
+    }
+
+    #[test]
+    fn resign_check_before_the_first_publish_creates_no_key() {
+        // Regression: `serve` ran this check at start and created the
+        // manifest key; killed in between, it left an empty key file that
+        // made every later sync fail.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let db = super::super::Db::open(dir.path()).unwrap();
+        let key = dir.path().join("keys/manifest.pem");
+        let expiry = Duration::from_secs(3600);
+        assert!(store.resign_if_due(&db, &key, expiry).unwrap().is_none());
+        assert!(!key.exists());
+    }
+
+    #[test]
+    fn resign_is_due_at_once_after_a_key_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let db = super::super::Db::open(dir.path()).unwrap();
+        let (old, new) = (dir.path().join("old.pem"), dir.path().join("new.pem"));
+        let expiry = Duration::from_secs(3600);
+        let a = store.put_bytes(b"a").unwrap();
+        let files: FileMap = [("names".to_string(), a)].into();
+        let old_key = crate::keyfiles::manifest_key(&old).unwrap();
+        store
+            .publish_signed(1, &files, &|_| false, upstream(), expiry, &old_key)
+            .unwrap();
+        assert_eq!(store.resign_if_due(&db, &old, expiry).unwrap(), None);
+        assert_eq!(store.resign_if_due(&db, &new, expiry).unwrap(), Some(2));
+        let new_key = crate::keyfiles::manifest_key(&new).unwrap();
+        let current = store.load_current(&new_key.public()).unwrap();
+        assert!(current.signed_by_key);
+        assert_eq!(current.files, files);
+        assert_eq!(store.resign_if_due(&db, &new, expiry).unwrap(), None);
     }
 
     #[test]

@@ -208,7 +208,7 @@ pub(super) async fn sync_package(
         state: PackageState {
             updated_at,
             versions: package.releases.iter().map(|r| r.version.clone()).collect(),
-            retired: super::plan::retired_indexes(&package),
+            retired: crate::plan::retired_indexes(&package),
             deps: outcome.deps.clone(),
         },
         releases,

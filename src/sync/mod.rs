@@ -4,11 +4,10 @@
 //! upstream no longer has.
 
 mod fetch;
-pub mod plan;
 mod progress;
 mod publish;
 mod run;
 
 pub use progress::Progress;
-pub use publish::{PublishError, manifest_key, resign_if_due};
+pub use publish::PublishError;
 pub use run::{Failure, Summary, SyncError, Unreachable, run};

@@ -10,9 +10,9 @@ use sha2::{Digest, Sha256};
 
 use super::fetch::PackageUpdate;
 use crate::config::{Config, RepositoryConfig};
-use crate::hosted::{self, db::ReleaseRow};
+use crate::hosted::db::ReleaseRow;
 use crate::index;
-use crate::manifest::{ManifestKey, UpstreamState};
+use crate::manifest::UpstreamState;
 use crate::registry::{self, PublicKey, SigningKey, proto};
 use crate::store::{FileMap, FileRef, GenerationError, Store, StoreError, db};
 
@@ -27,8 +27,12 @@ pub enum PublishError {
     #[error(transparent)]
     Generation(#[from] GenerationError),
     /// A key could not be read or made.
-    #[error("{0}")]
-    Key(String),
+    #[error(transparent)]
+    Key(#[from] crate::keyfiles::KeyFileError),
+    /// A repository of ours is configured without `[signing] key` (config
+    /// loading refuses this; kept so the writer never signs with nothing).
+    #[error("[[repository]] needs [signing] key; add it to the configuration")]
+    NoSigningKey,
     /// A stored record no longer verifies (disk corruption or a key change).
     #[error("stored record for {package} does not verify: {reason}; run `hexmirror verify`")]
     Record {
@@ -248,7 +252,7 @@ fn repository_files(
     }
     for (name, rows) in &hosted_rows {
         let releases: Vec<_> = rows.iter().map(|r| r.release()).collect();
-        let record = hosted::record::package_record(&repo.name, name, &releases);
+        let record = index::hosted::package_record(&repo.name, name, &releases);
         let source = format!(
             "hosted:{}",
             hex::encode(Sha256::digest(record.encode_to_vec()))
@@ -372,80 +376,6 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Ve
     })
 }
 
-/// Loads the manifest key, creating it (mode 0600) if the file does not exist.
-pub fn manifest_key(config: &Config) -> Result<ManifestKey, PublishError> {
-    let path = &config.signing.manifest_key;
-    match std::fs::read_to_string(path) {
-        Ok(pem) => ManifestKey::from_pem(&pem).map_err(|e| {
-            PublishError::Key(format!("signing.manifest_key {}: {e}", path.display()))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = ManifestKey::generate();
-            crate::keyfiles::write_new_secret(path, key.to_pkcs8_pem().as_bytes())
-                .map_err(|e| PublishError::Key(e.to_string()))?;
-            tracing::info!(path = %path.display(), "created the manifest signing key (Ed25519)");
-            Ok(key)
-        }
-        Err(e) => Err(PublishError::Key(format!(
-            "cannot read signing.manifest_key {}: {e}",
-            path.display()
-        ))),
-    }
-}
-
-/// Re-signs the current generation's manifest (same files, next version)
-/// when less than half its lifetime is left. `Ok(None)`: nothing to do, or
-/// a sync holds the data directory (it re-signs itself when due).
-pub fn resign_if_due(config: &Config) -> Result<Option<u64>, PublishError> {
-    let store = Store::open(&config.data_dir)?;
-    if store.current()?.is_none() {
-        // Nothing to re-sign; the first sync creates the key.
-        return Ok(None);
-    }
-    let key = manifest_key(config)?;
-    let lifetime = config.signing.manifest_expiry.as_secs();
-    // Look before taking the lock: verifying a full-scale manifest takes a
-    // second, and publishes wait for the lock meanwhile.
-    let due = |expires_at: u64| expires_at.saturating_sub(crate::clock::unix_now()) <= lifetime / 2;
-    // A rotated key makes the manifest due at once, whatever its expiry.
-    let keyid = key.public().keyid();
-    if let Ok(peek) = crate::store::peek_manifest(&store.current_link())
-        && !due(peek.expires_at)
-        && crate::store::base_signers(&store.current_link())?.contains(&keyid)
-    {
-        return Ok(None);
-    }
-    let Some(_lock) = store.try_lock()? else {
-        return Ok(None);
-    };
-    let current = store.load_current(&key.public())?;
-    let Some(upstream) = current.upstream.clone() else {
-        return Ok(None);
-    };
-    // A manifest the configured key did not sign (a rotated key) is due now.
-    if current.signed_by_key && !due(current.expires_at) {
-        return Ok(None);
-    }
-    let db = db::Db::open(&config.data_dir).map_err(|e| PublishError::Key(e.to_string()))?;
-    let recorded = db
-        .call_blocking(|c| db::meta(c, "manifest_version"))
-        .map_err(|e| PublishError::Key(e.to_string()))?
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    let version = current.version.max(recorded) + 1;
-    store.publish_signed(
-        version,
-        &current.files,
-        &|_| false,
-        upstream,
-        config.signing.manifest_expiry,
-        &key,
-    )?;
-    db.call_blocking(|c| db::set_meta(c, "manifest_version", &version.to_string()))
-        .map_err(|e| PublishError::Key(e.to_string()))?;
-    Ok(Some(version))
-}
-
 /// Builds the next generation and switches it in, unless it would equal the
 /// current one and the current manifest is not due for re-signing.
 pub(super) fn publish(
@@ -476,7 +406,7 @@ pub(super) fn publish(
             .signing
             .key
             .clone()
-            .ok_or_else(|| PublishError::Key("a [[repository]] needs signing.key".into()))?;
+            .ok_or(PublishError::NoSigningKey)?;
         let records = decode_records(store, &upstream, config)?;
         let sources = Sources {
             store,
@@ -501,7 +431,7 @@ pub(super) fn publish(
         });
     }
     let version = inputs.prev_version + 1;
-    let key = manifest_key(config)?;
+    let key = crate::keyfiles::manifest_key(&config.signing.manifest_key)?;
     store.publish_signed(
         version,
         &files,
@@ -549,19 +479,6 @@ fn decode_records(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn resign_check_before_the_first_publish_creates_no_key() {
-        // Regression: `serve` ran this check at start and created the
-        // manifest key; killed in between, it left an empty key file that
-        // made every later sync fail.
-        let tmp = tempfile::tempdir().unwrap();
-        let config =
-            Config::parse("data_dir = \"data\"\n", &tmp.path().join("hexmirror.toml")).unwrap();
-        std::fs::create_dir_all(&config.data_dir).unwrap();
-        assert!(resign_if_due(&config).unwrap().is_none());
-        assert!(!config.signing.manifest_key.exists());
-    }
 
     #[test]
     fn parallel_map_keeps_order() {

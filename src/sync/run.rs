@@ -13,11 +13,11 @@ use tokio::task::JoinSet;
 
 use super::Progress;
 use super::fetch::{Ctx, Outcome, PackageUpdate, blocking, sync_package};
-use super::plan;
 use super::publish::{self, IndexFiles, Inputs, PublishError};
 use crate::clock::unix_now;
 use crate::config::Config;
 use crate::manifest::UpstreamState;
+use crate::plan;
 use crate::registry::{self, PackageName};
 use crate::store::db::{self, SyncRecord};
 use crate::store::{self, Db, DbError, FileMap, FileRef, Store, StoreError};
@@ -278,9 +278,10 @@ async fn fetch_index(
 async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary, SyncError> {
     let mut summary = Summary::default();
     let cfg = config.clone();
-    let manifest_key = blocking(move || publish::manifest_key(&cfg))
+    let manifest_key = blocking(move || crate::keyfiles::manifest_key(&cfg.signing.manifest_key))
         .await
-        .map_err(internal)??;
+        .map_err(internal)?
+        .map_err(PublishError::from)?;
     let public = manifest_key.public();
     let store = ctx.store.clone();
     let prev = blocking(move || store.load_current(&public))

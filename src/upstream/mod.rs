@@ -12,6 +12,7 @@ use reqwest::header::{ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RET
 use tokio::sync::Semaphore;
 
 use crate::config::UpstreamConfig;
+pub use crate::plan::Validators;
 pub use retry::Backoff;
 
 /// Why an upstream request failed for good (after any retries).
@@ -45,22 +46,6 @@ pub enum UpstreamError {
         /// The limit in bytes.
         limit: u64,
     },
-}
-
-/// Cache validators remembered from an earlier response.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Validators {
-    /// The `ETag` header, verbatim.
-    pub etag: Option<String>,
-    /// The `Last-Modified` header, verbatim.
-    pub last_modified: Option<String>,
-}
-
-impl Validators {
-    /// True when there is nothing to make a request conditional with.
-    pub fn is_empty(&self) -> bool {
-        self.etag.is_none() && self.last_modified.is_none()
-    }
 }
 
 /// The outcome of a GET.

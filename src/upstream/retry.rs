@@ -1,4 +1,5 @@
-//! Retry timing: exponential backoff with full jitter, capped, and the
+//! Retry timing: exponential backoff with equal jitter (half fixed, half
+//! random, so no retry is immediate), capped, and the
 //! upstream's `Retry-After` honoured when it asks for longer.
 
 use std::time::{Duration, SystemTime};

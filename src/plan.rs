@@ -1,10 +1,41 @@
 //! PURE sync planning: from the verified upstream index and the local state,
 //! decide which packages to fetch, which are current, and what to remove.
+//! Also the plain values the plan reads from the state database (what a
+//! package holds, the validators of a conditional request), so the database
+//! and the upstream client depend on the plan, never the other way round.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::registry::proto;
-use crate::store::db::PackageState;
+
+/// What the state knows about one mirrored package.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PackageState {
+    /// `updated_at` from the upstream `/names` when it was synced.
+    pub updated_at: Option<(i64, i32)>,
+    /// Versions in the published package record, in record order.
+    pub versions: Vec<String>,
+    /// Indexes into `versions` of retired releases.
+    pub retired: Vec<i32>,
+    /// Dependencies of every release: (package, repository if named).
+    pub deps: Vec<(String, Option<String>)>,
+}
+
+/// Cache validators remembered from an earlier response.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validators {
+    /// The `ETag` header, verbatim.
+    pub etag: Option<String>,
+    /// The `Last-Modified` header, verbatim.
+    pub last_modified: Option<String>,
+}
+
+impl Validators {
+    /// True when there is nothing to make a request conditional with.
+    pub fn is_empty(&self) -> bool {
+        self.etag.is_none() && self.last_modified.is_none()
+    }
+}
 
 /// What the upstream index says about one package.
 #[derive(Debug, Clone, Default, PartialEq)]
