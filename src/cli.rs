@@ -4,6 +4,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -388,8 +389,14 @@ async fn reload_on_sighup(
     public: server::PublicRepos,
     api: Option<std::sync::Arc<crate::api::ApiState>>,
     config_tx: tokio::sync::watch::Sender<Config>,
+    stop: CancellationToken,
 ) {
-    while hup.recv().await.is_some() {
+    while stop
+        .run_until_cancelled(hup.recv())
+        .await
+        .flatten()
+        .is_some()
+    {
         let Some(path) = running.source.clone() else {
             tracing::info!("SIGHUP: running on the embedded default, nothing to reload");
             continue;
@@ -426,7 +433,11 @@ async fn reload_on_sighup(
 /// Runs a sync at every time `schedule` names, with the configuration in
 /// force at that moment. A sync already running (from `hexmirror sync` or
 /// the timer unit) holds the data directory's lock; this one is skipped.
-async fn scheduled_syncs(config: tokio::sync::watch::Receiver<Config>) {
+///
+/// On shutdown a sync in progress stops where it is, as an interrupted
+/// `hexmirror sync` does: the served generation is untouched and the next
+/// sync reuses every verified blob.
+async fn scheduled_syncs(config: tokio::sync::watch::Receiver<Config>, stop: CancellationToken) {
     loop {
         let schedule = config.borrow().sync_schedule.clone();
         let Some(next) = schedule.and_then(|s| s.upcoming(chrono::Utc).next()) else {
@@ -434,10 +445,23 @@ async fn scheduled_syncs(config: tokio::sync::watch::Receiver<Config>) {
         };
         let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
         tracing::info!(at = %next.to_rfc3339(), "next scheduled sync");
-        tokio::time::sleep(wait).await;
+        if stop
+            .run_until_cancelled(tokio::time::sleep(wait))
+            .await
+            .is_none()
+        {
+            return;
+        }
         let cfg = config.borrow().clone();
         let started = std::time::Instant::now();
-        match sync::run(&cfg, &Progress::new(false)).await {
+        let Some(result) = stop
+            .run_until_cancelled(sync::run(&cfg, &Progress::new(false)))
+            .await
+        else {
+            tracing::info!("scheduled sync stopped by shutdown");
+            return;
+        };
+        match result {
             Ok(s) => tracing::info!(
                 packages = s.packages,
                 failures = s.failures.len(),
@@ -455,10 +479,15 @@ async fn scheduled_syncs(config: tokio::sync::watch::Receiver<Config>) {
 
 /// Re-signs the snapshot manifest when less than half its lifetime is left
 /// and no sync did it (a proxy-only or hosting-only server never syncs).
-async fn resign_manifest_when_due(config: tokio::sync::watch::Receiver<Config>) {
+async fn resign_manifest_when_due(
+    config: tokio::sync::watch::Receiver<Config>,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {
-        tick.tick().await;
+        if stop.run_until_cancelled(tick.tick()).await.is_none() {
+            return;
+        }
         let cfg = config.borrow().clone();
         let resign = move || -> Result<Option<u64>, crate::store::GenerationError> {
             let store = crate::store::Store::open(&cfg.data_dir)?;
@@ -503,8 +532,6 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
             tracing::warn!("cannot listen for SIGHUP ({e}); configuration reload is off")
         })
         .ok();
-    println!("hexmirror serving {} on http://{addr}", tree.display());
-    crate::notify::notify("READY=1");
     let proxy = if config.proxy.enabled {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("cannot create data directory {}", config.data_dir.display())
@@ -515,49 +542,56 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    // Only now can every request be answered as configured.
+    println!("hexmirror serving {} on http://{addr}", tree.display());
+    crate::notify::notify("READY=1");
     let options = server::Options {
         public_repos: server::PublicRepos::new(public_repos(config)),
         data_dir: Some(config.data_dir.clone()),
         api: api.clone(),
         proxy,
     };
+    // Background work shares one shutdown signal and is joined on exit.
+    let stop = CancellationToken::new();
+    let mut background = tokio::task::JoinSet::new();
     // The import folder (`[import]`): package tarballs dropped there are published.
-    let (stop_import, import_stopped) = tokio::sync::oneshot::channel::<()>();
-    let importer = match (&config.import, &api) {
-        (Some(import), Some(api)) => Some(tokio::spawn(crate::import::run(
+    if let (Some(import), Some(api)) = (&config.import, &api) {
+        background.spawn(crate::import::run(
             import.clone(),
             std::sync::Arc::clone(api),
-            async {
-                let _ = import_stopped.await;
-            },
-        ))),
-        _ => None,
-    };
+            stop.clone().cancelled_owned(),
+        ));
+    }
     let (config_tx, config_rx) = tokio::sync::watch::channel(config.clone());
     if config.sync_schedule.is_some() {
-        tokio::spawn(scheduled_syncs(config_rx.clone()));
+        background.spawn(scheduled_syncs(config_rx.clone(), stop.clone()));
     }
-    tokio::spawn(resign_manifest_when_due(config_rx));
+    background.spawn(resign_manifest_when_due(config_rx, stop.clone()));
     #[cfg(unix)]
     if let Some(hup) = hup {
-        tokio::spawn(reload_on_sighup(
+        background.spawn(reload_on_sighup(
             hup,
             config.clone(),
             options.public_repos.clone(),
             api,
             config_tx,
+            stop.clone(),
         ));
     }
-    server::run(
+    let served = server::run(
         listener,
         server::router_with(tree, options),
+        server::Limits::from(&config.server),
         shutdown_signal(),
     )
-    .await?;
-    let _ = stop_import.send(());
-    if let Some(task) = importer {
-        let _ = task.await;
+    .await;
+    stop.cancel();
+    while let Some(joined) = background.join_next().await {
+        if let Err(e) = joined {
+            tracing::error!("a background task failed: {e}");
+        }
     }
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -72,6 +72,15 @@ struct RawConfig {
     schedule: RawSchedule,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    server: RawServer,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    max_connections: Option<usize>,
+    header_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -177,6 +186,20 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Repositories of our own, re-signed with our key.
     pub repositories: Vec<RepositoryConfig>,
+    /// Connection limits of `serve`.
+    pub server: ServerConfig,
+}
+
+/// Connection limits of `serve` (`[server]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long a connection may take to send a complete request header,
+    /// counted from when it opens or from the end of the previous response:
+    /// it ends slow or silent clients and idle keep-alive connections. No
+    /// limit applies to a request's body (uploads reach 16 MiB) or response.
+    pub header_timeout: Duration,
 }
 
 /// Keys and signing policy.
@@ -407,6 +430,24 @@ impl Config {
                 Some(set)
             }
         };
+        let max_connections = raw.server.max_connections.unwrap_or(16_384);
+        if !(1..=1_000_000).contains(&max_connections) {
+            return Err(invalid(
+                "server.max_connections",
+                format!("{max_connections} is outside 1..=1000000"),
+            ));
+        }
+        let header_timeout_secs = raw.server.header_timeout_secs.unwrap_or(30);
+        if !(1..=3600).contains(&header_timeout_secs) {
+            return Err(invalid(
+                "server.header_timeout_secs",
+                format!("{header_timeout_secs} is outside 1..=3600 (seconds)"),
+            ));
+        }
+        let server = ServerConfig {
+            max_connections,
+            header_timeout: Duration::from_secs(header_timeout_secs),
+        };
         let concurrency = raw.mirror.concurrency.unwrap_or(8);
         if !(1..=256).contains(&concurrency) {
             return Err(invalid(
@@ -605,6 +646,7 @@ impl Config {
             log_format,
             import,
             repositories,
+            server,
             source: source.map(Path::to_owned),
             data_dir,
             listen,
@@ -675,6 +717,11 @@ mod tests {
             ("[upstream]\nrepository = \"a/b\"", "`upstream.repository`"),
             ("[mirror]\npackages = [\"Bad\"]", "`mirror.packages`"),
             ("[mirror]\nconcurrency = 0", "`mirror.concurrency`"),
+            ("[server]\nmax_connections = 0", "`server.max_connections`"),
+            (
+                "[server]\nheader_timeout_secs = 0",
+                "`server.header_timeout_secs`",
+            ),
         ] {
             let msg = parse(text).unwrap_err().to_string();
             assert!(msg.contains(key), "{text}: {msg}");

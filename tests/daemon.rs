@@ -78,3 +78,59 @@ fn logs_are_json_when_configured() {
         "{out}"
     );
 }
+
+#[test]
+fn sigterm_stops_a_running_scheduled_sync_and_exits_cleanly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    // Every second, and every tarball takes a minute: a sync is always
+    // running when the signal comes.
+    upstream.delay("/tarballs/", Duration::from_secs(60));
+    let mirror = Mirror::new(&upstream, "\n[schedule]\nsync = \"* * * * * *\"\n");
+    let mut child = hexmirror()
+        .arg("serve")
+        .arg("--config")
+        .arg(mirror.config())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Records are answered at once; the tarballs that follow them hang.
+    while upstream.count(|r| r.path.starts_with("/packages/")) == 0 {
+        assert!(Instant::now() < deadline, "no scheduled sync started");
+        sleep(Duration::from_millis(50));
+    }
+    sleep(Duration::from_millis(300));
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve did not exit within 10 s of SIGTERM");
+        }
+        sleep(Duration::from_millis(50));
+    };
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(status.success(), "exit {status:?}\n{logs}");
+    assert!(
+        logs.contains("scheduled sync stopped by shutdown"),
+        "the running sync was stopped and joined:\n{logs}"
+    );
+    assert!(!mirror.tree().exists(), "nothing half-synced was published");
+}

@@ -20,6 +20,8 @@
 pub mod paths;
 mod status;
 
+mod conn;
+pub use conn::Limits;
 mod etag;
 mod http;
 
@@ -169,37 +171,18 @@ async fn on_blocking_pool(
         })
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then drains open connections.
+/// Serves `router` on `listener` until `shutdown` completes, then drains
+/// open connections (see [`conn`]: the cap, the header timeout).
 pub async fn run(
     listener: tokio::net::TcpListener,
     router: Router,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving the mirror tree");
     }
-    // The peer address feeds the API's failed-authentication limiter.
-    axum::serve(
-        no_delay(listener),
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-}
-
-/// Accepts connections with Nagle's algorithm off. Clients reuse a
-/// connection for many small registry files; with Nagle on, each response
-/// after the first waited about 40 ms for the client's delayed ACK.
-fn no_delay(
-    listener: tokio::net::TcpListener,
-) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
-    use axum::serve::ListenerExt;
-    fn set(tcp: &mut tokio::net::TcpStream) {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
-        }
-    }
-    listener.tap_io(set as fn(&mut tokio::net::TcpStream))
+    conn::serve(listener, router, limits, shutdown).await
 }
 
 /// Why a request did not get its file.

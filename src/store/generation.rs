@@ -1,11 +1,13 @@
 //! Generations of the served tree.
 //!
-//! A generation is a complete, immutable directory under
-//! `DATA_DIR/generations/` in which every file is a hard link to a blob, plus
-//! the signed manifest that lists them. `DATA_DIR/current` is a symlink to
-//! the served generation and is switched with one `rename`, so a reader that
-//! resolves `current` once sees exactly one generation, and every path it
-//! then opens stays valid for as long as that generation is kept.
+//! A generation is a complete directory under `DATA_DIR/generations/` in
+//! which every file is a hard link to a blob, plus the signed manifest that
+//! lists them. `DATA_DIR/current` is a symlink to the served generation and
+//! is switched with one `rename`, so a reader that resolves `current` once
+//! sees exactly one generation. A sync never changes a generation once it is
+//! published; a hosted change patches the current one in place (a signed
+//! delta first, then one `rename` per file, in an order where nothing names
+//! a missing file), so a reader sees each file whole, old or new.
 
 use std::collections::BTreeMap;
 use std::fs;
