@@ -70,7 +70,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::api::ApiState;
 use crate::config::{Config, ImportConfig};
-use crate::hosted::writer::{Change, HostedError, Upload};
+use crate::hosted::writer::{Change, ErrorKind, HostedError, Upload};
 
 /// Subdirectory of claimed files being imported.
 pub const PROCESSING: &str = "processing";
@@ -378,17 +378,15 @@ enum Verdict {
 
 /// What to do after `HostedError` `e`.
 fn verdict_of(e: HostedError, dir: &Path) -> Verdict {
-    match e {
-        HostedError::Invalid(m) | HostedError::NotFound(m) | HostedError::Forbidden(m) => {
-            Verdict::Failed {
-                what: m,
-                todo: format!(
-                    "fix the problem above and drop the tarball into {} again",
-                    dir.display()
-                ),
-            }
-        }
-        e @ (HostedError::Busy | HostedError::Internal(_)) => Verdict::Retry(e.to_string()),
+    match e.kind() {
+        ErrorKind::Invalid | ErrorKind::NotFound | ErrorKind::Forbidden => Verdict::Failed {
+            what: e.to_string(),
+            todo: format!(
+                "fix the problem above and drop the tarball into {} again",
+                dir.display()
+            ),
+        },
+        ErrorKind::Busy | ErrorKind::Internal => Verdict::Retry(e.to_string()),
     }
 }
 
@@ -918,14 +916,24 @@ mod tests {
     #[test]
     fn refusals_fail_and_trouble_retries() {
         let dir = Path::new("/srv/import");
+        use crate::hosted::rules::Rejection;
         for e in [
-            HostedError::Invalid("bad".into()),
-            HostedError::NotFound("gone".into()),
-            HostedError::Forbidden("not yours".into()),
+            HostedError::from(Rejection::BadName("Bad".into())),
+            HostedError::from(Rejection::UnknownRepository("gone".into())),
+            HostedError::from(Rejection::NotOwner {
+                name: "x".into(),
+                owners: "ann".into(),
+                user: "bob".into(),
+            }),
         ] {
             assert!(matches!(verdict_of(e, dir), Verdict::Failed { .. }));
         }
-        for e in [HostedError::Busy, HostedError::Internal("disk".into())] {
+        let disk = crate::store::StoreError {
+            action: "write",
+            path: dir.to_owned(),
+            source: std::io::Error::other("disk full"),
+        };
+        for e in [HostedError::Busy, HostedError::from(disk)] {
             assert!(matches!(verdict_of(e, dir), Verdict::Retry(_)));
         }
         let text = reason_text(

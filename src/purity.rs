@@ -15,6 +15,7 @@ use std::path::Path;
 const PURE: &[&str] = &[
     "api::etf",
     "auth",
+    "hosted::rules",
     "index",
     "manifest",
     "plan",

@@ -17,7 +17,7 @@ use crate::clock::unix_now;
 use crate::config::Config;
 use crate::hosted::db::{self as hdb, AuditEntry, ReleaseRow, TokenRow};
 use crate::hosted::record::{Retirement, cmp_versions};
-use crate::hosted::writer::{Actor, Change, HostedError, Outcome, Upload};
+use crate::hosted::writer::{Actor, Change, ErrorKind, HostedError, Outcome, Upload};
 
 type Params = Path<BTreeMap<String, String>>;
 type QueryMap = Query<BTreeMap<String, String>>;
@@ -147,7 +147,7 @@ impl Request {
         let outcome =
             tokio::task::spawn_blocking(move || writer.apply(&config, &repo, change, &actor))
                 .await
-                .map_err(|e| HostedError::Internal(format!("writer task failed: {e}")));
+                .map_err(HostedError::from);
         outcome.and_then(|r| r).map_err(hosted_error)
     }
 
@@ -297,19 +297,23 @@ impl Request {
     }
 }
 
+/// The answer to a failure the client cannot fix: the details go to the
+/// server log only.
+fn internal_error(e: &dyn std::fmt::Display) -> Reply {
+    tracing::error!("hosted package change failed: {e}");
+    Reply::error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error; nothing was changed; see the server log",
+    )
+}
+
 fn hosted_error(e: HostedError) -> Reply {
-    let status = match &e {
-        HostedError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        HostedError::NotFound(_) => StatusCode::NOT_FOUND,
-        HostedError::Forbidden(_) => StatusCode::FORBIDDEN,
-        HostedError::Busy => StatusCode::SERVICE_UNAVAILABLE,
-        HostedError::Internal(m) => {
-            tracing::error!("hosted package change failed: {m}");
-            return Reply::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error; nothing was changed; see the server log",
-            );
-        }
+    let status = match e.kind() {
+        ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => return internal_error(&e),
     };
     let mut reply = Reply::error(status, e.to_string());
     if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -357,7 +361,7 @@ pub(super) async fn publish(
         let config = Arc::clone(&req.config);
         let upload = tokio::task::spawn_blocking(move || Upload::inspect(bytes.to_vec(), &config))
             .await
-            .map_err(|e| HostedError::Internal(e.to_string()))
+            .map_err(HostedError::from)
             .and_then(|r| r)
             .map_err(hosted_error)?;
         let name = upload.name().to_owned();
@@ -373,7 +377,9 @@ pub(super) async fn publish(
         let admin = req.token.as_ref().is_some_and(|t| auth::allows(&t.scopes, &repo, Some(&name), Access::Admin));
         let replace = q.get("replace").is_some_and(|v| v == "true");
         let outcome = req.change(&repo, Change::Publish { upload, replace }, admin).await?;
-        let row = outcome.release.ok_or_else(|| hosted_error(HostedError::Internal("no release".into())))?;
+        let row = outcome
+            .release
+            .ok_or_else(|| internal_error(&"a publish produced no release"))?;
         let body = req.release_json(&row);
         Ok(if outcome.created {
             Reply::new(StatusCode::CREATED, body)
@@ -1003,7 +1009,7 @@ pub(super) async fn create_key(
         let (secret, row) = created.map_err(|e| match e {
             TokenError::Invalid(m) => Reply::error(StatusCode::UNPROCESSABLE_ENTITY, m),
             TokenError::Forbidden(m) => Reply::error(StatusCode::FORBIDDEN, m),
-            TokenError::Internal(m) => hosted_error(HostedError::Internal(m)),
+            TokenError::Internal(m) => internal_error(&m),
         })?;
         req.audit(
             "key.generate",

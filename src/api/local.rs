@@ -30,7 +30,7 @@ impl ApiState {
         );
         tokio::task::spawn_blocking(move || writer.apply(&config, &repo, change, &actor))
             .await
-            .map_err(|e| HostedError::Internal(format!("writer task failed: {e}")))?
+            .map_err(HostedError::from)?
     }
 
     /// The stored release, if any (to recognise a tarball published before).
@@ -44,6 +44,6 @@ impl ApiState {
         self.db
             .call(move |c| hdb::release(c, &r, &p, &v))
             .await
-            .map_err(|e| HostedError::Internal(e.to_string()))
+            .map_err(HostedError::from)
     }
 }

@@ -6,53 +6,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::{Value, json};
 
 use crate::auth::Scope;
-use crate::index::hosted::{Release, Retirement};
+use crate::index::hosted::Retirement;
 use crate::tarball::Requirement;
 
-/// One hosted release as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReleaseRow {
-    /// Our repository that holds it.
-    pub repository: String,
-    /// Package name.
-    pub package: String,
-    /// Version.
-    pub version: String,
-    /// SHA-256 of the tarball (also its blob name).
-    pub outer_sha256: [u8; 32],
-    /// Inner checksum.
-    pub inner_sha256: [u8; 32],
-    /// Tarball size in bytes.
-    pub size: u64,
-    /// Dependencies.
-    pub requirements: Vec<Requirement>,
-    /// `meta` as the API shows it (app, build_tools, elixir, description, licenses, links).
-    pub meta: Value,
-    /// Retirement reason and message.
-    pub retired: Option<(Retirement, String)>,
-    /// The docs tarball's blob, if docs were uploaded.
-    pub docs_sha256: Option<[u8; 32]>,
-    /// Who published it (the token's user).
-    pub publisher: String,
-    /// Unix seconds of the first publication (a replace keeps it).
-    pub inserted_at: i64,
-    /// Unix seconds of the last change.
-    pub updated_at: i64,
-}
-
-impl ReleaseRow {
-    /// The registry's view of this release.
-    pub fn release(&self) -> Release {
-        Release {
-            version: self.version.clone(),
-            outer_checksum: self.outer_sha256,
-            inner_checksum: self.inner_sha256,
-            requirements: self.requirements.clone(),
-            retired: self.retired.clone(),
-            published_at: self.inserted_at,
-        }
-    }
-}
+pub use crate::index::hosted::ReleaseRow;
 
 fn requirements_json(reqs: &[Requirement]) -> String {
     Value::Array(

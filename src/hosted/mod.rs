@@ -1,8 +1,10 @@
-//! Private packages hosted by hexmirror: their state in SQLite ([`db`]) and
-//! the writer that validates a change and publishes it ([`writer`]). Their
-//! registry records are pure index code: [`crate::index::hosted`].
+//! Private packages hosted by hexmirror: their state in SQLite ([`db`]), the
+//! rules a change must pass ([`rules`], pure), and the writer that applies a
+//! change and publishes it ([`writer`]). Their registry records are pure
+//! index code: [`crate::index::hosted`].
 
 pub mod db;
+pub mod rules;
 pub mod writer;
 
 pub use crate::index::hosted as record;

@@ -21,46 +21,105 @@ use prost::Message;
 use serde_json::{Value, json};
 
 use super::db::{self as hdb, AuditEntry, ReleaseRow};
+use super::rules::{self, Asker, Rejection, Repositories, Source, Window};
 use crate::clock::unix_now;
 use crate::config::{Config, RepositoryConfig};
 use crate::index::hosted::{self as record, Retirement};
 use crate::manifest::{ManifestKey, UpstreamState};
-use crate::registry::{self, PackageName, SigningKey, proto};
-use crate::store::{Db, FileMap, FileRef, Store, db};
+use crate::registry::{self, SigningKey, proto};
+use crate::store::{Db, FileMap, FileRef, GenerationError, Store, db};
 use crate::tarball::{self, Limits, Metadata};
-use crate::version::{Requirement, Version};
 
 /// How long a change waits for a running sync to release the data directory.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
 /// Longest accepted `metadata.config` in a published tarball.
 const MAX_METADATA: u64 = 128 * 1024;
-/// Most dependencies one release may declare.
-const MAX_REQUIREMENTS: usize = 500;
-/// Longest accepted package description, in characters.
-const MAX_DESCRIPTION: usize = 1000;
+/// How a client should read a failed change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The input is not acceptable (HTTP 422).
+    Invalid,
+    /// The package, release or repository does not exist (HTTP 404).
+    NotFound,
+    /// The caller may not do this (HTTP 403).
+    Forbidden,
+    /// A sync holds the data directory (HTTP 503); try again.
+    Busy,
+    /// Disk, database or key trouble (HTTP 500); try again once fixed.
+    Internal,
+}
 
 /// Why a change was refused or failed. Nothing was changed in either case.
 #[derive(Debug, thiserror::Error)]
 pub enum HostedError {
-    /// The input is not acceptable (HTTP 422).
-    #[error("{0}")]
-    Invalid(String),
-    /// The package, release or repository does not exist (HTTP 404).
-    #[error("{0}")]
-    NotFound(String),
-    /// The caller may not do this (HTTP 403).
-    #[error("{0}")]
-    Forbidden(String),
-    /// A sync holds the data directory (HTTP 503).
+    /// A rule refused the change (boxed: the variant is large and rare).
+    #[error(transparent)]
+    Rejected(Box<Rejection>),
+    /// The uploaded package tarball is refused.
+    #[error("package tarball: {0}")]
+    Tarball(#[from] tarball::TarballError),
+    /// A sync holds the data directory.
     #[error("a sync is running and holds the data directory; retry in a minute")]
     Busy,
-    /// Disk, database or key trouble (HTTP 500); details are logged.
-    #[error("{0}")]
-    Internal(String),
+    /// The data directory failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The served generation could not be read or replaced.
+    #[error(transparent)]
+    Generation(#[from] GenerationError),
+    /// The state database failed.
+    #[error(transparent)]
+    Db(#[from] crate::store::DbError),
+    /// The manifest key could not be read or made.
+    #[error(transparent)]
+    Key(#[from] crate::keyfiles::KeyFileError),
+    /// No key to sign our repositories with (config loading refuses this).
+    #[error("[signing] key is not configured; every [[repository]] needs it")]
+    NoSigningKey,
+    /// A served index file does not verify with the key that should sign it.
+    #[error(
+        "the served {} does not verify ({source}); if [signing] key or the upstream key changed, run `hexmirror sync` to rebuild it",
+        path.display()
+    )]
+    ServedIndex {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: registry::RegistryError,
+    },
+    /// A served file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The writer's blocking task stopped before it finished (a bug).
+    #[error("the writer task stopped before finishing: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
-fn internal(e: impl std::fmt::Display) -> HostedError {
-    HostedError::Internal(e.to_string())
+impl From<Rejection> for HostedError {
+    fn from(r: Rejection) -> Self {
+        Self::Rejected(Box::new(r))
+    }
+}
+
+impl HostedError {
+    /// How a client should read it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Rejected(r) => match r.kind() {
+                rules::Kind::Invalid => ErrorKind::Invalid,
+                rules::Kind::NotFound => ErrorKind::NotFound,
+                rules::Kind::Forbidden => ErrorKind::Forbidden,
+            },
+            Self::Tarball(_) => ErrorKind::Invalid,
+            Self::Busy => ErrorKind::Busy,
+            _ => ErrorKind::Internal,
+        }
+    }
 }
 
 /// The limits an uploaded package or docs tarball must meet.
@@ -84,8 +143,7 @@ pub struct Upload {
 impl Upload {
     /// Checks `bytes` against [`upload_limits`]. Blocking (it inflates).
     pub fn inspect(bytes: Vec<u8>, config: &Config) -> Result<Self, HostedError> {
-        let verified = tarball::inspect(&bytes, &upload_limits(config))
-            .map_err(|e| HostedError::Invalid(format!("package tarball: {e}")))?;
+        let verified = tarball::inspect(&bytes, &upload_limits(config))?;
         Ok(Self { bytes, verified })
     }
 
@@ -215,7 +273,10 @@ fn file_id(path: &std::path::Path) -> Result<Option<FileId>, HostedError> {
             m.mtime_nsec(),
         ))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(internal(format!("{}: {e}", path.display()))),
+        Err(source) => Err(HostedError::Read {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -253,8 +314,10 @@ impl<T> Decoded<T> {
             });
         }
         drop(cache);
-        let bytes =
-            std::fs::read(path).map_err(|e| internal(format!("{}: {e}", path.display())))?;
+        let bytes = std::fs::read(path).map_err(|source| HostedError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let value = Arc::new(decode(&bytes)?);
         if !take {
             let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -380,14 +443,12 @@ impl Writer {
             .repositories
             .iter()
             .find(|r| r.name == repo)
-            .ok_or_else(|| {
-                HostedError::NotFound(format!("repository {repo:?} is not configured here"))
-            })?;
+            .ok_or_else(|| Rejection::UnknownRepository(repo.to_owned()))?;
         let key = config
             .signing
             .key
             .clone()
-            .ok_or_else(|| HostedError::Internal("signing.key is not configured".into()))?;
+            .ok_or(HostedError::NoSigningKey)?;
         let asked = Instant::now();
         let manifest_key = load_manifest_key(config)?;
         let public = manifest_key.public();
@@ -405,7 +466,7 @@ impl Writer {
         };
         let tree = match &patchable {
             Some(p) => Some(p.dir.clone()),
-            None => self.store.current().map_err(internal)?.map(|(_, dir)| dir),
+            None => self.store.current()?.map(|(_, dir)| dir),
         };
         let last_version = self
             .db_call(|c| db::meta(c, "manifest_version"))?
@@ -434,12 +495,11 @@ impl Writer {
                 let done = at.delta.as_ref().map_or(at.id, |d| d.version);
                 let version = done.max(last_version) + 1;
                 self.store
-                    .patch_signed(at, version, &changes, expiry, &manifest_key)
-                    .map_err(internal)?;
+                    .patch_signed(at, version, &changes, expiry, &manifest_key)?;
                 (version, Undo::Patch(at))
             }
             None => {
-                let current = self.store.load_current(&public).map_err(internal)?;
+                let current = self.store.load_current(&public)?;
                 let mut files = current.files.clone();
                 for (path, file) in &changes {
                     match file {
@@ -455,16 +515,14 @@ impl Writer {
                     synced_at: 0,
                 });
                 let removes = |path: &str| changes.iter().any(|(p, f)| p == path && f.is_none());
-                self.store
-                    .publish_signed(
-                        version,
-                        &files,
-                        &removes,
-                        upstream.clone(),
-                        expiry,
-                        &manifest_key,
-                    )
-                    .map_err(internal)?;
+                self.store.publish_signed(
+                    version,
+                    &files,
+                    &removes,
+                    upstream.clone(),
+                    expiry,
+                    &manifest_key,
+                )?;
                 (version, Undo::Full(current.files, upstream))
             }
         };
@@ -501,7 +559,7 @@ impl Writer {
             tracing::error!(repository = repo, package = %planned.name, "recording the change failed, reverting the tree: {e}");
             match undo {
                 Undo::Patch(at) => {
-                    let before = self.store.patchable_files(at, &public).map_err(internal)?;
+                    let before = self.store.patchable_files(at, &public)?;
                     let back: Vec<_> = changes
                         .iter()
                         .map(|(path, _)| (path.clone(), before.get(path).copied()))
@@ -510,25 +568,22 @@ impl Writer {
                     at.delta = self
                         .store
                         .patchable(&public)
-                        .map_err(internal)?
+                        .map_err(GenerationError::from)?
                         .and_then(|p| p.delta);
                     self.store
-                        .patch_signed(&at, version + 1, &back, expiry, &manifest_key)
-                        .map_err(internal)?;
+                        .patch_signed(&at, version + 1, &back, expiry, &manifest_key)?;
                 }
                 Undo::Full(files, upstream) => {
                     // Putting the previous files back drops what the change added.
                     let added = |path: &str| changes.iter().any(|(p, _)| p == path);
-                    self.store
-                        .publish_signed(
-                            version + 1,
-                            &files,
-                            &added,
-                            upstream,
-                            expiry,
-                            &manifest_key,
-                        )
-                        .map_err(internal)?;
+                    self.store.publish_signed(
+                        version + 1,
+                        &files,
+                        &added,
+                        upstream,
+                        expiry,
+                        &manifest_key,
+                    )?;
                 }
             }
             return Err(e);
@@ -556,7 +611,7 @@ impl Writer {
     fn lock(&self) -> Result<std::fs::File, HostedError> {
         let deadline = Instant::now() + LOCK_WAIT;
         loop {
-            if let Some(file) = self.store.try_lock().map_err(internal)? {
+            if let Some(file) = self.store.try_lock()? {
                 return Ok(file);
             }
             if Instant::now() >= deadline {
@@ -570,7 +625,7 @@ impl Writer {
         &self,
         f: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T>,
     ) -> Result<T, HostedError> {
-        self.db.call_blocking(f).map_err(internal)
+        Ok(self.db.call_blocking(f)?)
     }
 
     /// Package name → versions of the upstream index in the current tree.
@@ -588,7 +643,10 @@ impl Writer {
                 &config.upstream.public_key,
                 &config.upstream.repository,
             )
-            .map_err(|e| internal(format!("stored upstream /versions does not verify: {e}")))?
+            .map_err(|source| HostedError::ServedIndex {
+                path: path.clone(),
+                source,
+            })?
             .into_inner();
             Ok(versions
                 .packages
@@ -600,7 +658,7 @@ impl Writer {
 }
 
 fn load_manifest_key(config: &Config) -> Result<ManifestKey, HostedError> {
-    crate::keyfiles::manifest_key(&config.signing.manifest_key).map_err(internal)
+    Ok(crate::keyfiles::manifest_key(&config.signing.manifest_key)?)
 }
 
 /// A validated change, ready to publish.
@@ -628,16 +686,14 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn window(&self) -> i64 {
-        self.config.api.revert_window.as_secs() as i64
+    fn window(&self) -> Window {
+        Window(self.config.api.revert_window.as_secs())
     }
 
-    fn window_text(&self) -> String {
-        let secs = self.config.api.revert_window.as_secs();
-        if secs.is_multiple_of(3600) {
-            format!("{} hour(s)", secs / 3600)
-        } else {
-            format!("{} minute(s)", secs.div_ceil(60))
+    fn asker<'a>(actor: &'a Actor) -> Asker<'a> {
+        Asker {
+            user: &actor.user,
+            admin: actor.admin,
         }
     }
 
@@ -646,57 +702,31 @@ impl Ctx<'_> {
         self.writer.db_call(move |c| hdb::releases(c, &repo, &name))
     }
 
+    fn owners(&self, name: &str) -> Result<Vec<(String, String)>, HostedError> {
+        let (repo, pkg) = (self.repo.name.clone(), name.to_owned());
+        self.writer.db_call(move |c| hdb::owners(c, &repo, &pkg))
+    }
+
+    /// The package's releases and the one named, once the caller may change it.
     fn existing(
         &self,
         name: &str,
         version: &str,
+        actor: &Actor,
     ) -> Result<(Vec<ReleaseRow>, ReleaseRow), HostedError> {
+        rules::may_change(name, &self.owners(name)?, Self::asker(actor))?;
         let rows = self.rows(name)?;
-        let row = rows
-            .iter()
-            .find(|r| r.version == version)
-            .cloned()
-            .ok_or_else(|| {
-                HostedError::NotFound(format!(
-                    "{name} {version} is not a release in repository {}",
-                    self.repo.name
-                ))
-            })?;
+        let row = rules::release(&rows, &self.repo.name, name, version)?.clone();
         Ok((rows, row))
-    }
-
-    fn check_owner(&self, name: &str, actor: &Actor) -> Result<bool, HostedError> {
-        let (repo, pkg) = (self.repo.name.clone(), name.to_owned());
-        let owners = self.writer.db_call(move |c| hdb::owners(c, &repo, &pkg))?;
-        if owners.is_empty() || actor.admin || owners.iter().any(|(u, _)| *u == actor.user) {
-            return Ok(owners.is_empty());
-        }
-        Err(HostedError::Forbidden(format!(
-            "{name} is owned by {}; ask an owner to add {} (`PUT /api/packages/{name}/owners/{}`)",
-            owners
-                .iter()
-                .map(|(u, _)| u.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            actor.user,
-            actor.user
-        )))
     }
 
     fn plan(&self, change: Change, actor: &Actor) -> Result<Planned, HostedError> {
         match change {
             Change::Publish { upload, replace } => self.plan_publish(upload, replace, actor),
             Change::Revert { name, version } => {
-                self.check_owner(&name, actor)?;
-                let (rows, row) = self.existing(&name, &version)?;
-                if self.now - row.inserted_at > self.window() {
-                    return Err(HostedError::Invalid(format!(
-                        "{name} {version} was published more than {} ago and can no longer be \
-                         reverted; retire it instead",
-                        self.window_text()
-                    )));
-                }
-                self.check_no_dependents(&name, &version)?;
+                let (rows, row) = self.existing(&name, &version, actor)?;
+                let others = self.writer.db_call(|c| hdb::all_releases(c))?;
+                rules::revert(&row, &others, self.now, self.window())?;
                 Ok(Planned {
                     rows_after: rows.into_iter().filter(|r| r.version != version).collect(),
                     name,
@@ -712,8 +742,7 @@ impl Ctx<'_> {
                 version,
                 retirement,
             } => {
-                self.check_owner(&name, actor)?;
-                let (rows, mut row) = self.existing(&name, &version)?;
+                let (rows, mut row) = self.existing(&name, &version, actor)?;
                 row.retired = retirement;
                 row.updated_at = self.now;
                 let detail = match &row.retired {
@@ -729,19 +758,12 @@ impl Ctx<'_> {
                 version,
                 tarball,
             } => {
-                self.check_owner(&name, actor)?;
-                let (rows, mut row) = self.existing(&name, &version)?;
+                let (rows, mut row) = self.existing(&name, &version, actor)?;
                 row.docs_sha256 = match tarball {
                     Some(bytes) => {
                         tarball::check_docs(&bytes, &upload_limits(self.config))
-                            .map_err(|e| HostedError::Invalid(format!("docs tarball: {e}")))?;
-                        Some(
-                            self.writer
-                                .store
-                                .put_bytes(&bytes)
-                                .map_err(internal)?
-                                .sha256,
-                        )
+                            .map_err(Rejection::Docs)?;
+                        Some(self.writer.store.put_bytes(&bytes)?.sha256)
                     }
                     None => None,
                 };
@@ -782,50 +804,44 @@ impl Ctx<'_> {
     ) -> Result<Planned, HostedError> {
         let Upload { bytes, verified } = upload;
         let meta = &verified.metadata;
-        let name = meta.name.clone();
-        let version = meta.version.clone();
-        PackageName::parse(&name).map_err(|_| {
-            HostedError::Invalid(format!(
-                "package name {name:?}: names start with a lowercase letter and hold only \
-                 lowercase letters, digits and _"
-            ))
-        })?;
-        if name.len() < 2 || name.len() > 64 {
-            return Err(HostedError::Invalid(format!(
-                "package name {name:?} must be 2 to 64 characters long"
-            )));
-        }
-        if Version::parse(&version).is_err() || !registry::is_valid_version(&version) {
-            return Err(HostedError::Invalid(format!(
-                "version {version:?} of {name} is not a semantic version like 1.2.3"
-            )));
-        }
-        self.check_metadata(meta)?;
-        self.check_not_upstream(&name)?;
-        let new_package = self.check_owner(&name, actor)?;
+        let (name, version) = (meta.name.clone(), meta.version.clone());
+        rules::upload(meta)?;
+        let upstream_has = self
+            .writer
+            .upstream_versions(self.config, self.tree)?
+            .map(|m| m.contains_key(&name));
+        rules::not_upstream(
+            &name,
+            &self.repo.name,
+            &self.config.upstream.repository,
+            self.repo.reserves(&name),
+            upstream_has,
+        )?;
+        let new_package = rules::may_change(&name, &self.owners(&name)?, Self::asker(actor))?;
         let rows = self.rows(&name)?;
         let previous = rows.iter().find(|r| r.version == version);
-        let inserted_at = match previous {
-            None => self.now,
-            Some(_) if !replace => {
-                return Err(HostedError::Invalid(format!(
-                    "{name} {version} is already published; versions are immutable. Within {} \
-                     of publishing it can be replaced (`mix hex.publish --replace`, \
-                     `?replace=true`); after that, publish a new version",
-                    self.window_text()
-                )));
-            }
-            Some(p) if self.now - p.inserted_at > self.window() => {
-                return Err(HostedError::Invalid(format!(
-                    "{name} {version} was published more than {} ago and can no longer be \
-                     replaced; retire it and publish a new version",
-                    self.window_text()
-                )));
-            }
-            Some(p) => p.inserted_at,
+        let inserted_at =
+            rules::publish_slot(previous, &name, &version, replace, self.now, self.window())?;
+        let ours: Vec<&str> = self
+            .config
+            .repositories
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        let repos = Repositories {
+            own: &self.repo.name,
+            upstream: &self.config.upstream.repository,
+            ours: &ours,
         };
-        self.check_requirements(&name, meta)?;
-        self.writer.store.put_bytes(&bytes).map_err(internal)?;
+        rules::requirements(meta, repos, |source, package| match source {
+            Source::Own => self.repository_versions(&self.repo.name, package),
+            Source::Other(repo) => self.repository_versions(repo, package),
+            Source::Upstream => Ok(self
+                .writer
+                .upstream_versions(self.config, self.tree)?
+                .and_then(|m| m.get(package).cloned())),
+        })??;
+        self.writer.store.put_bytes(&bytes)?;
         let row = ReleaseRow {
             repository: self.repo.name.clone(),
             package: name.clone(),
@@ -854,152 +870,6 @@ impl Ctx<'_> {
             new_package,
             detail: json!({"outer_checksum": hex::encode(verified.outer_checksum)}),
         })
-    }
-
-    fn check_metadata(&self, meta: &Metadata) -> Result<(), HostedError> {
-        if meta.requirements.len() > MAX_REQUIREMENTS {
-            return Err(HostedError::Invalid(format!(
-                "{} declares {} dependencies, more than the limit of {MAX_REQUIREMENTS}",
-                meta.name,
-                meta.requirements.len()
-            )));
-        }
-        let description = meta
-            .terms
-            .iter()
-            .find(|(k, _)| k == "description")
-            .and_then(|(_, v)| v.as_str())
-            .unwrap_or("");
-        if description.chars().count() > MAX_DESCRIPTION {
-            return Err(HostedError::Invalid(format!(
-                "the description of {} is longer than {MAX_DESCRIPTION} characters",
-                meta.name
-            )));
-        }
-        Ok(())
-    }
-
-    /// Dependency confusion: a name the upstream has may only be published
-    /// here when the configuration reserves it for private use.
-    fn check_not_upstream(&self, name: &str) -> Result<(), HostedError> {
-        if self.repo.reserves(name) {
-            return Ok(());
-        }
-        let upstream = &self.config.upstream.repository;
-        match self.writer.upstream_versions(self.config, self.tree)? {
-            Some(map) if !map.contains_key(name) => Ok(()),
-            Some(_) => Err(HostedError::Forbidden(format!(
-                "{name} exists in the upstream repository {upstream}; publishing it in {} would \
-                 shadow it for clients (dependency confusion). Pick another name, or reserve \
-                 it with `reserved = [\"{name}\"]` under this [[repository]] if this is your package",
-                self.repo.name
-            ))),
-            None => Err(HostedError::Forbidden(format!(
-                "hexmirror has no upstream index yet, so it cannot tell whether {name} exists in \
-                 {upstream}; run `hexmirror sync`, or reserve the name (or `reserved = [\"*\"]` \
-                 for a repository without upstream packages)"
-            ))),
-        }
-    }
-
-    /// Every dependency must resolve in the repository it names.
-    fn check_requirements(&self, name: &str, meta: &Metadata) -> Result<(), HostedError> {
-        for dep in &meta.requirements {
-            let req = Requirement::parse(&dep.requirement).map_err(|e| {
-                HostedError::Invalid(format!(
-                    "dependency {} of {name}: requirement {:?}: {e}",
-                    dep.name, dep.requirement
-                ))
-            })?;
-            PackageName::parse(&dep.name).map_err(|_| {
-                HostedError::Invalid(format!(
-                    "dependency {:?} of {name} is not a package name",
-                    dep.name
-                ))
-            })?;
-            let target = dep.repository.as_deref().unwrap_or(&self.repo.name);
-            let versions: Option<Vec<String>> = if target == self.repo.name {
-                let mut list = self.repository_versions(target, &dep.name)?;
-                if dep.name == name {
-                    list.get_or_insert_with(Vec::new).push(meta.version.clone());
-                }
-                list
-            } else if target == self.config.upstream.repository {
-                self.writer
-                    .upstream_versions(self.config, self.tree)?
-                    .and_then(|m| m.get(&dep.name).cloned())
-            } else if self.config.repositories.iter().any(|r| r.name == target) {
-                self.repository_versions(target, &dep.name)?
-            } else {
-                return Err(HostedError::Invalid(format!(
-                    "dependency {} of {name} names repository {target:?}, which this server \
-                     does not know; known: {}, {}",
-                    dep.name,
-                    self.config.upstream.repository,
-                    self.config
-                        .repositories
-                        .iter()
-                        .map(|r| r.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            };
-            let Some(versions) = versions else {
-                return Err(HostedError::Invalid(format!(
-                    "dependency {} of {name} does not exist in repository {target}; publish it \
-                     first, or name the repository that has it",
-                    dep.name
-                )));
-            };
-            let ok = versions.iter().any(|v| {
-                Version::parse(v).is_ok_and(|v| req.matches(&v) || req.matches_allowing_pre(&v))
-            });
-            if !ok {
-                return Err(HostedError::Invalid(format!(
-                    "dependency {} {} of {name}: no release of {} in repository {target} \
-                     matches (it has {})",
-                    dep.name,
-                    dep.requirement,
-                    dep.name,
-                    versions.join(", ")
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// A revert may not pull a release out from under another package of
-    /// this repository whose requirement it satisfies.
-    fn check_no_dependents(&self, name: &str, version: &str) -> Result<(), HostedError> {
-        let repo = self.repo.name.clone();
-        let all = self
-            .writer
-            .db_call(move |c| hdb::all_releases(c))?
-            .into_iter()
-            .filter(|r| r.repository == repo && r.package != name);
-        let Ok(v) = Version::parse(version) else {
-            return Ok(());
-        };
-        let mut dependents = Vec::new();
-        for r in all {
-            let depends = r.requirements.iter().any(|d| {
-                d.name == name
-                    && d.repository.as_deref().is_none_or(|x| x == self.repo.name)
-                    && Requirement::parse(&d.requirement)
-                        .is_ok_and(|q| q.matches(&v) || q.matches_allowing_pre(&v))
-            });
-            if depends {
-                dependents.push(format!("{} {}", r.package, r.version));
-            }
-        }
-        if dependents.is_empty() {
-            Ok(())
-        } else {
-            Err(HostedError::Invalid(format!(
-                "{name} {version} cannot be reverted: {} depend(s) on it; retire it instead",
-                dependents.join(", ")
-            )))
-        }
     }
 
     /// The versions of `package` in one of our repositories, from its
@@ -1057,11 +927,9 @@ impl Ctx<'_> {
         cache.get(repo, &path, take, |bytes| {
             verify(bytes, self.key.public_key(), repo)
                 .map(registry::Verified::into_inner)
-                .map_err(|e| {
-                    internal(format!(
-                        "the served /repos/{repo}/{file} does not verify with signing.key ({e}); \
-                         if the key changed, run `hexmirror sync` to re-sign the repository"
-                    ))
+                .map_err(|source| HostedError::ServedIndex {
+                    path: path.clone(),
+                    source,
                 })
         })
     }
@@ -1079,9 +947,7 @@ impl Ctx<'_> {
         let base = format!("repos/{repo}");
         let store = &self.writer.store;
         let put = |payload: Vec<u8>| -> Result<FileRef, HostedError> {
-            store
-                .put_bytes(&registry::seal_signed_fast(payload, self.key))
-                .map_err(internal)
+            Ok(store.put_bytes(&registry::seal_signed_fast(payload, self.key))?)
         };
         let mut changes: Vec<(String, Option<FileRef>)> = Vec::new();
         let tarball = |v: &str| format!("{base}/tarballs/{name}-{v}.tar");
@@ -1107,10 +973,7 @@ impl Ctx<'_> {
             if let Some(d) = r.docs_sha256
                 && old.is_none_or(|o| o.docs_sha256 != Some(d))
             {
-                changes.push((
-                    docs(&r.version),
-                    Some(store.blob_ref(&d).map_err(internal)?),
-                ));
+                changes.push((docs(&r.version), Some(store.blob_ref(&d)?)));
             }
         }
         let record = (!after.is_empty()).then(|| {
@@ -1173,10 +1036,7 @@ impl Ctx<'_> {
         };
         if !served {
             let pem = self.key.public_key().spki_pem();
-            changes.push((
-                public_key,
-                Some(store.put_bytes(pem.as_bytes()).map_err(internal)?),
-            ));
+            changes.push((public_key, Some(store.put_bytes(pem.as_bytes())?)));
         }
         Ok(changes)
     }
