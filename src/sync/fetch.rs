@@ -9,14 +9,53 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::Failure;
-use crate::registry::{self, PackageName, PublicKey, is_valid_version, proto};
+use crate::registry::{self, PackageName, PublicKey, RegistryError, is_valid_version, proto};
 use crate::store::db::{self, PackageState};
-use crate::store::{self, Db, FileRef, Store};
+use crate::store::{self, Db, DbError, FileRef, Store, StoreError};
 use crate::tarball;
-use crate::upstream::{Fetched, Upstream, Validators};
+use crate::upstream::release::{self, ReleaseError, Sums};
+use crate::upstream::{Fetched, Upstream, UpstreamError, Validators};
 
 /// Largest `/packages/NAME` body accepted from upstream.
 const PACKAGE_LIMIT: u64 = 16 << 20;
+
+/// Why a package's record could not be mirrored this time. The last good
+/// copy stays served.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum FetchError {
+    /// The upstream could not be reached or refused.
+    #[error("{0}; kept the last good copy")]
+    Upstream(#[from] UpstreamError),
+    /// The upstream has no record for a package its index names.
+    #[error("{url}: not found (404) upstream")]
+    NotFound {
+        /// Where it was asked for.
+        url: String,
+    },
+    /// The upstream answered 304 where nothing could be reused.
+    #[error("{url}: unexpected 304")]
+    NotModified {
+        /// Where it was asked for.
+        url: String,
+    },
+    /// The record does not verify (signature, repository, name).
+    #[error("{url}: {source}; not stored, kept the last good copy")]
+    Refused {
+        /// Where it came from.
+        url: String,
+        /// What failed.
+        source: RegistryError,
+    },
+    /// The data directory failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The state database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// A worker task died (a bug).
+    #[error("internal error: worker task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
 
 /// What a package task needs; cheap to clone.
 #[derive(Clone)]
@@ -52,7 +91,7 @@ pub(super) struct Outcome {
 }
 
 impl Outcome {
-    fn failed(name: &PackageName, version: Option<&str>, reason: String) -> Self {
+    fn failed(name: &PackageName, version: Option<&str>, error: impl std::fmt::Display) -> Self {
         Self {
             name: name.to_string(),
             deps: vec![],
@@ -62,7 +101,7 @@ impl Outcome {
             failures: vec![Failure {
                 package: name.to_string(),
                 version: version.map(str::to_owned),
-                reason,
+                reason: error.to_string(),
             }],
         }
     }
@@ -70,10 +109,8 @@ impl Outcome {
 
 pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| format!("internal error: worker task failed: {e}"))
+) -> Result<T, tokio::task::JoinError> {
+    tokio::task::spawn_blocking(f).await
 }
 
 /// Fetches (conditionally, when `current` holds the record) and verifies
@@ -90,7 +127,7 @@ pub(super) async fn sync_package(
             let p = store::package_path(&name);
             match ctx.db.call(move |c| db::validators(c, &p)).await {
                 Ok(v) => v,
-                Err(e) => return Outcome::failed(&name, None, e.to_string()),
+                Err(e) => return Outcome::failed(&name, None, e),
             }
         }
         None => Validators::default(),
@@ -101,10 +138,10 @@ pub(super) async fn sync_package(
             // The stored copy no longer verifies: ask for the record in full.
             Ok(None) => match fetch_record(&ctx, &name, None, &Validators::default()).await {
                 Ok(Some(got)) => got,
-                Ok(None) => return Outcome::failed(&name, None, format!("{url}: unexpected 304")),
-                Err(reason) => return Outcome::failed(&name, None, reason),
+                Ok(None) => return Outcome::failed(&name, None, FetchError::NotModified { url }),
+                Err(e) => return Outcome::failed(&name, None, e),
             },
-            Err(reason) => return Outcome::failed(&name, None, reason),
+            Err(e) => return Outcome::failed(&name, None, e),
         };
 
     let deps: Vec<(String, Option<String>)> = package
@@ -135,9 +172,9 @@ pub(super) async fn sync_package(
             });
             continue;
         }
-        let outer: [u8; 32] = match release.outer_checksum.as_deref().map(<[u8; 32]>::try_from) {
-            Some(Ok(sha)) => sha,
-            _ => {
+        let sums = match Sums::of(release) {
+            Some(sums) => sums,
+            None => {
                 outcome.failures.push(Failure {
                     package: name.to_string(),
                     version: Some(version),
@@ -146,12 +183,12 @@ pub(super) async fn sync_package(
                 continue;
             }
         };
-        wanted.push((version.clone(), outer, release.inner_checksum.clone()));
+        wanted.push((version.clone(), sums));
     }
     // Reuse a stored tarball only if it still hashes to its name: a damaged
     // blob is removed and fetched again instead of being linked onwards.
     let store = ctx.store.clone();
-    let shas: Vec<[u8; 32]> = wanted.iter().map(|w| w.1).collect();
+    let shas: Vec<[u8; 32]> = wanted.iter().map(|w| w.1.outer).collect();
     let intact = match blocking(move || {
         shas.iter()
             .map(|sha| store.blob_is_intact(sha))
@@ -160,10 +197,10 @@ pub(super) async fn sync_package(
     .await
     {
         Ok(Ok(v)) => v,
-        Ok(Err(e)) => return Outcome::failed(&name, None, e.to_string()),
+        Ok(Err(e)) => return Outcome::failed(&name, None, e),
         Err(e) => return Outcome::failed(&name, None, e),
     };
-    for ((version, outer, inner), intact) in wanted.iter().zip(intact) {
+    for ((version, sums), intact) in wanted.iter().zip(intact) {
         if intact {
             outcome.reused += 1;
         } else {
@@ -171,8 +208,7 @@ pub(super) async fn sync_package(
                 ctx.clone(),
                 name.clone(),
                 version.clone(),
-                *outer,
-                inner.clone(),
+                sums.clone(),
             ));
         }
     }
@@ -194,13 +230,13 @@ pub(super) async fn sync_package(
     let sized = blocking(move || {
         wanted
             .into_iter()
-            .map(|(v, sha, _)| store.blob_ref(&sha).map(|r| (v, r)))
+            .map(|(v, sums)| store.blob_ref(&sums.outer).map(|r| (v, r)))
             .collect::<Result<Vec<_>, _>>()
     })
     .await;
     let releases = match sized {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return Outcome::failed(&name, None, e.to_string()),
+        Ok(Err(e)) => return Outcome::failed(&name, None, e),
         Err(e) => return Outcome::failed(&name, None, e),
     };
     outcome.update = Some(PackageUpdate {
@@ -225,25 +261,22 @@ async fn fetch_record(
     name: &PackageName,
     current: Option<FileRef>,
     validators: &Validators,
-) -> Result<Option<(proto::package::Package, FileRef, Option<Validators>)>, String> {
+) -> Result<Option<(proto::package::Package, FileRef, Option<Validators>)>, FetchError> {
     let path = store::package_path(name);
     let url = ctx.upstream.url(&path);
-    let (bytes, new_validators) = match ctx.upstream.get(&path, validators, PACKAGE_LIMIT).await {
-        Err(e) => return Err(format!("{e}; kept the last good copy")),
-        Ok(Fetched::NotFound) => return Err(format!("{url}: not found (404) upstream")),
-        Ok(Fetched::NotModified) => {
+    let (bytes, new_validators) = match ctx.upstream.get(&path, validators, PACKAGE_LIMIT).await? {
+        Fetched::NotFound => return Err(FetchError::NotFound { url }),
+        Fetched::NotModified => {
             let Some(current) = current else {
-                return Err(format!("{url}: unexpected 304"));
+                return Err(FetchError::NotModified { url });
             };
             let store = ctx.store.clone();
             (
-                blocking(move || store.read_blob(&current.sha256))
-                    .await?
-                    .map_err(|e| e.to_string())?,
+                blocking(move || store.read_blob(&current.sha256)).await??,
                 None,
             )
         }
-        Ok(Fetched::Body { body, validators }) => (body, Some(validators)),
+        Fetched::Body { body, validators } => (body, Some(validators)),
     };
     let from_store = new_validators.is_none();
     let (key, repo, n, store) = (
@@ -253,20 +286,21 @@ async fn fetch_record(
         ctx.store.clone(),
     );
     let verified = blocking(move || {
-        let package = registry::verify_package(&bytes, &key, &repo, n.as_str())
-            .map_err(|e| e.to_string())?
-            .into_inner();
-        let record = store.put_bytes(&bytes).map_err(|e| e.to_string())?;
-        Ok::<_, String>((package, record))
+        let package = match registry::verify_package(&bytes, &key, &repo, n.as_str()) {
+            Ok(p) => p.into_inner(),
+            Err(e) => return Ok(Err(e)),
+        };
+        let record = store.put_bytes(&bytes)?;
+        Ok::<_, StoreError>(Ok((package, record)))
     })
-    .await?;
+    .await??;
     match verified {
         Ok((package, record)) => Ok(Some((package, record, new_validators))),
         Err(e) if from_store => {
             tracing::warn!(package = %name, "stored record does not verify ({e}); fetching it again");
             Ok(None)
         }
-        Err(e) => Err(format!("{url}: {e}; not stored, kept the last good copy")),
+        Err(source) => Err(FetchError::Refused { url, source }),
     }
 }
 
@@ -274,51 +308,26 @@ async fn fetch_tarball(
     ctx: Ctx,
     name: PackageName,
     version: String,
-    outer: [u8; 32],
-    inner: Vec<u8>,
+    sums: Sums,
 ) -> Result<(), Failure> {
-    let path = store::tarball_path(&name, &version);
-    let url = ctx.upstream.url(&path);
-    let fail = |reason: String| Failure {
+    let fail = |e: &dyn std::fmt::Display| Failure {
         package: name.to_string(),
         version: Some(version.clone()),
-        reason,
+        reason: e.to_string(),
     };
     let _slot = ctx
         .tarball_slots
         .acquire()
         .await
-        .map_err(|e| fail(format!("internal error: {e}")))?;
-    let body = match ctx
-        .upstream
-        .get(&path, &Validators::default(), ctx.limits.max_tarball)
-        .await
-    {
-        Ok(Fetched::Body { body, .. }) => body,
-        Ok(Fetched::NotFound) => return Err(fail(format!("{url}: not found (404) upstream"))),
-        Ok(Fetched::NotModified) => return Err(fail(format!("{url}: unexpected 304"))),
-        Err(e) => return Err(fail(e.to_string())),
-    };
-    let (store, limits, n, v) = (
-        ctx.store.clone(),
-        ctx.limits.clone(),
-        name.clone(),
-        version.clone(),
-    );
-    let stored = blocking(move || -> Result<(), String> {
-        let expected = tarball::Expected {
-            name: n.as_str(),
-            version: &v,
-            outer_checksum: &outer,
-            inner_checksum: Some(&inner),
-        };
-        tarball::verify(&body, &expected, &limits).map_err(|e| e.to_string())?;
-        store.put_blob(&outer, &body).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(&fail)?;
-    if let Err(reason) = stored {
-        return Err(fail(format!("{url}: {reason}; not stored")));
-    }
-    Ok(())
+        .map_err(|e| fail(&format!("internal error: {e}")))?;
+    let fetched: Result<FileRef, ReleaseError> = release::fetch_tarball(
+        &ctx.upstream,
+        &ctx.store,
+        &name,
+        &version,
+        sums,
+        Arc::clone(&ctx.limits),
+    )
+    .await;
+    fetched.map(drop).map_err(|e| fail(&e))
 }

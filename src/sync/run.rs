@@ -64,9 +64,16 @@ pub enum SyncError {
     /// The new generation could not be published.
     #[error("{0}; the served tree was left as it was")]
     Publish(#[from] PublishError),
+    /// The upstream answered 304 to a request for an index file that has
+    /// no stored copy to reuse.
+    #[error("{url}: unexpected 304 (no stored copy to reuse); the served tree was left as it was")]
+    IndexNotModified {
+        /// Where it was asked for.
+        url: String,
+    },
     /// A worker task died (a bug).
-    #[error("{0}")]
-    Internal(String),
+    #[error("internal error: a worker task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// One package or release that could not be mirrored.
@@ -126,10 +133,6 @@ pub struct Summary {
     pub elapsed: Duration,
 }
 
-fn internal(e: String) -> SyncError {
-    SyncError::Internal(e)
-}
-
 /// Identifies the configuration a complete sync was made with: a change of
 /// upstream, selection, repositories or keys forces a full pass.
 fn fingerprint(config: &Config) -> String {
@@ -168,9 +171,7 @@ fn fingerprint(config: &Config) -> String {
 pub async fn run(config: &Config, progress: &Progress) -> Result<Summary, SyncError> {
     let started = Instant::now();
     let data_dir = config.data_dir.clone();
-    let store = blocking(move || Store::open(&data_dir))
-        .await
-        .map_err(internal)??;
+    let store = blocking(move || Store::open(&data_dir)).await??;
     let _lock = store
         .try_lock()?
         .ok_or_else(|| SyncError::Locked(config.data_dir.clone()))?;
@@ -263,12 +264,12 @@ async fn fetch_index(
         }),
         Fetched::NotModified => {
             let Some(prev) = prev else {
-                return Err(SyncError::Internal(format!("{what}: unexpected 304")));
+                return Err(SyncError::IndexNotModified {
+                    url: ctx.upstream.url(what),
+                });
             };
             let store = ctx.store.clone();
-            let value = blocking(move || store.read_blob(&prev.sha256))
-                .await
-                .map_err(internal)??;
+            let value = blocking(move || store.read_blob(&prev.sha256)).await??;
             Ok(IndexFile { value, fresh: None })
         }
         Fetched::NotFound => Err(SyncError::IndexMissing(ctx.upstream.url(what))),
@@ -279,14 +280,12 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
     let mut summary = Summary::default();
     let cfg = config.clone();
     let manifest_key = blocking(move || crate::keyfiles::manifest_key(&cfg.signing.manifest_key))
-        .await
-        .map_err(internal)?
+        .await?
         .map_err(PublishError::from)?;
     let public = manifest_key.public();
     let store = ctx.store.clone();
     let prev = blocking(move || store.load_current(&public))
-        .await
-        .map_err(internal)?
+        .await?
         .map_err(PublishError::from)?;
     let fp = fingerprint(config);
     let (names_v, versions_v, last_fp, last_version) = ctx
@@ -350,8 +349,7 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
         })?;
         Ok::<_, SyncError>((n.into_inner(), v.into_inner()))
     })
-    .await
-    .map_err(internal)??;
+    .await??;
     // The newest upstream change seen, against the newest one published
     // (recorded with the index below): their difference is the lag /metrics reports.
     let newest = names_p
@@ -390,8 +388,7 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
         let (n, v) = (names.value.clone(), versions.value.clone());
         let (names_ref, versions_ref) =
             blocking(move || Ok::<_, StoreError>((store.put_bytes(&n)?, store.put_bytes(&v)?)))
-                .await
-                .map_err(internal)??;
+                .await??;
         Some(IndexFiles {
             names: names_ref,
             versions: versions_ref,
@@ -426,9 +423,8 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
     };
     let published_index = inputs.index.is_some();
     let (store, cfg) = (ctx.store.clone(), config.clone());
-    let published = blocking(move || publish::publish(&store, &cfg, inputs, manifest_due))
-        .await
-        .map_err(internal)??;
+    let published =
+        blocking(move || publish::publish(&store, &cfg, inputs, manifest_due)).await??;
     summary.generation = published.version;
     summary.generation_published = published.version != prev_version;
     summary.index_published = published_index;
@@ -467,9 +463,8 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
         .await?;
     summary.removed = removed;
     let (store, grace) = (ctx.store.clone(), config.signing.generation_grace);
-    let pruned = blocking(move || store.prune_generations(store::KEEP_GENERATIONS, grace))
-        .await
-        .map_err(internal)??;
+    let pruned =
+        blocking(move || store.prune_generations(store::KEEP_GENERATIONS, grace)).await??;
     if pruned > 0 {
         tracing::info!(pruned, "removed generations past their grace period");
     }
@@ -568,7 +563,7 @@ async fn sync_packages(
         let Some(joined) = tasks.join_next().await else {
             break;
         };
-        let outcome = joined.map_err(|e| internal(format!("package task failed: {e}")))?;
+        let outcome = joined?;
         summary.releases_fetched += outcome.fetched;
         summary.releases_reused += outcome.reused;
         summary.failures.extend(outcome.failures);

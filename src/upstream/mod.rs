@@ -1,6 +1,7 @@
 //! The upstream repository over HTTP: one shared client, conditional GETs,
 //! bounded concurrency, timeouts, and retries with backoff and jitter.
 
+pub mod release;
 mod retry;
 
 use std::sync::Arc;
