@@ -511,15 +511,21 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
     // The write API needs a repository of ours to publish into. Opened
     // before listening: it finishes a hosted change a crash interrupted, and
     // nothing may be served (or READY sent) until the tree is whole again.
-    let api = if config.repositories.is_empty() {
+    let publisher = if config.repositories.is_empty() {
         None
     } else {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("cannot create data directory {}", config.data_dir.display())
         })?;
         let cfg = config.clone();
-        Some(tokio::task::spawn_blocking(move || crate::api::ApiState::open(cfg)).await??)
+        Some(
+            tokio::task::spawn_blocking(move || crate::hosted::service::Publisher::open(cfg))
+                .await??,
+        )
     };
+    let api = publisher
+        .as_ref()
+        .map(|p| crate::api::ApiState::new(std::sync::Arc::clone(p)));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))?;
@@ -555,10 +561,10 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
     let stop = CancellationToken::new();
     let mut background = tokio::task::JoinSet::new();
     // The import folder (`[import]`): package tarballs dropped there are published.
-    if let (Some(import), Some(api)) = (&config.import, &api) {
+    if let (Some(import), Some(publisher)) = (&config.import, &publisher) {
         background.spawn(crate::import::run(
             import.clone(),
-            std::sync::Arc::clone(api),
+            std::sync::Arc::clone(publisher),
             stop.clone().cancelled_owned(),
         ));
     }

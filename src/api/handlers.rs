@@ -137,18 +137,11 @@ impl Request {
     }
 
     async fn change(&self, repo: &str, change: Change, admin: bool) -> Result<Outcome, Reply> {
-        let _one_at_a_time = self.state.changes.lock().await;
-        let (writer, config, repo, actor) = (
-            Arc::clone(&self.state.writer),
-            Arc::clone(&self.config),
-            repo.to_owned(),
-            self.actor(admin),
-        );
-        let outcome =
-            tokio::task::spawn_blocking(move || writer.apply(&config, &repo, change, &actor))
-                .await
-                .map_err(HostedError::from);
-        outcome.and_then(|r| r).map_err(hosted_error)
+        self.state
+            .publisher
+            .apply(Arc::clone(&self.config), repo, change, self.actor(admin))
+            .await
+            .map_err(hosted_error)
     }
 
     async fn db<T: Send + 'static>(

@@ -14,11 +14,10 @@
 pub mod etf;
 mod gate;
 mod handlers;
-mod local;
 pub mod wire;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
@@ -35,8 +34,8 @@ use crate::auth::{self, FailureLimiter, Scope, TokenSecret};
 use crate::clock::unix_now;
 use crate::config::Config;
 use crate::hosted::db::{self as hdb, TokenRow};
-use crate::hosted::writer::Writer;
-use crate::store::{Db, Store};
+use crate::hosted::service::Publisher;
+use crate::store::Db;
 
 /// Failed authentications allowed per client within [`FAILURE_WINDOW`].
 const MAX_FAILURES: u32 = 10;
@@ -48,52 +47,36 @@ const LIMITER_CLIENTS: usize = 100_000;
 /// What every API request shares.
 #[derive(Debug)]
 pub struct ApiState {
-    config: RwLock<Arc<Config>>,
+    /// The writer's only door, shared with the import folder.
+    publisher: Arc<Publisher>,
     db: Db,
-    writer: Arc<Writer>,
-    /// Serialises changes (the writer itself blocks).
-    changes: tokio::sync::Mutex<()>,
     limiter: Mutex<FailureLimiter<IpAddr>>,
     gate: gate::FilterCache,
 }
 
 impl ApiState {
-    /// State over the data directory of `config`.
-    pub fn open(config: Config) -> Result<Arc<Self>, crate::store::StoreError> {
-        let store = Store::open(&config.data_dir)?;
-        let db = Db::open(&config.data_dir).map_err(|e| crate::store::StoreError {
-            action: "open state database in",
-            path: config.data_dir.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let writer = Writer::new(store, db.clone());
-        writer.recover(&config);
-        let writer = Arc::new(writer);
-        // Off the start path: at hex.pm scale this is a second of decoding.
-        let (warming, warm_config) = (Arc::clone(&writer), config.clone());
-        std::thread::spawn(move || warming.warm(&warm_config));
-        Ok(Arc::new(Self {
-            config: RwLock::new(Arc::new(config)),
-            writer,
-            db,
-            changes: tokio::sync::Mutex::new(()),
+    /// The API in front of `publisher`.
+    pub fn new(publisher: Arc<Publisher>) -> Arc<Self> {
+        Arc::new(Self {
+            db: publisher.db().clone(),
+            publisher,
             limiter: Mutex::new(FailureLimiter::new(
                 MAX_FAILURES,
                 FAILURE_WINDOW,
                 LIMITER_CLIENTS,
             )),
             gate: gate::FilterCache::default(),
-        }))
+        })
     }
 
     /// The configuration now in force.
     pub fn config(&self) -> Arc<Config> {
-        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+        self.publisher.config()
     }
 
-    /// Swaps in a reloaded configuration.
+    /// Swaps in a reloaded configuration (for the writer too).
     pub fn set_config(&self, config: Config) {
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        self.publisher.set_config(config);
     }
 
     /// Whether repository `name` is private.

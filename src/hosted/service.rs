@@ -1,0 +1,83 @@
+//! The one way into the writer. Whoever asks for a hosted change (the API,
+//! the import folder) goes through [`Publisher::apply`]: changes wait their
+//! turn here, without blocking a thread, and each runs on the blocking pool
+//! while the writer holds the data directory's lock.
+
+use std::sync::{Arc, RwLock};
+
+use super::db::{self as hdb, ReleaseRow};
+use super::writer::{Actor, Change, HostedError, Outcome, Writer};
+use crate::config::Config;
+use crate::store::{Db, Store};
+
+/// The writer with its queue and the configuration in force.
+#[derive(Debug)]
+pub struct Publisher {
+    writer: Arc<Writer>,
+    db: Db,
+    config: RwLock<Arc<Config>>,
+    /// Changes one at a time (the writer itself blocks).
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl Publisher {
+    /// Opens the data directory of `config`, finishes a hosted change a
+    /// crash interrupted, and starts decoding the index in the background.
+    /// Blocking.
+    pub fn open(config: Config) -> Result<Arc<Self>, HostedError> {
+        let store = Store::open(&config.data_dir)?;
+        let db = Db::open(&config.data_dir)?;
+        let writer = Writer::new(store, db.clone());
+        writer.recover(&config);
+        let writer = Arc::new(writer);
+        // Off the start path: at hex.pm scale this is a second of decoding.
+        let (warming, warm_config) = (Arc::clone(&writer), config.clone());
+        std::thread::spawn(move || warming.warm(&warm_config));
+        Ok(Arc::new(Self {
+            writer,
+            db,
+            config: RwLock::new(Arc::new(config)),
+            turn: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The configuration now in force.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Swaps in a reloaded configuration; the next change uses it.
+    pub fn set_config(&self, config: Config) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+    }
+
+    /// The state database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Applies `change` to repository `repo` for `actor`, after every change
+    /// asked for before it, with the configuration `config`.
+    pub async fn apply(
+        &self,
+        config: Arc<Config>,
+        repo: &str,
+        change: Change,
+        actor: Actor,
+    ) -> Result<Outcome, HostedError> {
+        let _turn = self.turn.lock().await;
+        let (writer, repo) = (Arc::clone(&self.writer), repo.to_owned());
+        tokio::task::spawn_blocking(move || writer.apply(&config, &repo, change, &actor)).await?
+    }
+
+    /// The stored release, if any.
+    pub async fn release(
+        &self,
+        repo: &str,
+        package: &str,
+        version: &str,
+    ) -> Result<Option<ReleaseRow>, HostedError> {
+        let (r, p, v) = (repo.to_owned(), package.to_owned(), version.to_owned());
+        Ok(self.db.call(move |c| hdb::release(c, &r, &p, &v)).await?)
+    }
+}
