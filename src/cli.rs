@@ -542,7 +542,7 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("cannot create data directory {}", config.data_dir.display())
         })?;
-        let proxy = crate::proxy::Proxy::new(config).map_err(anyhow::Error::msg)?;
+        let proxy = crate::proxy::Proxy::new(config)?;
         tracing::info!(upstream = %config.upstream.url, "pull-through cache on: files not mirrored yet are fetched on request");
         Some(proxy)
     } else {

@@ -22,9 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{Config, ProxyConfig, UpstreamConfig};
-use crate::registry::{self, PackageName};
-use crate::store::{Store, StoreError};
-use crate::tarball::{self, Expected, Limits};
+use crate::registry::{self, PackageName, RegistryError};
+use crate::store::{FileRef, Store, StoreError};
+use crate::tarball::{Limits, TarballError};
+use crate::upstream::release::{self, ReleaseError, Sums};
 use crate::upstream::{Fetched, Upstream, UpstreamError, Validators};
 
 /// Consecutive upstream failures that open the circuit.
@@ -42,18 +43,55 @@ pub enum ProxyError {
     NotFound,
     /// The upstream failed and nothing is cached (HTTP 502).
     #[error("upstream unavailable: {0}")]
-    Unavailable(String),
+    Upstream(#[from] UpstreamError),
+    /// The upstream failed repeatedly; it is left alone for a while.
+    #[error(
+        "upstream unavailable: it failed {BREAKER_FAILURES} times in a row, not asking it again for {}s",
+        BREAKER_COOLDOWN.as_secs()
+    )]
+    CircuitOpen,
     /// The upstream sent something that does not verify (HTTP 502).
-    #[error("upstream sent {path} that does not verify: {reason}")]
-    Verification {
+    #[error("upstream sent {path} that does not verify: {source}")]
+    Refused {
         /// The file.
         path: String,
         /// Why it was refused.
-        reason: String,
+        source: Refusal,
     },
+    /// The tarball could not be fetched and stored.
+    #[error(transparent)]
+    Release(ReleaseError),
     /// Local storage failed (HTTP 500).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A stored record could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A verification task died (a bug).
+    #[error("the verification task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The HTTP client could not be built.
+    #[error("cannot build the upstream client: {0}")]
+    Client(reqwest::Error),
+}
+
+/// What an upstream file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// A registry file: signature, origin, name, format.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A tarball: checksums, structure, limits.
+    #[error(transparent)]
+    Tarball(#[from] TarballError),
+    /// The release's record gives no checksum to check the tarball against.
+    #[error("its signed record has no 32-byte outer checksum")]
+    NoChecksum,
 }
 
 /// What the proxy counts, for `/metrics`.
@@ -86,7 +124,7 @@ struct Breaker {
 /// The pull-through cache; shared by every request.
 #[derive(Debug)]
 pub struct Proxy {
-    store: Store,
+    store: Arc<Store>,
     upstream: Upstream,
     upstream_cfg: UpstreamConfig,
     settings: ProxyConfig,
@@ -103,17 +141,21 @@ pub struct Proxy {
 
 impl Proxy {
     /// A proxy for `config`'s upstream, caching under `DATA_DIR/proxy`.
-    pub fn new(config: &Config) -> Result<Arc<Self>, String> {
-        let store = Store::open(&config.data_dir).map_err(|e| e.to_string())?;
+    pub fn new(config: &Config) -> Result<Arc<Self>, ProxyError> {
+        let store = Arc::new(Store::open(&config.data_dir)?);
         // A request waits on this; one quick retry, then the stale copy.
         let mut upstream_cfg = config.upstream.clone();
         upstream_cfg.retries = upstream_cfg.retries.min(1);
         let upstream = Upstream::new(&upstream_cfg, config.mirror.concurrency.max(8))
-            .map_err(|e| format!("cannot build the upstream client: {e}"))?;
+            .map_err(ProxyError::Client)?;
         let root = config.data_dir.join("proxy");
-        std::fs::create_dir_all(root.join("packages"))
-            .and_then(|()| std::fs::create_dir_all(root.join("tarballs")))
-            .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        for dir in [root.join("packages"), root.join("tarballs")] {
+            std::fs::create_dir_all(&dir).map_err(|source| StoreError {
+                action: "create directory",
+                path: dir.clone(),
+                source,
+            })?;
+        }
         Ok(Arc::new(Self {
             store,
             upstream,
@@ -211,8 +253,83 @@ impl Proxy {
     async fn fetch(self: &Arc<Self>, rel: &str, kind: Kind) -> Result<(), ProxyError> {
         let cached = self.root.join(rel).is_file();
         if self.circuit_open() {
-            return self.stale_or(cached, "the upstream is failing (circuit open)".into());
+            return self.stale_or(cached, ProxyError::CircuitOpen);
         }
+        match kind {
+            Kind::Tarball { name, version } => self.fetch_tarball(rel, &name, &version).await,
+            kind => self.fetch_registry(rel, kind, cached).await,
+        }
+    }
+
+    /// Counts one upstream request and its duration around `request`.
+    async fn timed<T>(&self, request: impl Future<Output = T>) -> T {
+        let started = Instant::now();
+        self.metrics
+            .upstream_requests
+            .fetch_add(1, Ordering::Relaxed);
+        let out = request.await;
+        self.metrics
+            .upstream_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        out
+    }
+
+    fn remember_missing(&self, rel: &str) {
+        self.negative
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(rel.to_owned(), Instant::now() + self.settings.negative_ttl);
+    }
+
+    /// A tarball, checked against its verified record exactly as a sync
+    /// checks it (the same function does both).
+    async fn fetch_tarball(
+        self: &Arc<Self>,
+        rel: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<(), ProxyError> {
+        let sums = self.release(name, version).await?;
+        let package = PackageName::parse(name).map_err(|_| ProxyError::NotFound)?;
+        let limits = Arc::new(Limits::default());
+        let fetched = self
+            .timed(release::fetch_tarball(
+                &self.upstream,
+                &self.store,
+                &package,
+                version,
+                sums,
+                limits,
+            ))
+            .await;
+        let file = match fetched {
+            Ok(file) => file,
+            Err(ReleaseError::Upstream(e)) => {
+                self.upstream_failed(&e);
+                return Err(e.into());
+            }
+            Err(ReleaseError::NotFound { .. }) => {
+                self.upstream_ok();
+                self.remember_missing(rel);
+                return Err(ProxyError::NotFound);
+            }
+            Err(ReleaseError::Refused { source, .. }) => {
+                self.upstream_ok();
+                return Err(self.refused(rel, "tarball", Refusal::Tarball(source)));
+            }
+            Err(e) => return Err(ProxyError::Release(e)),
+        };
+        self.upstream_ok();
+        self.link(rel, file).await
+    }
+
+    /// `/names`, `/versions` or a package record, conditionally when cached.
+    async fn fetch_registry(
+        self: &Arc<Self>,
+        rel: &str,
+        kind: Kind,
+        cached: bool,
+    ) -> Result<(), ProxyError> {
         let validators = if cached {
             self.validators
                 .lock()
@@ -223,35 +340,18 @@ impl Proxy {
         } else {
             Validators::default()
         };
-        let limit = match kind {
-            Kind::Tarball { .. } => Limits::default().max_tarball,
-            _ => MAX_REGISTRY,
-        };
-        // A tarball is checked against its record: get that first.
-        let expected = match &kind {
-            Kind::Tarball { name, version } => Some(self.release(name, version).await?),
-            _ => None,
-        };
-        let started = Instant::now();
-        self.metrics
-            .upstream_requests
-            .fetch_add(1, Ordering::Relaxed);
-        let fetched = self.upstream.get(rel, &validators, limit).await;
-        self.metrics
-            .upstream_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        match fetched {
+        let fetched = self
+            .timed(self.upstream.get(rel, &validators, MAX_REGISTRY))
+            .await;
+        let (body, validators) = match fetched {
             Err(e) => {
                 self.upstream_failed(&e);
-                self.stale_or(cached, e.to_string())
+                return self.stale_or(cached, e.into());
             }
             Ok(Fetched::NotFound) => {
                 self.upstream_ok();
-                self.negative
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(rel.to_owned(), Instant::now() + self.settings.negative_ttl);
-                Err(ProxyError::NotFound)
+                self.remember_missing(rel);
+                return Err(ProxyError::NotFound);
             }
             Ok(Fetched::NotModified) => {
                 self.upstream_ok();
@@ -264,32 +364,34 @@ impl Proxy {
                 if let Err(e) = touched {
                     tracing::debug!(path = %path.display(), "cannot refresh mtime: {e}");
                 }
-                Ok(())
+                return Ok(());
             }
-            Ok(Fetched::Body { body, validators }) => {
-                self.upstream_ok();
-                let this = Arc::clone(self);
-                let rel_owned = rel.to_owned();
-                let stored = tokio::task::spawn_blocking(move || {
-                    this.verify_and_store(&rel_owned, &kind, &body, expected.as_ref())
-                })
-                .await
-                .map_err(|e| ProxyError::Unavailable(format!("verification task failed: {e}")))?;
-                let deps = stored?;
-                if self.settings.prefetch {
-                    // Each fetched record prefetches its own dependencies:
-                    // the closure, one fetch per package at most.
-                    for dep in deps {
-                        tokio::spawn(Arc::clone(self).prefetch(dep));
-                    }
-                }
-                self.validators
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(rel.to_owned(), validators);
-                Ok(())
+            Ok(Fetched::Body { body, validators }) => (body, validators),
+        };
+        self.upstream_ok();
+        let this = Arc::clone(self);
+        let verified = tokio::task::spawn_blocking(move || {
+            let deps = match this.verify_registry(&kind, &body) {
+                Ok(deps) => deps,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
+            Ok::<_, StoreError>(Ok((this.store.put_bytes(&body)?, deps)))
+        })
+        .await??;
+        let (file, deps) = verified.map_err(|r| self.refused(rel, "registry", r))?;
+        self.link(rel, file).await?;
+        if self.settings.prefetch {
+            // Each fetched record prefetches its own dependencies:
+            // the closure, one fetch per package at most.
+            for dep in deps {
+                tokio::spawn(Arc::clone(self).prefetch(dep));
             }
         }
+        self.validators
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(rel.to_owned(), validators);
+        Ok(())
     }
 
     /// Fetches a dependency's record in the background. Boxed: the future
@@ -302,12 +404,12 @@ impl Proxy {
         })
     }
 
-    fn stale_or(&self, cached: bool, reason: String) -> Result<(), ProxyError> {
+    fn stale_or(&self, cached: bool, error: ProxyError) -> Result<(), ProxyError> {
         if cached {
             self.metrics.stale_served.fetch_add(1, Ordering::Relaxed);
             Ok(())
         } else {
-            Err(ProxyError::Unavailable(reason))
+            Err(error)
         }
     }
 
@@ -331,7 +433,8 @@ impl Proxy {
         }
     }
 
-    fn verification_failed(&self, kind: &'static str) {
+    /// Counts and logs a refused upstream file.
+    fn refused(&self, rel: &str, kind: &'static str, source: Refusal) -> ProxyError {
         *self
             .metrics
             .verification_failures
@@ -339,15 +442,17 @@ impl Proxy {
             .unwrap_or_else(|p| p.into_inner())
             .entry(kind)
             .or_default() += 1;
+        tracing::warn!(path = rel, "refused from the upstream: {source}");
+        ProxyError::Refused {
+            path: rel.to_owned(),
+            source,
+        }
     }
 
     /// The checksums a tarball must have, from the verified record (the
-    /// served tree's, else the proxy's, fetched if needed).
-    async fn release(
-        self: &Arc<Self>,
-        name: &str,
-        version: &str,
-    ) -> Result<ReleaseSums, ProxyError> {
+    /// served tree's, else the proxy's, fetched if needed). Read and
+    /// verified on the blocking pool.
+    async fn release(self: &Arc<Self>, name: &str, version: &str) -> Result<Sums, ProxyError> {
         let rel = format!("packages/{name}");
         let from_tree = self.tree.join(&rel);
         let path = if from_tree.is_file() {
@@ -356,52 +461,37 @@ impl Proxy {
             Box::pin(self.ensure(&rel)).await?;
             self.root.join(&rel)
         };
-        let bytes = std::fs::read(&path).map_err(|e| ProxyError::Unavailable(e.to_string()))?;
-        let record = registry::verify_package(
-            &bytes,
-            &self.upstream_cfg.public_key,
-            &self.upstream_cfg.repository,
-            name,
-        )
-        .map_err(|e| ProxyError::Verification {
-            path: rel.clone(),
-            reason: e.to_string(),
-        })?
-        .into_inner();
-        let release = record
-            .releases
-            .into_iter()
-            .find(|r| r.version == version)
-            .ok_or(ProxyError::NotFound)?;
-        Ok(ReleaseSums {
-            outer: release.outer_checksum.unwrap_or_default(),
-            inner: release.inner_checksum,
+        let (this, name, version) = (Arc::clone(self), name.to_owned(), version.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&path).map_err(|source| ProxyError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let (key, repo) = (&this.upstream_cfg.public_key, &this.upstream_cfg.repository);
+            let record = registry::verify_package(&bytes, key, repo, &name)
+                .map_err(|e| this.refused(&rel, "record", Refusal::Registry(e)))?
+                .into_inner();
+            let release = record
+                .releases
+                .iter()
+                .find(|r| r.version == version)
+                .ok_or(ProxyError::NotFound)?;
+            Sums::of(release).ok_or_else(|| this.refused(&rel, "record", Refusal::NoChecksum))
         })
+        .await?
     }
 
-    fn verify_and_store(
-        &self,
-        rel: &str,
-        kind: &Kind,
-        body: &[u8],
-        expected: Option<&ReleaseSums>,
-    ) -> Result<Vec<String>, ProxyError> {
-        let refuse = |what: &'static str, reason: String| {
-            self.verification_failed(what);
-            tracing::warn!(path = rel, "refused from the upstream: {reason}");
-            ProxyError::Verification {
-                path: rel.to_owned(),
-                reason,
-            }
-        };
+    /// Verifies a registry file; returns, for a record, its dependencies in
+    /// this repository (to prefetch). Blocking. Tarballs never come here
+    /// (`fetch` sends them to `fetch_tarball`); one would be refused.
+    fn verify_registry(&self, kind: &Kind, body: &[u8]) -> Result<Vec<String>, Refusal> {
         let (key, repo) = (&self.upstream_cfg.public_key, &self.upstream_cfg.repository);
-        // A record's dependencies in this repository, for prefetching.
-        let checked = match kind {
-            Kind::Names => registry::verify_names(body, key, repo).map(|_| Vec::new()),
-            Kind::Versions => registry::verify_versions(body, key, repo).map(|_| Vec::new()),
-            Kind::Package(name) => registry::verify_package(body, key, repo, name).map(|r| {
-                let mut deps: Vec<String> = r
-                    .into_inner()
+        let deps = match kind {
+            Kind::Names => registry::verify_names(body, key, repo).map(|_| Vec::new())?,
+            Kind::Versions => registry::verify_versions(body, key, repo).map(|_| Vec::new())?,
+            Kind::Package(name) => {
+                let record = registry::verify_package(body, key, repo, name)?.into_inner();
+                let mut deps: Vec<String> = record
                     .releases
                     .iter()
                     .flat_map(|rel| &rel.dependencies)
@@ -411,59 +501,30 @@ impl Proxy {
                 deps.sort();
                 deps.dedup();
                 deps
-            }),
-            Kind::Tarball { name, version } => {
-                let sums = expected.ok_or_else(|| refuse("record", "no record".into()))?;
-                let exp = Expected {
-                    name,
-                    version,
-                    outer_checksum: &sums.outer,
-                    inner_checksum: Some(&sums.inner),
-                };
-                return match tarball::verify(body, &exp, &Limits::default()) {
-                    Ok(_) => self.link(rel, body).map(|()| Vec::new()),
-                    Err(e) => Err(refuse("tarball", e.to_string())),
-                };
             }
+            Kind::Tarball { .. } => return Err(Refusal::NoChecksum),
         };
-        match checked {
-            Ok(deps) => self.link(rel, body).map(|()| deps),
-            Err(e) => Err(refuse("registry", e.to_string())),
-        }
+        Ok(deps)
     }
 
-    /// Stores `body` as a blob and links it at `rel`, replacing atomically.
-    fn link(&self, rel: &str, body: &[u8]) -> Result<(), ProxyError> {
-        let file = self.store.put_bytes(body)?;
-        let target = self.root.join(rel);
-        let tmp = self.root.join(format!(
-            ".{}-{:08x}",
-            rel.replace('/', "_"),
-            fastrand::u32(..)
-        ));
-        let blob = self.store.blob_path(&file.sha256);
-        let io = |action: &'static str, path: &Path| {
-            let path = path.to_owned();
-            move |source| StoreError {
-                action,
-                path,
-                source,
+    /// Links the stored blob `file` at `rel` through the store (one rename,
+    /// directory fsync), then dates it now: the cache's age is its own.
+    async fn link(self: &Arc<Self>, rel: &str, file: FileRef) -> Result<(), ProxyError> {
+        let (this, rel) = (Arc::clone(self), rel.to_owned());
+        tokio::task::spawn_blocking(move || {
+            this.store.link_into(&this.root, &rel, &file)?;
+            let target = this.root.join(&rel);
+            if let Err(e) = std::fs::File::options()
+                .append(true)
+                .open(&target)
+                .and_then(|f| f.set_modified(SystemTime::now()))
+            {
+                tracing::debug!(path = %target.display(), "cannot date the cached file: {e}");
             }
-        };
-        std::fs::hard_link(&blob, &tmp).map_err(io("link blob into the proxy cache", &tmp))?;
-        // A hard link shares the blob's mtime; the cache's age is its own.
-        let _ = std::fs::File::options()
-            .append(true)
-            .open(&tmp)
-            .and_then(|f| f.set_modified(SystemTime::now()));
-        std::fs::rename(&tmp, &target).map_err(io("rename into the proxy cache", &target))?;
-        Ok(())
+            Ok(())
+        })
+        .await?
     }
-}
-
-struct ReleaseSums {
-    outer: Vec<u8>,
-    inner: Vec<u8>,
 }
 
 /// What a proxied path is.

@@ -194,8 +194,8 @@ enum ServeError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
-    #[error("{0}")]
-    Upstream(String),
+    #[error(transparent)]
+    Upstream(crate::proxy::ProxyError),
     #[error("serving {path}: {source}")]
     Io {
         path: PathBuf,
@@ -384,7 +384,7 @@ async fn proxied(
     match proxy.ensure(&rel).await {
         Ok(()) => serve_file(state, proxy.root(), method, target, headers).await,
         Err(crate::proxy::ProxyError::NotFound) => Err(ServeError::NotFound),
-        Err(e) => Err(ServeError::Upstream(e.to_string())),
+        Err(e) => Err(ServeError::Upstream(e)),
     }
 }
 

@@ -648,6 +648,15 @@ impl Store {
         Ok(self.place_all(&dir, &changes)?)
     }
 
+    /// Makes `root/rel` a link to the stored blob `file`, replacing what was
+    /// there in one `rename` and making the directory entry durable: how the
+    /// pull-through cache writes into the directory it serves from.
+    pub fn link_into(&self, root: &Path, rel: &str, file: &FileRef) -> Result<(), StoreError> {
+        self.place(root, rel, Some(file))?;
+        let target = root.join(rel);
+        sync_dir(target.parent().unwrap_or(root))
+    }
+
     /// Makes `dir/path` the blob `file` (or absent). Returns whether it
     /// changed anything.
     fn place(&self, dir: &Path, path: &str, file: Option<&FileRef>) -> Result<bool, StoreError> {
