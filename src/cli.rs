@@ -58,6 +58,9 @@ pub enum Command {
     },
     /// Remove generations past their grace period and blobs no generation uses.
     Gc,
+    /// List the quarantined packages: what failed, since when, and how often
+    /// it was tried.
+    Status,
     /// Manage API tokens (stored hashed in the state database).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -127,6 +130,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Keygen { out, bits } => run_keygen(&config, out, bits),
             Command::Verify { url, key, state } => run_verify(&config, url, key, state).await,
             Command::Gc => run_gc(&config).await,
+            Command::Status => run_status(&config).await,
             Command::Token(t) => run_token(&config, t).await,
         }
     });
@@ -174,11 +178,44 @@ async fn run_sync(config: &Config) -> anyhow::Result<ExitCode> {
         }
     };
     print_summary(&summary);
-    Ok(if summary.failures.is_empty() {
+    // Only what failed anew makes the run fail: a package that stays in
+    // quarantine would otherwise keep a sync unit failed for good.
+    Ok(if summary.newly_failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_SYNC_FAILED)
     })
+}
+
+async fn run_status(config: &Config) -> anyhow::Result<ExitCode> {
+    let data_dir = config.data_dir.clone();
+    let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        match crate::store::Db::open_read_only(&data_dir)? {
+            Some(db) => Ok(db.call_blocking(|c| crate::store::db::quarantine(c))?),
+            None => Ok(Vec::new()),
+        }
+    })
+    .await??;
+    if rows.is_empty() {
+        println!("no package is quarantined");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} packages quarantined (each keeps its last good state):",
+        rows.len()
+    );
+    for q in &rows {
+        println!(
+            "  {} [{}] since {}, tried {} times, last {}: {}",
+            q.package,
+            q.kind.as_str(),
+            crate::manifest::rfc3339(q.since.max(0) as u64),
+            q.tries,
+            crate::manifest::rfc3339(q.last_tried.max(0) as u64),
+            q.reason
+        );
+    }
+    Ok(ExitCode::from(EXIT_SYNC_FAILED))
 }
 
 fn print_summary(s: &Summary) {
@@ -222,8 +259,13 @@ fn print_summary(s: &Summary) {
             u.package, u.dependency, u.repository
         );
     }
-    if !s.index_published {
-        println!("  /names and /versions were not updated; the previous index is still served");
+    if !s.quarantined.is_empty() {
+        println!(
+            "  quarantined: {} packages keep their last good state ({} newly failed); \
+             `hexmirror status` lists them, and every sync tries them again",
+            s.quarantined.len(),
+            s.newly_failed
+        );
     }
     if s.generation_published {
         println!("  published generation {}", s.generation);

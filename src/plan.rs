@@ -121,6 +121,81 @@ pub fn retired_indexes(package: &proto::package::Package) -> Vec<i32> {
         .collect()
 }
 
+/// Which check a package failed: the kinds the quarantine and `/metrics`
+/// report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FailureKind {
+    /// A signature is missing, foreign or does not verify.
+    Signature,
+    /// A file is for another repository or package than the one asked for.
+    Origin,
+    /// A tarball does not match the checksums of its signed record.
+    Checksum,
+    /// Malformed: bad gzip, protobuf, tar, terms, paths or links.
+    Structure,
+    /// The upstream could not supply it: connection, timeout, status, 404.
+    Transport,
+    /// Larger than a limit allows.
+    Size,
+}
+
+impl FailureKind {
+    /// Every kind, in report order.
+    pub const ALL: [Self; 6] = [
+        Self::Signature,
+        Self::Origin,
+        Self::Checksum,
+        Self::Structure,
+        Self::Transport,
+        Self::Size,
+    ];
+
+    /// The name used in the database, `/metrics` and `hexmirror status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Signature => "signature",
+            Self::Origin => "origin",
+            Self::Checksum => "checksum",
+            Self::Structure => "structure",
+            Self::Transport => "transport",
+            Self::Size => "size",
+        }
+    }
+
+    /// The kind named `name`, as [`FailureKind::as_str`] writes it.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+/// The kind of a refused registry file.
+pub fn registry_failure(e: &crate::registry::RegistryError) -> FailureKind {
+    use crate::registry::RegistryError as E;
+    match e {
+        E::MissingSignature | E::BadSignature => FailureKind::Signature,
+        E::WrongRepository { .. } | E::WrongPackage { .. } => FailureKind::Origin,
+        E::TooLarge => FailureKind::Size,
+        _ => FailureKind::Structure,
+    }
+}
+
+/// The kind of a refused tarball.
+pub fn tarball_failure(e: &crate::tarball::TarballError) -> FailureKind {
+    use crate::tarball::TarballError as E;
+    match e {
+        E::TooLarge { .. } | E::MemberTooLarge { .. } | E::UncompressedTooLarge { .. } => {
+            FailureKind::Size
+        }
+        E::OuterChecksum { .. }
+        | E::InnerChecksum { .. }
+        | E::ExpectedChecksumLength { .. }
+        | E::MalformedChecksum { .. }
+        | E::ChecksumMember { .. } => FailureKind::Checksum,
+        E::NameMismatch { .. } | E::VersionMismatch { .. } => FailureKind::Origin,
+        _ => FailureKind::Structure,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -254,9 +254,9 @@ fn snapshot(root: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// Replaces `packages/beta` via `tamper`, syncs, and checks that beta alone
-/// failed for `reason` while everything else was mirrored. hex_core must
-/// refuse the tampered record too.
-fn assert_beta_record_refused(tamper: impl FnOnce(&TestUpstream), reason: &str) {
+/// failed for `reason` (a failure of `kind`) while everything else was
+/// mirrored, the index with it. hex_core must refuse the tampered record too.
+fn assert_beta_record_refused(tamper: impl FnOnce(&TestUpstream), reason: &str, kind: &str) {
     let upstream = TestUpstream::build(SPEC_SMALL);
     tamper(&upstream);
     let refused = oracle_verdict(&upstream, "packages/beta", RegistryFile::Package("beta"));
@@ -274,9 +274,20 @@ fn assert_beta_record_refused(tamper: impl FnOnce(&TestUpstream), reason: &str) 
     );
     assert_package_absent(&mirror, &upstream, "beta");
     assert_mirrored(&mirror, &upstream, &["alpha", "gamma", "delta"]);
-    // A sync with a failure does not publish the index.
-    assert!(!mirror.tree().join("names").exists(), "{out}");
-    assert!(!mirror.tree().join("versions").exists(), "{out}");
+    // The index moves on without beta, which is quarantined.
+    for file in ["names", "versions"] {
+        assert_eq!(
+            fs::read(mirror.tree().join(file)).unwrap(),
+            fs::read(upstream.dir().join(file)).unwrap(),
+            "{file} is the upstream's: {out}"
+        );
+    }
+    let status = mirror.run(&["status"]);
+    assert_eq!(status.code, Some(1), "{status}");
+    assert!(
+        status.stdout.contains(&format!("beta [{kind}]")),
+        "{status}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -288,6 +299,7 @@ fn package_record_with_a_corrupted_signature_is_refused() {
     assert_beta_record_refused(
         |upstream| corrupt_signature(&upstream.dir().join("packages/beta")),
         "signature does not verify",
+        "signature",
     );
 }
 
@@ -299,6 +311,7 @@ fn package_record_signed_with_another_key_is_refused() {
             seal_package(upstream, "beta", &beta, "other.pem");
         },
         "signature does not verify",
+        "signature",
     );
 }
 
@@ -311,6 +324,7 @@ fn package_record_from_another_repository_is_refused_despite_a_valid_signature()
             seal_package(upstream, "beta", &beta, "upstream.pem");
         },
         r#"payload says repository "other", expected "hexpm""#,
+        "origin",
     );
 }
 
@@ -322,6 +336,7 @@ fn package_record_for_another_package_is_refused_despite_a_valid_signature() {
             fs::copy(dir.join("packages/alpha"), dir.join("packages/beta")).unwrap();
         },
         r#"payload is for package "alpha", expected "beta""#,
+        "origin",
     );
 }
 
@@ -492,4 +507,83 @@ fn consistently_signed_tarball_of_format_version_2_is_refused() {
         r#"VERSION is "2", only "3" is supported"#,
         HexCore::Refuses("unsupported version"),
     );
+}
+
+// ---------------------------------------------------------------------------
+// The quarantine
+// ---------------------------------------------------------------------------
+
+/// A package that fails is quarantined, not a reason to hold everything
+/// back: the index and our re-signed repository move on without it, the
+/// next sync asks for it again and exits 0 while nothing new failed, and
+/// it leaves the quarantine as soon as the upstream serves it correctly.
+#[test]
+fn a_failing_package_is_quarantined_and_leaves_once_it_verifies() {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let beta_record = fs::read(upstream.dir().join("packages/beta")).unwrap();
+    corrupt_signature(&upstream.dir().join("packages/beta"));
+    let repo = repositories_config(&fixture_key("other.pem"), &["name = \"acme\""]);
+    let mirror = Mirror::new(&upstream, &repo);
+
+    let out = mirror.sync();
+    assert_eq!(out.code, Some(1), "a new failure fails the run: {out}");
+    assert!(out.stdout.contains("quarantined: 1 packages"), "{out}");
+    assert_mirrored(&mirror, &upstream, &["alpha", "gamma", "delta"]);
+    assert!(mirror.tree().join("names").is_file(), "{out}");
+    // Our repository is built from what was published: no beta anywhere.
+    let tree = mirror.tree();
+    assert!(tree.join("repos/acme/packages/alpha").is_file(), "{out}");
+    assert!(!tree.join("repos/acme/packages/beta").exists(), "{out}");
+    let names = hexmirror::registry::verify_names(
+        &fs::read(tree.join("repos/acme/names")).unwrap(),
+        &hexmirror::registry::PublicKey::from_pem(
+            &fs::read_to_string(fixture_key("other.pub.pem")).unwrap(),
+        )
+        .unwrap(),
+        "acme",
+    )
+    .unwrap()
+    .into_inner();
+    let listed: Vec<&str> = names.packages.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(listed, ["alpha", "delta", "gamma"]);
+    mirror.assert_verifies();
+
+    // Still bad: asked again, only the known failure, so exit 0 with a warning.
+    upstream.clear_log();
+    let out = mirror.sync();
+    assert_eq!(out.code, Some(0), "only an old failure: {out}");
+    assert!(out.stdout.contains("failed: beta"), "{out}");
+    assert!(
+        out.stdout
+            .contains("quarantined: 1 packages keep their last good state (0 newly failed)"),
+        "{out}"
+    );
+    assert_eq!(upstream.count_path("/packages/beta"), 1, "retried once");
+    // The others (this upstream's /names has no timestamps, so each is
+    // asked conditionally) answer 304 and nothing is downloaded again.
+    assert_eq!(
+        upstream.count(|r| r.path.starts_with("/packages/") && r.status != 304),
+        1,
+        "only beta's record came in full"
+    );
+    assert_eq!(upstream.count(|r| r.path.starts_with("/tarballs/")), 0);
+    let status = mirror.run(&["status"]);
+    assert!(status.stdout.contains("tried 2 times"), "{status}");
+
+    // Fixed upstream: beta verifies, leaves the quarantine, is published.
+    fs::write(upstream.dir().join("packages/beta"), &beta_record).unwrap();
+    let out = mirror.sync();
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_mirrored(&mirror, &upstream, &["alpha", "beta", "gamma", "delta"]);
+    assert!(
+        mirror.tree().join("repos/acme/packages/beta").is_file(),
+        "{out}"
+    );
+    let status = mirror.run(&["status"]);
+    assert_eq!(status.code, Some(0), "{status}");
+    assert!(
+        status.stdout.contains("no package is quarantined"),
+        "{status}"
+    );
+    mirror.assert_verifies();
 }

@@ -79,11 +79,11 @@ impl ApiState {
         let result =
             tokio::task::spawn_blocking(move || this.filtered(&root, &repo_owned, &rel, &scopes))
                 .await
-                .unwrap_or_else(|e| Err(format!("filter task failed: {e}")));
+                .unwrap_or_else(|e| Err(GateError::Task(e)));
         match result {
             Ok(Some(bytes)) => Gate::Filtered(bytes),
             Ok(None) => Gate::Open,
-            Err(e) if e == NOT_READABLE => refuse(Reply::error(StatusCode::NOT_FOUND, "not found")),
+            Err(GateError::NotReadable) => refuse(Reply::error(StatusCode::NOT_FOUND, "not found")),
             Err(e) => {
                 tracing::error!(repository = repo, "filtering a private index failed: {e}");
                 refuse(Reply::error(
@@ -95,18 +95,22 @@ impl ApiState {
     }
 
     /// The filtered bytes of an index file, `None` for a file served as is,
-    /// or `Err(NOT_READABLE)` for something these scopes may not read.
+    /// or [`GateError::NotReadable`] for something these scopes may not read.
+    ///
+    /// Signs on the request path, against invariant 5's rule, because the
+    /// result depends on the token: it runs on the blocking pool, once per
+    /// generation, scopes and file, and is cached.
     fn filtered(
         &self,
         root: &Path,
         repo: &str,
         relative: &Path,
         scopes: &[Scope],
-    ) -> Result<Option<Arc<Vec<u8>>>, String> {
+    ) -> Result<Option<Arc<Vec<u8>>>, GateError> {
         let rel = relative.to_string_lossy();
         let inside = rel
             .strip_prefix(&format!("repos/{repo}/"))
-            .ok_or_else(|| NOT_READABLE.to_owned())?;
+            .ok_or(GateError::NotReadable)?;
         let release_of = |file: &str, ext: &str| -> Option<(String, String)> {
             let stem = file.strip_suffix(ext)?;
             let (name, version) = stem.split_once('-')?;
@@ -118,7 +122,7 @@ impl ApiState {
             return if readable {
                 Ok(None)
             } else {
-                Err(NOT_READABLE.into())
+                Err(GateError::NotReadable)
             };
         }
         if let Some(file) = inside.strip_prefix("docs/") {
@@ -127,7 +131,7 @@ impl ApiState {
             return if readable {
                 Ok(None)
             } else {
-                Err(NOT_READABLE.into())
+                Err(GateError::NotReadable)
             };
         }
         if inside == "public_key" {
@@ -135,11 +139,14 @@ impl ApiState {
         }
         // The generation the `current` link names, so a cached answer never
         // outlives the files it was made from.
-        let generation = std::fs::canonicalize(root).map_err(|e| e.to_string())?;
+        let generation = std::fs::canonicalize(root).map_err(|source| GateError::Read {
+            path: root.to_owned(),
+            source,
+        })?;
         let patched = std::fs::metadata(generation.join(crate::store::MANIFEST_DELTA_FILE))
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
             .unwrap_or(0);
-        let scope_key = serde_json::to_string(scopes).map_err(|e| e.to_string())?;
+        let scope_key = serde_json::to_string(scopes).map_err(GateError::Scopes)?;
         let key = (generation.clone(), patched, scope_key, relative.to_owned());
         if let Some(hit) = self
             .gate
@@ -151,34 +158,36 @@ impl ApiState {
             return Ok(Some(Arc::clone(hit)));
         }
         let config = self.config();
-        let signing = config
-            .signing
-            .key
-            .clone()
-            .ok_or_else(|| "signing.key is not configured".to_owned())?;
+        let signing = config.signing.key.clone().ok_or(GateError::NoSigningKey)?;
         let public = signing.public_key();
+        let path_of = |name: &str| generation.join("repos").join(repo).join(name);
         let read = |name: &str| {
-            std::fs::read(generation.join("repos").join(repo).join(name)).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    NOT_READABLE.to_owned()
+            let path = path_of(name);
+            std::fs::read(&path).map_err(|source| {
+                if source.kind() == std::io::ErrorKind::NotFound {
+                    GateError::NotReadable
                 } else {
-                    e.to_string()
+                    GateError::Read { path, source }
                 }
             })
+        };
+        let refused = |name: &str| {
+            let path = path_of(name);
+            move |source| GateError::Registry { path, source }
         };
         let readable =
             |name: &str, version: &str| auth::may_read_release(scopes, repo, name, version);
         let payload = match inside {
             "versions" | "names" => {
                 let mut versions = registry::verify_versions(&read("versions")?, public, repo)
-                    .map_err(|e| e.to_string())?
+                    .map_err(refused("versions"))?
                     .into_inner();
                 filter_versions(&mut versions, &readable);
                 if inside == "versions" {
                     versions.encode_to_vec()
                 } else {
                     let mut names = registry::verify_names(&read("names")?, public, repo)
-                        .map_err(|e| e.to_string())?
+                        .map_err(refused("names"))?
                         .into_inner();
                     let kept: std::collections::BTreeSet<&str> =
                         versions.packages.iter().map(|p| p.name.as_str()).collect();
@@ -189,13 +198,13 @@ impl ApiState {
             other => {
                 let name = other
                     .strip_prefix("packages/")
-                    .ok_or_else(|| NOT_READABLE.to_owned())?;
+                    .ok_or(GateError::NotReadable)?;
                 let mut record = registry::verify_package(&read(other)?, public, repo, name)
-                    .map_err(|e| e.to_string())?
+                    .map_err(refused(other))?
                     .into_inner();
                 record.releases.retain(|r| readable(name, &r.version));
                 if record.releases.is_empty() {
-                    return Err(NOT_READABLE.into());
+                    return Err(GateError::NotReadable);
                 }
                 record.encode_to_vec()
             }
@@ -210,7 +219,38 @@ impl ApiState {
     }
 }
 
-const NOT_READABLE: &str = "not readable with these scopes";
+/// Why the gate could not answer with a filtered file.
+#[derive(Debug, thiserror::Error)]
+enum GateError {
+    /// These scopes may not read it (answered as 404, like a missing file).
+    #[error("not readable with these scopes")]
+    NotReadable,
+    /// No key to re-sign the filtered file with.
+    #[error("[signing] key is not configured; a private repository needs it")]
+    NoSigningKey,
+    /// A served file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A served file does not verify with our key.
+    #[error("{} does not verify with [signing] key: {source}; run `hexmirror sync` to re-sign it", path.display())]
+    Registry {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: registry::RegistryError,
+    },
+    /// The scopes could not be written as a cache key (a bug).
+    #[error("cannot serialise the token's scopes: {0}")]
+    Scopes(serde_json::Error),
+    /// The filter task died (a bug).
+    #[error("the filter task failed: {0}")]
+    Task(tokio::task::JoinError),
+}
 
 /// Keeps in `/versions` only readable releases, re-indexing `retired` and
 /// `with_advisories`, and drops packages left empty.

@@ -96,6 +96,9 @@ CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, username TEXT NOT NULL,
     hash BLOB NOT NULL, scopes TEXT NOT NULL, created_at INTEGER NOT NULL,
     expires_at INTEGER, parent TEXT, revoked_at INTEGER);
+CREATE TABLE IF NOT EXISTS quarantine (
+    package TEXT PRIMARY KEY, kind TEXT NOT NULL, reason TEXT NOT NULL,
+    since INTEGER NOT NULL, last_tried INTEGER NOT NULL, tries INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS audit_log (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, actor TEXT NOT NULL,
     token TEXT, action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL,
@@ -293,6 +296,73 @@ pub fn forget_package(conn: &mut Connection, name: &str) -> rusqlite::Result<()>
     tx.commit()
 }
 
+/// A package held back by the quarantine: it failed verification or could
+/// not be fetched, and keeps its last good state in the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The package.
+    pub package: String,
+    /// Which check failed last.
+    pub kind: crate::plan::FailureKind,
+    /// What failed last, with the URL.
+    pub reason: String,
+    /// Unix seconds of the first failure in a row.
+    pub since: i64,
+    /// Unix seconds of the last try.
+    pub last_tried: i64,
+    /// Syncs that tried it since it entered the quarantine.
+    pub tries: i64,
+}
+
+/// Every quarantined package, by name.
+pub fn quarantine(conn: &Connection) -> rusqlite::Result<Vec<Quarantined>> {
+    let mut stmt = conn.prepare(
+        "SELECT package, kind, reason, since, last_tried, tries FROM quarantine ORDER BY package",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let kind: String = r.get(1)?;
+        Ok(Quarantined {
+            package: r.get(0)?,
+            // A kind this version does not know (written by a newer one)
+            // still counts as quarantined.
+            kind: crate::plan::FailureKind::parse(&kind)
+                .unwrap_or(crate::plan::FailureKind::Structure),
+            reason: r.get(2)?,
+            since: r.get(3)?,
+            last_tried: r.get(4)?,
+            tries: r.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Makes the quarantine exactly `failed` (package, kind, reason) as of
+/// `now`: a package that failed again keeps its `since`; every other
+/// package leaves. One transaction.
+pub fn set_quarantine(
+    conn: &mut Connection,
+    failed: &[(String, crate::plan::FailureKind, String)],
+    now: i64,
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    let still: std::collections::BTreeSet<&str> = failed.iter().map(|f| f.0.as_str()).collect();
+    for row in quarantine(&tx)? {
+        if !still.contains(row.package.as_str()) {
+            tx.execute("DELETE FROM quarantine WHERE package = ?1", [&row.package])?;
+        }
+    }
+    for (package, kind, reason) in failed {
+        tx.execute(
+            "INSERT INTO quarantine (package, kind, reason, since, last_tried, tries)
+             VALUES (?1, ?2, ?3, ?4, ?4, 1)
+             ON CONFLICT(package) DO UPDATE SET kind = ?2, reason = ?3, last_tried = ?4,
+                 tries = tries + 1",
+            params![package, kind.as_str(), reason, now],
+        )?;
+    }
+    tx.commit()
+}
+
 /// A re-signed record of one of our repositories and what it was made from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedCacheRow {
@@ -390,6 +460,37 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_quarantine_keeps_since_and_releases_what_passed() {
+        use crate::plan::FailureKind::{Checksum, Signature};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let q = |failed: Vec<(String, crate::plan::FailureKind, String)>, now| {
+            db.call_blocking(move |c| {
+                set_quarantine(c, &failed, now)?;
+                quarantine(c)
+            })
+            .unwrap()
+        };
+        let rows = q(
+            vec![
+                ("alpha".into(), Signature, "bad sig".into()),
+                ("beta".into(), Checksum, "bad sum".into()),
+            ],
+            100,
+        );
+        assert_eq!(rows.len(), 2);
+        let rows = q(vec![("beta".into(), Signature, "now this".into())], 200);
+        assert_eq!(rows.len(), 1, "alpha passed and left");
+        let beta = &rows[0];
+        assert_eq!(
+            (beta.package.as_str(), beta.kind, beta.reason.as_str()),
+            ("beta", Signature, "now this")
+        );
+        assert_eq!((beta.since, beta.last_tried, beta.tries), (100, 200, 2));
+        assert!(q(Vec::new(), 300).is_empty());
+    }
 
     #[tokio::test]
     async fn package_state_round_trips_through_a_real_file() {

@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::Failure;
+use crate::plan::FailureKind;
 use crate::registry::{self, PackageName, PublicKey, RegistryError, is_valid_version, proto};
 use crate::store::db::{self, PackageState};
 use crate::store::{self, Db, DbError, FileRef, Store, StoreError};
@@ -57,6 +58,17 @@ pub(super) enum FetchError {
     Task(#[from] tokio::task::JoinError),
 }
 
+impl FetchError {
+    /// Which check failed, for the quarantine.
+    pub(super) fn kind(&self) -> FailureKind {
+        match self {
+            Self::Upstream(e) => e.kind(),
+            Self::Refused { source, .. } => crate::plan::registry_failure(source),
+            _ => FailureKind::Transport,
+        }
+    }
+}
+
 /// What a package task needs; cheap to clone.
 #[derive(Clone)]
 pub(super) struct Ctx {
@@ -91,7 +103,12 @@ pub(super) struct Outcome {
 }
 
 impl Outcome {
-    fn failed(name: &PackageName, version: Option<&str>, error: impl std::fmt::Display) -> Self {
+    fn failed(
+        name: &PackageName,
+        version: Option<&str>,
+        kind: FailureKind,
+        error: impl std::fmt::Display,
+    ) -> Self {
         Self {
             name: name.to_string(),
             deps: vec![],
@@ -101,6 +118,7 @@ impl Outcome {
             failures: vec![Failure {
                 package: name.to_string(),
                 version: version.map(str::to_owned),
+                kind,
                 reason: error.to_string(),
             }],
         }
@@ -127,7 +145,7 @@ pub(super) async fn sync_package(
             let p = store::package_path(&name);
             match ctx.db.call(move |c| db::validators(c, &p)).await {
                 Ok(v) => v,
-                Err(e) => return Outcome::failed(&name, None, e),
+                Err(e) => return Outcome::failed(&name, None, FailureKind::Transport, e),
             }
         }
         None => Validators::default(),
@@ -138,10 +156,17 @@ pub(super) async fn sync_package(
             // The stored copy no longer verifies: ask for the record in full.
             Ok(None) => match fetch_record(&ctx, &name, None, &Validators::default()).await {
                 Ok(Some(got)) => got,
-                Ok(None) => return Outcome::failed(&name, None, FetchError::NotModified { url }),
-                Err(e) => return Outcome::failed(&name, None, e),
+                Ok(None) => {
+                    return Outcome::failed(
+                        &name,
+                        None,
+                        FailureKind::Transport,
+                        FetchError::NotModified { url },
+                    );
+                }
+                Err(e) => return Outcome::failed(&name, None, e.kind(), e),
             },
-            Err(e) => return Outcome::failed(&name, None, e),
+            Err(e) => return Outcome::failed(&name, None, e.kind(), e),
         };
 
     let deps: Vec<(String, Option<String>)> = package
@@ -168,6 +193,7 @@ pub(super) async fn sync_package(
             outcome.failures.push(Failure {
                 package: name.to_string(),
                 version: Some(version),
+                kind: FailureKind::Structure,
                 reason: format!("{url}: release has an invalid version string; skipped"),
             });
             continue;
@@ -178,6 +204,7 @@ pub(super) async fn sync_package(
                 outcome.failures.push(Failure {
                     package: name.to_string(),
                     version: Some(version),
+                    kind: FailureKind::Checksum,
                     reason: format!("{url}: signed record has no 32-byte outer_checksum; skipped"),
                 });
                 continue;
@@ -197,8 +224,8 @@ pub(super) async fn sync_package(
     .await
     {
         Ok(Ok(v)) => v,
-        Ok(Err(e)) => return Outcome::failed(&name, None, e),
-        Err(e) => return Outcome::failed(&name, None, e),
+        Ok(Err(e)) => return Outcome::failed(&name, None, FailureKind::Transport, e),
+        Err(e) => return Outcome::failed(&name, None, FailureKind::Transport, e),
     };
     for ((version, sums), intact) in wanted.iter().zip(intact) {
         if intact {
@@ -219,6 +246,7 @@ pub(super) async fn sync_package(
             Err(e) => outcome.failures.push(Failure {
                 package: name.to_string(),
                 version: None,
+                kind: FailureKind::Transport,
                 reason: format!("internal error: download task failed: {e}"),
             }),
         }
@@ -236,8 +264,8 @@ pub(super) async fn sync_package(
     .await;
     let releases = match sized {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return Outcome::failed(&name, None, e),
-        Err(e) => return Outcome::failed(&name, None, e),
+        Ok(Err(e)) => return Outcome::failed(&name, None, FailureKind::Transport, e),
+        Err(e) => return Outcome::failed(&name, None, FailureKind::Transport, e),
     };
     outcome.update = Some(PackageUpdate {
         record,
@@ -310,16 +338,17 @@ async fn fetch_tarball(
     version: String,
     sums: Sums,
 ) -> Result<(), Failure> {
-    let fail = |e: &dyn std::fmt::Display| Failure {
+    let fail = |kind: FailureKind, e: &dyn std::fmt::Display| Failure {
         package: name.to_string(),
         version: Some(version.clone()),
+        kind,
         reason: e.to_string(),
     };
     let _slot = ctx
         .tarball_slots
         .acquire()
         .await
-        .map_err(|e| fail(&format!("internal error: {e}")))?;
+        .map_err(|e| fail(FailureKind::Transport, &format!("internal error: {e}")))?;
     let fetched: Result<FileRef, ReleaseError> = release::fetch_tarball(
         &ctx.upstream,
         &ctx.store,
@@ -329,5 +358,5 @@ async fn fetch_tarball(
         Arc::clone(&ctx.limits),
     )
     .await;
-    fetched.map(drop).map_err(|e| fail(&e))
+    fetched.map(drop).map_err(|e| fail(e.kind(), &e))
 }

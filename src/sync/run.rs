@@ -17,7 +17,7 @@ use super::publish::{self, IndexFiles, Inputs, PublishError};
 use crate::clock::unix_now;
 use crate::config::Config;
 use crate::manifest::UpstreamState;
-use crate::plan;
+use crate::plan::{self, FailureKind};
 use crate::registry::{self, PackageName};
 use crate::store::db::{self, SyncRecord};
 use crate::store::{self, Db, DbError, FileMap, FileRef, Store, StoreError};
@@ -83,6 +83,8 @@ pub struct Failure {
     pub package: String,
     /// The release, when the failure is about one.
     pub version: Option<String>,
+    /// Which check failed.
+    pub kind: FailureKind,
     /// What went wrong, with the URL, and what was kept.
     pub reason: String,
 }
@@ -103,8 +105,6 @@ pub struct Unreachable {
 pub struct Summary {
     /// Nothing had changed upstream since the last complete sync.
     pub up_to_date: bool,
-    /// `/names` and `/versions` were published (no failures).
-    pub index_published: bool,
     /// The generation served after this sync.
     pub generation: u64,
     /// A new generation was switched in.
@@ -127,6 +127,10 @@ pub struct Summary {
     pub requests: u64,
     /// Packages or releases that failed.
     pub failures: Vec<Failure>,
+    /// Packages held back after this sync (each keeps its last good state).
+    pub quarantined: Vec<db::Quarantined>,
+    /// Packages that failed in this sync and were not quarantined before it.
+    pub newly_failed: usize,
     /// Dependencies on repositories the mirror does not reach.
     pub unreachable: BTreeSet<Unreachable>,
     /// Wall time.
@@ -317,10 +321,13 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
             < config.signing.manifest_expiry.as_secs() / 2;
     let unchanged =
         names.fresh.is_none() && versions.fresh.is_none() && last_fp.as_deref() == Some(&fp);
+    let quarantined_before = ctx.db.call(|c| db::quarantine(c)).await?;
+    // Quarantined packages are asked again on every sync: a full pass asks
+    // only for what changed, which is little more than them.
+    let unchanged = unchanged && quarantined_before.is_empty();
     if unchanged && !manifest_due {
         tracing::info!("upstream unchanged since the last complete sync");
         summary.up_to_date = true;
-        summary.index_published = true;
         summary.packages = prev
             .files
             .keys()
@@ -383,24 +390,28 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
     };
     summary.packages = wanted.len() as u64;
 
-    let index = if summary.failures.is_empty() {
-        let store = ctx.store.clone();
-        let (n, v) = (names.value.clone(), versions.value.clone());
-        let (names_ref, versions_ref) =
-            blocking(move || Ok::<_, StoreError>((store.put_bytes(&n)?, store.put_bytes(&v)?)))
-                .await??;
-        Some(IndexFiles {
-            names: names_ref,
-            versions: versions_ref,
-            wanted: wanted.clone(),
-        })
-    } else {
+    // The index is published whenever it verifies: a package that failed
+    // keeps its last good files (or stays absent) and is quarantined.
+    let store = ctx.store.clone();
+    let (n, v) = (names.value.clone(), versions.value.clone());
+    let (names_ref, versions_ref) =
+        blocking(move || Ok::<_, StoreError>((store.put_bytes(&n)?, store.put_bytes(&v)?)))
+            .await??;
+    let index = Some(IndexFiles {
+        names: names_ref,
+        versions: versions_ref,
+        wanted: wanted.clone(),
+    });
+    let failed = quarantine_entries(&summary.failures);
+    let before: BTreeSet<String> = quarantined_before.into_iter().map(|q| q.package).collect();
+    summary.newly_failed = failed.iter().filter(|f| !before.contains(&f.0)).count();
+    if !failed.is_empty() {
         tracing::warn!(
-            failures = summary.failures.len(),
-            "not publishing /names and /versions: some packages failed; the previous index stays served"
+            packages = failed.len(),
+            new = summary.newly_failed,
+            "quarantined: these packages keep their last good state; every other package and the index move on"
         );
-        None
-    };
+    }
     let etag = |fresh: &Option<Validators>, stored: &Validators| {
         fresh
             .as_ref()
@@ -421,13 +432,11 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
         signed_cache: ctx.db.call(|c| db::signed_cache(c)).await?,
         hosted: ctx.db.call(|c| crate::hosted::db::all_releases(c)).await?,
     };
-    let published_index = inputs.index.is_some();
     let (store, cfg) = (ctx.store.clone(), config.clone());
     let published =
         blocking(move || publish::publish(&store, &cfg, inputs, manifest_due)).await??;
     summary.generation = published.version;
     summary.generation_published = published.version != prev_version;
-    summary.index_published = published_index;
 
     // The new generation is live: only now remember what it holds, so an
     // interrupted sync never believes it published what it did not.
@@ -442,9 +451,7 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
             if !published.signed_cache.is_empty() {
                 db::set_signed_cache(c, &published.signed_cache)?;
             }
-            if !published_index {
-                return Ok(0);
-            }
+            db::set_quarantine(c, &failed, unix_now() as i64)?;
             if let Some(v) = &fresh.0 {
                 db::set_validators(c, "names", v)?;
             }
@@ -458,10 +465,10 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
             }
             db::set_meta(c, "complete_selection", &fp)?;
             db::set_meta(c, "upstream_newest_mirrored", &newest)?;
-            Ok(gone.len() as u64)
+            Ok((gone.len() as u64, db::quarantine(c)?))
         })
         .await?;
-    summary.removed = removed;
+    (summary.removed, summary.quarantined) = removed;
     let (store, grace) = (ctx.store.clone(), config.signing.generation_grace);
     let pruned =
         blocking(move || store.prune_generations(store::KEEP_GENERATIONS, grace)).await??;
@@ -469,6 +476,26 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
         tracing::info!(pruned, "removed generations past their grace period");
     }
     Ok(summary)
+}
+
+/// One quarantine entry per failed package: the first failure's kind, and
+/// every failure's reason (with the release, when it is about one).
+fn quarantine_entries(failures: &[Failure]) -> Vec<(String, FailureKind, String)> {
+    let mut out: Vec<(String, FailureKind, String)> = Vec::new();
+    for f in failures {
+        let reason = match &f.version {
+            Some(v) => format!("{v}: {}", f.reason),
+            None => f.reason.clone(),
+        };
+        match out.iter_mut().find(|e| e.0 == f.package) {
+            Some(entry) => {
+                entry.2.push_str("; ");
+                entry.2.push_str(&reason);
+            }
+            None => out.push((f.package.clone(), f.kind, reason)),
+        }
+    }
+    out
 }
 
 /// Fetches every package that needs it (and, for a package list, the
@@ -529,6 +556,7 @@ async fn sync_packages(
                     summary.failures.push(Failure {
                         package: name,
                         version: None,
+                        kind: FailureKind::Structure,
                         reason: format!("upstream lists it, but {e}; skipped"),
                     });
                     progress.inc(0);
@@ -539,6 +567,7 @@ async fn sync_packages(
                 summary.failures.push(Failure {
                     package: name,
                     version: None,
+                    kind: FailureKind::Origin,
                     reason: format!(
                         "not in the upstream index ({}); check the name in mirror.packages",
                         ctx.upstream.url("names")

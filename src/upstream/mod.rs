@@ -14,6 +14,16 @@ use tokio::sync::Semaphore;
 
 use crate::config::UpstreamConfig;
 pub use crate::plan::Validators;
+
+impl UpstreamError {
+    /// A body over its limit is a size failure; anything else, transport.
+    pub fn kind(&self) -> crate::plan::FailureKind {
+        match self {
+            Self::TooLarge { .. } => crate::plan::FailureKind::Size,
+            _ => crate::plan::FailureKind::Transport,
+        }
+    }
+}
 pub use retry::Backoff;
 
 /// Why an upstream request failed for good (after any retries).

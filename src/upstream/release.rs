@@ -70,6 +70,20 @@ pub enum ReleaseError {
     },
 }
 
+impl ReleaseError {
+    /// Which check failed, for the quarantine.
+    pub fn kind(&self) -> crate::plan::FailureKind {
+        use crate::plan::{FailureKind, tarball_failure};
+        match self {
+            Self::Upstream(e) => e.kind(),
+            Self::NotFound { .. } | Self::NotModified { .. } => FailureKind::Transport,
+            Self::Refused { source, .. } => tarball_failure(source),
+            // Local trouble is not the package's fault; it is retried anyway.
+            Self::Store(_) | Self::Task { .. } => FailureKind::Transport,
+        }
+    }
+}
+
 /// Fetches `name`-`version`.tar, checks it against `sums` (outer and inner
 /// checksum, structure, `limits`) and stores it as a blob.
 pub async fn fetch_tarball(
