@@ -739,6 +739,7 @@ async fn run_verify(
                 repository: "hexpm".into(),
                 timeout: crate::verify::REMOTE_TIMEOUT,
                 retries: 2,
+                pacing: crate::config::Pacing::default(),
             };
             let upstream = crate::upstream::Upstream::new(&upstream_config, 8)?;
             let state = state.unwrap_or_else(|| crate::verify::default_remote_state(url));

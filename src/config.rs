@@ -150,6 +150,10 @@ struct RawUpstream {
     repository: Option<String>,
     timeout_secs: Option<u64>,
     retries: Option<u32>,
+    header_timeout_secs: Option<u64>,
+    min_bytes_per_sec: Option<u64>,
+    rate_window_secs: Option<u64>,
+    redirect_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +161,7 @@ struct RawUpstream {
 struct RawMirror {
     packages: Option<Vec<String>>,
     concurrency: Option<usize>,
+    skip: Option<Vec<String>>,
 }
 
 /// The validated configuration.
@@ -305,6 +310,33 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// Retries after the first attempt on connection errors, 5xx and 429.
     pub retries: u32,
+    /// How slow it may be before a request is given up (and retried).
+    pub pacing: Pacing,
+}
+
+/// How slow or roundabout an upstream may be before a request is given up
+/// and retried: a liar that trickles must not hold a sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pacing {
+    /// Time allowed from sending a request to its response headers.
+    pub header_timeout: Duration,
+    /// Slowest body accepted, in bytes per second over `rate_window`.
+    pub min_bytes_per_sec: u64,
+    /// The window the transfer rate is measured over.
+    pub rate_window: Duration,
+    /// Hosts besides the upstream's own that a redirect may lead to.
+    pub redirect_hosts: Vec<String>,
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(30),
+            min_bytes_per_sec: 1024,
+            rate_window: Duration::from_secs(30),
+            redirect_hosts: Vec::new(),
+        }
+    }
 }
 
 /// What to mirror.
@@ -314,6 +346,9 @@ pub struct MirrorConfig {
     pub packages: Option<BTreeSet<PackageName>>,
     /// Upstream requests in flight at once.
     pub concurrency: usize,
+    /// Packages never fetched nor counted as failures (known to be broken
+    /// upstream); a skipped package leaves the mirror.
+    pub skip: BTreeSet<PackageName>,
 }
 
 impl Config {
@@ -417,6 +452,37 @@ impl Config {
             ));
         }
 
+        let defaults = Pacing::default();
+        let header_timeout_secs = raw
+            .upstream
+            .header_timeout_secs
+            .unwrap_or(defaults.header_timeout.as_secs());
+        if !(1..=3600).contains(&header_timeout_secs) {
+            return Err(invalid(
+                "upstream.header_timeout_secs",
+                format!("{header_timeout_secs} is outside 1..=3600 (seconds)"),
+            ));
+        }
+        let rate_window_secs = raw
+            .upstream
+            .rate_window_secs
+            .unwrap_or(defaults.rate_window.as_secs());
+        if !(1..=3600).contains(&rate_window_secs) {
+            return Err(invalid(
+                "upstream.rate_window_secs",
+                format!("{rate_window_secs} is outside 1..=3600 (seconds)"),
+            ));
+        }
+        let pacing = Pacing {
+            header_timeout: Duration::from_secs(header_timeout_secs),
+            min_bytes_per_sec: raw
+                .upstream
+                .min_bytes_per_sec
+                .unwrap_or(defaults.min_bytes_per_sec),
+            rate_window: Duration::from_secs(rate_window_secs),
+            redirect_hosts: raw.upstream.redirect_hosts.unwrap_or_default(),
+        };
+
         let packages = match raw.mirror.packages {
             None => None,
             Some(list) => {
@@ -430,6 +496,12 @@ impl Config {
                 Some(set)
             }
         };
+        let mut skip = BTreeSet::new();
+        for name in raw.mirror.skip.unwrap_or_default() {
+            skip.insert(
+                PackageName::parse(&name).map_err(|e| invalid("mirror.skip", e.to_string()))?,
+            );
+        }
         let max_connections = raw.server.max_connections.unwrap_or(16_384);
         if !(1..=1_000_000).contains(&max_connections) {
             return Err(invalid(
@@ -656,10 +728,12 @@ impl Config {
                 repository,
                 timeout: Duration::from_secs(timeout_secs),
                 retries: raw.upstream.retries.unwrap_or(4),
+                pacing,
             },
             mirror: MirrorConfig {
                 packages,
                 concurrency,
+                skip,
             },
         })
     }

@@ -587,3 +587,26 @@ fn a_failing_package_is_quarantined_and_leaves_once_it_verifies() {
     );
     mirror.assert_verifies();
 }
+
+/// A package the operator skips is neither fetched nor a failure.
+#[test]
+fn a_skipped_package_is_neither_fetched_nor_a_failure() {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    corrupt_signature(&upstream.dir().join("packages/beta"));
+    let mirror = Mirror::new(&upstream, "skip = [\"beta\"]");
+    let out = mirror.sync();
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(!out.stdout.contains("failed:"), "{out}");
+    assert_eq!(upstream.count_path("/packages/beta"), 0, "never asked for");
+    assert_package_absent(&mirror, &upstream, "beta");
+    assert_mirrored(&mirror, &upstream, &["alpha", "gamma", "delta"]);
+    let status = mirror.run(&["status"]);
+    assert!(
+        status.stdout.contains("no package is quarantined"),
+        "{status}"
+    );
+    let bad = Mirror::new(&upstream, "skip = [\"Beta\"]");
+    let out = bad.sync();
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(out.stderr.contains("mirror.skip"), "{out}");
+}

@@ -152,6 +152,10 @@ fn fingerprint(config: &Config) -> String {
             h.update([1]);
         }),
     }
+    for p in &config.mirror.skip {
+        h.update([6]);
+        h.update(p.as_str().as_bytes());
+    }
     for repo in &config.repositories {
         h.update([2]);
         h.update(repo.name.as_bytes());
@@ -543,7 +547,8 @@ async fn sync_packages(
     loop {
         while tasks.len() < max_tasks {
             let Some(name) = queue.pop_front() else { break };
-            if !wanted.insert(name.clone()) {
+            let skipped = PackageName::parse(&name).is_ok_and(|p| config.mirror.skip.contains(&p));
+            if skipped || !wanted.insert(name.clone()) {
                 continue;
             }
             if wanted.len() > roots {
