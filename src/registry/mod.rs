@@ -34,8 +34,9 @@ pub mod proto {
 }
 
 /// Largest registry file we accept once gunzipped. hex.pm's `/versions`, the
-/// largest, is a few MB; the cap stops a gzip bomb long before memory does.
-pub const MAX_DECODED_SIZE: u64 = 256 * 1024 * 1024;
+/// largest, is a few MB (its 21,000 packages take about 3 MB); the cap stops
+/// a gzip bomb long before memory does, with room for ten times hex.pm.
+pub const MAX_DECODED_SIZE: u64 = 32 * 1024 * 1024;
 
 /// Why a registry file was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -99,13 +100,33 @@ impl<T> std::ops::Deref for Verified<T> {
 
 /// Gunzips a registry file, with the [`MAX_DECODED_SIZE`] cap.
 pub fn gunzip(file: &[u8]) -> Result<Vec<u8>, RegistryError> {
-    let mut out = Vec::new();
-    GzDecoder::new(file)
-        .take(MAX_DECODED_SIZE + 1)
-        .read_to_end(&mut out)
-        .map_err(RegistryError::Gzip)?;
-    if out.len() as u64 > MAX_DECODED_SIZE {
-        return Err(RegistryError::TooLarge);
+    gunzip_within(file, MAX_DECODED_SIZE)
+}
+
+/// Gunzips `file` into at most `limit` bytes. The buffer never grows past
+/// `limit + 1` (`read_to_end` would double it, so a bomb would take twice
+/// the cap before it is refused).
+fn gunzip_within(file: &[u8], limit: u64) -> Result<Vec<u8>, RegistryError> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut decoder = GzDecoder::new(file);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        let n = match decoder.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(RegistryError::Gzip(e)),
+        };
+        if out.len() + n > limit {
+            return Err(RegistryError::TooLarge);
+        }
+        if out.capacity() - out.len() < n {
+            // Double as a Vec would, but never past the limit.
+            let grow = out.capacity().max(n).min(limit - out.len());
+            out.reserve_exact(grow.max(n));
+        }
+        out.extend_from_slice(&chunk[..n]);
     }
     Ok(out)
 }
@@ -320,6 +341,14 @@ mod tests {
         }
         let bomb = enc.finish().unwrap();
         assert!(matches!(gunzip(&bomb), Err(RegistryError::TooLarge)));
+        // At the edge: exactly the limit passes, one byte more does not.
+        let exact = gzip(&vec![7u8; 100_000]);
+        assert_eq!(gunzip_within(&exact, 100_000).unwrap().len(), 100_000);
+        assert!(matches!(
+            gunzip_within(&exact, 99_999),
+            Err(RegistryError::TooLarge)
+        ));
+        assert_eq!(gunzip_within(&gzip(b""), 10).unwrap(), b"");
     }
 
     #[test]

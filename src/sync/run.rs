@@ -25,7 +25,7 @@ use crate::tarball;
 use crate::upstream::{Fetched, Upstream, UpstreamError, Validators};
 
 /// Largest `/names` or `/versions` body accepted from upstream.
-const INDEX_LIMIT: u64 = 64 << 20;
+const INDEX_LIMIT: u64 = registry::MAX_DECODED_SIZE + (1 << 20);
 
 /// A problem that stops the whole sync. The served tree is left as it was.
 #[derive(Debug, thiserror::Error)]
