@@ -747,6 +747,17 @@ mod tests {
         Config::parse(text, Path::new("/etc/hexmirror/test.toml"))
     }
 
+    proptest::proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        #[test]
+        fn fuzz_config(m in crate::fuzz::mutations()) {
+            let valid = b"data_dir = \"data\"\nlisten = \"127.0.0.1:4000\"\n[upstream]\nurl = \"http://x\"\ntimeout_secs = 5\n[mirror]\npackages = [\"a\"]\nskip = [\"b\"]\n[server]\nmax_connections = 10\n";
+            let text = String::from_utf8_lossy(&crate::fuzz::apply(valid, &m)).into_owned();
+            let _ = parse(&text);
+        }
+    }
+
     #[test]
     fn embedded_default() {
         let c = Config::load(None).unwrap();

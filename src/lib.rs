@@ -32,6 +32,8 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+#[cfg(test)]
+mod fuzz;
 pub mod hosted;
 pub mod import;
 pub mod index;

@@ -820,6 +820,29 @@ mod tests {
         ManifestKey(SigningKey::from_bytes(&[7; 32]))
     }
 
+    proptest::proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        /// A changed manifest or delta is never accepted as something else.
+        #[test]
+        fn fuzz_manifests(m in crate::fuzz::mutations()) {
+            let key = fixed_key();
+            let base = sample();
+            let file = sign(&base, &key);
+            let mutated = crate::fuzz::apply(&file, &m);
+            if let Ok(got) = verify(&mutated, &key.public(), 0, None) {
+                proptest::prop_assert_eq!(got, base.clone());
+            }
+            let delta = sign_delta(&sample_delta(&base), &key);
+            let mutated = crate::fuzz::apply(&delta, &m);
+            if let Ok(got) = verify_delta(&mutated, &key.public()) {
+                proptest::prop_assert_eq!(got, sample_delta(&base));
+            }
+            let _ = read_unverified(&mutated, None);
+            let _ = tail_keyids(&mutated);
+        }
+    }
+
     fn check(
         file: &[u8],
         key: &ManifestPublicKey,

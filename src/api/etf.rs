@@ -584,6 +584,20 @@ mod tests {
     }
 
     fn sample() -> Value {
+        sample_value()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        #[test]
+        fn fuzz_etf(m in crate::fuzz::mutations(), raw in crate::fuzz::bytes(1024)) {
+            let _ = decode(&crate::fuzz::apply(&encode(&sample()), &m));
+            let _ = decode(&raw);
+        }
+    }
+
+    fn sample_value() -> Value {
         json!({
             "name": "hexmirror",
             "meta": {

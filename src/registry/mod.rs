@@ -267,6 +267,25 @@ mod tests {
         PublicKey::from_pem(pem).unwrap()
     }
 
+    proptest::proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        /// The signature covers the payload: whatever is accepted is the
+        /// original, and nothing panics on the way.
+        #[test]
+        fn fuzz_registry_files(m in crate::fuzz::mutations(), raw in crate::fuzz::bytes(512)) {
+            let original = package("foo", "hexpm");
+            let mutated = crate::fuzz::apply(&sealed(&original), &m);
+            let k = key(PUBLIC);
+            if let Ok(p) = verify_package(&mutated, &k, "hexpm", "foo") {
+                proptest::prop_assert_eq!(p.into_inner(), original);
+            }
+            let _ = verify_names(&mutated, &k, "hexpm");
+            let _ = verify_versions(&raw, &k, "hexpm");
+            let _ = gunzip(&raw);
+        }
+    }
+
     #[test]
     fn round_trip_verifies_with_spki_and_pkcs1_keys() {
         let file = sealed(&package("foo", "hexpm"));

@@ -817,6 +817,30 @@ mod tests {
         check_with(&pkg, &Limits::default())
     }
 
+    proptest::proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        /// A changed tarball never passes against the original's checksum,
+        /// and no input makes the checks panic.
+        #[test]
+        fn fuzz_tarballs(m in crate::fuzz::mutations(), raw in crate::fuzz::bytes(2048)) {
+            let tarball = build(&Pkg::default());
+            let outer = outer_checksum(&tarball);
+            let expected = Expected {
+                name: "alpha",
+                version: "0.1.0",
+                outer_checksum: &outer,
+                inner_checksum: None,
+            };
+            let mutated = crate::fuzz::apply(&tarball, &m);
+            let accepted = verify(&mutated, &expected, &Limits::default()).is_ok();
+            proptest::prop_assert_eq!(accepted, mutated == tarball);
+            let _ = inspect(&mutated, &Limits::default());
+            let _ = inspect(&raw, &Limits::default());
+            let _ = check_docs(&raw, &Limits::default());
+        }
+    }
+
     fn with_items(items: Vec<Item>) -> Pkg {
         Pkg {
             items,

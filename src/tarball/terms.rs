@@ -845,6 +845,17 @@ enum Segment {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        #[test]
+        fn fuzz_terms(m in crate::fuzz::mutations(), raw in crate::fuzz::bytes(1024)) {
+            let valid = b"{<<\"name\">>,<<\"alpha\">>}.\n{<<\"requirements\">>,[[{<<\"name\">>,<<\"b\">>},{<<\"optional\">>,true}]]}.\n{<<\"n\">>,[1,-2,3.5,'atom',\"str\",{}]}.\n";
+            let _ = parse_consult(&crate::fuzz::apply(valid, &m));
+            let _ = parse_consult(&raw);
+        }
+    }
+
     fn one(input: &str) -> Term {
         match parse_consult(input.as_bytes()) {
             Ok(mut terms) if terms.len() == 1 => terms.remove(0),

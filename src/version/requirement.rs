@@ -456,6 +456,23 @@ impl FromStr for Requirement {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        #[test]
+        fn fuzz_versions_and_requirements(m in crate::fuzz::mutations(), raw in ".{0,64}") {
+            let valid = b"~> 1.2.3-rc.1+build or >= 2.0.0 and < 3.0.0";
+            let mutated = String::from_utf8_lossy(&crate::fuzz::apply(valid, &m)).into_owned();
+            for text in [mutated.as_str(), raw.as_str()] {
+                if let Ok(req) = Requirement::parse(text) {
+                    let v = crate::version::Version::parse("1.2.3").unwrap();
+                    let _ = (req.matches(&v), req.matches_allowing_pre(&v));
+                }
+                let _ = crate::version::Version::parse(text);
+            }
+        }
+    }
+
     /// `(matches, matches_allowing_pre)` for `version` against `requirement`.
     fn check(requirement: &str, version: &str, expect: (bool, bool)) {
         let req = Requirement::parse(requirement)
