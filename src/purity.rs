@@ -14,6 +14,7 @@ use std::path::Path;
 /// Modules that must stay pure (with everything below them).
 const PURE: &[&str] = &[
     "api::etf",
+    "api::snippets",
     "auth",
     "hosted::rules",
     "index",

@@ -74,3 +74,42 @@ fn metrics_count_requests_by_route_and_status_and_report_sync_state() {
     assert!(text.contains("# TYPE hexmirror_manifest_expiry_timestamp_seconds gauge"));
     assert!(text.contains("hexmirror_last_successful_sync_age_seconds "));
 }
+
+/// A newcomer's first `hexmirror serve`: a caching proxy (the embedded
+/// default) over a data directory that does not exist yet. It can serve, so
+/// it is healthy; what it has not made yet (no generation, perhaps no
+/// database) is reported as information, not as a fault.
+#[test]
+fn a_fresh_proxy_is_healthy_before_its_first_request() {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let dir = tempfile::TempDir::new().unwrap();
+    let data = dir.path().join("not-yet-created");
+    let config = write_config(
+        dir.path(),
+        &upstream.url(),
+        &fixture_key("upstream.pub.pem"),
+        &data,
+        "\n[proxy]\nenabled = true\n",
+    );
+    let server = Served::start(&config);
+    let got = http("GET", &format!("{}/health", server.url()), &[]);
+    let body: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(got.status, 200, "{body}");
+    assert_eq!(body["status"], "ok", "{body}");
+    assert_eq!(body["storage"]["ok"], true, "{body}");
+    assert_eq!(body["storage"]["published"], false, "{body}");
+    assert!(body["storage"]["error"].is_null(), "{body}");
+    assert!(
+        body["storage"]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("fetched from the upstream on request")),
+        "{body}"
+    );
+    assert_eq!(body["database"]["ok"], true, "{body}");
+    assert!(body["database"]["error"].is_null(), "{body}");
+    assert_eq!(body["proxy"]["enabled"], true, "{body}");
+
+    // And it does serve: a record comes through the proxy.
+    let record = http("GET", &format!("{}/packages/beta", server.url()), &[]);
+    assert_eq!(record.status, 200);
+}

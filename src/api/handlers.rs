@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap};
 use serde_json::{Value, json};
 
+use super::snippets;
 use super::wire::{self, Format, Rendered, Reply, iso};
 use super::{ApiState, ClientAddr, TokenError, create_token};
 use crate::auth::{self, Access, HexPermission, Scope};
@@ -148,13 +149,11 @@ impl Request {
         &self,
         f: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, Reply> {
-        self.state.db.call(f).await.map_err(|e| {
-            tracing::error!("API database call failed: {e}");
-            Reply::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error; see the server log",
-            )
-        })
+        self.state
+            .db
+            .call(f)
+            .await
+            .map_err(|e| Reply::internal(format!("API database call failed: {e}")))
     }
 
     async fn audit(&self, action: &str, target: String, detail: Value) -> Result<(), Reply> {
@@ -213,7 +212,7 @@ impl Request {
             "meta": r.meta,
             "retirement": r.retired.as_ref().map(|(reason, message)| json!({"reason": reason.as_str(), "message": message})),
             "publisher": {"username": r.publisher},
-            "configs": {},
+            "configs": release_configs(r),
             "downloads": 0,
             "inserted_at": iso(r.inserted_at),
             "updated_at": iso(r.updated_at),
@@ -230,10 +229,14 @@ impl Request {
         let mut sorted: Vec<&ReleaseRow> = rows.iter().collect();
         sorted.sort_by(|a, b| cmp_versions(&b.version, &a.version));
         let latest = sorted.first().map(|r| r.version.clone());
-        let stable = sorted
-            .iter()
-            .find(|r| crate::version::Version::parse(&r.version).is_ok_and(|v| !v.is_pre_release()))
-            .map(|r| r.version.clone());
+        let stable_row = sorted.iter().find(|r| {
+            crate::version::Version::parse(&r.version).is_ok_and(|v| !v.is_pre_release())
+        });
+        let stable = stable_row.map(|r| r.version.clone());
+        // As hex.pm: the snippet for the release a newcomer should pick.
+        let configs = stable_row
+            .or(sorted.first())
+            .map_or_else(|| json!({}), |r| release_configs(r));
         let meta = sorted.first().map_or(Value::Null, |r| {
             json!({"description": r.meta.get("description"), "licenses": r.meta.get("licenses"),
                    "links": r.meta.get("links"), "maintainers": []})
@@ -259,7 +262,8 @@ impl Request {
                 "version": r.version, "url": self.release_url(name, &r.version),
                 "has_docs": r.docs_sha256.is_some(), "inserted_at": iso(r.inserted_at)})).collect::<Vec<_>>(),
             "retirements": retirements,
-            "owners": owners.iter().map(|(u, l)| json!({"username": u, "level": l})).collect::<Vec<_>>(),
+            "owners": owners.iter().map(|(u, l)| owner_json(u, l)).collect::<Vec<_>>(),
+            "configs": configs,
             "latest_version": latest,
             "latest_stable_version": stable,
             "downloads": {},
@@ -291,13 +295,9 @@ impl Request {
 }
 
 /// The answer to a failure the client cannot fix: the details go to the
-/// server log only.
+/// server log only (the logging middleware writes them).
 fn internal_error(e: &dyn std::fmt::Display) -> Reply {
-    tracing::error!("hosted package change failed: {e}");
-    Reply::error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal error; nothing was changed; see the server log",
-    )
+    Reply::internal(format!("hosted package change failed: {e}"))
 }
 
 fn hosted_error(e: HostedError) -> Reply {
@@ -683,7 +683,7 @@ pub(super) async fn list_owners(
         Ok(Reply::ok(Value::Array(
             owners
                 .into_iter()
-                .map(|(u, l)| json!({"username": u, "email": null, "level": l}))
+                .map(|(u, l)| owner_json(&u, &l))
                 .collect(),
         )))
     })
@@ -711,9 +711,22 @@ pub(super) async fn get_owner(
                     format!("{user} is not an owner of {}", param(&p, "name")),
                 )
             })?;
-        Ok(Reply::ok(json!({"username": u, "email": null, "level": l})))
+        Ok(Reply::ok(owner_json(&u, &l)))
     })
     .await
+}
+
+/// An owner as Hex shows one. hexmirror has user names and no email
+/// addresses, and `mix hex.owner list` prints only `email` and `level`, so
+/// the name goes where the client shows an email.
+fn owner_json(user: &str, level: &str) -> Value {
+    json!({"username": user, "email": user, "level": level})
+}
+
+/// The install snippets of release `r` (see [`snippets`]).
+fn release_configs(r: &ReleaseRow) -> Value {
+    let app = r.meta.get("app").and_then(Value::as_str);
+    snippets::configs(&r.package, app, &r.version, &r.repository)
 }
 
 fn valid_user(user: &str) -> bool {
@@ -840,12 +853,23 @@ pub(super) async fn me(
     answer(&headers, async {
         let req = request(state, &headers, client, &BTreeMap::new()).await?;
         let token = req.token()?;
+        let user = token.username.clone();
+        let owned = req.db(move |c| hdb::owned_packages(c, &user)).await?;
+        let packages: Vec<Value> = owned
+            .iter()
+            .map(|(repo, name)| {
+                let url = format!("{}/api/repos/{repo}/packages/{name}", req.base);
+                json!({"name": name, "repository": repo, "url": url, "html_url": url})
+            })
+            .collect();
         Ok(Reply::ok(json!({
             "username": token.username,
             "email": null,
             "full_name": null,
-            // Hex crashes on a 200 without this list.
+            // Hex crashes on a 200 without these two lists
+            // (`hex.publish`, `hex.owner packages`).
             "organizations": [],
+            "packages": packages,
             "url": format!("{}/api/users/{}", req.base, token.username),
             "inserted_at": iso(token.created_at),
             "updated_at": iso(token.created_at),
@@ -1045,6 +1069,29 @@ pub(super) async fn audit_logs(
                 })
                 .collect(),
         )))
+    })
+    .await
+}
+
+/// Anything under `/api` that is not an endpoint: 404 in the API's shape.
+pub(super) async fn not_found(uri: axum::http::Uri, headers: HeaderMap) -> Rendered {
+    answer(&headers, async {
+        Err(Reply::error(
+            StatusCode::NOT_FOUND,
+            format!("no API endpoint {}", uri.path()),
+        ))
+    })
+    .await
+}
+
+/// `/api` on a server with no repository of its own to publish into.
+pub(super) async fn no_api(headers: HeaderMap) -> Rendered {
+    answer(&headers, async {
+        Err(Reply::error(
+            StatusCode::NOT_FOUND,
+            "this server has no API: it hosts no repository of its own \
+             (add a [[repository]] to the configuration)",
+        ))
     })
     .await
 }

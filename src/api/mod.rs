@@ -14,6 +14,8 @@
 pub mod etf;
 mod gate;
 mod handlers;
+mod log;
+mod snippets;
 pub mod wire;
 
 use std::net::{IpAddr, SocketAddr};
@@ -24,10 +26,11 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
 use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap};
 use axum::http::request::Parts;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, any, get, post};
 use rand::rngs::OsRng;
 
 pub use gate::Gate;
+pub use log::Detail;
 
 use self::wire::Reply;
 use crate::auth::{self, FailureLimiter, Scope, TokenSecret};
@@ -121,10 +124,7 @@ impl ApiState {
                     .db
                     .call(move |c| hdb::token(c, &id))
                     .await
-                    .map_err(|e| {
-                        tracing::error!("token lookup failed: {e}");
-                        Reply::error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-                    })?;
+                    .map_err(|e| Reply::internal(format!("token lookup failed: {e}")))?;
                 // Hash and compare even for an unknown id, so timing does not
                 // tell which ids exist.
                 let stored = row.as_ref().map_or([0u8; 32], |r| r.hash);
@@ -151,6 +151,9 @@ impl ApiState {
             }
             tracing::info!(client = ?client, "refused API key: {message}");
             return Err(Reply::error(StatusCode::UNAUTHORIZED, message));
+        }
+        if let Some(t) = &found {
+            log::note_token(&t.name);
         }
         Ok(found)
     }
@@ -248,7 +251,11 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     }
 }
 
-/// The API routes, each also under `/api/repos/REPO/`.
+/// The API routes, each also under `/api/repos/REPO/`: Hex sends every
+/// request, account ones included (`users/me`, `auth`, `keys`), to the API
+/// URL it was given, and the README gives it the repository's. Each route
+/// logs its requests ([`log`]); anything else under `/api` is a 404 in the
+/// API's error shape.
 pub fn router(state: Arc<ApiState>) -> Router {
     use handlers as h;
     let limit = usize::try_from(state.config().api.max_tarball_bytes)
@@ -256,40 +263,58 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .saturating_add(64 * 1024);
     let mut r = Router::new();
     for prefix in ["/api", "/api/repos/{repo}"] {
-        r = r
-            .route(&format!("{prefix}/publish"), post(h::publish))
-            .route(&format!("{prefix}/packages"), get(h::list_packages))
-            .route(&format!("{prefix}/packages/{{name}}"), get(h::get_package))
-            .route(
-                &format!("{prefix}/packages/{{name}}/releases"),
-                post(h::publish),
-            )
-            .route(
-                &format!("{prefix}/packages/{{name}}/releases/{{version}}"),
+        let routes: [(&str, MethodRouter<Arc<ApiState>>); 15] = [
+            ("/publish", post(h::publish)),
+            ("/packages", get(h::list_packages)),
+            ("/packages/{name}", get(h::get_package)),
+            ("/packages/{name}/releases", post(h::publish)),
+            (
+                "/packages/{name}/releases/{version}",
                 get(h::get_release).delete(h::revert),
-            )
-            .route(
-                &format!("{prefix}/packages/{{name}}/releases/{{version}}/retire"),
+            ),
+            (
+                "/packages/{name}/releases/{version}/retire",
                 post(h::retire).delete(h::unretire),
-            )
-            .route(
-                &format!("{prefix}/packages/{{name}}/releases/{{version}}/docs"),
+            ),
+            (
+                "/packages/{name}/releases/{version}/docs",
                 post(h::publish_docs).delete(h::revert_docs),
-            )
-            .route(
-                &format!("{prefix}/packages/{{name}}/owners"),
-                get(h::list_owners),
-            )
-            .route(
-                &format!("{prefix}/packages/{{name}}/owners/{{user}}"),
+            ),
+            ("/packages/{name}/owners", get(h::list_owners)),
+            (
+                "/packages/{name}/owners/{user}",
                 get(h::get_owner).put(h::add_owner).delete(h::remove_owner),
-            );
+            ),
+            ("/auth", get(h::auth_test)),
+            ("/users/me", get(h::me)),
+            ("/keys", get(h::list_keys).post(h::create_key)),
+            ("/keys/{key}", get(h::get_key).delete(h::delete_key)),
+            ("/audit-logs", get(h::audit_logs)),
+            // Last, so every route above wins over it.
+            ("/{*rest}", any(h::not_found)),
+        ];
+        for (path, methods) in routes {
+            let template = format!("{prefix}{path}");
+            let logged = methods.layer(axum::middleware::from_fn_with_state(
+                Arc::<str>::from(template.as_str()),
+                log::log_request,
+            ));
+            r = r.route(&template, logged);
+        }
     }
-    r.route("/api/auth", get(h::auth_test))
-        .route("/api/users/me", get(h::me))
-        .route("/api/keys", get(h::list_keys).post(h::create_key))
-        .route("/api/keys/{key}", get(h::get_key).delete(h::delete_key))
-        .route("/api/audit-logs", get(h::audit_logs))
+    let bare = any(h::not_found).layer(axum::middleware::from_fn_with_state(
+        Arc::<str>::from("/api"),
+        log::log_request,
+    ));
+    r.route("/api", bare)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// The routes when no repository of ours is configured: every `/api` request
+/// is a 404 in the API's error shape that says why.
+pub fn absent_router() -> Router {
+    Router::new()
+        .route("/api", any(handlers::no_api))
+        .route("/api/{*rest}", any(handlers::no_api))
 }

@@ -45,6 +45,8 @@ pub struct Reply {
     pub body: Option<Value>,
     /// Extra headers.
     pub headers: Vec<(header::HeaderName, String)>,
+    /// For the server log only: why an internal error happened.
+    pub detail: Option<String>,
 }
 
 impl Reply {
@@ -54,6 +56,7 @@ impl Reply {
             status,
             body: Some(body),
             headers: Vec::new(),
+            detail: None,
         }
     }
 
@@ -68,6 +71,7 @@ impl Reply {
             status,
             body: None,
             headers: Vec::new(),
+            detail: None,
         }
     }
 
@@ -93,6 +97,17 @@ impl Reply {
         reply
     }
 
+    /// A 500 whose cause, `detail`, goes to the server log (by the API's
+    /// logging middleware), never to the client.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        let mut reply = Self::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; nothing was changed; see the server log",
+        );
+        reply.detail = Some(detail.into());
+        reply
+    }
+
     /// Renders the reply for a client that wants `format`.
     pub fn render(self, format: Format) -> Response {
         let mut res = match self.body {
@@ -112,6 +127,9 @@ impl Reply {
             }
         };
         *res.status_mut() = self.status;
+        if let Some(detail) = self.detail {
+            res.extensions_mut().insert(super::log::Detail(detail));
+        }
         let headers = res.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         for (name, value) in self.headers {

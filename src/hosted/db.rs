@@ -178,6 +178,15 @@ pub fn owners(
         .collect()
 }
 
+/// The packages `user` owns, as (repository, package), sorted.
+pub fn owned_packages(conn: &Connection, user: &str) -> rusqlite::Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT repository, package FROM hosted_owners WHERE username = ?1 ORDER BY repository, package",
+    )?;
+    stmt.query_map(params![user], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}
+
 /// Adds or updates an owner.
 pub fn put_owner(
     conn: &Connection,

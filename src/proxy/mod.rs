@@ -14,6 +14,9 @@
 //!
 //! Only the upstream's own paths are proxied, never `/repos/...`.
 
+mod installs;
+pub use installs::InstallsError;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -33,7 +36,7 @@ const BREAKER_FAILURES: u32 = 5;
 /// How long an open circuit stays open before one trial request.
 const BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
 /// Largest registry file accepted from the upstream.
-const MAX_REGISTRY: u64 = 64 * 1024 * 1024;
+const MAX_REGISTRY: u64 = registry::MAX_DECODED_SIZE + (1 << 20);
 
 /// Why a proxied file cannot be served.
 #[derive(Debug, thiserror::Error)]

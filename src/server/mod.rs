@@ -128,9 +128,11 @@ pub fn router_with(root: PathBuf, options: Options) -> Router {
         .route("/metrics", axum::routing::get(metrics))
         .fallback(handle)
         .with_state(state);
+    // `/api` answers in the API's error shape even without an API, so a
+    // client pointed here learns why instead of reading a text 404.
     match options.api {
         Some(api) => tree.merge(crate::api::router(api)),
-        None => tree,
+        None => tree.merge(crate::api::absent_router()),
     }
 }
 
@@ -196,6 +198,8 @@ enum ServeError {
     MethodNotAllowed,
     #[error(transparent)]
     Upstream(crate::proxy::ProxyError),
+    #[error(transparent)]
+    Installs(crate::proxy::InstallsError),
     #[error("serving {path}: {source}")]
     Io {
         path: PathBuf,
@@ -235,6 +239,7 @@ impl IntoResponse for ServeError {
                 StatusCode::BAD_GATEWAY,
                 format!("not mirrored yet, and the upstream could not supply it: {e}\n"),
             ),
+            Self::Installs(e) => (StatusCode::BAD_GATEWAY, format!("{e}\n")),
             Self::Io { .. } | Self::Task { .. } => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal server error\n".to_owned(),
@@ -270,7 +275,12 @@ async fn respond(
 ) -> Response {
     let res = match serve(state, method, path, headers, client).await {
         Ok(res) => {
-            tracing::debug!(%method, path, status = res.status().as_u16(), "request");
+            // A private repository's gate answers with the API's replies;
+            // an internal one carries its cause for this log only.
+            match res.extensions().get::<crate::api::Detail>() {
+                Some(detail) => tracing::error!(%method, path, error = %detail.0, "request failed"),
+                None => tracing::debug!(%method, path, status = res.status().as_u16(), "request"),
+            }
             res
         }
         Err(e) => {
@@ -374,6 +384,9 @@ async fn proxied(
     target: &FileTarget,
     headers: &HeaderMap,
 ) -> Result<Response, ServeError> {
+    if target.kind == Kind::Installs {
+        return installs(state, method, target, headers).await;
+    }
     let Some(proxy) = &state.proxy else {
         return Err(ServeError::NotFound);
     };
@@ -385,6 +398,45 @@ async fn proxied(
         Ok(()) => serve_file(state, proxy.root(), method, target, headers).await,
         Err(crate::proxy::ProxyError::NotFound) => Err(ServeError::NotFound),
         Err(e) => Err(ServeError::Upstream(e)),
+    }
+}
+
+/// An `installs/` file the tree lacks: the upstream's copy through the proxy,
+/// as received; with no copy anywhere, the Hex release list is an empty one
+/// (a valid answer: "nothing newer"), so clients stop reporting a failed
+/// update check. Other installs files are a plain 404.
+async fn installs(
+    state: &Arc<ServerState>,
+    method: &Method,
+    target: &FileTarget,
+    headers: &HeaderMap,
+) -> Result<Response, ServeError> {
+    let rel = target.relative.to_string_lossy().into_owned();
+    let upstream = match &state.proxy {
+        Some(proxy) => proxy.installs(&rel).await.map_err(ServeError::Installs)?,
+        None => None,
+    };
+    let bytes = match upstream {
+        Some(bytes) => bytes,
+        None if rel.ends_with(".csv") => Vec::new(),
+        None => return Err(ServeError::NotFound),
+    };
+    let mut res = serve_bytes(method, Kind::Installs, &bytes, headers);
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        cache_control(target, &state.public_repos),
+    );
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, installs_type(&rel));
+    Ok(res)
+}
+
+/// The list is CSV; installers are archives.
+fn installs_type(rel: &str) -> HeaderValue {
+    if rel.ends_with(".csv") {
+        HeaderValue::from_static("text/csv; charset=utf-8")
+    } else {
+        HeaderValue::from_static("application/octet-stream")
     }
 }
 
@@ -498,7 +550,11 @@ async fn serve_file(
 
     if let Some((start, count)) = body_range {
         let h = res.headers_mut();
-        h.insert(header::CONTENT_TYPE, content_type(target.kind));
+        let ctype = match target.kind {
+            Kind::Installs => installs_type(&target.relative.to_string_lossy()),
+            kind => content_type(kind),
+        };
+        h.insert(header::CONTENT_TYPE, ctype);
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
         if let Some(content) = content {
             // The bytes read are the ones hashed: same handle, no seek since.
@@ -532,6 +588,8 @@ fn cache_control(target: &FileTarget, public_repos: &PublicRepos) -> HeaderValue
         (true, Kind::Tarball | Kind::Docs) => "private, max-age=86400",
         // Changes with every generation: caches must ask again each time.
         (_, Kind::Manifest) => "no-cache",
+        // A new Hex release changes the list: an hour, like the registry.
+        (_, Kind::Installs) => "public, max-age=3600",
     };
     HeaderValue::from_static(value)
 }
@@ -540,7 +598,7 @@ fn content_type(kind: Kind) -> HeaderValue {
     match kind {
         Kind::PublicKey => HeaderValue::from_static("text/plain; charset=utf-8"),
         Kind::Manifest => HeaderValue::from_static("application/json"),
-        Kind::Registry | Kind::Tarball | Kind::Docs => {
+        Kind::Registry | Kind::Tarball | Kind::Docs | Kind::Installs => {
             HeaderValue::from_static("application/octet-stream")
         }
     }

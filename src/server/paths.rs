@@ -46,6 +46,9 @@ pub enum Kind {
     /// `hexmirror-manifest.json` and `hexmirror-manifest-delta.json`: the
     /// signed snapshot manifest of the generation and its delta.
     Manifest,
+    /// `installs/FILE` or `installs/DIR/FILE`: the upstream's list of Hex
+    /// releases (`hex-1.x.csv`) and installers; not registry content.
+    Installs,
 }
 
 /// Why a request path was refused.
@@ -81,6 +84,20 @@ pub fn parse(raw_path: &str) -> Result<Target, PathError> {
         .collect::<Result<Vec<String>, PathError>>()?;
     let mut segments: Vec<&str> = segments.iter().map(String::as_str).collect();
 
+    // `/repos/ORG/installs/...`: a client whose hexpm repository is one of
+    // ours asks there; it is the same, repository-independent file.
+    if let ["repos", org, "installs", ..] = segments.as_slice() {
+        check_org(org)?;
+        segments.drain(..2);
+    }
+    // `/repos/ONE/repos/ORG/docs/FILE`: Hex fetches an organisation's docs
+    // at its hexpm URL + `/repos/ORG/docs/`, and when that URL is one of our
+    // repositories (`mix hex.repo set hexpm --url http://HOST/repos/hexpm`)
+    // this is where it looks; the docs are ORG's.
+    if let ["repos", one, "repos", _, "docs", _] = segments.as_slice() {
+        check_org(one)?;
+        segments.drain(..2);
+    }
     let org = match segments.as_slice() {
         ["repos", org, _, ..] => {
             check_org(org)?;
@@ -110,6 +127,12 @@ pub fn parse(raw_path: &str) -> Result<Target, PathError> {
         ["docs", file] => {
             check_release_file(file, ".tar.gz")?;
             Kind::Docs
+        }
+        ["installs", rest @ ..] if org.is_none() && matches!(rest.len(), 1 | 2) => {
+            for part in rest {
+                check_installs_part(part)?;
+            }
+            Kind::Installs
         }
         _ => return Err(PathError::Unknown),
     };
@@ -175,6 +198,20 @@ fn check_org(org: &str) -> Result<(), PathError> {
     }
 }
 
+/// A file or directory name under `installs/` (`hex-1.x.csv`, `1.14.0`,
+/// `hex-2.5.1.ez`): letters, digits, `.`, `_`, `+`, `-`, not starting with a dot.
+fn check_installs_part(part: &str) -> Result<(), PathError> {
+    let ok = !part.starts_with('.')
+        && part
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(part, "installs file names match [A-Za-z0-9._+-]+"))
+    }
+}
+
 fn is_identifier(s: &str, extra: impl Fn(char) -> bool) -> bool {
     let mut chars = s.chars();
     chars.next().is_some_and(|c| c.is_ascii_lowercase())
@@ -209,6 +246,29 @@ fn check_release_file(file: &str, suffix: &str) -> Result<(), PathError> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        /// No path escapes the tree: whatever parses names a relative path
+        /// without `..`, absolute parts or NUL.
+        #[test]
+        fn fuzz_request_paths(m in crate::fuzz::mutations(), raw in ".{0,128}") {
+            let valid = b"/repos/acme/tarballs/acme_app-1.0.0%2Bbuild.tar";
+            let mutated = String::from_utf8_lossy(&crate::fuzz::apply(valid, &m)).into_owned();
+            for path in [mutated.as_str(), raw.as_str()] {
+                if let Ok(Target::File(f)) = parse(path) {
+                    let rel = f.relative.to_string_lossy().into_owned();
+                    proptest::prop_assert!(!f.relative.is_absolute(), "{path} -> {rel}");
+                    proptest::prop_assert!(
+                        f.relative.components().all(|c| matches!(c, std::path::Component::Normal(_))),
+                        "{path} -> {rel}"
+                    );
+                    proptest::prop_assert!(!rel.contains('\0'), "{path}");
+                }
+            }
+        }
+    }
+
     fn file(org: Option<&str>, kind: Kind, relative: &str) -> Result<Target, PathError> {
         Ok(Target::File(FileTarget {
             org: org.map(str::to_owned),
@@ -242,6 +302,36 @@ mod tests {
             parse("/docs/foo-1.0.0-rc.1.tar.gz"),
             file(None, Kind::Docs, "docs/foo-1.0.0-rc.1.tar.gz")
         );
+    }
+
+    #[test]
+    fn installs_are_one_tree_wide_file_set() {
+        assert_eq!(
+            parse("/installs/hex-1.x.csv"),
+            file(None, Kind::Installs, "installs/hex-1.x.csv")
+        );
+        assert_eq!(
+            parse("/installs/1.14.0/hex-2.5.1.ez"),
+            file(None, Kind::Installs, "installs/1.14.0/hex-2.5.1.ez")
+        );
+        // Asked under a repository of ours: the same file.
+        assert_eq!(
+            parse("/repos/hexpm/installs/hex-1.x.csv"),
+            file(None, Kind::Installs, "installs/hex-1.x.csv")
+        );
+        assert_eq!(parse("/installs"), Err(PathError::Unknown));
+        // An organisation's docs as Hex asks for them through a repository of ours.
+        assert_eq!(
+            parse("/repos/hexpm/repos/acme/docs/x-1.0.0.tar.gz"),
+            file(Some("acme"), Kind::Docs, "repos/acme/docs/x-1.0.0.tar.gz")
+        );
+        assert_eq!(
+            parse("/repos/hexpm/repos/acme/names"),
+            Err(PathError::Unknown)
+        );
+        assert_eq!(parse("/installs/a/b/c"), Err(PathError::Unknown));
+        assert!(is_bad("/installs/.hidden"));
+        assert!(is_bad("/installs/a%20b"));
     }
 
     #[test]
@@ -301,7 +391,7 @@ mod tests {
             "/repos/acme",
             "/repos/acme/nope",
             "/repos/acme/repos/x/names",
-            "/installs/hex-1.x.csv",
+            "/repos/acme/installs",
             "/registry.ets.gz",
         ] {
             assert_eq!(parse(path), Err(PathError::Unknown), "{path}");

@@ -62,14 +62,27 @@ pub(super) fn route_label(path: &str) -> &'static str {
 struct TreeState {
     version: Option<u64>,
     expires_at: Option<u64>,
+    /// No generation published yet (no sync, no publish): a fact about a
+    /// fresh install, not a fault.
+    absent: bool,
+    /// A manifest that is there but cannot be read.
     error: Option<String>,
 }
 
 fn tree_state(root: &Path) -> TreeState {
+    // `exists` follows the `current` symlink: a missing link or a link to
+    // nothing both mean nothing was published yet.
+    if !root.join(MANIFEST_FILE).exists() {
+        return TreeState {
+            absent: true,
+            ..TreeState::default()
+        };
+    }
     match crate::store::peek_manifest(root) {
         Ok(peek) => TreeState {
             version: Some(peek.version),
             expires_at: Some(peek.expires_at),
+            absent: false,
             error: None,
         },
         Err(e) => TreeState {
@@ -82,6 +95,9 @@ fn tree_state(root: &Path) -> TreeState {
 /// The last finished sync and the last successful one, from the database.
 #[derive(Debug, Default)]
 struct SyncState {
+    /// The database does not exist yet: the first sync, publish or token
+    /// creates it. Nothing to report, nothing wrong.
+    absent: bool,
     last_finished: Option<(u64, u64, String, u64)>, // finished_at, duration, status, failed
     last_ok: Option<u64>,
     /// Newest upstream `updated_at` seen by the last sync, and the newest published.
@@ -92,8 +108,29 @@ struct SyncState {
 fn sync_state(data_dir: &Path) -> SyncState {
     use rusqlite::{Connection, OpenFlags, OptionalExtension};
     let path = data_dir.join("hexmirror.db");
+    if !path.exists() {
+        return SyncState {
+            absent: true,
+            ..SyncState::default()
+        };
+    }
     let result = (|| -> rusqlite::Result<SyncState> {
         let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        // Created but without its tables yet: `serve` makes the file while
+        // it starts, and a request may come in between.
+        let created: Option<String> = conn
+            .query_row(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'syncs'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if created.is_none() {
+            return Ok(SyncState {
+                absent: true,
+                ..SyncState::default()
+            });
+        }
         let last_finished = conn
             .query_row(
                 "SELECT finished_at, finished_at - started_at, status, COALESCE(failed, 0)
@@ -131,6 +168,7 @@ fn sync_state(data_dir: &Path) -> SyncState {
             ),
             last_finished,
             last_ok,
+            absent: false,
             error: None,
         })
     })();
@@ -160,15 +198,28 @@ pub(super) fn health(
     let now = unix_now();
     let expired = tree.expires_at.is_some_and(|e| e <= now);
     // A proxy serves what it can fetch even before any sync.
-    let servable = tree.error.is_none() || proxy.is_some();
+    let tree_ok = !tree.absent && tree.error.is_none();
+    let servable = tree_ok || proxy.is_some();
+    // Faults only: what a fresh install has not made yet (no generation, no
+    // database) is reported as information below, not counted here.
     let degraded = expired
+        || tree.error.is_some()
         || sync.as_ref().is_some_and(|s| {
             s.error.is_some() || s.last_finished.as_ref().is_some_and(|l| l.2 == "failed")
         });
+    let tree_note = tree.absent.then(|| {
+        if proxy.is_some() {
+            "no generation published yet (no sync so far); files are fetched from the upstream on request"
+        } else {
+            "no generation published yet: run `hexmirror sync`"
+        }
+    });
     let body = serde_json::json!({
         "status": if !servable { "unavailable" } else if degraded { "degraded" } else { "ok" },
         "storage": {
             "ok": servable,
+            "published": !tree.absent,
+            "note": tree_note,
             "generation": tree.version,
             "manifest_expires_at": tree.expires_at.map(crate::manifest::rfc3339),
             "manifest_expired": expired,
@@ -176,6 +227,8 @@ pub(super) fn health(
         },
         "database": sync.as_ref().map(|s| serde_json::json!({
             "ok": s.error.is_none(),
+            "exists": !s.absent,
+            "note": s.absent.then_some("not created yet: the first sync, publish or `hexmirror token` creates it"),
             "error": s.error,
         })),
         "last_sync": sync.as_ref().and_then(|s| s.last_finished.as_ref()).map(|(at, took, status, failed)| serde_json::json!({
@@ -398,6 +451,42 @@ mod tests {
         assert_eq!(route_label("/hexmirror-manifest.json"), "manifest");
         assert_eq!(route_label("/nope"), "other");
         assert_eq!(route_label("/"), "other");
+    }
+
+    fn body(res: Response) -> serde_json::Value {
+        let bytes = futures_body(res);
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn futures_body(res: Response) -> Vec<u8> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(axum::body::to_bytes(res.into_body(), usize::MAX))
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn a_fresh_data_directory_is_information_not_a_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = health(&dir.path().join("current"), Some(dir.path()), None);
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let b = body(res);
+        assert_eq!(b["status"], "unavailable");
+        assert_eq!(b["database"]["ok"], true, "{b}");
+        assert_eq!(b["database"]["exists"], false, "{b}");
+        assert_eq!(b["storage"]["published"], false, "{b}");
+        assert!(b["storage"]["error"].is_null(), "{b}");
+    }
+
+    #[test]
+    fn a_broken_database_is_a_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hexmirror.db"), b"not a database").unwrap();
+        let state = sync_state(dir.path());
+        assert!(state.error.is_some());
+        assert!(!state.absent);
     }
 
     #[test]

@@ -27,6 +27,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
 mod mirror;
+pub mod mix;
 pub mod tarballs;
 use axum::body::Body;
 use axum::extract::State;
