@@ -18,6 +18,9 @@ mod log;
 mod snippets;
 pub mod wire;
 
+#[cfg(test)]
+mod tests;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 

@@ -163,6 +163,19 @@ impl Upload {
     }
 }
 
+/// An uploaded docs tarball, checked once (gzip, tar structure, paths,
+/// limits) by whoever received it, before the change waits for the writer.
+#[derive(Debug, Clone)]
+pub struct DocsUpload(Vec<u8>);
+
+impl DocsUpload {
+    /// Checks `bytes` against [`upload_limits`]. Blocking (it inflates).
+    pub fn inspect(bytes: Vec<u8>, config: &Config) -> Result<Self, HostedError> {
+        tarball::check_docs(&bytes, &upload_limits(config)).map_err(Rejection::Docs)?;
+        Ok(Self(bytes))
+    }
+}
+
 /// Who asks for a change, for owners and the audit log.
 #[derive(Debug, Clone)]
 pub struct Actor {
@@ -208,8 +221,8 @@ pub enum Change {
         name: String,
         /// Version.
         version: String,
-        /// The gzipped docs tarball.
-        tarball: Option<Vec<u8>>,
+        /// The gzipped docs tarball, already checked.
+        tarball: Option<DocsUpload>,
     },
 }
 
@@ -760,11 +773,7 @@ impl Ctx<'_> {
             } => {
                 let (rows, mut row) = self.existing(&name, &version, actor)?;
                 row.docs_sha256 = match tarball {
-                    Some(bytes) => {
-                        tarball::check_docs(&bytes, &upload_limits(self.config))
-                            .map_err(Rejection::Docs)?;
-                        Some(self.writer.store.put_bytes(&bytes)?.sha256)
-                    }
+                    Some(DocsUpload(bytes)) => Some(self.writer.store.put_bytes(&bytes)?.sha256),
                     None => None,
                 };
                 row.updated_at = self.now;

@@ -1,0 +1,267 @@
+//! The token's own account: the auth check, `users/me`, API keys and the
+//! audit log.
+
+use super::*;
+
+pub(in crate::api) async fn auth_test(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Query(q): QueryMap,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &BTreeMap::new()).await?;
+        let token = req.token()?;
+        let ok = match (
+            q.get("domain").map(String::as_str),
+            q.get("resource").map(String::as_str),
+        ) {
+            (None, _) => true,
+            (Some("api"), Some("read") | None) => true,
+            (Some("api"), Some("write")) => token
+                .scopes
+                .iter()
+                .any(|s| s.access >= Access::Write && s.versions.is_none()),
+            (Some("repository"), Some(r)) => auth::allows(&token.scopes, r, None, Access::Read),
+            (Some("repositories"), _) => auth::allows(&token.scopes, "*", None, Access::Read),
+            _ => false,
+        };
+        if ok {
+            Ok(Reply::empty(StatusCode::NO_CONTENT))
+        } else {
+            Err(Reply::error(
+                StatusCode::FORBIDDEN,
+                format!("API key {} does not grant that", token.name),
+            ))
+        }
+    })
+    .await
+}
+
+pub(in crate::api) async fn me(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &BTreeMap::new()).await?;
+        let token = req.token()?;
+        let user = token.username.clone();
+        let owned = req.db(move |c| hdb::owned_packages(c, &user)).await?;
+        let packages: Vec<Value> = owned
+            .iter()
+            .map(|(repo, name)| {
+                let url = format!("{}/api/repos/{repo}/packages/{name}", req.base);
+                json!({"name": name, "repository": repo, "url": url, "html_url": url})
+            })
+            .collect();
+        Ok(Reply::ok(json!({
+            "username": token.username,
+            "email": null,
+            "full_name": null,
+            // Hex crashes on a 200 without these two lists
+            // (`hex.publish`, `hex.owner packages`).
+            "organizations": [],
+            "packages": packages,
+            "url": format!("{}/api/users/{}", req.base, token.username),
+            "inserted_at": iso(token.created_at),
+            "updated_at": iso(token.created_at),
+        })))
+    })
+    .await
+}
+
+fn key_json(base: &str, t: &TokenRow, secret: Option<&str>) -> Value {
+    json!({
+        "name": t.name,
+        "username": t.username,
+        "permissions": auth::permissions_from_scopes(&t.scopes),
+        "secret": secret,
+        "authing_key": false,
+        "expires_at": t.expires_at.map(iso),
+        "revoked_at": t.revoked_at.map(iso),
+        "inserted_at": iso(t.created_at),
+        "updated_at": iso(t.created_at),
+        "url": format!("{base}/api/keys/{}", t.name),
+    })
+}
+
+/// Whether `token` may see or revoke `other`: itself, a key it created, or
+/// any key for a full admin.
+fn manages(token: &TokenRow, other: &TokenRow) -> bool {
+    other.id == token.id
+        || other.parent.as_deref() == Some(token.id.as_str())
+        || auth::allows(&token.scopes, "*", None, Access::Admin)
+}
+
+pub(in crate::api) async fn list_keys(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &BTreeMap::new()).await?;
+        let token = req.token()?.clone();
+        let all = req.db(|c| hdb::live_tokens(c)).await?;
+        Ok(Reply::ok(Value::Array(
+            all.iter()
+                .filter(|t| manages(&token, t))
+                .map(|t| key_json(&req.base, t, None))
+                .collect(),
+        )))
+    })
+    .await
+}
+
+async fn find_key(req: &Request, name: &str) -> Result<TokenRow, Reply> {
+    let token = req.token()?.clone();
+    let all = req.db(|c| hdb::live_tokens(c)).await?;
+    all.into_iter()
+        .find(|t| t.name == name && manages(&token, t))
+        .ok_or_else(|| {
+            Reply::error(
+                StatusCode::NOT_FOUND,
+                format!("no key named {name:?} that this key manages"),
+            )
+        })
+}
+
+pub(in crate::api) async fn get_key(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let key = find_key(&req, param(&p, "key")).await?;
+        Ok(Reply::ok(key_json(&req.base, &key, None)))
+    })
+    .await
+}
+
+pub(in crate::api) async fn delete_key(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let key = find_key(&req, param(&p, "key")).await?;
+        let id = key.id.clone();
+        let revoked = req
+            .db(move |c| hdb::revoke_token(c, &id, unix_now() as i64))
+            .await?;
+        req.audit(
+            "key.revoke",
+            key.name.clone(),
+            json!({"id": key.id, "revoked": revoked}),
+        )
+        .await?;
+        Ok(Reply::ok(key_json(&req.base, &key, None)))
+    })
+    .await
+}
+
+pub(in crate::api) async fn create_key(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &BTreeMap::new()).await?;
+        let parent = req.token()?.clone();
+        let body = wire::decode_body(&headers, &body)?;
+        let name = body
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let perms: Vec<HexPermission> = match body.get("permissions") {
+            None => vec![HexPermission {
+                domain: "api".into(),
+                resource: None,
+                access: None,
+                versions: None,
+            }],
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+                Reply::error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("permissions: {e}"),
+                )
+            })?,
+        };
+        let mut scopes = auth::scopes_from_permissions(&perms)
+            .map_err(|e| Reply::error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+        // `api` (full access on hex.pm) means "everything I have" here.
+        if perms
+            .iter()
+            .any(|p| p.domain == "api" && p.resource.is_none())
+        {
+            scopes = parent.scopes.clone();
+        }
+        let expires_at = match body.get("expires_at") {
+            None | Some(Value::Null) => parent.expires_at,
+            Some(v) => Some(v.as_i64().ok_or_else(|| {
+                Reply::error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "expires_at is Unix seconds",
+                )
+            })?),
+        };
+        let user = parent.username.clone();
+        let p2 = parent.clone();
+        let created = req
+            .db(move |c| Ok(create_token(c, &name, &user, scopes, expires_at, Some(&p2))))
+            .await?;
+        let (secret, row) = created.map_err(|e| match e {
+            TokenError::Invalid(m) => Reply::error(StatusCode::UNPROCESSABLE_ENTITY, m),
+            TokenError::Forbidden(m) => Reply::error(StatusCode::FORBIDDEN, m),
+            TokenError::Internal(m) => internal_error(&m),
+        })?;
+        req.audit(
+            "key.generate",
+            row.name.clone(),
+            json!({"id": row.id, "scopes": row.scopes, "expires_at": row.expires_at}),
+        )
+        .await?;
+        Ok(Reply::new(
+            StatusCode::CREATED,
+            key_json(&req.base, &row, Some(&secret)),
+        ))
+    })
+    .await
+}
+
+pub(in crate::api) async fn audit_logs(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Query(q): QueryMap,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &BTreeMap::new()).await?;
+        req.need("*", None, Access::Admin)?;
+        let page: u32 = q
+            .get("page")
+            .and_then(|p| p.parse().ok())
+            .filter(|p| *p >= 1)
+            .unwrap_or(1);
+        let entries = req
+            .db(move |c| hdb::audit_log(c, 100, (page - 1).saturating_mul(100)))
+            .await?;
+        Ok(Reply::ok(Value::Array(
+            entries
+                .iter()
+                .map(|e| {
+                    json!({"action": e.action, "target": e.target, "actor": e.actor,
+                    "token": e.token, "client": e.client, "inserted_at": iso(e.at),
+                    "params": serde_json::from_str::<Value>(&e.detail).unwrap_or(Value::Null)})
+                })
+                .collect(),
+        )))
+    })
+    .await
+}

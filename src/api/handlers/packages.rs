@@ -1,0 +1,228 @@
+//! Packages: reading one or the list, and managing their owners.
+
+use super::*;
+
+pub(in crate::api) async fn get_package(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let repo = req.repo()?;
+        let name = param(&p, "name").to_owned();
+        let rows = req.visible_rows(&repo, &name).await?;
+        let (r, n) = (repo.clone(), name.clone());
+        let owners = req.db(move |c| hdb::owners(c, &r, &n)).await?;
+        Ok(Reply::ok(req.package_json(&repo, &name, &rows, &owners)))
+    })
+    .await
+}
+
+pub(in crate::api) async fn list_packages(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    Query(q): QueryMap,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let repo = req.repo()?;
+        let limit = req.read(&repo, None)?;
+        let r = repo.clone();
+        let rows = req
+            .db(move |c| {
+                let mut all = hdb::all_releases(c)?;
+                all.retain(|row| row.repository == r);
+                Ok(all)
+            })
+            .await?;
+        let mut by_name: BTreeMap<String, Vec<ReleaseRow>> = BTreeMap::new();
+        for row in rows {
+            if limit
+                .as_ref()
+                .is_some_and(|s| !auth::may_read_release(s, &repo, &row.package, &row.version))
+            {
+                continue;
+            }
+            by_name.entry(row.package.clone()).or_default().push(row);
+        }
+        let search = q.get("search").map(|s| s.to_lowercase());
+        let mut packages: Vec<(String, Vec<ReleaseRow>)> = by_name
+            .into_iter()
+            .filter(|(name, rows)| {
+                search.as_ref().is_none_or(|s| {
+                    name.contains(s.as_str())
+                        || rows.iter().any(|r| {
+                            r.meta
+                                .get("description")
+                                .and_then(Value::as_str)
+                                .is_some_and(|d| d.to_lowercase().contains(s.as_str()))
+                        })
+                })
+            })
+            .collect();
+        let newest =
+            |rows: &[ReleaseRow], f: fn(&ReleaseRow) -> i64| rows.iter().map(f).max().unwrap_or(0);
+        match q.get("sort").map(String::as_str).unwrap_or("name") {
+            "name" => {}
+            "inserted_at" => {
+                packages.sort_by_key(|(_, rows)| std::cmp::Reverse(newest(rows, |r| r.inserted_at)))
+            }
+            "updated_at" | "recent_downloads" | "total_downloads" | "downloads" => {
+                packages.sort_by_key(|(_, rows)| std::cmp::Reverse(newest(rows, |r| r.updated_at)))
+            }
+            other => {
+                return Err(Reply::error(
+                    StatusCode::BAD_REQUEST,
+                    format!("sort {other:?}: use name, inserted_at or updated_at"),
+                ));
+            }
+        }
+        const PAGE: usize = 100;
+        let page: usize = q
+            .get("page")
+            .and_then(|p| p.parse().ok())
+            .filter(|p| *p >= 1)
+            .unwrap_or(1);
+        let listed: Vec<Value> = packages
+            .iter()
+            .skip((page - 1).saturating_mul(PAGE))
+            .take(PAGE)
+            .map(|(name, rows)| req.package_json(&repo, name, rows, &[]))
+            .collect();
+        Ok(Reply::ok(Value::Array(listed)))
+    })
+    .await
+}
+
+pub(in crate::api) async fn list_owners(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let repo = req.repo()?;
+        let name = param(&p, "name").to_owned();
+        req.visible_rows(&repo, &name).await?;
+        let owners = req.db(move |c| hdb::owners(c, &repo, &name)).await?;
+        Ok(Reply::ok(Value::Array(
+            owners
+                .into_iter()
+                .map(|(u, l)| owner_json(&u, &l))
+                .collect(),
+        )))
+    })
+    .await
+}
+
+pub(in crate::api) async fn get_owner(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let repo = req.repo()?;
+        let (name, user) = (param(&p, "name").to_owned(), param(&p, "user").to_owned());
+        req.visible_rows(&repo, &name).await?;
+        let owners = req.db(move |c| hdb::owners(c, &repo, &name)).await?;
+        let (u, l) = owners
+            .into_iter()
+            .find(|(u, _)| *u == user)
+            .ok_or_else(|| {
+                Reply::error(
+                    StatusCode::NOT_FOUND,
+                    format!("{user} is not an owner of {}", param(&p, "name")),
+                )
+            })?;
+        Ok(Reply::ok(owner_json(&u, &l)))
+    })
+    .await
+}
+
+fn valid_user(user: &str) -> bool {
+    !user.is_empty()
+        && user.len() <= 64
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.@".contains(&b))
+}
+
+pub(in crate::api) async fn add_owner(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let repo = req.repo()?;
+        let (name, user) = (param(&p, "name").to_owned(), param(&p, "user").to_owned());
+        req.need(&repo, Some(&name), Access::Admin)?;
+        req.visible_rows(&repo, &name).await?;
+        let body = wire::decode_body(&headers, &body)?;
+        let level = body.get("level").and_then(Value::as_str).unwrap_or("maintainer").to_owned();
+        if !matches!(level.as_str(), "full" | "maintainer") || !valid_user(&user) {
+            return Err(Reply::error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("owner {user:?} with level {level:?}: the level is full or maintainer, user names are letters, digits, _-.@"),
+            ));
+        }
+        let (r, n, u, l) = (repo.clone(), name.clone(), user.clone(), level.clone());
+        req.db(move |c| hdb::put_owner(c, &r, &n, &u, &l)).await?;
+        req.audit("owner.add", format!("{repo}/{name}"), json!({"user": user, "level": level})).await?;
+        Ok(Reply::empty(StatusCode::NO_CONTENT))
+    })
+    .await
+}
+
+pub(in crate::api) async fn remove_owner(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let repo = req.repo()?;
+        let (name, user) = (param(&p, "name").to_owned(), param(&p, "user").to_owned());
+        req.need(&repo, Some(&name), Access::Admin)?;
+        let (r, n, u) = (repo.clone(), name.clone(), user.clone());
+        let removed = req
+            .db(move |c| {
+                let owners = hdb::owners(c, &r, &n)?;
+                if owners.len() == 1 && owners[0].0 == u {
+                    return Ok(None);
+                }
+                hdb::delete_owner(c, &r, &n, &u).map(Some)
+            })
+            .await?;
+        match removed {
+            None => Err(Reply::error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{user} is the last owner of {name}; add another owner first"),
+            )),
+            Some(false) => Err(Reply::error(
+                StatusCode::NOT_FOUND,
+                format!("{user} is not an owner of {name}"),
+            )),
+            Some(true) => {
+                req.audit(
+                    "owner.remove",
+                    format!("{repo}/{name}"),
+                    json!({"user": user}),
+                )
+                .await?;
+                Ok(Reply::empty(StatusCode::NO_CONTENT))
+            }
+        }
+    })
+    .await
+}
