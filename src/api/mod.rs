@@ -178,34 +178,24 @@ pub fn create_token(
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
     {
-        return Err(TokenError::Invalid(format!(
-            "key name {name:?}: use 1 to 64 letters, digits, `_`, `-` or `.`"
-        )));
+        return Err(TokenError::BadName(name.to_owned()));
     }
     for s in &scopes {
-        s.validate()
-            .map_err(|e| TokenError::Invalid(e.to_string()))?;
+        s.validate()?;
     }
     if let Some(p) = parent {
         if !auth::within(&scopes, &p.scopes) {
-            return Err(TokenError::Forbidden(
-                "a key can only grant rights its creator has".into(),
-            ));
+            return Err(TokenError::BeyondCreator);
         }
         if let Some(limit) = p.expires_at
             && expires_at.is_none_or(|e| e > limit)
         {
-            return Err(TokenError::Forbidden(format!(
-                "a key cannot outlive its creator, which expires at {}",
-                wire::iso(limit)
-            )));
+            return Err(TokenError::OutlivesCreator(limit));
         }
     }
-    let live = hdb::live_tokens(conn).map_err(|e| TokenError::Internal(e.to_string()))?;
+    let live = hdb::live_tokens(conn)?;
     if live.iter().any(|t| t.name == name) {
-        return Err(TokenError::Invalid(format!(
-            "a key named {name:?} already exists; pick another name or revoke it first"
-        )));
+        return Err(TokenError::Taken(name.to_owned()));
     }
     let (id, full, hash) = TokenSecret::generate(&mut OsRng);
     let row = TokenRow {
@@ -219,22 +209,44 @@ pub fn create_token(
         parent: parent.map(|p| p.id.clone()),
         revoked_at: None,
     };
-    hdb::insert_token(conn, &row).map_err(|e| TokenError::Internal(e.to_string()))?;
+    hdb::insert_token(conn, &row)?;
     Ok((full, row))
 }
 
-/// Why a token could not be created.
+/// Why a token could not be created. Nothing was stored.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    /// Bad name or scopes.
-    #[error("{0}")]
-    Invalid(String),
+    /// The name is not a key name.
+    #[error("key name {0:?}: use 1 to 64 letters, digits, `_`, `-` or `.`")]
+    BadName(String),
+    /// A scope is not valid.
+    #[error(transparent)]
+    BadScope(#[from] auth::ScopeError),
+    /// A live key already has the name.
+    #[error("a key named {0:?} already exists; pick another name or revoke it first")]
+    Taken(String),
     /// More rights than the creator has.
-    #[error("{0}")]
-    Forbidden(String),
+    #[error("a key can only grant rights its creator has")]
+    BeyondCreator,
+    /// A longer life than the creator has.
+    #[error("a key cannot outlive its creator, which expires at {}", wire::iso(*.0))]
+    OutlivesCreator(i64),
     /// Database trouble.
     #[error("state database: {0}")]
-    Internal(String),
+    Db(#[from] rusqlite::Error),
+}
+
+impl TokenError {
+    /// The HTTP status a client gets for it.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadName(_) | Self::BadScope(_) | Self::Taken(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Self::BeyondCreator | Self::OutlivesCreator(_) => StatusCode::FORBIDDEN,
+            Self::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
 }
 
 /// The client's address, when the server recorded it.

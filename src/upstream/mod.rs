@@ -60,14 +60,14 @@ pub enum UpstreamError {
     /// The upstream was too slow: no headers in time, or a body trickling
     /// below the minimum rate ([upstream] header_timeout_secs,
     /// min_bytes_per_sec, rate_window_secs).
-    #[error("GET {url}: {what} (after {attempts} attempts)")]
+    #[error("GET {url}: {why} (after {attempts} attempts)")]
     TooSlow {
         /// The full URL.
         url: String,
         /// How many attempts were made.
         attempts: u32,
         /// What was too slow.
-        what: String,
+        why: Slowness,
     },
     /// A redirect went too far: a loop, too many hops, or another host.
     #[error(
@@ -217,13 +217,8 @@ impl Upstream {
             }
             Ok(Err(source)) => return transport(url, source),
             Err(_) => {
-                return too_slow(
-                    url,
-                    format!(
-                        "no response headers within {}s",
-                        self.pacing.header_timeout.as_secs()
-                    ),
-                );
+                let secs = self.pacing.header_timeout.as_secs();
+                return too_slow(url, Slowness::NoHeaders(secs));
             }
         };
         let status = resp.status();
@@ -282,8 +277,8 @@ impl Upstream {
                 Ok(Err(source)) => return transport(url, source),
                 Err(_) => {}
             }
-            if let Err(what) = rate.check(now) {
-                return too_slow(url, what);
+            if let Err(why) = rate.check(now) {
+                return too_slow(url, why);
             }
         }
         self.traffic
@@ -313,6 +308,24 @@ fn transport(url: &str, source: reqwest::Error) -> Attempt {
     }
 }
 
+/// How an upstream was too slow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Slowness {
+    /// No response headers within the header timeout.
+    #[error("no response headers within {0}s")]
+    NoHeaders(u64),
+    /// The body arrived below the minimum rate over a window.
+    #[error("body arrived at {bytes} bytes in {secs}s, below the minimum of {min} bytes/s")]
+    Trickle {
+        /// Bytes received in the window.
+        bytes: u64,
+        /// The window, in seconds.
+        secs: u64,
+        /// The minimum rate, in bytes per second.
+        min: u64,
+    },
+}
+
 /// The deepest cause of `e`: for a redirect refused by our policy, its
 /// reason, which the client wraps in a generic message.
 fn innermost(e: &reqwest::Error) -> String {
@@ -323,12 +336,12 @@ fn innermost(e: &reqwest::Error) -> String {
     cause.to_string()
 }
 
-fn too_slow(url: &str, what: String) -> Attempt {
+fn too_slow(url: &str, why: Slowness) -> Attempt {
     Attempt::Retry {
         error: UpstreamError::TooSlow {
             url: url.into(),
             attempts: 0,
-            what,
+            why,
         },
         retry_after: None,
     }
@@ -368,17 +381,17 @@ impl RateWindow {
 
     /// At `now`: fine, or (once a window is over) too slow. A window that
     /// met the rate starts the next one.
-    fn check(&mut self, now: tokio::time::Instant) -> Result<(), String> {
+    fn check(&mut self, now: tokio::time::Instant) -> Result<(), Slowness> {
         if now < self.ends() {
             return Ok(());
         }
         if self.bytes < self.needed {
-            return Err(format!(
-                "body arrived at {} bytes in {}s, below the minimum of {} bytes/s",
-                self.bytes,
-                self.window.as_secs(),
-                self.needed / self.window.as_secs().max(1)
-            ));
+            let secs = self.window.as_secs().max(1);
+            return Err(Slowness::Trickle {
+                bytes: self.bytes,
+                secs,
+                min: self.needed / secs,
+            });
         }
         self.started = now;
         self.bytes = 0;

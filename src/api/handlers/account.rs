@@ -217,9 +217,8 @@ pub(in crate::api) async fn create_key(
             .db(move |c| Ok(create_token(c, &name, &user, scopes, expires_at, Some(&p2))))
             .await?;
         let (secret, row) = created.map_err(|e| match e {
-            TokenError::Invalid(m) => Reply::error(StatusCode::UNPROCESSABLE_ENTITY, m),
-            TokenError::Forbidden(m) => Reply::error(StatusCode::FORBIDDEN, m),
-            TokenError::Internal(m) => internal_error(&m),
+            e @ TokenError::Db(_) => internal_error(&e),
+            e => Reply::error(e.status(), e.to_string()),
         })?;
         req.audit(
             "key.generate",
