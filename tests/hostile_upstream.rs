@@ -547,6 +547,26 @@ fn a_failing_package_is_quarantined_and_leaves_once_it_verifies() {
     let listed: Vec<&str> = names.packages.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(listed, ["alpha", "delta", "gamma"]);
     mirror.assert_verifies();
+    // /health and /metrics tell the operator.
+    {
+        let served = mirror.serve();
+        let health = http("GET", &format!("{}/health", served.url()), &[]);
+        let v: serde_json::Value = serde_json::from_slice(&health.body).unwrap();
+        assert_eq!(v["status"], "degraded", "{v}");
+        assert_eq!(v["quarantine"]["count"], 1, "{v}");
+        assert_eq!(v["quarantine"]["first"][0], "beta", "{v}");
+        let metrics = http("GET", &format!("{}/metrics", served.url()), &[]);
+        let text = String::from_utf8_lossy(&metrics.body);
+        assert!(text.contains("hexmirror_quarantined_packages 1"), "{text}");
+        assert!(
+            text.contains("hexmirror_quarantined_packages_by_kind{kind=\"signature\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hexmirror_quarantine_oldest_age_seconds"),
+            "{text}"
+        );
+    }
 
     // Still bad: asked again, only the known failure, so exit 0 with a warning.
     upstream.clear_log();
@@ -586,6 +606,10 @@ fn a_failing_package_is_quarantined_and_leaves_once_it_verifies() {
         "{status}"
     );
     mirror.assert_verifies();
+    let served = mirror.serve();
+    let metrics = http("GET", &format!("{}/metrics", served.url()), &[]);
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains("hexmirror_quarantined_packages 0"), "{text}");
 }
 
 /// A package the operator skips is neither fetched nor a failure.

@@ -102,6 +102,8 @@ struct SyncState {
     last_ok: Option<u64>,
     /// Newest upstream `updated_at` seen by the last sync, and the newest published.
     newest: (Option<u64>, Option<u64>),
+    /// The quarantined packages (name, kind, since), by name.
+    quarantined: Vec<(String, String, u64)>,
     error: Option<String>,
 }
 
@@ -161,7 +163,28 @@ fn sync_state(data_dir: &Path) -> SyncState {
                 .optional()?
                 .and_then(|v| v.parse().ok()))
         };
+        // Databases made before the quarantine existed gain its table when
+        // a writer next opens them; until then there is nothing in it.
+        let has_quarantine = conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'quarantine'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        let quarantined = if has_quarantine {
+            let mut stmt =
+                conn.prepare("SELECT package, kind, since FROM quarantine ORDER BY package")?;
+            stmt.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?.max(0) as u64))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
         Ok(SyncState {
+            quarantined,
             newest: (
                 meta("upstream_newest_seen")?,
                 meta("upstream_newest_mirrored")?,
@@ -205,7 +228,9 @@ pub(super) fn health(
     let degraded = expired
         || tree.error.is_some()
         || sync.as_ref().is_some_and(|s| {
-            s.error.is_some() || s.last_finished.as_ref().is_some_and(|l| l.2 == "failed")
+            s.error.is_some()
+                || !s.quarantined.is_empty()
+                || s.last_finished.as_ref().is_some_and(|l| l.2 == "failed")
         });
     let tree_note = tree.absent.then(|| {
         if proxy.is_some() {
@@ -236,6 +261,13 @@ pub(super) fn health(
             "duration_secs": took,
             "status": status,
             "failures": failed,
+        })),
+        "quarantine": sync.as_ref().map(|s| serde_json::json!({
+            "count": s.quarantined.len(),
+            "first": s.quarantined.iter().take(5).map(|q| &q.0).collect::<Vec<_>>(),
+            "note": (!s.quarantined.is_empty()).then_some(
+                "these packages keep their last good state; `hexmirror status` lists them with reasons"
+            ),
         })),
         "upstream": sync.as_ref().map(|s| serde_json::json!({
             "last_successful_sync_age_secs": s.last_ok.map(|t| now.saturating_sub(t)),
@@ -348,6 +380,41 @@ pub(super) fn metrics(
             let help = "Newest upstream update seen minus newest update published here.";
             let lag = seen.saturating_sub(mirrored);
             gauge(&mut out, "hexmirror_upstream_lag_seconds", help, lag);
+        }
+        let help = "Packages held back by the quarantine (each keeps its last good state).";
+        gauge(
+            &mut out,
+            "hexmirror_quarantined_packages",
+            help,
+            sync.quarantined.len() as u64,
+        );
+        family(
+            &mut out,
+            "hexmirror_quarantined_packages_by_kind",
+            "gauge",
+            "Quarantined packages by the kind of their last failure.",
+        );
+        for kind in crate::plan::FailureKind::ALL {
+            let n = sync
+                .quarantined
+                .iter()
+                .filter(|q| q.1 == kind.as_str())
+                .count();
+            let _ = writeln!(
+                out,
+                "hexmirror_quarantined_packages_by_kind{{kind=\"{}\"}} {n}",
+                kind.as_str()
+            );
+        }
+        if let Some(oldest) = sync.quarantined.iter().map(|q| q.2).min() {
+            let help = "Seconds since the longest-quarantined package first failed.";
+            let age = unix_now().saturating_sub(oldest);
+            gauge(
+                &mut out,
+                "hexmirror_quarantine_oldest_age_seconds",
+                help,
+                age,
+            );
         }
         if let Some(ok) = sync.last_ok {
             let help = "Seconds since the last complete sync.";
