@@ -30,7 +30,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Mirror the upstream into the data directory, then exit.
-    Sync,
+    Sync {
+        /// Accept an upstream index that went back further than the
+        /// `[mirror] rollback_*` limits allow (once, after checking why).
+        #[arg(long)]
+        accept_rollback: bool,
+    },
     /// Serve the mirrored tree read-only over HTTP.
     Serve,
     /// Create the RSA key that signs our repositories and the Ed25519
@@ -125,7 +130,11 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Sync => run_sync(&config).await,
+            Command::Sync { accept_rollback } => {
+                let mut config = config.clone();
+                config.mirror.accept_rollback = accept_rollback;
+                run_sync(&config).await
+            }
             Command::Serve => run_serve(&config).await,
             Command::Keygen { out, bits } => run_keygen(&config, out, bits),
             Command::Verify { url, key, state } => run_verify(&config, url, key, state).await,

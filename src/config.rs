@@ -162,6 +162,8 @@ struct RawMirror {
     packages: Option<Vec<String>>,
     concurrency: Option<usize>,
     skip: Option<Vec<String>>,
+    rollback_max_backwards: Option<usize>,
+    rollback_max_vanished_percent: Option<u32>,
 }
 
 /// The validated configuration.
@@ -349,6 +351,11 @@ pub struct MirrorConfig {
     /// Packages never fetched nor counted as failures (known to be broken
     /// upstream); a skipped package leaves the mirror.
     pub skip: BTreeSet<PackageName>,
+    /// How far the upstream index may go back in one sync.
+    pub rollback: crate::plan::RollbackLimits,
+    /// Accept an index beyond those limits (`hexmirror sync --accept-rollback`;
+    /// never read from the file).
+    pub accept_rollback: bool,
 }
 
 impl Config {
@@ -501,6 +508,23 @@ impl Config {
             skip.insert(
                 PackageName::parse(&name).map_err(|e| invalid("mirror.skip", e.to_string()))?,
             );
+        }
+        let limits = crate::plan::RollbackLimits::default();
+        let rollback = crate::plan::RollbackLimits {
+            max_backwards: raw
+                .mirror
+                .rollback_max_backwards
+                .unwrap_or(limits.max_backwards),
+            max_vanished_percent: raw
+                .mirror
+                .rollback_max_vanished_percent
+                .unwrap_or(limits.max_vanished_percent),
+        };
+        if rollback.max_vanished_percent > 100 {
+            return Err(invalid(
+                "mirror.rollback_max_vanished_percent",
+                format!("{} is over 100", rollback.max_vanished_percent),
+            ));
         }
         let max_connections = raw.server.max_connections.unwrap_or(16_384);
         if !(1..=1_000_000).contains(&max_connections) {
@@ -734,6 +758,8 @@ impl Config {
                 packages,
                 concurrency,
                 skip,
+                rollback,
+                accept_rollback: false,
             },
         })
     }

@@ -121,6 +121,97 @@ pub fn retired_indexes(package: &proto::package::Package) -> Vec<i32> {
         .collect()
 }
 
+/// How far an upstream index may go back in one sync before it is taken
+/// for a rollback (an old, validly signed index replayed). Hex v2 index
+/// files carry no sequence number, and upstream may remove releases (hex.pm
+/// lets an owner revert one within an hour), so a few changes are normal;
+/// many at once are not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RollbackLimits {
+    /// Packages whose newest version may go backwards in one sync.
+    pub max_backwards: usize,
+    /// Share of the mirrored releases, in percent, that may vanish.
+    pub max_vanished_percent: u32,
+}
+
+impl Default for RollbackLimits {
+    fn default() -> Self {
+        Self {
+            max_backwards: 3,
+            max_vanished_percent: 1,
+        }
+    }
+}
+
+/// An index that went back further than [`RollbackLimits`] allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rollback {
+    /// Too many packages' newest version went backwards.
+    #[error(
+        "the newest version of {count} packages went backwards (more than {limit}), e.g. {examples}"
+    )]
+    Backwards {
+        /// How many.
+        count: usize,
+        /// The limit.
+        limit: usize,
+        /// The first few, as `name was -> now`.
+        examples: String,
+    },
+    /// Too many releases vanished.
+    #[error("{vanished} of {total} mirrored releases vanished (more than {limit_percent}%)")]
+    Vanished {
+        /// Releases no longer listed.
+        vanished: usize,
+        /// Releases mirrored before.
+        total: usize,
+        /// The limit, in percent.
+        limit_percent: u32,
+    },
+}
+
+/// Compares the upstream index with what the mirror holds and reports a
+/// rollback beyond `limits`. Only packages the mirror holds count; a
+/// version that does not parse is ignored.
+pub fn rollback(
+    local: &BTreeMap<String, PackageState>,
+    remote: &BTreeMap<String, Remote>,
+    limits: RollbackLimits,
+) -> Option<Rollback> {
+    use crate::version::Version;
+    let newest = |versions: &[String]| versions.iter().filter_map(|v| Version::parse(v).ok()).max();
+    let mut backwards = Vec::new();
+    let (mut vanished, mut total) = (0usize, 0usize);
+    for (name, held) in local {
+        total += held.versions.len();
+        let Some(now) = remote.get(name) else {
+            vanished += held.versions.len();
+            continue;
+        };
+        vanished += dropped_versions(&held.versions, &now.versions).len();
+        if let (Some(was), Some(is)) = (newest(&held.versions), newest(&now.versions))
+            && is < was
+        {
+            backwards.push(format!("{name} {was} -> {is}"));
+        }
+    }
+    if backwards.len() > limits.max_backwards {
+        return Some(Rollback::Backwards {
+            count: backwards.len(),
+            limit: limits.max_backwards,
+            examples: backwards[..3.min(backwards.len())].join(", "),
+        });
+    }
+    if total > 0 && vanished * 100 > total * limits.max_vanished_percent as usize {
+        return Some(Rollback::Vanished {
+            vanished,
+            total,
+            limit_percent: limits.max_vanished_percent,
+        });
+    }
+    None
+}
+
 /// Which check a package failed: the kinds the quarantine and `/metrics`
 /// report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -214,6 +305,73 @@ mod tests {
             versions: versions.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_replayed_index_is_a_rollback_and_a_revert_is_not() {
+        let held: BTreeMap<String, PackageState> = (0..100)
+            .map(|i| (format!("p{i}"), local(None, &["1.0.0", "1.1.0"])))
+            .collect();
+        let now = |f: &dyn Fn(usize) -> Vec<&'static str>| -> BTreeMap<String, Remote> {
+            (0..100)
+                .map(|i| (format!("p{i}"), remote(None, &f(i))))
+                .collect()
+        };
+        let limits = RollbackLimits::default();
+        // Growth and one owner's revert of a fresh release are normal.
+        assert_eq!(
+            rollback(&held, &now(&|_| vec!["1.0.0", "1.1.0", "1.2.0"]), limits),
+            None
+        );
+        let one_revert = now(&|i| {
+            if i == 7 {
+                vec!["1.0.0"]
+            } else {
+                vec!["1.0.0", "1.1.0"]
+            }
+        });
+        assert_eq!(rollback(&held, &one_revert, limits), None);
+        // An old index replayed: many packages go back at once.
+        let replayed = now(&|i| {
+            if i < 10 {
+                vec!["1.0.0"]
+            } else {
+                vec!["1.0.0", "1.1.0"]
+            }
+        });
+        assert!(matches!(
+            rollback(&held, &replayed, limits),
+            Some(Rollback::Backwards {
+                count: 10,
+                limit: 3,
+                ..
+            })
+        ));
+        // Releases vanishing in bulk, newest intact: 3 of 200 is over 1%.
+        let thinned = now(&|i| {
+            if i < 3 {
+                vec!["1.1.0"]
+            } else {
+                vec!["1.0.0", "1.1.0"]
+            }
+        });
+        assert_eq!(
+            rollback(&held, &thinned, limits),
+            Some(Rollback::Vanished {
+                vanished: 3,
+                total: 200,
+                limit_percent: 1
+            })
+        );
+        // A package gone from the index counts all its releases.
+        let mut fewer = now(&|_| vec!["1.0.0", "1.1.0"]);
+        fewer.remove("p0");
+        fewer.remove("p1");
+        assert!(matches!(
+            rollback(&held, &fewer, limits),
+            Some(Rollback::Vanished { vanished: 4, .. })
+        ));
+        assert_eq!(rollback(&BTreeMap::new(), &fewer, limits), None);
     }
 
     #[test]

@@ -634,3 +634,31 @@ fn a_skipped_package_is_neither_fetched_nor_a_failure() {
     assert_eq!(out.code, Some(2), "{out}");
     assert!(out.stderr.contains("mirror.skip"), "{out}");
 }
+
+/// An old, validly signed index replayed (here: beta's newest release gone,
+/// with the limit at zero) is refused as a whole; `--accept-rollback`
+/// takes it once the operator has checked.
+#[test]
+fn a_rolled_back_index_is_refused_until_accepted() {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let mirror = Mirror::new(&upstream, "rollback_max_backwards = 0");
+    mirror.sync_ok();
+    let before = snapshot(&mirror.tree());
+    let older: String = SPEC_SMALL
+        .lines()
+        .filter(|l| !l.contains("\"beta\", \"0.2.1\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    rebuild_upstream(&upstream, &older);
+    let out = mirror.sync();
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(out.stderr.contains("looks rolled back"), "{out}");
+    assert!(out.stderr.contains("beta 0.2.1 -> 0.2.0"), "{out}");
+    assert!(out.stderr.contains("--accept-rollback"), "{out}");
+    assert_eq!(snapshot(&mirror.tree()), before, "the tree did not move");
+
+    let out = mirror.run(&["sync", "--accept-rollback"]);
+    assert!(out.ok(), "{out}");
+    assert!(!mirror.tree().join("tarballs/beta-0.2.1.tar").exists());
+    mirror.assert_verifies();
+}

@@ -58,6 +58,13 @@ pub enum SyncError {
         /// Why it was refused.
         source: registry::RegistryError,
     },
+    /// The index went back further than `[mirror] rollback_*` allow.
+    #[error(
+        "the upstream index looks rolled back: {0}; the previous index stays served. If the \
+         upstream really removed these, run `hexmirror sync --accept-rollback` once, or raise \
+         [mirror] rollback_max_backwards / rollback_max_vanished_percent"
+    )]
+    Rollback(plan::Rollback),
     /// The upstream has no `/names` or `/versions`.
     #[error("{0}: not found (404); is upstream.url the root of a Hex repository?")]
     IndexMissing(String),
@@ -375,6 +382,12 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
         .call(move |c| db::set_meta(c, "upstream_newest_seen", &seen))
         .await?;
     let remote = plan::remote_index(&names_p, &versions_p);
+    if !config.mirror.accept_rollback {
+        let local = ctx.db.call(|c| db::packages(c)).await?;
+        if let Some(rollback) = plan::rollback(&local, &remote, config.mirror.rollback) {
+            return Err(SyncError::Rollback(rollback));
+        }
+    }
     tracing::info!(
         packages = remote.len(),
         releases = remote.values().map(|r| r.versions.len()).sum::<usize>(),
