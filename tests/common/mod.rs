@@ -453,6 +453,27 @@ struct Faults {
     fail: HashMap<String, (StatusCode, u32)>,
     /// path prefix → delay before answering
     delay: Vec<(String, Duration)>,
+    /// exact path → how its body is sent
+    shape: HashMap<String, Shape>,
+}
+
+/// How the test upstream sends a file's body: the ways a network or a
+/// hostile server lies about a transfer.
+#[derive(Debug, Clone)]
+pub enum Shape {
+    /// `bytes` every `every`, with the true `Content-Length`.
+    Trickle {
+        /// Bytes per step.
+        bytes: usize,
+        /// Time between steps.
+        every: Duration,
+    },
+    /// The full `Content-Length`, then half the body, then the end.
+    Cut,
+    /// Zeros for ever, chunked.
+    Endless,
+    /// A 302 to this location instead of the file.
+    Redirect(String),
 }
 
 impl TestUpstream {
@@ -567,6 +588,16 @@ impl TestUpstream {
         }
     }
 
+    /// Sends the body of exactly `path` in `shape` from now on.
+    pub fn shape(&self, path: &str, shape: Shape) {
+        self.shared
+            .faults
+            .lock()
+            .unwrap()
+            .shape
+            .insert(path.to_owned(), shape);
+    }
+
     /// Removes every injected failure and delay.
     pub fn clear_faults(&self) {
         *self.shared.faults.lock().unwrap() = Faults::default();
@@ -597,8 +628,9 @@ async fn handle(
 
     // Decide the fault under the lock, but sleep outside it: a slow answer
     // for one path must not hold up the others.
-    let (delay, injected) = {
+    let (delay, injected, shape) = {
         let mut faults = shared.faults.lock().unwrap();
+        let shape = faults.shape.get(&path).cloned();
         let delay = faults
             .delay
             .iter()
@@ -612,15 +644,24 @@ async fn handle(
             }
             _ => None,
         };
-        (delay, injected)
+        (delay, injected, shape)
     };
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
 
-    let response = match injected {
-        Some(status) => fault_response(status),
-        None => file_response(&shared.root, &method, &path, &headers).await,
+    let response = match (injected, shape) {
+        (Some(status), _) => fault_response(status),
+        (None, Some(Shape::Redirect(to))) => Response::builder()
+            .status(StatusCode::FOUND)
+            .header(header::LOCATION, to)
+            .body(Body::empty())
+            .unwrap(),
+        (None, Some(shape)) => {
+            let file = file_response(&shared.root, &method, &path, &headers).await;
+            shaped(file, shape).await
+        }
+        (None, None) => file_response(&shared.root, &method, &path, &headers).await,
     };
     shared.log.lock().unwrap().push(Req {
         method: method.to_string(),
@@ -629,6 +670,48 @@ async fn handle(
         conditional,
     });
     response
+}
+
+/// `response` with its body sent as `shape` says.
+async fn shaped(response: Response, shape: Shape) -> Response {
+    use tokio::io::AsyncWriteExt;
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let (mut tx, rx) = tokio::io::duplex(64 * 1024);
+    let mut parts = parts;
+    // An endless body has no length to declare; the others declare the
+    // file's true length, whatever they then send.
+    let length = (!matches!(shape, Shape::Endless)).then(|| bytes.len().to_string());
+    tokio::spawn(async move {
+        match shape {
+            Shape::Trickle { bytes: step, every } => {
+                for chunk in bytes.chunks(step.max(1)) {
+                    if tx.write_all(chunk).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(every).await;
+                }
+            }
+            Shape::Cut => {
+                let _ = tx.write_all(&bytes[..bytes.len() / 2]).await;
+            }
+            Shape::Endless => {
+                let zeros = vec![0u8; 64 * 1024];
+                while tx.write_all(&zeros).await.is_ok() {}
+            }
+            Shape::Redirect(_) => {}
+        }
+    });
+    parts.headers.remove(header::CONTENT_LENGTH);
+    if let Some(length) = length.filter(|_| parts.status == StatusCode::OK) {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, length.parse().unwrap());
+    }
+    Response::from_parts(
+        parts,
+        Body::from_stream(tokio_util::io::ReaderStream::new(rx)),
+    )
 }
 
 fn fault_response(status: StatusCode) -> Response {
