@@ -121,6 +121,21 @@ fn what_does_not_verify_is_refused_and_not_cached() {
         text.contains("hexmirror_verification_failures_total{kind=\"tarball\"} 1"),
         "{text}"
     );
+    // Asked again at once: the refusal is remembered (the negative TTL),
+    // and the upstream is not asked for the file again.
+    let asked = upstream.count_path("/tarballs/gamma-3.0.0.tar");
+    let again = http(
+        "GET",
+        &format!("{}/tarballs/gamma-3.0.0.tar", served.url()),
+        &[],
+    );
+    assert_eq!(again.status, 502);
+    assert!(
+        String::from_utf8_lossy(&again.body).contains("not asking again"),
+        "{}",
+        String::from_utf8_lossy(&again.body)
+    );
+    assert_eq!(upstream.count_path("/tarballs/gamma-3.0.0.tar"), asked);
 
     // A 404 upstream is a 404 here, remembered for the negative TTL.
     for _ in 0..3 {

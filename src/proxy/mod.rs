@@ -61,6 +61,15 @@ pub enum ProxyError {
         /// Why it was refused.
         source: Refusal,
     },
+    /// The upstream sent something that did not verify a moment ago; it is
+    /// not asked again until the back-off ends (HTTP 502).
+    #[error("upstream sent {path} that did not verify; not asking again for another {secs_left}s")]
+    RecentlyRefused {
+        /// The file.
+        path: String,
+        /// Seconds until it is asked for again.
+        secs_left: u64,
+    },
     /// The tarball could not be fetched and stored.
     #[error(transparent)]
     Release(ReleaseError),
@@ -137,6 +146,9 @@ pub struct Proxy {
     tree: PathBuf,
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     negative: Mutex<HashMap<String, Instant>>,
+    /// Paths whose upstream copy did not verify, until when they are not
+    /// asked for again (the quarantine's back-off, per path).
+    refused: Mutex<HashMap<String, Instant>>,
     validators: Mutex<HashMap<String, Validators>>,
     breaker: Mutex<Breaker>,
     metrics: ProxyMetrics,
@@ -168,6 +180,7 @@ impl Proxy {
             root,
             inflight: Mutex::default(),
             negative: Mutex::default(),
+            refused: Mutex::default(),
             validators: Mutex::default(),
             breaker: Mutex::default(),
             metrics: ProxyMetrics::default(),
@@ -201,6 +214,7 @@ impl Proxy {
         if self.negative_hit(rel) {
             return Err(ProxyError::NotFound);
         }
+        self.refused_recently(rel)?;
         let gate = {
             let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(inflight.entry(rel.to_owned()).or_default())
@@ -238,6 +252,22 @@ impl Proxy {
                 .ok()
                 .and_then(|m| SystemTime::now().duration_since(m).ok())
                 .is_some_and(|age| age < self.settings.record_ttl),
+        }
+    }
+
+    /// A refusal of `rel` still within its back-off.
+    fn refused_recently(&self, rel: &str) -> Result<(), ProxyError> {
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        match refused.get(rel) {
+            Some(until) if Instant::now() < *until => Err(ProxyError::RecentlyRefused {
+                path: rel.to_owned(),
+                secs_left: until.saturating_duration_since(Instant::now()).as_secs() + 1,
+            }),
+            Some(_) => {
+                refused.remove(rel);
+                Ok(())
+            }
+            None => Ok(()),
         }
     }
 
@@ -446,6 +476,10 @@ impl Proxy {
             .entry(kind)
             .or_default() += 1;
         tracing::warn!(path = rel, "refused from the upstream: {source}");
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(rel.to_owned(), Instant::now() + self.settings.negative_ttl);
         ProxyError::Refused {
             path: rel.to_owned(),
             source,
