@@ -130,9 +130,14 @@ pub fn retired_indexes(package: &proto::package::Package) -> Vec<i32> {
 pub struct RollbackLimits {
     /// Packages whose newest version may go backwards in one sync.
     pub max_backwards: usize,
-    /// Share of the mirrored releases, in percent, that may vanish.
+    /// Share of the mirrored releases, in percent, that may vanish (once
+    /// more than [`MIN_VANISHED`] have).
     pub max_vanished_percent: u32,
 }
+
+/// Releases that may always vanish in one sync, whatever the share: a small
+/// mirror sees a few reverts, and only a bulk disappearance is suspect.
+pub const MIN_VANISHED: usize = 10;
 
 impl Default for RollbackLimits {
     fn default() -> Self {
@@ -202,7 +207,7 @@ pub fn rollback(
             examples: backwards[..3.min(backwards.len())].join(", "),
         });
     }
-    if total > 0 && vanished * 100 > total * limits.max_vanished_percent as usize {
+    if vanished > MIN_VANISHED && vanished * 100 > total * limits.max_vanished_percent as usize {
         return Some(Rollback::Vanished {
             vanished,
             total,
@@ -347,29 +352,34 @@ mod tests {
                 ..
             })
         ));
-        // Releases vanishing in bulk, newest intact: 3 of 200 is over 1%.
-        let thinned = now(&|i| {
-            if i < 3 {
-                vec!["1.1.0"]
-            } else {
-                vec!["1.0.0", "1.1.0"]
-            }
-        });
+        // A few releases vanishing is normal however small the mirror...
+        let thinned = |n: usize| {
+            now(&move |i| {
+                if i < n {
+                    vec!["1.1.0"]
+                } else {
+                    vec!["1.0.0", "1.1.0"]
+                }
+            })
+        };
+        assert_eq!(rollback(&held, &thinned(MIN_VANISHED), limits), None);
+        // ...releases vanishing in bulk, newest intact, are not: 12 of 200.
         assert_eq!(
-            rollback(&held, &thinned, limits),
+            rollback(&held, &thinned(12), limits),
             Some(Rollback::Vanished {
-                vanished: 3,
+                vanished: 12,
                 total: 200,
                 limit_percent: 1
             })
         );
         // A package gone from the index counts all its releases.
         let mut fewer = now(&|_| vec!["1.0.0", "1.1.0"]);
-        fewer.remove("p0");
-        fewer.remove("p1");
+        for i in 0..6 {
+            fewer.remove(&format!("p{i}"));
+        }
         assert!(matches!(
             rollback(&held, &fewer, limits),
-            Some(Rollback::Vanished { vanished: 4, .. })
+            Some(Rollback::Vanished { vanished: 12, .. })
         ));
         assert_eq!(rollback(&BTreeMap::new(), &fewer, limits), None);
     }
