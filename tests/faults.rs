@@ -155,3 +155,58 @@ fn a_gzip_bomb_in_a_record_is_refused_within_bounded_memory() {
     let out = assert_survives(&upstream, "alpha", "size", Duration::from_secs(30));
     assert!(out.contains("gunzipped body is larger than"), "{out}");
 }
+
+/// `bytes`, gzipped (what a registry file's body is).
+fn gzipped(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+#[test]
+fn a_record_that_is_not_gzip_or_not_protobuf_is_quarantined_as_structure() {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    fs::write(upstream.dir().join("packages/beta"), b"not gzip at all").unwrap();
+    let out = assert_survives(&upstream, "beta", "structure", Duration::from_secs(20));
+    assert!(out.contains("failed: beta"), "{out}");
+
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let garbage = gzipped(&[0xff; 300]);
+    fs::write(upstream.dir().join("packages/gamma"), garbage).unwrap();
+    assert_survives(&upstream, "gamma", "structure", Duration::from_secs(20));
+}
+
+/// A bomb in `/names` or `/versions` refuses the sync as a whole (the index
+/// itself is bad), keeps the served tree, and stays within bounded memory.
+#[test]
+fn a_gzip_bomb_in_the_index_refuses_the_sync_within_bounded_memory() {
+    for file in ["names", "versions"] {
+        let upstream = TestUpstream::build(SPEC_SMALL);
+        let mirror = Mirror::with_upstream_keys(&upstream, PACING, "");
+        let (out, code, _, _) = measured_sync(&mirror);
+        assert_eq!(code, Some(0), "{out}");
+        let before = fs::read(mirror.tree().join(file)).unwrap();
+        let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..512 {
+            bomb.write_all(&zeros).unwrap();
+        }
+        fs::write(upstream.dir().join(file), bomb.finish().unwrap()).unwrap();
+        let (out, code, took, peak_kb) = measured_sync(&mirror);
+        assert_eq!(code, Some(2), "{file}: {out}");
+        assert!(
+            out.contains("gunzipped body is larger than"),
+            "{file}: {out}"
+        );
+        assert!(took < Duration::from_secs(20), "{file}: {took:?}");
+        assert!(
+            peak_kb > 0 && peak_kb < 160 * 1024,
+            "{file}: peak RSS {peak_kb} KiB"
+        );
+        assert_eq!(
+            fs::read(mirror.tree().join(file)).unwrap(),
+            before,
+            "{file} kept"
+        );
+    }
+}
