@@ -749,6 +749,7 @@ async fn run_verify(
                 timeout: crate::verify::REMOTE_TIMEOUT,
                 retries: 2,
                 pacing: crate::config::Pacing::default(),
+                max_registry_bytes: crate::registry::MAX_DECODED_SIZE,
             };
             let upstream = crate::upstream::Upstream::new(&upstream_config, 8)?;
             let state = state.unwrap_or_else(|| crate::verify::default_remote_state(url));

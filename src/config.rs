@@ -154,6 +154,7 @@ struct RawUpstream {
     min_bytes_per_sec: Option<u64>,
     rate_window_secs: Option<u64>,
     redirect_hosts: Option<Vec<String>>,
+    max_registry_mb: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -314,6 +315,8 @@ pub struct UpstreamConfig {
     pub retries: u32,
     /// How slow it may be before a request is given up (and retried).
     pub pacing: Pacing,
+    /// Largest registry file accepted once gunzipped, in bytes.
+    pub max_registry_bytes: u64,
 }
 
 /// How slow or roundabout an upstream may be before a request is given up
@@ -478,6 +481,16 @@ impl Config {
             return Err(invalid(
                 "upstream.rate_window_secs",
                 format!("{rate_window_secs} is outside 1..=3600 (seconds)"),
+            ));
+        }
+        let max_registry_mb = raw
+            .upstream
+            .max_registry_mb
+            .unwrap_or(crate::registry::MAX_DECODED_SIZE >> 20);
+        if !(1..=4096).contains(&max_registry_mb) {
+            return Err(invalid(
+                "upstream.max_registry_mb",
+                format!("{max_registry_mb} is outside 1..=4096 (MiB)"),
             ));
         }
         let pacing = Pacing {
@@ -753,6 +766,7 @@ impl Config {
                 timeout: Duration::from_secs(timeout_secs),
                 retries: raw.upstream.retries.unwrap_or(4),
                 pacing,
+                max_registry_bytes: max_registry_mb << 20,
             },
             mirror: MirrorConfig {
                 packages,
@@ -829,6 +843,10 @@ mod tests {
             ("[mirror]\npackages = [\"Bad\"]", "`mirror.packages`"),
             ("[mirror]\nconcurrency = 0", "`mirror.concurrency`"),
             ("[server]\nmax_connections = 0", "`server.max_connections`"),
+            (
+                "[upstream]\nmax_registry_mb = 0",
+                "`upstream.max_registry_mb`",
+            ),
             (
                 "[server]\nheader_timeout_secs = 0",
                 "`server.header_timeout_secs`",

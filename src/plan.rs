@@ -270,7 +270,7 @@ pub fn registry_failure(e: &crate::registry::RegistryError) -> FailureKind {
     match e {
         E::MissingSignature | E::BadSignature => FailureKind::Signature,
         E::WrongRepository { .. } | E::WrongPackage { .. } => FailureKind::Origin,
-        E::TooLarge => FailureKind::Size,
+        E::TooLarge { .. } => FailureKind::Size,
         _ => FailureKind::Structure,
     }
 }

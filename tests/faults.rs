@@ -210,3 +210,24 @@ fn a_gzip_bomb_in_the_index_refuses_the_sync_within_bounded_memory() {
         );
     }
 }
+
+/// The gunzipped cap is the operator's: `[upstream] max_registry_mb`.
+#[test]
+fn the_registry_size_cap_is_configurable() {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    fs::write(
+        upstream.dir().join("packages/delta"),
+        gzipped(&vec![0u8; 2 << 20]),
+    )
+    .unwrap();
+    let mirror = Mirror::with_upstream_keys(&upstream, "max_registry_mb = 1", "");
+    let out = mirror.sync();
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stdout
+            .contains("gunzipped body is larger than 1048576 bytes"),
+        "{out}"
+    );
+    let status = mirror.run(&["status"]);
+    assert!(status.stdout.contains("delta [size]"), "{status}");
+}

@@ -35,8 +35,6 @@ use crate::upstream::{Fetched, Upstream, UpstreamError, Validators};
 const BREAKER_FAILURES: u32 = 5;
 /// How long an open circuit stays open before one trial request.
 const BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
-/// Largest registry file accepted from the upstream.
-const MAX_REGISTRY: u64 = registry::MAX_DECODED_SIZE + (1 << 20);
 
 /// Why a proxied file cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -374,7 +372,11 @@ impl Proxy {
             Validators::default()
         };
         let fetched = self
-            .timed(self.upstream.get(rel, &validators, MAX_REGISTRY))
+            .timed(self.upstream.get(
+                rel,
+                &validators,
+                self.upstream_cfg.max_registry_bytes + (1 << 20),
+            ))
             .await;
         let (body, validators) = match fetched {
             Err(e) => {
@@ -505,7 +507,8 @@ impl Proxy {
                 source,
             })?;
             let (key, repo) = (&this.upstream_cfg.public_key, &this.upstream_cfg.repository);
-            let record = registry::verify_package(&bytes, key, repo, &name)
+            let max = this.upstream_cfg.max_registry_bytes;
+            let record = registry::verify_package_within(&bytes, key, repo, &name, max)
                 .map_err(|e| this.refused(&rel, "record", Refusal::Registry(e)))?
                 .into_inner();
             let release = record
@@ -523,11 +526,17 @@ impl Proxy {
     /// (`fetch` sends them to `fetch_tarball`); one would be refused.
     fn verify_registry(&self, kind: &Kind, body: &[u8]) -> Result<Vec<String>, Refusal> {
         let (key, repo) = (&self.upstream_cfg.public_key, &self.upstream_cfg.repository);
+        let max = self.upstream_cfg.max_registry_bytes;
         let deps = match kind {
-            Kind::Names => registry::verify_names(body, key, repo).map(|_| Vec::new())?,
-            Kind::Versions => registry::verify_versions(body, key, repo).map(|_| Vec::new())?,
+            Kind::Names => {
+                registry::verify_names_within(body, key, repo, max).map(|_| Vec::new())?
+            }
+            Kind::Versions => {
+                registry::verify_versions_within(body, key, repo, max).map(|_| Vec::new())?
+            }
             Kind::Package(name) => {
-                let record = registry::verify_package(body, key, repo, name)?.into_inner();
+                let record =
+                    registry::verify_package_within(body, key, repo, name, max)?.into_inner();
                 let mut deps: Vec<String> = record
                     .releases
                     .iter()

@@ -33,7 +33,8 @@ pub mod proto {
     }
 }
 
-/// Largest registry file we accept once gunzipped. hex.pm's `/versions`, the
+/// Largest registry file accepted once gunzipped, unless configured
+/// otherwise (`[upstream] max_registry_mb`). hex.pm's `/versions`, the
 /// largest, is a few MB (its 21,000 packages take about 3 MB); the cap stops
 /// a gzip bomb long before memory does, with room for ten times hex.pm.
 pub const MAX_DECODED_SIZE: u64 = 32 * 1024 * 1024;
@@ -44,9 +45,12 @@ pub enum RegistryError {
     /// The body is not gzip, or is truncated.
     #[error("not a valid gzip body: {0}")]
     Gzip(std::io::Error),
-    /// The gunzipped body is larger than [`MAX_DECODED_SIZE`].
-    #[error("gunzipped body is larger than {MAX_DECODED_SIZE} bytes")]
-    TooLarge,
+    /// The gunzipped body is larger than the cap.
+    #[error("gunzipped body is larger than {limit} bytes ([upstream] max_registry_mb)")]
+    TooLarge {
+        /// The cap, in bytes.
+        limit: u64,
+    },
     /// The envelope or the payload is not valid protobuf for its schema.
     #[error("{what} does not decode as protobuf: {source}")]
     Protobuf {
@@ -119,7 +123,9 @@ fn gunzip_within(file: &[u8], limit: u64) -> Result<Vec<u8>, RegistryError> {
             Err(e) => return Err(RegistryError::Gzip(e)),
         };
         if out.len() + n > limit {
-            return Err(RegistryError::TooLarge);
+            return Err(RegistryError::TooLarge {
+                limit: limit as u64,
+            });
         }
         if out.capacity() - out.len() < n {
             // Double as a Vec would, but never past the limit.
@@ -146,7 +152,16 @@ fn gzip_with(bytes: &[u8], level: flate2::Compression) -> Vec<u8> {
 
 /// Gunzips, decodes the envelope and checks the signature; returns the payload.
 pub fn open_signed(file: &[u8], key: &PublicKey) -> Result<Vec<u8>, RegistryError> {
-    let raw = gunzip(file)?;
+    open_signed_within(file, key, MAX_DECODED_SIZE)
+}
+
+/// [`open_signed`] with a cap of `max_decoded` gunzipped bytes.
+pub fn open_signed_within(
+    file: &[u8],
+    key: &PublicKey,
+    max_decoded: u64,
+) -> Result<Vec<u8>, RegistryError> {
+    let raw = gunzip_within(file, max_decoded)?;
     let signed = proto::signed::Signed::decode(raw.as_slice()).map_err(|source| {
         RegistryError::Protobuf {
             what: "Signed envelope",
@@ -201,7 +216,18 @@ pub fn verify_names(
     key: &PublicKey,
     repository: &str,
 ) -> Result<Verified<proto::names::Names>, RegistryError> {
-    let names: proto::names::Names = decode(&open_signed(file, key)?, "Names payload")?;
+    verify_names_within(file, key, repository, MAX_DECODED_SIZE)
+}
+
+/// [`verify_names`] with a cap of `max_decoded` gunzipped bytes.
+pub fn verify_names_within(
+    file: &[u8],
+    key: &PublicKey,
+    repository: &str,
+    max_decoded: u64,
+) -> Result<Verified<proto::names::Names>, RegistryError> {
+    let payload = open_signed_within(file, key, max_decoded)?;
+    let names: proto::names::Names = decode(&payload, "Names payload")?;
     check_repository(&names.repository, repository)?;
     Ok(Verified(names))
 }
@@ -212,7 +238,18 @@ pub fn verify_versions(
     key: &PublicKey,
     repository: &str,
 ) -> Result<Verified<proto::versions::Versions>, RegistryError> {
-    let versions: proto::versions::Versions = decode(&open_signed(file, key)?, "Versions payload")?;
+    verify_versions_within(file, key, repository, MAX_DECODED_SIZE)
+}
+
+/// [`verify_versions`] with a cap of `max_decoded` gunzipped bytes.
+pub fn verify_versions_within(
+    file: &[u8],
+    key: &PublicKey,
+    repository: &str,
+    max_decoded: u64,
+) -> Result<Verified<proto::versions::Versions>, RegistryError> {
+    let payload = open_signed_within(file, key, max_decoded)?;
+    let versions: proto::versions::Versions = decode(&payload, "Versions payload")?;
     check_repository(&versions.repository, repository)?;
     Ok(Verified(versions))
 }
@@ -224,7 +261,19 @@ pub fn verify_package(
     repository: &str,
     name: &str,
 ) -> Result<Verified<proto::package::Package>, RegistryError> {
-    let package: proto::package::Package = decode(&open_signed(file, key)?, "Package payload")?;
+    verify_package_within(file, key, repository, name, MAX_DECODED_SIZE)
+}
+
+/// [`verify_package`] with a cap of `max_decoded` gunzipped bytes.
+pub fn verify_package_within(
+    file: &[u8],
+    key: &PublicKey,
+    repository: &str,
+    name: &str,
+    max_decoded: u64,
+) -> Result<Verified<proto::package::Package>, RegistryError> {
+    let payload = open_signed_within(file, key, max_decoded)?;
+    let package: proto::package::Package = decode(&payload, "Package payload")?;
     check_repository(&package.repository, repository)?;
     if package.name != name {
         return Err(RegistryError::WrongPackage {
@@ -359,13 +408,13 @@ mod tests {
             std::io::Write::write_all(&mut enc, &zeros).unwrap();
         }
         let bomb = enc.finish().unwrap();
-        assert!(matches!(gunzip(&bomb), Err(RegistryError::TooLarge)));
+        assert!(matches!(gunzip(&bomb), Err(RegistryError::TooLarge { .. })));
         // At the edge: exactly the limit passes, one byte more does not.
         let exact = gzip(&vec![7u8; 100_000]);
         assert_eq!(gunzip_within(&exact, 100_000).unwrap().len(), 100_000);
         assert!(matches!(
             gunzip_within(&exact, 99_999),
-            Err(RegistryError::TooLarge)
+            Err(RegistryError::TooLarge { limit: 99_999 })
         ));
         assert_eq!(gunzip_within(&gzip(b""), 10).unwrap(), b"");
     }

@@ -78,6 +78,8 @@ pub(super) struct Ctx {
     pub key: PublicKey,
     pub repository: Arc<str>,
     pub limits: Arc<tarball::Limits>,
+    /// Largest registry file accepted once gunzipped.
+    pub max_registry: u64,
     /// Tarball bodies held in memory between download and storage.
     pub tarball_slots: Arc<Semaphore>,
 }
@@ -307,14 +309,15 @@ async fn fetch_record(
         Fetched::Body { body, validators } => (body, Some(validators)),
     };
     let from_store = new_validators.is_none();
-    let (key, repo, n, store) = (
+    let (key, repo, n, store, max) = (
         ctx.key.clone(),
         ctx.repository.clone(),
         name.clone(),
         ctx.store.clone(),
+        ctx.max_registry,
     );
     let verified = blocking(move || {
-        let package = match registry::verify_package(&bytes, &key, &repo, n.as_str()) {
+        let package = match registry::verify_package_within(&bytes, &key, &repo, n.as_str(), max) {
             Ok(p) => p.into_inner(),
             Err(e) => return Ok(Err(e)),
         };

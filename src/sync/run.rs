@@ -24,9 +24,6 @@ use crate::store::{self, Db, DbError, FileMap, FileRef, Store, StoreError};
 use crate::tarball;
 use crate::upstream::{Fetched, Upstream, UpstreamError, Validators};
 
-/// Largest `/names` or `/versions` body accepted from upstream.
-const INDEX_LIMIT: u64 = registry::MAX_DECODED_SIZE + (1 << 20);
-
 /// A problem that stops the whole sync. The served tree is left as it was.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -200,6 +197,7 @@ pub async fn run(config: &Config, progress: &Progress) -> Result<Summary, SyncEr
         key: config.upstream.public_key.clone(),
         repository: config.upstream.repository.as_str().into(),
         limits: Arc::new(tarball::Limits::default()),
+        max_registry: config.upstream.max_registry_bytes,
         tarball_slots: Arc::new(Semaphore::new(config.mirror.concurrency * 2)),
     };
     let sync_id = ctx.db.call(|c| db::start_sync(c)).await?;
@@ -269,7 +267,8 @@ async fn fetch_index(
     };
     match ctx
         .upstream
-        .get(what, &validators, INDEX_LIMIT)
+        // gzip never grows a body much: the gunzipped cap bounds it too.
+        .get(what, &validators, ctx.max_registry + (1 << 20))
         .await
         .map_err(SyncError::IndexFetch)?
     {
@@ -347,24 +346,25 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
         return Ok(summary);
     }
 
-    let (key, repo) = (ctx.key.clone(), ctx.repository.clone());
+    let (key, repo, max) = (ctx.key.clone(), ctx.repository.clone(), ctx.max_registry);
     let (names_bytes, versions_bytes) = (names.value.clone(), versions.value.clone());
     let (names_url, versions_url) = (ctx.upstream.url("names"), ctx.upstream.url("versions"));
     let (names_p, versions_p) = blocking(move || {
-        let n = registry::verify_names(&names_bytes, &key, &repo).map_err(|source| {
-            SyncError::IndexInvalid {
-                what: "names",
-                url: names_url,
-                source,
-            }
-        })?;
-        let v = registry::verify_versions(&versions_bytes, &key, &repo).map_err(|source| {
-            SyncError::IndexInvalid {
+        let n =
+            registry::verify_names_within(&names_bytes, &key, &repo, max).map_err(|source| {
+                SyncError::IndexInvalid {
+                    what: "names",
+                    url: names_url,
+                    source,
+                }
+            })?;
+        let v = registry::verify_versions_within(&versions_bytes, &key, &repo, max).map_err(
+            |source| SyncError::IndexInvalid {
                 what: "versions",
                 url: versions_url,
                 source,
-            }
-        })?;
+            },
+        )?;
         Ok::<_, SyncError>((n.into_inner(), v.into_inner()))
     })
     .await??;

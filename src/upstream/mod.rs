@@ -491,6 +491,7 @@ mod tests {
             timeout: Duration::from_secs(20),
             retries: 1,
             pacing,
+            max_registry_bytes: crate::registry::MAX_DECODED_SIZE,
         };
         Upstream::new(&config, 4).unwrap().with_backoff(Backoff {
             base: Duration::from_millis(10),
