@@ -57,7 +57,7 @@ name = "acme"
 packages = []
 reserved = ["load_*"]
 EOF
-"$BIN" sync --config "$CONF" >/dev/null
+"$BIN" sync --config "$CONF" >/dev/null 2>&1
 TOKEN=$("$BIN" token create --admin --config "$CONF" 2>/dev/null)
 seq 40 | xargs -P "$(nproc)" -I{} escript "$HEXCORE" tarball "load_p{}" 1.0.0 "$WORK/tarballs/load_p{}.tar" >/dev/null
 "$BIN" serve --config "$CONF" >"$WORK/serve.out" 2>"$WORK/serve.err" &
@@ -68,8 +68,8 @@ for _ in $(seq 100); do
   [ -n "$ADDR" ] && break
   sleep 0.05
 done
-RECORD=$(ls "$WORK/data/current/packages" | head -1)
-TARBALL=$(ls "$WORK/data/current/tarballs" | head -1)
+records=("$WORK"/data/current/packages/*) tarballs=("$WORK"/data/current/tarballs/*)
+RECORD=$(basename "${records[0]}") TARBALL=$(basename "${tarballs[0]}")
 
 # The writer side, until wrk is done.
 (
