@@ -19,46 +19,11 @@ SCALE=${SCALE:-0.01}
 SYNC_KILLS=${SYNC_KILLS:-30}
 PUBLISH_KILLS=${PUBLISH_KILLS:-20}
 PORT=${PORT:-18490}
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-HEXCORE=$ROOT/tests/support/hexcore.escript
-
-(cd "$ROOT" && cargo build --locked --example gen_upstream --bin hexmirror) >&2
-BIN=$ROOT/target/debug/hexmirror
-GEN=$ROOT/target/debug/examples/gen_upstream
-rm -rf "$WORK" && mkdir -p "$WORK/nginx/logs" "$WORK/nginx/tmp" "$WORK/tarballs"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-"$GEN" --scale "$SCALE" --out "$WORK/up" --key "$ROOT/tests/fixtures/keys/upstream.pem" >&2
-cat >"$WORK/nginx.conf" <<EOF
-daemon off; master_process off; worker_processes 1;
-pid $WORK/nginx/nginx.pid; error_log $WORK/nginx/logs/error.log warn;
-events { worker_connections 1024; }
-http { access_log off; client_body_temp_path $WORK/nginx/tmp; proxy_temp_path $WORK/nginx/tmp;
-  fastcgi_temp_path $WORK/nginx/tmp; uwsgi_temp_path $WORK/nginx/tmp; scgi_temp_path $WORK/nginx/tmp;
-  server { listen 127.0.0.1:$PORT; root $WORK/up; location / { try_files \$uri =404; } } }
-EOF
-"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx.conf" -e stderr &
-PIDS+=($!)
-for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$PORT/names" && break; sleep 0.1; done
-
-CONF=$WORK/hexmirror.toml
-cat >"$CONF" <<EOF
-data_dir = "$WORK/data"
-listen = "127.0.0.1:0"
-[upstream]
-url = "http://127.0.0.1:$PORT"
-public_key = "$ROOT/tests/fixtures/keys/upstream.pub.pem"
-[mirror]
-concurrency = 8
-[signing]
-key = "$ROOT/tests/fixtures/keys/other.pem"
-[[repository]]
-name = "acme"
-packages = []
-reserved = ["crash_*"]
-EOF
+PROFILE=debug
+# shellcheck source=bench/site.sh
+. "$ROOT/bench/site.sh"
+start_upstream
+write_config crash
 
 trials=0 recovered=0
 # verify_ok LABEL: verify passes (or nothing was ever published).
@@ -79,7 +44,7 @@ rand_ms() { echo $(( (RANDOM % $1) + 20 )); }
 secs() { awk -v m="$1" 'BEGIN { printf "%.3f", m / 1000 }'; }
 
 for i in $(seq "$SYNC_KILLS"); do
-  if [ $((i % 5)) = 0 ]; then "$GEN" --out "$WORK/up" --key "$ROOT/tests/fixtures/keys/upstream.pem" --mutate 0.05 >/dev/null; fi
+  if [ $((i % 5)) = 0 ]; then mutate 0.05; fi
   "$BIN" sync --config "$CONF" >/dev/null 2>&1 &
   pid=$!
   ms=$(rand_ms 3000)
@@ -91,24 +56,11 @@ done
 "$BIN" sync --config "$CONF" >/dev/null 2>&1 || { echo "the sync after the kills did not complete"; exit 1; }
 verify_ok "sync after the kills"
 
-TOKEN=$("$BIN" token create --admin --config "$CONF")
-seq "$PUBLISH_KILLS" | xargs -P "$(nproc)" -I{} \
-  escript "$HEXCORE" tarball "crash_p{}" 1.0.0 "$WORK/tarballs/crash_p{}.tar" >/dev/null
-start_serve() {
-  "$BIN" serve --config "$CONF" >"$WORK/serve.out" 2>"$WORK/serve.err" &
-  SERVE=$!
-  ADDR=""
-  for _ in $(seq 100); do
-    ADDR=$(sed -nE '1s#^hexmirror serving .* on http://([^ ]+)$#\1#p' "$WORK/serve.out")
-    [ -n "$ADDR" ] && break
-    sleep 0.05
-  done
-}
+TOKEN=$("$BIN" token create --admin --config "$CONF" 2>/dev/null)
+build_tarballs crash "$PUBLISH_KILLS"
 for i in $(seq "$PUBLISH_KILLS"); do
   start_serve
-  curl -s -o /dev/null -X POST -H "authorization: $TOKEN" \
-    -H "content-type: application/octet-stream" \
-    --data-binary "@$WORK/tarballs/crash_p$i.tar" "http://$ADDR/api/repos/acme/publish" &
+  publish "$i" >/dev/null &
   post=$!
   ms=$(rand_ms 150)
   sleep "$(secs "$ms")"
