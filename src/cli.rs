@@ -47,6 +47,10 @@ pub enum Command {
         /// RSA key size.
         #[arg(long, default_value_t = 4096)]
         bits: usize,
+        /// Write only the Ed25519 bundle key pair an air-gap exporter signs
+        /// its bundles with (`bundle.pem`, `bundle.pub.pem`).
+        #[arg(long)]
+        bundle: bool,
     },
     /// Check the served tree against its signed manifest: signature, expiry,
     /// rollback, then every file's hash and size.
@@ -136,7 +140,10 @@ pub fn run(cli: Cli) -> ExitCode {
                 run_sync(&config).await
             }
             Command::Serve => run_serve(&config).await,
-            Command::Keygen { out, bits } => run_keygen(&config, out, bits),
+            Command::Keygen {
+                out, bundle: true, ..
+            } => run_keygen_bundle(&config, out),
+            Command::Keygen { out, bits, .. } => run_keygen(&config, out, bits),
             Command::Verify { url, key, state } => run_verify(&config, url, key, state).await,
             Command::Gc => run_gc(&config).await,
             Command::Status => run_status(&config).await,
@@ -675,6 +682,34 @@ async fn shutdown_signal() {
     }
     tracing::info!("shutting down");
     crate::notify::notify("STOPPING=1");
+}
+
+/// `keygen --bundle`: the exporter's Ed25519 bundle key pair, never over
+/// an existing file.
+fn run_keygen_bundle(config: &Config, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    use crate::keyfiles::{write_new_public, write_new_secret};
+    let dir = out.unwrap_or_else(|| config.data_dir.join("keys"));
+    let (secret, public) = (dir.join("bundle.pem"), dir.join("bundle.pub.pem"));
+    for path in [&secret, &public] {
+        if path.exists() {
+            anyhow::bail!(
+                "{} already exists; refusing to overwrite a key (choose another --out)",
+                path.display()
+            );
+        }
+    }
+    let key = crate::manifest::ManifestKey::generate();
+    write_new_secret(&secret, key.to_pkcs8_pem().as_bytes())?;
+    write_new_public(&public, key.public().to_pem().as_bytes())?;
+    println!(
+        "wrote {} (Ed25519 bundle key, mode 0600; keep it on the exporter)",
+        secret.display()
+    );
+    println!(
+        "wrote {} (give this to the importing side)",
+        public.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_keygen(config: &Config, out: Option<PathBuf>, bits: usize) -> anyhow::Result<ExitCode> {

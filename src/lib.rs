@@ -25,10 +25,12 @@
 //! - [`clock`]: wall-clock time as Unix seconds.
 //! - [`api`]: the Hex-compatible write API (publish, retire, keys, owners).
 //! - [`auth`]: PURE. API tokens: secrets, hashes, scopes, rate limiting.
+//! - [`bundle`]: PURE. The signed, chained air-gap bundle manifest.
 //! - [`cli`]: the command line, the only place that uses `anyhow`.
 
 pub mod api;
 pub mod auth;
+pub mod bundle;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -447,7 +447,7 @@ pub fn sign_delta(delta: &Delta, key: &ManifestKey) -> Vec<u8> {
     sign_envelope(delta, key)
 }
 
-fn sign_envelope<T: Serialize>(signed: &T, key: &ManifestKey) -> Vec<u8> {
+pub(crate) fn sign_envelope<T: Serialize>(signed: &T, key: &ManifestKey) -> Vec<u8> {
     // The file is built around the very bytes that are signed, in one buffer:
     // the manifest lists every file (about 90 MB of JSON at hex.pm's size),
     // and a second, pretty-printed copy doubled the peak memory of a sync.
@@ -621,7 +621,7 @@ fn check_fresh(
 
 /// Parses a signed file strictly and checks a signature by `key` over the
 /// canonical bytes of what it parsed.
-fn open_envelope<T>(file: &[u8], key: &ManifestPublicKey) -> Result<T, ManifestError>
+pub(crate) fn open_envelope<T>(file: &[u8], key: &ManifestPublicKey) -> Result<T, ManifestError>
 where
     T: Serialize + serde::de::DeserializeOwned,
 {
@@ -659,7 +659,7 @@ where
 
 /// Refuses paths that could leave the tree or alias another entry, and
 /// digests `diff` could never match.
-fn check_entry(path: &str, entry: &FileEntry) -> Result<(), ManifestError> {
+pub(crate) fn check_entry(path: &str, entry: &FileEntry) -> Result<(), ManifestError> {
     check_path(path)?;
     let digest = entry.sha256.as_bytes();
     if digest.len() != 64

@@ -16,6 +16,7 @@ const PURE: &[&str] = &[
     "api::etf",
     "api::snippets",
     "auth",
+    "bundle",
     "hosted::rules",
     "index",
     "manifest",

@@ -165,4 +165,30 @@ fn keygen_writes_private_keys_0600_prints_the_fingerprint_and_never_overwrites()
     assert_eq!(code, Some(2), "{stderr}");
     assert_one_line_error(&stderr, &["already exists", "refusing to overwrite"]);
     assert_eq!(fs::read(out_dir.join("hexmirror.pem")).unwrap(), before);
+
+    // The air-gap exporter's bundle key pair: Ed25519, private 0600, never
+    // overwritten either.
+    let (code, stderr) = run(&["keygen", "--bundle", "--out", &out_arg]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let secret = fs::read_to_string(out_dir.join("bundle.pem")).unwrap();
+    let key = hexmirror::manifest::ManifestKey::from_pem(&secret).expect("an Ed25519 key");
+    let public = fs::read_to_string(out_dir.join("bundle.pub.pem")).unwrap();
+    assert_eq!(
+        hexmirror::manifest::ManifestPublicKey::from_pem(&public)
+            .unwrap()
+            .keyid(),
+        key.public().keyid()
+    );
+    let mode = fs::metadata(out_dir.join("bundle.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let (code, stderr) = run(&["keygen", "--bundle", "--out", &out_arg]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_one_line_error(&stderr, &["already exists", "refusing to overwrite"]);
+    assert_eq!(
+        fs::read_to_string(out_dir.join("bundle.pem")).unwrap(),
+        secret
+    );
 }
