@@ -148,33 +148,22 @@ fn check_manifest(
 }
 
 /// Hashes every file under `root` except the manifest and its delta.
-fn scan(root: &Path) -> std::io::Result<BTreeMap<String, FileEntry>> {
+fn scan(root: &Path) -> Result<BTreeMap<String, FileEntry>, crate::store::StoreError> {
     let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let path = entry.path();
-            if entry.file_type()?.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let rel = path
-                .strip_prefix(root)
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if rel == MANIFEST_FILE || rel == MANIFEST_DELTA_FILE {
-                continue;
-            }
-            let bytes = std::fs::read(&path)?;
-            out.insert(
-                rel,
-                FileEntry {
-                    sha256: hex::encode(Sha256::digest(&bytes)),
-                    size: bytes.len() as u64,
-                },
-            );
-        }
+    for rel in crate::store::list_files(root)? {
+        let path = root.join(&rel);
+        let bytes = std::fs::read(&path).map_err(|source| crate::store::StoreError {
+            action: "read",
+            path,
+            source,
+        })?;
+        out.insert(
+            rel,
+            FileEntry {
+                sha256: hex::encode(Sha256::digest(&bytes)),
+                size: bytes.len() as u64,
+            },
+        );
     }
     Ok(out)
 }

@@ -37,28 +37,10 @@ fn publish(served: &Served, token: &str, dir: &Path, name: &str) {
     assert_eq!(status, 201, "publish {name}: {body}");
 }
 
-/// Every file of the served tree but the manifest and its delta.
+/// Every file of the served tree but the manifest and its delta, sorted.
 fn tree_files(mirror: &Mirror) -> Vec<String> {
     let root = fs::canonicalize(mirror.tree()).unwrap();
-    let mut out = Vec::new();
-    let mut stack = vec![root.clone()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let rel = path
-                .strip_prefix(&root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            if rel != MANIFEST_FILE && rel != MANIFEST_DELTA_FILE {
-                out.push(rel);
-            }
-        }
-    }
+    let mut out = hexmirror::store::list_files(&root).unwrap();
     out.sort();
     out
 }

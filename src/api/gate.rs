@@ -84,13 +84,10 @@ impl ApiState {
             Ok(Some(bytes)) => Gate::Filtered(bytes),
             Ok(None) => Gate::Open,
             Err(GateError::NotReadable) => refuse(Reply::error(StatusCode::NOT_FOUND, "not found")),
-            Err(e) => {
-                tracing::error!(repository = repo, "filtering a private index failed: {e}");
-                refuse(Reply::error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error",
-                ))
-            }
+            Err(e) => refuse(
+                Reply::error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+                    .with_detail(format!("filtering a private index of {repo} failed: {e}")),
+            ),
         }
     }
 

@@ -41,7 +41,6 @@ use crate::clock::unix_now;
 use crate::config::Config;
 use crate::hosted::db::{self as hdb, TokenRow};
 use crate::hosted::service::Publisher;
-use crate::store::Db;
 
 /// Failed authentications allowed per client within [`FAILURE_WINDOW`].
 const MAX_FAILURES: u32 = 10;
@@ -55,7 +54,6 @@ const LIMITER_CLIENTS: usize = 100_000;
 pub struct ApiState {
     /// The writer's only door, shared with the import folder.
     publisher: Arc<Publisher>,
-    db: Db,
     limiter: Mutex<FailureLimiter<IpAddr>>,
     gate: gate::FilterCache,
 }
@@ -64,7 +62,6 @@ impl ApiState {
     /// The API in front of `publisher`.
     pub fn new(publisher: Arc<Publisher>) -> Arc<Self> {
         Arc::new(Self {
-            db: publisher.db().clone(),
             publisher,
             limiter: Mutex::new(FailureLimiter::new(
                 MAX_FAILURES,
@@ -124,7 +121,8 @@ impl ApiState {
             Some((id, secret)) => {
                 let (id, secret) = (id.to_owned(), secret.to_owned());
                 let row = self
-                    .db
+                    .publisher
+                    .db()
                     .call(move |c| hdb::token(c, &id))
                     .await
                     .map_err(|e| Reply::internal(format!("token lookup failed: {e}")))?;

@@ -100,12 +100,17 @@ impl Reply {
     /// A 500 whose cause, `detail`, goes to the server log (by the API's
     /// logging middleware), never to the client.
     pub fn internal(detail: impl Into<String>) -> Self {
-        let mut reply = Self::error(
+        Self::error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal error; nothing was changed; see the server log",
-        );
-        reply.detail = Some(detail.into());
-        reply
+        )
+        .with_detail(detail)
+    }
+
+    /// Carries `detail` (the cause, for the server log only) with the reply.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
     }
 
     /// Renders the reply for a client that wants `format`.

@@ -143,10 +143,11 @@ pub struct Proxy {
     /// a tarball needs.
     tree: PathBuf,
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    negative: Mutex<HashMap<String, Instant>>,
-    /// Paths whose upstream copy did not verify, until when they are not
-    /// asked for again (the quarantine's back-off, per path).
-    refused: Mutex<HashMap<String, Instant>>,
+    /// Paths the upstream said it does not have.
+    negative: Expiring,
+    /// Paths whose upstream copy did not verify (the quarantine's back-off,
+    /// per path).
+    refused: Expiring,
     validators: Mutex<HashMap<String, Validators>>,
     breaker: Mutex<Breaker>,
     metrics: ProxyMetrics,
@@ -177,8 +178,8 @@ impl Proxy {
             tree: config.data_dir.join("current"),
             root,
             inflight: Mutex::default(),
-            negative: Mutex::default(),
-            refused: Mutex::default(),
+            negative: Expiring::default(),
+            refused: Expiring::default(),
             validators: Mutex::default(),
             breaker: Mutex::default(),
             metrics: ProxyMetrics::default(),
@@ -255,30 +256,17 @@ impl Proxy {
 
     /// A refusal of `rel` still within its back-off.
     fn refused_recently(&self, rel: &str) -> Result<(), ProxyError> {
-        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
-        match refused.get(rel) {
-            Some(until) if Instant::now() < *until => Err(ProxyError::RecentlyRefused {
+        match self.refused.until(rel) {
+            Some(until) => Err(ProxyError::RecentlyRefused {
                 path: rel.to_owned(),
                 secs_left: until.saturating_duration_since(Instant::now()).as_secs() + 1,
             }),
-            Some(_) => {
-                refused.remove(rel);
-                Ok(())
-            }
             None => Ok(()),
         }
     }
 
     fn negative_hit(&self, rel: &str) -> bool {
-        let mut negative = self.negative.lock().unwrap_or_else(|p| p.into_inner());
-        match negative.get(rel) {
-            Some(until) if Instant::now() < *until => true,
-            Some(_) => {
-                negative.remove(rel);
-                false
-            }
-            None => false,
-        }
+        self.negative.until(rel).is_some()
     }
 
     async fn fetch(self: &Arc<Self>, rel: &str, kind: Kind) -> Result<(), ProxyError> {
@@ -306,10 +294,7 @@ impl Proxy {
     }
 
     fn remember_missing(&self, rel: &str) {
-        self.negative
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(rel.to_owned(), Instant::now() + self.settings.negative_ttl);
+        self.negative.remember(rel, self.settings.negative_ttl);
     }
 
     /// A tarball, checked against its verified record exactly as a sync
@@ -478,10 +463,7 @@ impl Proxy {
             .entry(kind)
             .or_default() += 1;
         tracing::warn!(path = rel, "refused from the upstream: {source}");
-        self.refused
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(rel.to_owned(), Instant::now() + self.settings.negative_ttl);
+        self.refused.remember(rel, self.settings.negative_ttl);
         ProxyError::Refused {
             path: rel.to_owned(),
             source,
@@ -570,6 +552,30 @@ impl Proxy {
             Ok(())
         })
         .await?
+    }
+}
+
+/// Paths remembered for a while (a 404, a refusal), forgotten once past.
+#[derive(Debug, Default)]
+struct Expiring(Mutex<HashMap<String, Instant>>);
+
+impl Expiring {
+    fn remember(&self, rel: &str, ttl: Duration) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(rel.to_owned(), Instant::now() + ttl);
+    }
+
+    /// Until when `rel` is remembered; `None` once that has passed.
+    fn until(&self, rel: &str) -> Option<Instant> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(rel) {
+            Some(until) if Instant::now() < *until => Some(*until),
+            Some(_) => {
+                map.remove(rel);
+                None
+            }
+            None => None,
+        }
     }
 }
 

@@ -894,7 +894,7 @@ impl Store {
 
 /// Every file under generation directory `dir` but its manifest and delta,
 /// as paths relative to it.
-fn list_files(dir: &Path) -> Result<Vec<String>, StoreError> {
+pub fn list_files(dir: &Path) -> Result<Vec<String>, StoreError> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {

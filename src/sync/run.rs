@@ -382,11 +382,12 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
         .call(move |c| db::set_meta(c, "upstream_newest_seen", &seen))
         .await?;
     let remote = plan::remote_index(&names_p, &versions_p);
-    if !config.mirror.accept_rollback {
-        let local = ctx.db.call(|c| db::packages(c)).await?;
-        if let Some(rollback) = plan::rollback(&local, &remote, config.mirror.rollback) {
-            return Err(SyncError::Rollback(rollback));
-        }
+    // What the mirror holds: judged for a rollback, then planned against.
+    let local = ctx.db.call(|c| db::packages(c)).await?;
+    if !config.mirror.accept_rollback
+        && let Some(rollback) = plan::rollback(&local, &remote, config.mirror.rollback)
+    {
+        return Err(SyncError::Rollback(rollback));
     }
     tracing::info!(
         packages = remote.len(),
@@ -403,7 +404,12 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
             .collect();
         (BTreeMap::new(), wanted)
     } else {
-        sync_packages(ctx, config, progress, &prev.files, &remote, &mut summary).await?
+        let sources = Sources {
+            prev: &prev.files,
+            remote: &remote,
+            local: &local,
+        };
+        sync_packages(ctx, config, progress, sources, &mut summary).await?
     };
     summary.packages = wanted.len() as u64;
 
@@ -515,6 +521,14 @@ fn quarantine_entries(failures: &[Failure]) -> Vec<(String, FailureKind, String)
     out
 }
 
+/// What a sync plans against: the previous tree, the upstream index and
+/// what the database says each mirrored package holds.
+struct Sources<'a> {
+    prev: &'a FileMap,
+    remote: &'a BTreeMap<String, plan::Remote>,
+    local: &'a BTreeMap<String, db::PackageState>,
+}
+
 /// Fetches every package that needs it (and, for a package list, the
 /// dependency closure), `concurrency` at a time. Returns the verified
 /// updates and the set of packages the mirror holds.
@@ -522,11 +536,14 @@ async fn sync_packages(
     ctx: &Ctx,
     config: &Config,
     progress: &Progress,
-    prev: &FileMap,
-    remote: &BTreeMap<String, plan::Remote>,
+    sources: Sources<'_>,
     summary: &mut Summary,
 ) -> Result<(BTreeMap<String, PackageUpdate>, BTreeSet<String>), SyncError> {
-    let local = ctx.db.call(|c| db::packages(c)).await?;
+    let Sources {
+        prev,
+        remote,
+        local,
+    } = sources;
     let closure = config.mirror.packages.is_some();
     let mut queue: VecDeque<String> = match &config.mirror.packages {
         None => remote.keys().cloned().collect(),

@@ -162,12 +162,17 @@ pub struct Served {
 impl Served {
     /// Starts `hexmirror serve --config CONFIG` and waits until it listens.
     pub fn start(config: &Path) -> Self {
-        let mut child = hexmirror()
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
+        let mut cmd = hexmirror();
+        cmd.arg("serve").arg("--config").arg(config);
+        cmd.stderr(Stdio::null());
+        Self::spawn(cmd, String::new)
+    }
+
+    /// Spawns `cmd` (a `hexmirror serve`), reads the address line it prints
+    /// first, and panics with `context()` if none comes.
+    pub fn spawn(mut cmd: Command, context: impl Fn() -> String) -> Self {
+        let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .spawn()
             .expect("spawn hexmirror serve");
         let stdout = child.stdout.take().expect("stdout");
@@ -179,7 +184,7 @@ impl Served {
         });
         let line = rx
             .recv_timeout(Duration::from_secs(20))
-            .expect("hexmirror serve printed no address");
+            .unwrap_or_else(|_| panic!("hexmirror serve printed no address\n{}", context()));
         let url = line
             .rsplit(" on ")
             .next()

@@ -6,15 +6,13 @@
 //! fails the test with instructions, never skips it.
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{hexmirror, is_executable, wait_timeout};
+use super::{Served, hexmirror, is_executable, wait_timeout};
 
 /// How long one `mix` task may take. A cold mix with Hex starts in about a
 /// second; the margin is for loaded CI machines.
@@ -204,8 +202,7 @@ fn next_log_id() -> String {
 /// `hexmirror serve --config CONFIG` with `HEXMIRROR_LOG=log_filter` and its
 /// log written to a file the test reads; killed when dropped.
 pub struct LoggedServe {
-    child: Child,
-    url: String,
+    served: Served,
     _dir: TempDir,
     log: PathBuf,
 }
@@ -215,41 +212,23 @@ impl LoggedServe {
     pub fn start(config: &Path, log_filter: &str) -> Self {
         let dir = TempDir::new().expect("serve log dir");
         let log = dir.path().join("serve.log");
-        let mut child = hexmirror()
-            .arg("serve")
+        let mut cmd = hexmirror();
+        cmd.arg("serve")
             .arg("--config")
             .arg(config)
             .env("HEXMIRROR_LOG", log_filter)
             // Plain text: tracing colours only a terminal, but say it anyway.
             .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(File::create(&log).expect("create serve log"))
-            .spawn()
-            .expect("spawn hexmirror serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
+            .stderr(File::create(&log).expect("create serve log"));
+        let shown = log.clone();
+        let served = Served::spawn(cmd, move || {
+            format!(
+                "its log:\n{}",
+                fs::read_to_string(&shown).unwrap_or_default()
+            )
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "hexmirror serve printed no address; its log:\n{}",
-                    fs::read_to_string(&log).unwrap_or_default()
-                )
-            });
-        let url = line
-            .rsplit(" on ")
-            .next()
-            .filter(|u| u.starts_with("http://"))
-            .unwrap_or_else(|| panic!("unexpected first line from serve: {line}"))
-            .to_owned();
         Self {
-            child,
-            url,
+            served,
             _dir: dir,
             log,
         }
@@ -257,20 +236,13 @@ impl LoggedServe {
 
     /// Base URL, e.g. `http://127.0.0.1:41234`.
     pub fn url(&self) -> String {
-        self.url.clone()
+        self.served.url()
     }
 
     /// Everything the server logged so far, without terminal colour codes.
     pub fn log(&self) -> String {
         let raw = fs::read_to_string(&self.log).unwrap_or_default();
         strip_ansi(&raw)
-    }
-}
-
-impl Drop for LoggedServe {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -165,7 +165,8 @@ impl Request {
         f: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, Reply> {
         self.state
-            .db
+            .publisher
+            .db()
             .call(f)
             .await
             .map_err(|e| Reply::internal(format!("API database call failed: {e}")))
