@@ -1,6 +1,6 @@
-//! PURE. The air-gap bundle manifest (issue 14, first step): what one
-//! bundle carries across the gap, signed with the exporter's Ed25519 bundle
-//! key, and its place in a single linear chain of bundles.
+//! PURE. The air-gap bundle manifest: what one bundle carries across the
+//! gap, signed with the exporter's Ed25519 bundle key, and its place in a
+//! single linear chain of bundles.
 //!
 //! The file is the same TUF-style envelope as the snapshot manifest
 //! (`{"signed": …, "signatures": […]}`, canonical JSON, see
@@ -8,18 +8,31 @@
 //! names the bundle before it by the SHA-256 of that bundle's manifest file;
 //! the importer accepts exactly the next bundle of the chain it holds, and
 //! says which one it expected otherwise.
+//!
+//! A bundle describes the exporter's tree as changes against the tree of
+//! the bundle before it (a full bundle: the whole tree), and carries each
+//! blob the far side lacks once, by content hash, in tar volumes sized for
+//! the media: the same tarball served under `tarballs/` and `repos/*/`
+//! crosses the gap once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::manifest::{
-    self, FileEntry, ManifestError, ManifestKey, ManifestPublicKey, UpstreamState,
+    self, FileEntry, MANIFEST_DELTA_FILE, MANIFEST_FILE, ManifestError, ManifestKey,
+    ManifestPublicKey, UpstreamState,
 };
 
 /// Name of the bundle manifest file at the root of a bundle directory.
 pub const BUNDLE_MANIFEST_FILE: &str = "hexmirror-bundle.json";
+
+/// A tar block: headers and padding come in these.
+pub const TAR_BLOCK: u64 = 512;
+
+/// A tree of files: path → content.
+pub type Tree = BTreeMap<String, FileEntry>;
 
 /// What a bundle is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,14 +47,12 @@ pub enum BundleKind {
     Heartbeat,
 }
 
-/// One file the bundle carries: which blob, and where it lies.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Where one carried blob lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BundleFile {
+pub struct BlobPlace {
     /// Offset of its content in its volume.
     pub offset: u64,
-    /// Lowercase hex SHA-256 of the content.
-    pub sha256: String,
     /// Size in bytes.
     pub size: u64,
     /// Index into [`BundleManifest::volumes`].
@@ -65,10 +76,13 @@ pub struct Volume {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BundleManifest {
+    /// Every blob carried, by its SHA-256 (lowercase hex).
+    pub blobs: BTreeMap<String, BlobPlace>,
     /// Unix seconds the exporter wrote it.
     pub created_at: u64,
-    /// Every file carried, by its path in the tree it reproduces.
-    pub files: BTreeMap<String, BundleFile>,
+    /// When the exporter's snapshot manifest of this tree expires: the far
+    /// side never signs its copy for longer.
+    pub expires_at: u64,
     /// The exporter's generation it reproduces.
     pub generation: String,
     /// What it is for.
@@ -80,10 +94,41 @@ pub struct BundleManifest {
     pub previous: Option<String>,
     /// Its place in the chain, from 1.
     pub sequence: u64,
+    /// The tree as changes against the previous bundle's tree (`null`: the
+    /// file left); a full bundle lists the whole tree.
+    pub tree: BTreeMap<String, Option<FileEntry>>,
     /// The upstream state the exporter had synced.
     pub upstream: UpstreamState,
     /// The volumes, in order.
     pub volumes: Vec<Volume>,
+}
+
+impl BundleManifest {
+    /// The tree this bundle reproduces, given the tree of the bundle before
+    /// it (ignored for a full bundle).
+    pub fn apply(&self, previous: &Tree) -> Tree {
+        let mut tree = if self.kind == BundleKind::Full {
+            Tree::new()
+        } else {
+            previous.clone()
+        };
+        for (path, entry) in &self.tree {
+            match entry {
+                Some(e) => tree.insert(path.clone(), e.clone()),
+                None => tree.remove(path),
+            };
+        }
+        tree
+    }
+
+    /// The paths each carried blob is served under, for messages.
+    pub fn paths_of(&self, sha256: &str) -> Vec<&str> {
+        self.tree
+            .iter()
+            .filter(|(_, e)| e.as_ref().is_some_and(|e| e.sha256 == sha256))
+            .map(|(p, _)| p.as_str())
+            .collect()
+    }
 }
 
 /// Why a bundle manifest was refused.
@@ -109,22 +154,37 @@ pub enum Inconsistency {
     /// Bundle 1 names a previous bundle, or a later one names none.
     #[error("bundle {0} names a previous bundle exactly when it is not the first")]
     Previous(u64),
-    /// A heartbeat carries no files.
-    #[error("a heartbeat carries files")]
-    HeartbeatWithFiles,
-    /// A file lies in a volume the manifest does not list.
-    #[error("{path} lies in volume {volume}, which is not listed")]
+    /// A heartbeat carries no files and changes nothing.
+    #[error("a heartbeat carries files or changes the tree")]
+    HeartbeatWithContent,
+    /// A full bundle lists the whole tree, so it removes nothing.
+    #[error("a full bundle removes {0}")]
+    FullWithRemoval(String),
+    /// The snapshot manifest is the far side's own; a bundle never carries one.
+    #[error("the tree lists the snapshot manifest file {0}")]
+    ManifestInTree(String),
+    /// A blob name that is not 64 lowercase hex digits.
+    #[error("blob name {0:?} is not a SHA-256 in lowercase hex")]
+    BlobName(String),
+    /// A blob no file of the tree is.
+    #[error("blob {0} is carried but no file of the tree is that content")]
+    UnusedBlob(String),
+    /// A blob whose size differs from the tree's files of that content.
+    #[error("blob {0} has another size than the tree's files of that content")]
+    BlobSize(String),
+    /// A blob lies in a volume the manifest does not list.
+    #[error("blob {blob} lies in volume {volume}, which is not listed")]
     NoSuchVolume {
-        /// The file.
-        path: String,
+        /// The blob.
+        blob: String,
         /// The volume index it names.
         volume: u32,
     },
-    /// A file lies past the end of its volume.
-    #[error("{path} lies past the end of volume {volume}")]
+    /// A blob lies past the end of its volume.
+    #[error("blob {blob} lies past the end of volume {volume}")]
     PastVolumeEnd {
-        /// The file.
-        path: String,
+        /// The blob.
+        blob: String,
         /// The volume's name.
         volume: String,
     },
@@ -219,6 +279,10 @@ pub fn verify_bundle(
     )))
 }
 
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 fn check_consistent(bundle: &BundleManifest) -> Result<(), BundleError> {
     if bundle.sequence == 0 {
         return Err(Inconsistency::SequenceZero.into());
@@ -226,29 +290,53 @@ fn check_consistent(bundle: &BundleManifest) -> Result<(), BundleError> {
     if (bundle.sequence == 1) != bundle.previous.is_none() {
         return Err(Inconsistency::Previous(bundle.sequence).into());
     }
-    if bundle.kind == BundleKind::Heartbeat && !bundle.files.is_empty() {
-        return Err(Inconsistency::HeartbeatWithFiles.into());
+    if bundle.kind == BundleKind::Heartbeat && !(bundle.tree.is_empty() && bundle.blobs.is_empty())
+    {
+        return Err(Inconsistency::HeartbeatWithContent.into());
     }
-    for (path, file) in &bundle.files {
-        let entry = FileEntry {
-            sha256: file.sha256.clone(),
-            size: file.size,
+    // Sizes of the tree's contents, to check each carried blob against.
+    let mut sizes: BTreeMap<&str, u64> = BTreeMap::new();
+    for (path, entry) in &bundle.tree {
+        if path == MANIFEST_FILE || path == MANIFEST_DELTA_FILE {
+            return Err(Inconsistency::ManifestInTree(path.clone()).into());
+        }
+        let Some(entry) = entry else {
+            if bundle.kind == BundleKind::Full {
+                return Err(Inconsistency::FullWithRemoval(path.clone()).into());
+            }
+            manifest::check_path(path).map_err(BundleError::Signature)?;
+            continue;
         };
-        manifest::check_entry(path, &entry).map_err(BundleError::Signature)?;
-        let Some(volume) = bundle.volumes.get(file.volume as usize) else {
+        manifest::check_entry(path, entry).map_err(BundleError::Signature)?;
+        if *sizes.entry(&entry.sha256).or_insert(entry.size) != entry.size {
+            return Err(Inconsistency::BlobSize(entry.sha256.clone()).into());
+        }
+    }
+    for (blob, place) in &bundle.blobs {
+        if !is_sha256_hex(blob) {
+            return Err(Inconsistency::BlobName(blob.clone()).into());
+        }
+        match sizes.get(blob.as_str()) {
+            None => return Err(Inconsistency::UnusedBlob(blob.clone()).into()),
+            Some(size) if *size != place.size => {
+                return Err(Inconsistency::BlobSize(blob.clone()).into());
+            }
+            Some(_) => {}
+        }
+        let Some(volume) = bundle.volumes.get(place.volume as usize) else {
             return Err(Inconsistency::NoSuchVolume {
-                path: path.clone(),
-                volume: file.volume,
+                blob: blob.clone(),
+                volume: place.volume,
             }
             .into());
         };
-        if file
+        if place
             .offset
-            .checked_add(file.size)
+            .checked_add(place.size)
             .is_none_or(|end| end > volume.size)
         {
             return Err(Inconsistency::PastVolumeEnd {
-                path: path.clone(),
+                blob: blob.clone(),
                 volume: volume.name.clone(),
             }
             .into());
@@ -310,6 +398,146 @@ pub fn check_chain(
     }
 }
 
+/// The changes that turn tree `previous` into `next`.
+pub fn changes(previous: &Tree, next: &Tree) -> BTreeMap<String, Option<FileEntry>> {
+    let mut out: BTreeMap<String, Option<FileEntry>> = next
+        .iter()
+        .filter(|(p, e)| previous.get(*p) != Some(*e))
+        .map(|(p, e)| (p.clone(), Some(e.clone())))
+        .collect();
+    out.extend(
+        previous
+            .keys()
+            .filter(|p| !next.contains_key(*p))
+            .map(|p| (p.clone(), None)),
+    );
+    out
+}
+
+/// The blobs (SHA-256 → size) the far side lacks after `previous` to
+/// apply `changes`: content no file of `previous` already is.
+pub fn needed_blobs(
+    previous: &Tree,
+    changes: &BTreeMap<String, Option<FileEntry>>,
+) -> BTreeMap<String, u64> {
+    let held: BTreeSet<&str> = previous.values().map(|e| e.sha256.as_str()).collect();
+    changes
+        .values()
+        .flatten()
+        .filter(|e| !held.contains(e.sha256.as_str()))
+        .map(|e| (e.sha256.clone(), e.size))
+        .collect()
+}
+
+/// Bytes that end a tar volume: two zero blocks.
+pub const TAR_TRAILER: u64 = 2 * TAR_BLOCK;
+
+/// Zero bytes after `size` bytes of content, up to the next tar block.
+pub fn tar_padding(size: u64) -> u64 {
+    (TAR_BLOCK - size % TAR_BLOCK) % TAR_BLOCK
+}
+
+/// The file name of volume `index` (from 0).
+pub fn volume_name(index: usize) -> String {
+    format!("volume-{:04}.tar", index + 1)
+}
+
+/// Where a blob lies inside a volume's tar: `blobs/ab/HEX`, as in a data
+/// directory, so `tar -x` of a volume yields a blob store.
+pub fn tar_member(sha256: &str) -> String {
+    format!("blobs/{}/{sha256}", sha256.get(..2).unwrap_or("xx"))
+}
+
+/// The ustar header of a blob's entry: fixed owner, mode and time, so a
+/// re-export writes the same bytes.
+pub fn tar_header(sha256: &str, size: u64) -> [u8; 512] {
+    let mut header = tar::Header::new_ustar();
+    // A 72-byte ASCII path fits the 100-byte ustar name field.
+    header
+        .set_path(tar_member(sha256))
+        .unwrap_or_else(|_| unreachable!("a blob member name fits ustar"));
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    *header.as_bytes()
+}
+
+/// Where each blob goes: volume and offset, and each volume's size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// SHA-256 → place.
+    pub places: BTreeMap<String, BlobPlace>,
+    /// Size of each volume, in order.
+    pub volume_sizes: Vec<u64>,
+}
+
+/// A blob that does not fit one volume of the size asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "blob {sha256} ({size} bytes{paths}) does not fit a volume of {max_volume} bytes with its tar header and trailer; choose a larger --max-volume"
+)]
+pub struct TooLarge {
+    /// The blob.
+    pub sha256: String,
+    /// Its size.
+    pub size: u64,
+    /// The volume size asked for.
+    pub max_volume: u64,
+    /// `", served as …"`, for the message.
+    pub paths: String,
+}
+
+/// Lays `blobs` (SHA-256 → size) out in tar volumes of at most
+/// `max_volume` bytes (`None`: one volume), in hash order.
+pub fn layout(blobs: &BTreeMap<String, u64>, max_volume: Option<u64>) -> Result<Layout, TooLarge> {
+    let limit = max_volume.unwrap_or(u64::MAX);
+    let mut places = BTreeMap::new();
+    let mut volume_sizes: Vec<u64> = Vec::new();
+    // Bytes used in the open volume, trailer excluded.
+    let mut used: Option<u64> = None;
+    for (sha256, &size) in blobs {
+        let entry = TAR_BLOCK
+            .saturating_add(size)
+            .saturating_add(tar_padding(size));
+        if entry.saturating_add(TAR_TRAILER) > limit {
+            return Err(TooLarge {
+                sha256: sha256.clone(),
+                size,
+                max_volume: limit,
+                paths: String::new(),
+            });
+        }
+        let start = match used {
+            Some(u) if u + entry + TAR_TRAILER <= limit => u,
+            Some(u) => {
+                volume_sizes.push(u + TAR_TRAILER);
+                0
+            }
+            None => 0,
+        };
+        places.insert(
+            sha256.clone(),
+            BlobPlace {
+                offset: start + TAR_BLOCK,
+                size,
+                volume: volume_sizes.len() as u32,
+            },
+        );
+        used = Some(start + entry);
+    }
+    if let Some(u) = used {
+        volume_sizes.push(u + TAR_TRAILER);
+    }
+    Ok(Layout {
+        places,
+        volume_sizes,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,6 +556,13 @@ mod tests {
             .to_string()
     }
 
+    fn entry(c: char, size: u64) -> FileEntry {
+        FileEntry {
+            sha256: c.to_string().repeat(64),
+            size,
+        }
+    }
+
     fn bundle(sequence: u64, previous: Option<String>) -> BundleManifest {
         let volume = Volume {
             name: "volume-0001.tar".into(),
@@ -335,17 +570,17 @@ mod tests {
             size: 10_000,
         };
         BundleManifest {
-            created_at: 1_795_341_600,
-            files: [(
-                "tarballs/jason-1.4.4.tar".to_string(),
-                BundleFile {
+            blobs: [(
+                "b".repeat(64),
+                BlobPlace {
                     offset: 512,
-                    sha256: "b".repeat(64),
                     size: 4096,
                     volume: 0,
                 },
             )]
             .into(),
+            created_at: 1_795_341_600,
+            expires_at: 1_795_941_600,
             generation: format!("g{sequence:012}"),
             kind: if sequence == 1 {
                 BundleKind::Full
@@ -355,6 +590,11 @@ mod tests {
             manifest_version: sequence * 10,
             previous,
             sequence,
+            tree: [
+                ("tarballs/jason-1.4.4.tar".to_string(), Some(entry('b', 4096))),
+                ("repos/acme/tarballs/jason-1.4.4.tar".to_string(), Some(entry('b', 4096))),
+            ]
+            .into(),
             upstream: UpstreamState {
                 url: "https://repo.hex.pm".into(),
                 names_etag: None,
@@ -389,41 +629,115 @@ mod tests {
     #[test]
     fn an_inconsistent_bundle_is_refused_even_when_signed() {
         let k = key(1);
-        let mut b = bundle(2, None);
         let check = |b: &BundleManifest| verify_bundle(&sign_bundle(b, &k), &[k.public()]);
-        assert!(
-            matches!(check(&b), Err(BundleError::Invalid(_))),
-            "2 without previous"
-        );
+        let invalid = |b: &BundleManifest, what: &str| {
+            assert!(
+                matches!(check(b), Err(BundleError::Invalid(_))),
+                "{what}: {:?}",
+                check(b)
+            );
+        };
+        let mut b = bundle(2, None);
+        invalid(&b, "2 without previous");
         b.previous = Some("c".repeat(64));
         check(&b).unwrap();
-        b.files.values_mut().for_each(|f| f.offset = 9_000);
-        assert!(
-            matches!(check(&b), Err(BundleError::Invalid(_))),
-            "past the volume"
-        );
+        b.blobs.values_mut().for_each(|f| f.offset = 9_000);
+        invalid(&b, "past the volume");
         let mut b = bundle(1, None);
-        b.files.values_mut().for_each(|f| f.volume = 3);
-        assert!(
-            matches!(check(&b), Err(BundleError::Invalid(_))),
-            "unlisted volume"
-        );
+        b.blobs.values_mut().for_each(|f| f.volume = 3);
+        invalid(&b, "unlisted volume");
         let mut b = bundle(1, None);
         b.volumes[0].name = "../etc".into();
-        assert!(
-            matches!(check(&b), Err(BundleError::Invalid(_))),
-            "volume name"
-        );
+        invalid(&b, "volume name");
         let mut b = bundle(1, None);
-        let file = b.files.remove("tarballs/jason-1.4.4.tar").unwrap();
-        b.files.insert("../escape".into(), file);
+        let file = b.tree.remove("tarballs/jason-1.4.4.tar").unwrap();
+        b.tree.insert("../escape".into(), file);
         assert!(check(&b).is_err(), "escaping path");
         let mut b = bundle(1, None);
+        b.tree.insert(MANIFEST_FILE.into(), Some(entry('b', 4096)));
+        invalid(&b, "a snapshot manifest in the tree");
+        let mut b = bundle(1, None);
+        b.tree.insert("packages/gone".into(), None);
+        invalid(&b, "a full bundle that removes");
+        let mut b = bundle(1, None);
+        b.tree.clear();
+        invalid(&b, "a blob no file is");
+        let mut b = bundle(1, None);
+        b.blobs.values_mut().for_each(|f| f.size = 4095);
+        invalid(&b, "a blob of another size");
+        let mut b = bundle(1, None);
         b.kind = BundleKind::Heartbeat;
-        assert!(
-            matches!(check(&b), Err(BundleError::Invalid(_))),
-            "heartbeat with files"
+        invalid(&b, "heartbeat with files");
+    }
+
+    #[test]
+    fn changes_carry_only_content_the_far_side_lacks() {
+        let prev: Tree = [
+            ("names".to_string(), entry('1', 10)),
+            ("tarballs/a-1.tar".to_string(), entry('2', 20)),
+            ("packages/gone".to_string(), entry('3', 30)),
+        ]
+        .into();
+        let mut next = prev.clone();
+        next.remove("packages/gone");
+        next.insert("names".into(), entry('4', 11));
+        // Same content under a second path: nothing to carry for it.
+        next.insert("repos/acme/tarballs/a-1.tar".into(), entry('2', 20));
+        next.insert("tarballs/b-1.tar".into(), entry('5', 50));
+        let c = changes(&prev, &next);
+        assert_eq!(c.len(), 4, "{c:?}");
+        assert_eq!(c["packages/gone"], None);
+        let needed = needed_blobs(&prev, &c);
+        assert_eq!(
+            needed,
+            [("4".repeat(64), 11), ("5".repeat(64), 50)].into(),
+            "only new content"
         );
+        let mut b = bundle(2, Some("c".repeat(64)));
+        b.tree = c;
+        assert_eq!(b.apply(&prev), next);
+        b.kind = BundleKind::Full;
+        b.tree.remove("packages/gone");
+        assert_eq!(b.apply(&prev).len(), 3, "a full bundle ignores the previous tree");
+    }
+
+    #[test]
+    fn volumes_are_tar_files_that_fit_the_limit() {
+        let blobs: BTreeMap<String, u64> = [
+            ("1".repeat(64), 700),
+            ("2".repeat(64), 0),
+            ("3".repeat(64), 3000),
+            ("4".repeat(64), 100),
+        ]
+        .into();
+        let one = layout(&blobs, None).unwrap();
+        assert_eq!(one.volume_sizes.len(), 1);
+        let split = layout(&blobs, Some(5120)).unwrap();
+        assert!(split.volume_sizes.len() > 1, "{split:?}");
+        assert!(split.volume_sizes.iter().all(|s| *s <= 5120));
+        assert!(layout(&blobs, Some(4096)).is_err(), "3000 bytes and tar framing never fit 4096");
+        // Build each volume as the exporter does and read it back as tar.
+        for (index, size) in split.volume_sizes.iter().enumerate() {
+            let mut volume = vec![0u8; *size as usize];
+            for (sha, place) in split.places.iter().filter(|(_, p)| p.volume as usize == index) {
+                let at = (place.offset - TAR_BLOCK) as usize;
+                volume[at..at + 512].copy_from_slice(&tar_header(sha, place.size));
+                let byte = sha.as_bytes()[0];
+                volume[place.offset as usize..(place.offset + place.size) as usize].fill(byte);
+            }
+            let mut archive = tar::Archive::new(volume.as_slice());
+            for e in archive.entries().unwrap() {
+                let mut e = e.unwrap();
+                let name = e.path().unwrap().to_string_lossy().into_owned();
+                let sha = name.rsplit('/').next().unwrap().to_owned();
+                assert_eq!(name, tar_member(&sha));
+                let place = split.places[&sha];
+                assert_eq!(e.raw_file_position(), place.offset);
+                let mut body = Vec::new();
+                std::io::Read::read_to_end(&mut e, &mut body).unwrap();
+                assert_eq!(body.len() as u64, place.size);
+            }
+        }
     }
 
     #[test]

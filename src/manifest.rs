@@ -675,7 +675,7 @@ pub(crate) fn check_entry(path: &str, entry: &FileEntry) -> Result<(), ManifestE
     Ok(())
 }
 
-fn check_path(path: &str) -> Result<(), ManifestError> {
+pub(crate) fn check_path(path: &str) -> Result<(), ManifestError> {
     let invalid = |reason| {
         Err(ManifestError::InvalidEntry {
             path: path.to_owned(),
