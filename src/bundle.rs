@@ -591,8 +591,14 @@ mod tests {
             previous,
             sequence,
             tree: [
-                ("tarballs/jason-1.4.4.tar".to_string(), Some(entry('b', 4096))),
-                ("repos/acme/tarballs/jason-1.4.4.tar".to_string(), Some(entry('b', 4096))),
+                (
+                    "tarballs/jason-1.4.4.tar".to_string(),
+                    Some(entry('b', 4096)),
+                ),
+                (
+                    "repos/acme/tarballs/jason-1.4.4.tar".to_string(),
+                    Some(entry('b', 4096)),
+                ),
             ]
             .into(),
             upstream: UpstreamState {
@@ -698,7 +704,11 @@ mod tests {
         assert_eq!(b.apply(&prev), next);
         b.kind = BundleKind::Full;
         b.tree.remove("packages/gone");
-        assert_eq!(b.apply(&prev).len(), 3, "a full bundle ignores the previous tree");
+        assert_eq!(
+            b.apply(&prev).len(),
+            3,
+            "a full bundle ignores the previous tree"
+        );
     }
 
     #[test]
@@ -715,11 +725,18 @@ mod tests {
         let split = layout(&blobs, Some(5120)).unwrap();
         assert!(split.volume_sizes.len() > 1, "{split:?}");
         assert!(split.volume_sizes.iter().all(|s| *s <= 5120));
-        assert!(layout(&blobs, Some(4096)).is_err(), "3000 bytes and tar framing never fit 4096");
+        assert!(
+            layout(&blobs, Some(4096)).is_err(),
+            "3000 bytes and tar framing never fit 4096"
+        );
         // Build each volume as the exporter does and read it back as tar.
         for (index, size) in split.volume_sizes.iter().enumerate() {
             let mut volume = vec![0u8; *size as usize];
-            for (sha, place) in split.places.iter().filter(|(_, p)| p.volume as usize == index) {
+            for (sha, place) in split
+                .places
+                .iter()
+                .filter(|(_, p)| p.volume as usize == index)
+            {
                 let at = (place.offset - TAR_BLOCK) as usize;
                 volume[at..at + 512].copy_from_slice(&tar_header(sha, place.size));
                 let byte = sha.as_bytes()[0];

@@ -73,6 +73,85 @@ pub enum Command {
     /// Manage API tokens (stored hashed in the state database).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Air-gap bundles: export on the connected side, import on the far
+    /// side, verify on either.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+}
+
+/// `hexmirror bundle ...`
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Write the next bundle of this exporter's chain: what the far side
+    /// lacks to reproduce the current generation.
+    Export {
+        /// Directory to write the bundle into (created; must hold no bundle).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Everything, whatever the far side holds: the first bundle, or a
+        /// re-base (the far side imports it with `--rebase`).
+        #[arg(long, conflicts_with_all = ["heartbeat", "sequence"])]
+        full: bool,
+        /// Re-sign the current manifest first, so the bundle renews the far
+        /// side's expiry even when nothing changed.
+        #[arg(long, conflicts_with = "sequence")]
+        heartbeat: bool,
+        /// Largest volume: bytes, or with K, M, G (powers of 1024), or
+        /// `fat32` (4 GiB less one byte).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        max_volume: Option<u64>,
+        /// Write bundle N of the chain again (a lost or damaged copy).
+        #[arg(long, value_name = "N")]
+        sequence: Option<u64>,
+        /// The exporter's bundle key (default: DATA_DIR/keys/bundle.pem).
+        #[arg(long, value_name = "PEM")]
+        key: Option<PathBuf>,
+    },
+    /// Verify a bundle completely and publish the generation it reproduces.
+    Import {
+        /// The bundle directory (its manifest and volumes).
+        dir: PathBuf,
+        /// Accept a full bundle off the chain, starting it again (after a
+        /// lost exporter state or a far side restored from a backup).
+        #[arg(long)]
+        rebase: bool,
+    },
+    /// Check a bundle before carrying it: signature, chain position after
+    /// `--after`, every volume and every file's hash.
+    Verify {
+        /// The bundle directory.
+        dir: PathBuf,
+        /// The exporter's public key (default: `[import] bundle_keys`);
+        /// repeatable.
+        #[arg(long = "key", value_name = "PEM")]
+        keys: Vec<PathBuf>,
+        /// The manifest of the bundle this one must follow (the far side
+        /// keeps them in DATA_DIR/bundles/import/).
+        #[arg(long, value_name = "FILE")]
+        after: Option<PathBuf>,
+    },
+}
+
+/// Parses `--max-volume`: bytes, K/M/G suffixes (powers of 1024), `fat32`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    if t == "fat32" {
+        return Ok((4u64 << 30) - 1);
+    }
+    let t = t.trim_end_matches("ib").trim_end_matches('b');
+    let (digits, unit) = match t.char_indices().last() {
+        Some((i, 'k')) => (&t[..i], 1u64 << 10),
+        Some((i, 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'g')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?} is not a size: use bytes, or 700M, 4G, fat32"))
 }
 
 /// `hexmirror token ...`
@@ -148,6 +227,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Gc => run_gc(&config).await,
             Command::Status => run_status(&config).await,
             Command::Token(t) => run_token(&config, t).await,
+            Command::Bundle(b) => run_bundle(&config, b).await,
         }
     });
     match result {
@@ -201,6 +281,106 @@ async fn run_sync(config: &Config) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_SYNC_FAILED)
     })
+}
+
+async fn run_bundle(config: &Config, command: BundleCommand) -> anyhow::Result<ExitCode> {
+    use crate::airgap::{self, AirgapError};
+    let config = config.clone();
+    let outcome: Result<ExitCode, AirgapError> = tokio::task::spawn_blocking(move || {
+        match command {
+            BundleCommand::Export {
+                out,
+                full,
+                heartbeat,
+                max_volume,
+                sequence,
+                key,
+            } => {
+                let opts = airgap::ExportOptions {
+                    key: key.unwrap_or_else(|| config.data_dir.join("keys/bundle.pem")),
+                    out,
+                    full,
+                    heartbeat,
+                    max_volume,
+                    sequence,
+                };
+                let r = airgap::export(&config, &opts)?;
+                let what = if r.again { "written again" } else { "written" };
+                println!(
+                    "bundle {} ({:?}) {what} to {}: {} files changed, {} blobs in {} volumes, {} bytes",
+                    r.sequence,
+                    r.kind,
+                    opts.out.display(),
+                    r.changes,
+                    r.blobs,
+                    r.volumes,
+                    r.bytes
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            BundleCommand::Import { dir, rebase } => {
+                let r = airgap::import(&config, &dir, rebase)?;
+                println!(
+                    "bundle {} ({:?}) imported: {} files changed, {} blobs read from the volumes, {} already here; serving manifest version {}",
+                    r.sequence, r.kind, r.changes, r.read, r.already, r.version
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            BundleCommand::Verify { dir, keys, after } => {
+                let keys = if keys.is_empty() {
+                    config.bundle_keys.clone()
+                } else {
+                    keys.iter()
+                        .map(|p| {
+                            let pem = std::fs::read_to_string(p).map_err(|source| {
+                                crate::keyfiles::KeyFileError::Read {
+                                    path: p.clone(),
+                                    source,
+                                }
+                            })?;
+                            crate::manifest::ManifestPublicKey::from_pem(&pem).map_err(|source| {
+                                AirgapError::Key(crate::keyfiles::KeyFileError::Invalid {
+                                    path: p.clone(),
+                                    source,
+                                })
+                            })
+                        })
+                        .collect::<Result<_, AirgapError>>()?
+                };
+                let report = airgap::verify_dir(&dir, &keys, after.as_deref())?;
+                let b = &report.bundle;
+                println!(
+                    "bundle {} ({:?}), signed; {} files changed, {} blobs in {} volumes",
+                    b.sequence,
+                    b.kind,
+                    b.tree.len(),
+                    b.blobs.len(),
+                    b.volumes.len()
+                );
+                for v in &report.volumes {
+                    if v.problems.is_empty() {
+                        println!("ok       {}", v.name);
+                    }
+                    for p in &v.problems {
+                        println!("DAMAGED  {}: {p}", v.name);
+                    }
+                }
+                Ok(if report.is_clean() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_SYNC_FAILED)
+                })
+            }
+        }
+    })
+    .await?;
+    match outcome {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("hexmirror: {e}");
+            Ok(ExitCode::from(e.exit_code()))
+        }
+    }
 }
 
 async fn run_status(config: &Config) -> anyhow::Result<ExitCode> {

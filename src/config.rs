@@ -99,6 +99,7 @@ struct RawLog {
 #[serde(deny_unknown_fields)]
 struct RawImport {
     dir: Option<PathBuf>,
+    bundle_keys: Option<Vec<PathBuf>>,
     repository: Option<String>,
     settle_ms: Option<u64>,
 }
@@ -188,6 +189,9 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// The import folder of `serve` (`[import]`), if configured.
     pub import: Option<ImportConfig>,
+    /// The air-gap exporters' public keys (`[import] bundle_keys`): a
+    /// bundle signed by none of them is refused.
+    pub bundle_keys: Vec<crate::manifest::ManifestPublicKey>,
     /// When `serve` runs a sync: a six-field cron expression (seconds first).
     pub sync_schedule: Option<cron::Schedule>,
     /// Log format.
@@ -693,16 +697,47 @@ impl Config {
                 )
             })?),
         };
+        let mut bundle_keys = Vec::new();
         let import = match raw.import {
             None => None,
             Some(raw_import) => {
-                let dir = raw_import.dir.map(resolve).ok_or_else(|| {
-                    invalid(
-                        "import.dir",
-                        "missing: the directory to watch for package tarballs".into(),
-                    )
-                })?;
-                let repository = match raw_import.repository {
+                for path in raw_import
+                    .bundle_keys
+                    .clone()
+                    .into_iter()
+                    .flatten()
+                    .map(resolve)
+                {
+                    let key = std::fs::read_to_string(&path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|pem| {
+                            crate::manifest::ManifestPublicKey::from_pem(&pem)
+                                .map_err(|e| e.to_string())
+                        })
+                        .map_err(|e| {
+                            invalid(
+                                "import.bundle_keys",
+                                format!(
+                                    "{}: {e} (the exporter's bundle.pub.pem from `hexmirror keygen --bundle`)",
+                                    path.display()
+                                ),
+                            )
+                        })?;
+                    bundle_keys.push(key);
+                }
+                let folder_keys = raw_import.repository.is_some() || raw_import.settle_ms.is_some();
+                if raw_import.dir.is_none() && !bundle_keys.is_empty() && !folder_keys {
+                    None
+                } else {
+                    let dir = raw_import.dir.map(resolve).ok_or_else(|| {
+                        invalid(
+                            "import.dir",
+                            "missing: the directory to watch for package tarballs (or give only \
+                         bundle_keys, to import air-gap bundles with `hexmirror bundle import`)"
+                                .into(),
+                        )
+                    })?;
+                    let repository = match raw_import.repository {
                     Some(name) => name,
                     None => api.default_repository.clone().ok_or_else(|| {
                         invalid(
@@ -717,24 +752,27 @@ impl Config {
                         )
                     })?,
                 };
-                if !repositories.iter().any(|r| r.name == repository) {
-                    return Err(invalid(
-                        "import.repository",
-                        format!("{repository:?} is not the name of a configured [[repository]]"),
-                    ));
+                    if !repositories.iter().any(|r| r.name == repository) {
+                        return Err(invalid(
+                            "import.repository",
+                            format!(
+                                "{repository:?} is not the name of a configured [[repository]]"
+                            ),
+                        ));
+                    }
+                    let settle_ms = raw_import.settle_ms.unwrap_or(2000);
+                    if !(100..=3_600_000).contains(&settle_ms) {
+                        return Err(invalid(
+                            "import.settle_ms",
+                            format!("{settle_ms} is outside 100..=3600000 (milliseconds)"),
+                        ));
+                    }
+                    Some(ImportConfig {
+                        dir,
+                        repository,
+                        settle: Duration::from_millis(settle_ms),
+                    })
                 }
-                let settle_ms = raw_import.settle_ms.unwrap_or(2000);
-                if !(100..=3_600_000).contains(&settle_ms) {
-                    return Err(invalid(
-                        "import.settle_ms",
-                        format!("{settle_ms} is outside 100..=3600000 (milliseconds)"),
-                    ));
-                }
-                Some(ImportConfig {
-                    dir,
-                    repository,
-                    settle: Duration::from_millis(settle_ms),
-                })
             }
         };
         let log_format = match raw.log.format.as_deref() {
@@ -754,6 +792,7 @@ impl Config {
             sync_schedule,
             log_format,
             import,
+            bundle_keys,
             repositories,
             server,
             source: source.map(Path::to_owned),
@@ -898,6 +937,23 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.import.unwrap().repository, "acme");
+    }
+
+    #[test]
+    fn bundle_keys_alone_need_no_import_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::manifest::ManifestKey::generate();
+        std::fs::write(dir.path().join("bundle.pub.pem"), key.public().to_pem()).unwrap();
+        std::fs::write(dir.path().join("bad.pem"), "not a key").unwrap();
+        let at = dir.path().join("c.toml");
+        let c = Config::parse("[import]\nbundle_keys = [\"bundle.pub.pem\"]\n", &at).unwrap();
+        assert!(c.import.is_none(), "no folder");
+        assert_eq!(c.bundle_keys, vec![key.public()]);
+        for bad in ["bad.pem", "missing.pem"] {
+            let text = format!("[import]\nbundle_keys = [{bad:?}]\n");
+            let e = Config::parse(&text, &at).unwrap_err().to_string();
+            assert!(e.contains("import.bundle_keys") && e.contains(bad), "{e}");
+        }
     }
 
     #[test]

@@ -60,6 +60,20 @@ pub fn manifest_key(path: &Path) -> Result<ManifestKey, KeyFileError> {
     }
 }
 
+/// Loads an existing Ed25519 private key (the exporter's bundle key);
+/// never creates one: a bundle key is made on purpose, with
+/// `hexmirror keygen --bundle`.
+pub fn bundle_key(path: &Path) -> Result<ManifestKey, KeyFileError> {
+    let pem = std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    ManifestKey::from_pem(&pem).map_err(|source| KeyFileError::Invalid {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyFileError> {
     use std::os::unix::fs::OpenOptionsExt;
     let io = |source| KeyFileError::Io {

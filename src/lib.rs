@@ -28,6 +28,7 @@
 //! - [`bundle`]: PURE. The signed, chained air-gap bundle manifest.
 //! - [`cli`]: the command line, the only place that uses `anyhow`.
 
+pub mod airgap;
 pub mod api;
 pub mod auth;
 pub mod bundle;

@@ -497,7 +497,7 @@ impl Writer {
         let planned = ctx.plan(change, actor)?;
         let before = ctx.rows(&planned.name)?;
         let changes = ctx.package_changes(&planned.name, &before, &planned.rows_after)?;
-        let expiry = config.signing.manifest_expiry;
+        let expiry = crate::store::manifest_lifetime(&self.db, config.signing.manifest_expiry)?;
         let started = Instant::now();
         let patch = patchable.filter(|p| {
             p.delta.as_ref().map_or(0, |d| d.files.len()) + changes.len()

@@ -355,6 +355,39 @@ impl Store {
         }
     }
 
+    /// The files of directory `dir` (a generation, or the proxy's tree),
+    /// each proven a stored blob by hashing it: what an air-gap export
+    /// carries of the proxy's cache.
+    pub fn proven_files(&self, dir: &Path) -> Result<FileMap, GenerationError> {
+        self.files_in(dir, &FileMap::new())
+    }
+
+    /// Moves a file whose SHA-256 the caller verified into the blob store
+    /// (a rename: same file system). The caller fsyncs blob directories
+    /// with [`Store::sync_blob_dirs`] before publishing a generation that
+    /// names it.
+    pub fn adopt_blob(&self, sha256: &[u8; 32], file: &Path) -> Result<(), StoreError> {
+        let path = self.blob_path(sha256);
+        if path.is_file() {
+            return fs::remove_file(file).map_err(err("remove", file));
+        }
+        let dir = path.parent().unwrap_or(&self.blobs);
+        fs::create_dir_all(dir).map_err(err("create directory", dir))?;
+        fs::rename(file, &path).map_err(err("rename into the blob store", &path))
+    }
+
+    /// fsyncs the blob directories of `blobs`, once each.
+    pub fn sync_blob_dirs<'a>(
+        &self,
+        blobs: impl IntoIterator<Item = &'a [u8; 32]>,
+    ) -> Result<(), StoreError> {
+        let dirs: std::collections::BTreeSet<PathBuf> = blobs
+            .into_iter()
+            .filter_map(|b| self.blob_path(b).parent().map(Path::to_owned))
+            .collect();
+        dirs.iter().try_for_each(|d| sync_dir(d))
+    }
+
     /// The files of generation directory `dir` (but its manifest), each
     /// proven a stored blob: by inode when `hint` names the blob, else by
     /// hashing it and finding that blob.
@@ -457,13 +490,36 @@ impl Store {
         key_path: &Path,
         expiry: Duration,
     ) -> Result<Option<u64>, GenerationError> {
+        self.resign(db, key_path, expiry, false)
+    }
+
+    /// Re-signs the current generation's manifest now, due or not (an
+    /// air-gap heartbeat needs a new version with a new expiry). `Ok(None)`:
+    /// nothing published yet, or a sync holds the data directory.
+    pub fn resign_now(
+        &self,
+        db: &super::Db,
+        key_path: &Path,
+        expiry: Duration,
+    ) -> Result<Option<u64>, GenerationError> {
+        self.resign(db, key_path, expiry, true)
+    }
+
+    fn resign(
+        &self,
+        db: &super::Db,
+        key_path: &Path,
+        expiry: Duration,
+        force: bool,
+    ) -> Result<Option<u64>, GenerationError> {
         if self.current()?.is_none() {
             return Ok(None);
         }
         let key = crate::keyfiles::manifest_key(key_path)?;
         let lifetime = expiry.as_secs();
-        let due =
-            |expires_at: u64| expires_at.saturating_sub(crate::clock::unix_now()) <= lifetime / 2;
+        let due = |expires_at: u64| {
+            force || expires_at.saturating_sub(crate::clock::unix_now()) <= lifetime / 2
+        };
         // Look before taking the lock: verifying a full-scale manifest takes
         // a second, and publishes wait for the lock meanwhile.
         let keyid = key.public().keyid();
@@ -481,6 +537,14 @@ impl Store {
             return Ok(None);
         };
         if current.signed_by_key && !due(current.expires_at) {
+            return Ok(None);
+        }
+        // A tree imported across an air gap is signed no longer than its
+        // exporter vouched for: only a heartbeat bundle extends it.
+        let expiry = manifest_lifetime(db, expiry)?;
+        if current.signed_by_key
+            && crate::clock::unix_now() + expiry.as_secs() <= current.expires_at
+        {
             return Ok(None);
         }
         let recorded = db
@@ -890,6 +954,24 @@ impl Store {
         }
         Ok(removed)
     }
+}
+
+/// Database key of the expiry of the last air-gap bundle imported.
+pub const BUNDLE_EXPIRES_AT: &str = "bundle_expires_at";
+
+/// How long a manifest signed now may live: `configured`, or less on the
+/// far side of an air gap, where the last imported bundle's expiry caps it
+/// (blocking).
+pub fn manifest_lifetime(db: &super::Db, configured: Duration) -> Result<Duration, super::DbError> {
+    let cap = db
+        .call_blocking(|c| super::db::meta(c, BUNDLE_EXPIRES_AT))?
+        .and_then(|v| v.parse::<u64>().ok());
+    Ok(match cap {
+        Some(cap) => configured.min(Duration::from_secs(
+            cap.saturating_sub(crate::clock::unix_now()),
+        )),
+        None => configured,
+    })
 }
 
 /// Every file under generation directory `dir` but its manifest and delta,

@@ -34,7 +34,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::Response;
 #[allow(unused_imports)] // each test crate uses a different subset
-pub use mirror::{Mirror, Served, rebuild_upstream, repositories_config, signing_section};
+pub use mirror::{
+    Mirror, Output as Run, Served, rebuild_upstream, repositories_config, signing_section,
+};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 

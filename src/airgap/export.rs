@@ -1,0 +1,278 @@
+//! `hexmirror bundle export`: the next bundle of this exporter's chain,
+//! holding what the far side lacks to reproduce the current generation.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    AirgapError, bundles_dir, check_space, io, kept_name, paths_text, sha_bytes, volumes,
+    write_atomic,
+};
+use crate::bundle::{self, BUNDLE_MANIFEST_FILE, BundleKind, BundleManifest, Layout, Tree};
+use crate::config::Config;
+use crate::store::Store;
+
+/// What `bundle export` was asked for.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// The directory the bundle is written to (created; must hold no bundle).
+    pub out: PathBuf,
+    /// Everything, whatever the far side holds (the first bundle, or a
+    /// re-base).
+    pub full: bool,
+    /// Re-sign the current manifest first, so that a bundle with no
+    /// changes carries a new expiry.
+    pub heartbeat: bool,
+    /// Largest volume in bytes (`None`: one volume).
+    pub max_volume: Option<u64>,
+    /// Write bundle N of the chain again instead of a new one.
+    pub sequence: Option<u64>,
+    /// The exporter's Ed25519 bundle key (private).
+    pub key: PathBuf,
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone)]
+pub struct ExportReport {
+    /// The bundle's sequence.
+    pub sequence: u64,
+    /// Its kind.
+    pub kind: BundleKind,
+    /// Files of the tree it changes.
+    pub changes: usize,
+    /// Blobs it carries.
+    pub blobs: usize,
+    /// Bytes of its volumes.
+    pub bytes: u64,
+    /// How many volumes.
+    pub volumes: usize,
+    /// True when it is an earlier bundle written again (same content).
+    pub again: bool,
+}
+
+/// What the exporter remembers after each bundle: its place in the chain
+/// and the tree the far side holds once the bundle is imported.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportState {
+    sequence: u64,
+    hash: String,
+    manifest_version: u64,
+    tree: Tree,
+}
+
+const STATE_FILE: &str = "state.json";
+
+fn state_dir(data_dir: &Path) -> PathBuf {
+    bundles_dir(data_dir).join("export")
+}
+
+fn read_state(dir: &Path) -> Result<Option<ExportState>, AirgapError> {
+    let path = dir.join(STATE_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| AirgapError::State { path, source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("read", &path)(e)),
+    }
+}
+
+/// Writes the next bundle of the chain (or bundle `sequence` again) into
+/// `opts.out`. Blocking.
+pub fn export(config: &Config, opts: &ExportOptions) -> Result<ExportReport, AirgapError> {
+    let store = Store::open(&config.data_dir)?;
+    let dir = state_dir(&config.data_dir);
+    std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
+    // One export at a time: the chain is linear.
+    let lock_path = dir.join("export.lock");
+    let lock = File::create(&lock_path).map_err(io("create", &lock_path))?;
+    if lock.try_lock().is_err() {
+        return Err(AirgapError::Locked(lock_path));
+    }
+    let key = crate::keyfiles::bundle_key(&opts.key)?;
+    std::fs::create_dir_all(&opts.out).map_err(io("create directory", &opts.out))?;
+    let out_manifest = opts.out.join(BUNDLE_MANIFEST_FILE);
+    if out_manifest.exists() {
+        return Err(AirgapError::Exists(out_manifest));
+    }
+    let state = read_state(&dir)?;
+    if let Some(sequence) = opts.sequence {
+        return write_again(&store, &dir, &opts.out, sequence, &key, state.as_ref());
+    }
+    if opts.heartbeat {
+        let db = crate::store::Db::open(&config.data_dir)?;
+        if store.current()?.is_none() {
+            return Err(AirgapError::NothingPublished(config.data_dir.clone()));
+        }
+        let resigned = store.resign_now(
+            &db,
+            &config.signing.manifest_key,
+            config.signing.manifest_expiry,
+        )?;
+        if resigned.is_none() {
+            return Err(AirgapError::Locked(config.data_dir.join("writer.lock")));
+        }
+    }
+    let manifest_key = crate::keyfiles::manifest_key(&config.signing.manifest_key)?;
+    let current = store.load_current(&manifest_key.public())?;
+    let Some((_, generation_dir)) = store.current()? else {
+        return Err(AirgapError::NothingPublished(config.data_dir.clone()));
+    };
+    let Some(upstream) = current.upstream.clone() else {
+        return Err(AirgapError::NothingPublished(config.data_dir.clone()));
+    };
+    if !current.signed_by_key {
+        return Err(AirgapError::NotSignedByKey);
+    }
+    let mut tree: Tree = current
+        .files
+        .iter()
+        .map(|(p, f)| (p.clone(), f.entry()))
+        .collect();
+    // A caching proxy feeds an air gap too: its verified files travel
+    // beside the generation's (which wins where both have a path).
+    let proxy = config.data_dir.join("proxy");
+    if proxy.is_dir() {
+        for (path, file) in store.proven_files(&proxy)? {
+            tree.entry(path).or_insert_with(|| file.entry());
+        }
+    }
+    let empty = Tree::new();
+    let (kind, sequence, previous, base) = match (&state, opts.full) {
+        (Some(s), false) => {
+            let kind = if bundle::changes(&s.tree, &tree).is_empty() {
+                if current.version <= s.manifest_version {
+                    // Nothing new: the last bundle is what the far side needs.
+                    return write_again(&store, &dir, &opts.out, s.sequence, &key, state.as_ref());
+                }
+                BundleKind::Heartbeat
+            } else {
+                BundleKind::Incremental
+            };
+            (kind, s.sequence + 1, Some(s.hash.clone()), &s.tree)
+        }
+        (s, _) => (
+            BundleKind::Full,
+            s.as_ref().map_or(1, |s| s.sequence + 1),
+            s.as_ref().map(|s| s.hash.clone()),
+            &empty,
+        ),
+    };
+    let changes = bundle::changes(base, &tree);
+    let needed = bundle::needed_blobs(base, &changes);
+    let layout = bundle::layout(&needed, opts.max_volume)?;
+    let total: u64 = layout.volume_sizes.iter().sum();
+    check_space(&opts.out, total + (1 << 20))?;
+    let gone = |sha: &str| AirgapError::BlobGone {
+        sequence,
+        blob: sha.to_owned(),
+        paths: changes
+            .iter()
+            .filter(|(_, e)| e.as_ref().is_some_and(|e| e.sha256 == sha))
+            .map(|(p, _)| p.as_str())
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let blob_path = |sha: &str| sha_bytes(sha).map(|b| store.blob_path(&b));
+    let volumes = volumes::write_volumes(&opts.out, &layout, blob_path, gone)?;
+    let manifest = BundleManifest {
+        blobs: layout.places,
+        created_at: crate::clock::unix_now(),
+        expires_at: current.expires_at,
+        generation: generation_dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned(),
+        kind,
+        manifest_version: current.version,
+        previous,
+        sequence,
+        tree: changes,
+        upstream,
+        volumes,
+    };
+    let file = bundle::sign_bundle(&manifest, &key);
+    write_atomic(&out_manifest, &file)?;
+    // Remembered only once the bundle is whole: a failed export does not
+    // advance the chain.
+    write_atomic(&dir.join(kept_name(sequence)), &file)?;
+    let next = ExportState {
+        sequence,
+        hash: bundle::bundle_hash(&file),
+        manifest_version: current.version,
+        tree,
+    };
+    let state_bytes =
+        serde_json::to_vec(&next).unwrap_or_else(|_| unreachable!("state serialises"));
+    write_atomic(&dir.join(super::export::STATE_FILE), &state_bytes)?;
+    Ok(ExportReport {
+        sequence,
+        kind,
+        changes: manifest.tree.len(),
+        blobs: manifest.blobs.len(),
+        bytes: total,
+        volumes: manifest.volumes.len(),
+        again: false,
+    })
+}
+
+/// Writes bundle `sequence` again from its kept manifest: the same
+/// manifest bytes, and volumes rebuilt from the blob store that must hash
+/// as before.
+fn write_again(
+    store: &Store,
+    dir: &Path,
+    out: &Path,
+    sequence: u64,
+    key: &crate::manifest::ManifestKey,
+    state: Option<&ExportState>,
+) -> Result<ExportReport, AirgapError> {
+    let last = state.map_or(0, |s| s.sequence);
+    let path = dir.join(kept_name(sequence));
+    let file = match std::fs::read(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(AirgapError::NoSuchBundle { sequence, last });
+        }
+        Err(e) => return Err(io("read", &path)(e)),
+    };
+    let bundle =
+        bundle::verify_bundle(&file, &[key.public()]).map_err(|source| AirgapError::Bundle {
+            dir: dir.to_owned(),
+            source,
+        })?;
+    let layout = Layout {
+        places: bundle.blobs.clone(),
+        volume_sizes: bundle.volumes.iter().map(|v| v.size).collect(),
+    };
+    let gone = |sha: &str| AirgapError::BlobGone {
+        sequence,
+        blob: sha.to_owned(),
+        paths: paths_text(&bundle, sha),
+    };
+    let blob_path = |sha: &str| sha_bytes(sha).map(|b| store.blob_path(&b));
+    let volumes = volumes::write_volumes(out, &layout, blob_path, gone)?;
+    for (written, listed) in volumes.iter().zip(&bundle.volumes) {
+        if written != listed {
+            return Err(AirgapError::VolumeHash {
+                volume: written.name.clone(),
+                found: written.sha256.clone(),
+            });
+        }
+    }
+    write_atomic(&out.join(BUNDLE_MANIFEST_FILE), &file)?;
+    Ok(ExportReport {
+        sequence,
+        kind: bundle.kind,
+        changes: bundle.tree.len(),
+        blobs: bundle.blobs.len(),
+        bytes: bundle.volumes.iter().map(|v| v.size).sum(),
+        volumes: bundle.volumes.len(),
+        again: true,
+    })
+}

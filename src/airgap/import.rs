@@ -1,0 +1,373 @@
+//! `hexmirror bundle import`: verifies a bundle completely, then publishes
+//! the generation it reproduces with one switch, as a sync does.
+//!
+//! Order: manifest (signature, consistency, chain, expiry) → volumes present
+//! → each carried blob read, hashed and staged (skipped when already stored
+//! or staged: the resume) → the whole target tree's content present → the
+//! upstream's signatures and checksums of every upstream file it changes →
+//! staged blobs adopted into the store → generation published → chain
+//! position recorded. A refusal at any step leaves the served tree and the
+//! database as they were.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::{
+    AirgapError, UpstreamCheck, bundles_dir, check_space, io, kept_name, sha_bytes, volumes,
+    write_atomic, write_whole,
+};
+use crate::bundle::{self, BundleKind, BundleManifest, ChainPosition, Tree};
+use crate::config::Config;
+use crate::registry::{self, PackageName};
+use crate::store::{self, Db, FileMap, FileRef, Store, db};
+
+/// What an import did.
+#[derive(Debug, Clone)]
+pub struct ImportReport {
+    /// The bundle's sequence.
+    pub sequence: u64,
+    /// Its kind.
+    pub kind: BundleKind,
+    /// Blobs read from the volumes in this run.
+    pub read: usize,
+    /// Blobs already here (stored, or staged by an interrupted run).
+    pub already: usize,
+    /// Files of the far side's tree it changed.
+    pub changes: usize,
+    /// The manifest version published here.
+    pub version: u64,
+}
+
+/// Database keys of the chain position.
+const SEQUENCE: &str = "bundle_sequence";
+const HASH: &str = "bundle_hash";
+/// Database key: when the last bundle was imported (Unix seconds).
+pub(crate) const IMPORTED_AT: &str = "bundle_imported_at";
+/// Database key: the upstream sync time the last bundle carried.
+pub(crate) const UPSTREAM_SYNCED_AT: &str = "bundle_upstream_synced_at";
+
+fn staging_dir(data_dir: &Path) -> PathBuf {
+    bundles_dir(data_dir).join("staging")
+}
+
+/// Imports the bundle in `dir`. With `rebase`, a full bundle starts the
+/// chain again from itself. Blocking.
+pub fn import(config: &Config, dir: &Path, rebase: bool) -> Result<ImportReport, AirgapError> {
+    if config.bundle_keys.is_empty() {
+        return Err(AirgapError::NoBundleKeys);
+    }
+    let refused = |source| AirgapError::Bundle {
+        dir: dir.to_owned(),
+        source,
+    };
+    let file = volumes::read_manifest(dir)?;
+    let bundle = bundle::verify_bundle(&file, &config.bundle_keys).map_err(refused)?;
+    let store = Store::open(&config.data_dir)?;
+    let Some(_lock) = store.try_lock()? else {
+        return Err(AirgapError::Locked(config.data_dir.join("writer.lock")));
+    };
+    let db = Db::open(&config.data_dir)?;
+    let (sequence, hash, recorded_version) = db.call_blocking(|c| {
+        Ok((
+            db::meta(c, SEQUENCE)?,
+            db::meta(c, HASH)?,
+            db::meta(c, "manifest_version")?,
+        ))
+    })?;
+    let last = match (sequence.and_then(|s| s.parse().ok()), hash) {
+        (Some(sequence), Some(hash)) => Some(ChainPosition { sequence, hash }),
+        _ => None,
+    };
+    bundle::check_chain(last.as_ref(), &bundle, rebase).map_err(|e| refused(e.into()))?;
+    let now = crate::clock::unix_now();
+    if bundle.expires_at <= now {
+        return Err(AirgapError::Expired {
+            sequence: bundle.sequence,
+            expires_at: bundle.expires_at,
+        });
+    }
+    volumes::check_present(dir, &bundle)?;
+
+    // This side's tree: the exporter's files, and this side's own
+    // repositories, which the bundle must not touch.
+    let manifest_key = crate::keyfiles::manifest_key(&config.signing.manifest_key)?;
+    let current = store.load_current(&manifest_key.public())?;
+    let own: Vec<String> = config
+        .repositories
+        .iter()
+        .map(|r| format!("repos/{}/", r.name))
+        .collect();
+    let is_own = |path: &str| own.iter().any(|prefix| path.starts_with(prefix.as_str()));
+    let near: Tree = current
+        .files
+        .iter()
+        .filter(|(p, _)| !is_own(p))
+        .map(|(p, f)| (p.clone(), f.entry()))
+        .collect();
+    if let Some(path) = bundle.tree.keys().find(|p| is_own(p)) {
+        let repository = path.split('/').nth(1).unwrap_or_default().to_owned();
+        return Err(AirgapError::Collision {
+            path: path.clone(),
+            repository,
+        });
+    }
+    let target = bundle.apply(&near);
+
+    // Carried blobs: read, hashed and staged; a rerun skips what an
+    // interrupted run already stored or staged.
+    let staging = staging_dir(&config.data_dir);
+    std::fs::create_dir_all(&staging).map_err(io("create directory", &staging))?;
+    let staged = |sha: &str| staging.join(sha);
+    let mut already = 0usize;
+    let missing: Vec<&String> = bundle
+        .blobs
+        .keys()
+        .filter(|sha| {
+            let held = sha_bytes(sha).is_some_and(|b| store.has_blob(&b))
+                || staged_intact(&staged(sha), sha);
+            already += usize::from(held);
+            !held
+        })
+        .collect();
+    let needed: u64 = missing.iter().map(|s| bundle.blobs[*s].size).sum();
+    check_space(&staging, needed + (1 << 20))?;
+    let wanted: std::collections::HashSet<&str> = missing.iter().map(|s| s.as_str()).collect();
+    let mut read = 0usize;
+    volumes::read_blobs(
+        dir,
+        &bundle,
+        |sha| wanted.contains(sha),
+        |sha, _, bytes| {
+            // Written whole under its name; a kill loses at most this file.
+            write_whole(&staged(sha), &bytes)?;
+            read += 1;
+            Ok(())
+        },
+    )?;
+
+    // Every file of the target tree must now be here.
+    let content = |sha: &str| -> Option<PathBuf> {
+        let staged = staged(sha);
+        if staged.is_file() {
+            return Some(staged);
+        }
+        sha_bytes(sha)
+            .map(|b| store.blob_path(&b))
+            .filter(|p| p.is_file())
+    };
+    for (path, entry) in &target {
+        if content(&entry.sha256).is_none() {
+            return Err(AirgapError::Lacking {
+                path: path.clone(),
+                sha256: entry.sha256.clone(),
+                sequence: bundle.sequence,
+            });
+        }
+    }
+    check_upstream(config, &bundle, &target, &content)?;
+
+    // Verified: into the store, then one switch.
+    let adopted: Vec<[u8; 32]> = bundle
+        .blobs
+        .keys()
+        .filter_map(|sha| Some((sha_bytes(sha)?, staged(sha))))
+        .filter(|(_, path)| path.is_file())
+        .map(|(b, path)| store.adopt_blob(&b, &path).map(|()| b))
+        .collect::<Result<_, _>>()?;
+    store.sync_blob_dirs(&adopted)?;
+    let mut files: FileMap = current
+        .files
+        .iter()
+        .filter(|(p, _)| is_own(p))
+        .map(|(p, f)| (p.clone(), *f))
+        .collect();
+    for (path, entry) in &target {
+        let Some(file) = FileRef::from_entry(entry) else {
+            return Err(AirgapError::Lacking {
+                path: path.clone(),
+                sha256: entry.sha256.clone(),
+                sequence: bundle.sequence,
+            });
+        };
+        files.insert(path.clone(), file);
+    }
+    let version = current
+        .version
+        .max(recorded_version.and_then(|v| v.parse().ok()).unwrap_or(0))
+        + 1;
+    let lifetime = config
+        .signing
+        .manifest_expiry
+        .min(Duration::from_secs(bundle.expires_at.saturating_sub(now)));
+    let removed = |path: &str| near.contains_key(path) && !target.contains_key(path);
+    store.publish_signed(
+        version,
+        &files,
+        &removed,
+        bundle.upstream.clone(),
+        lifetime,
+        &manifest_key,
+    )?;
+    // Live: keep the exporter's manifest for audit, then move the chain on.
+    let kept = bundles_dir(&config.data_dir)
+        .join("import")
+        .join(kept_name(bundle.sequence));
+    write_atomic(&kept, &file)?;
+    let hash = bundle::bundle_hash(&file);
+    let (seq, expires, synced) = (
+        bundle.sequence.to_string(),
+        bundle.expires_at.to_string(),
+        bundle.upstream.synced_at.to_string(),
+    );
+    db.call_blocking(move |c| {
+        db::set_meta(c, "manifest_version", &version.to_string())?;
+        db::set_meta(c, SEQUENCE, &seq)?;
+        db::set_meta(c, HASH, &hash)?;
+        db::set_meta(c, store::BUNDLE_EXPIRES_AT, &expires)?;
+        db::set_meta(c, UPSTREAM_SYNCED_AT, &synced)?;
+        db::set_meta(c, IMPORTED_AT, &now.to_string())
+    })?;
+    let _ = std::fs::remove_dir_all(&staging);
+    let pruned =
+        store.prune_generations(store::KEEP_GENERATIONS, config.signing.generation_grace)?;
+    if pruned > 0 {
+        tracing::info!(pruned, "removed generations past their grace period");
+    }
+    Ok(ImportReport {
+        sequence: bundle.sequence,
+        kind: bundle.kind,
+        read,
+        already,
+        changes: bundle.tree.len(),
+        version,
+    })
+}
+
+/// A staged file from an earlier run counts only if it still hashes to
+/// its name (it was written without waiting for the disk).
+fn staged_intact(path: &Path, sha: &str) -> bool {
+    std::fs::read(path).is_ok_and(|bytes| hex::encode(Sha256::digest(&bytes)) == sha)
+}
+
+/// The upstream's own checks, again, on every upstream file the bundle
+/// changes: `/names` and `/versions` and each record by signature and
+/// origin with the `[upstream]` key, each tarball against its record's
+/// checksums (outer and inner) and structure.
+fn check_upstream(
+    config: &Config,
+    bundle: &BundleManifest,
+    target: &Tree,
+    content: &dyn Fn(&str) -> Option<PathBuf>,
+) -> Result<(), AirgapError> {
+    let key = &config.upstream.public_key;
+    let repo = config.upstream.repository.as_str();
+    let max = config.upstream.max_registry_bytes;
+    let volume_of = |sha: &str| {
+        bundle
+            .blobs
+            .get(sha)
+            .and_then(|p| bundle.volumes.get(p.volume as usize))
+            .map(|v| v.name.clone())
+    };
+    let read = |path: &str, sha: &str| -> Result<Vec<u8>, AirgapError> {
+        let file = content(sha).ok_or_else(|| AirgapError::Lacking {
+            path: path.to_owned(),
+            sha256: sha.to_owned(),
+            sequence: bundle.sequence,
+        })?;
+        std::fs::read(&file).map_err(io("read", &file))
+    };
+    let refuse = |path: &str, sha: &str, reason: UpstreamCheck| AirgapError::Upstream {
+        path: path.to_owned(),
+        volume: volume_of(sha),
+        reason: Box::new(reason),
+    };
+    let mut records: HashMap<String, registry::proto::package::Package> = HashMap::new();
+    let mut record =
+        |name: &str| -> Result<Option<registry::proto::package::Package>, AirgapError> {
+            if let Some(r) = records.get(name) {
+                return Ok(Some(r.clone()));
+            }
+            let path = format!("packages/{name}");
+            let Some(entry) = target.get(&path) else {
+                return Ok(None);
+            };
+            let bytes = read(&path, &entry.sha256)?;
+            let package = registry::verify_package_within(&bytes, key, repo, name, max)
+                .map_err(|e| refuse(&path, &entry.sha256, e.into()))?
+                .into_inner();
+            records.insert(name.to_owned(), package.clone());
+            Ok(Some(package))
+        };
+    let changed: BTreeMap<&str, &crate::manifest::FileEntry> = bundle
+        .tree
+        .iter()
+        .filter_map(|(p, e)| Some((p.as_str(), e.as_ref()?)))
+        .collect();
+    let limits = crate::tarball::Limits::default();
+    for (path, entry) in &changed {
+        let sha = entry.sha256.as_str();
+        match *path {
+            "names" => {
+                registry::verify_names_within(&read(path, sha)?, key, repo, max)
+                    .map_err(|e| refuse(path, sha, e.into()))?;
+            }
+            "versions" => {
+                registry::verify_versions_within(&read(path, sha)?, key, repo, max)
+                    .map_err(|e| refuse(path, sha, e.into()))?;
+            }
+            _ => {
+                if let Some(name) = path.strip_prefix("packages/") {
+                    let package = record(name)?.ok_or_else(|| {
+                        refuse(path, sha, UpstreamCheck::NoRecord(path.to_string()))
+                    })?;
+                    // A changed record must agree with every tarball the
+                    // tree serves for it.
+                    for release in &package.releases {
+                        let tarball = format!("tarballs/{name}-{}.tar", release.version);
+                        if let Some(t) = target.get(&tarball) {
+                            let sums = crate::upstream::release::Sums::of(release);
+                            if sums.is_none_or(|s| hex::encode(s.outer) != t.sha256) {
+                                return Err(refuse(&tarball, &t.sha256, UpstreamCheck::Checksum));
+                            }
+                        }
+                    }
+                } else if let Some(file) = path.strip_prefix("tarballs/") {
+                    let Some((name, version)) =
+                        file.strip_suffix(".tar").and_then(|f| f.split_once('-'))
+                    else {
+                        return Err(refuse(path, sha, UpstreamCheck::NoRecord(path.to_string())));
+                    };
+                    if PackageName::parse(name).is_err() {
+                        return Err(refuse(path, sha, UpstreamCheck::NoRecord(path.to_string())));
+                    }
+                    let record_path = format!("packages/{name}");
+                    let package = record(name)?
+                        .ok_or_else(|| refuse(path, sha, UpstreamCheck::NoRecord(record_path)))?;
+                    let release = package
+                        .releases
+                        .iter()
+                        .find(|r| r.version == version)
+                        .ok_or_else(|| refuse(path, sha, UpstreamCheck::NotInRecord))?;
+                    let sums = crate::upstream::release::Sums::of(release)
+                        .filter(|s| hex::encode(s.outer) == sha)
+                        .ok_or_else(|| refuse(path, sha, UpstreamCheck::Checksum))?;
+                    let expected = crate::tarball::Expected {
+                        name,
+                        version,
+                        outer_checksum: &sums.outer,
+                        inner_checksum: Some(&sums.inner),
+                    };
+                    crate::tarball::verify(&read(path, sha)?, &expected, &limits)
+                        .map_err(|e| refuse(path, sha, e.into()))?;
+                }
+                // Our repositories (`repos/*`, re-signed by the exporter)
+                // and docs rest on the bundle's signature.
+            }
+        }
+    }
+    Ok(())
+}
