@@ -243,6 +243,32 @@ fn broken_forged_foreign_and_out_of_order_bundles_are_refused_and_change_nothing
     gap.near.sync_ok();
     let b3 = gap.export("b3", &[]);
 
+    // Checked before carrying: in order after bundle 1, whole.
+    let after = b1.join("hexmirror-bundle.json");
+    let check = |dir: &Path| {
+        let key = gap.near.data_dir().join("keys/bundle.pub.pem");
+        gap.near.run(&[
+            "bundle",
+            "verify",
+            dir.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--after",
+            after.to_str().unwrap(),
+        ])
+    };
+    let out = check(&b2);
+    assert!(
+        out.ok() && out.stdout.contains("ok       volume-0001.tar"),
+        "{out}"
+    );
+    let out = check(&b3);
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(
+        out.stderr.contains("cannot be imported before bundle 2"),
+        "{out}"
+    );
+
     // Nothing imported yet: only bundle 1 starts a chain.
     let out = gap.import(&b2, &[]);
     assert_eq!(out.code, Some(2), "{out}");
@@ -446,14 +472,7 @@ fn a_split_bundle_imports_like_one_volume_and_a_damaged_volume_resumes_where_it_
     let out = gap.import_ok(&damaged);
     let (read, already) = (count(&out, "blobs read"), count(&out, "already here"));
     assert!(already > 0, "nothing was kept from the first run: {out}");
-    let total: usize = serde_json::from_slice::<serde_json::Value>(
-        &fs::read(split.join("hexmirror-bundle.json")).unwrap(),
-    )
-    .unwrap()["signed"]["blobs"]
-        .as_object()
-        .unwrap()
-        .len();
-    assert_eq!(read + already, total, "{out}");
+    assert_eq!(read + already, carried(&split), "{out}");
     gap.assert_reproduced();
 
     // A third side takes the unsplit bundle: the same tree.
@@ -497,4 +516,196 @@ fn the_far_side_checks_upstream_signatures_again_with_its_own_key() {
         "unverified content entered the blob store"
     );
     assert!(staged.is_dir(), "what was read stays staged for a retry");
+}
+
+/// How many blobs the bundle in `dir` carries, as its manifest lists them.
+fn carried(dir: &Path) -> usize {
+    let file = fs::read(dir.join("hexmirror-bundle.json")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&file).unwrap();
+    manifest["signed"]["blobs"].as_object().unwrap().len()
+}
+
+/// Unix seconds now.
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn a_heartbeat_renews_the_far_side_s_expiry_and_health_reports_the_upstream_age() {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let gap = Gap::new(&upstream);
+    // The near side's manifest vouches for one hour only.
+    let hour = now() + 3600;
+    gap.near
+        .replace_current_manifest(&gap.near.manifest_key(), |m| m.expires_at = hour);
+    gap.import_ok(&gap.export("b1", &[]));
+    let first = gap.far.current_manifest();
+    assert!(
+        first.expires_at <= hour,
+        "the far side signed past its exporter's expiry"
+    );
+
+    // Nothing changed: without --heartbeat the last bundle is written again.
+    let out = gap.near.run(&[
+        "bundle",
+        "export",
+        "--out",
+        gap.dir("same").to_str().unwrap(),
+    ]);
+    assert!(
+        out.stdout.contains("bundle 1 (Full) written again"),
+        "{out}"
+    );
+    let dir = gap.export("beat", &["--heartbeat"]);
+    let out = gap.import_ok(&dir);
+    assert!(
+        out.stdout
+            .contains("bundle 2 (Heartbeat) imported: 0 files changed, 0 blobs read"),
+        "{out}"
+    );
+    let renewed = gap.far.current_manifest();
+    assert!(
+        renewed.expires_at > hour + 86_400,
+        "{} vs {hour}",
+        renewed.expires_at
+    );
+    assert!(renewed.version > first.version);
+    assert_eq!(renewed.files, first.files, "a heartbeat changes no file");
+    gap.assert_reproduced();
+
+    let served = gap.far.serve();
+    let health = http("GET", &format!("{}/health", served.url()), &[]);
+    let body: serde_json::Value = serde_json::from_slice(&health.body).unwrap();
+    assert_eq!(body["air_gap"]["last_bundle"], 2, "{body}");
+    let synced = gap.near.current_manifest().upstream.synced_at;
+    let age = body["air_gap"]["upstream_age_secs"].as_u64().unwrap();
+    assert!(age <= now() - synced + 1, "{body}");
+    assert_eq!(body["status"], "ok", "{body}");
+    let metrics = http("GET", &format!("{}/metrics", served.url()), &[]);
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains("hexmirror_bundle_sequence 2"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "hexmirror_bundle_upstream_synced_timestamp_seconds {synced}"
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_lost_exporter_state_is_rebased_only_on_purpose() {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let gap = Gap::new(&upstream);
+    gap.import_ok(&gap.export("b1", &[]));
+    // A deliberate full bundle continues the chain: no re-base needed.
+    rebuild_upstream(&upstream, &spec(2));
+    gap.near.sync_ok();
+    let full = gap.export("full", &["--full"]);
+    let out = gap.import_ok(&full);
+    assert!(out.stdout.contains("bundle 2 (Full) imported"), "{out}");
+    gap.assert_reproduced();
+
+    // The exporter loses its state: its next bundle starts a new chain.
+    fs::remove_dir_all(gap.near.data_dir().join("bundles/export")).unwrap();
+    rebuild_upstream(&upstream, &spec(3));
+    gap.near.sync_ok();
+    let restart = gap.export("restart", &[]);
+    let out = gap.import(&restart, &[]);
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(
+        out.stderr.contains("bundle 1 was already imported"),
+        "{out}"
+    );
+    let out = gap.import(&restart, &["--rebase"]);
+    assert!(out.ok(), "{out}");
+    gap.assert_reproduced();
+    // And the new chain goes on from there.
+    rebuild_upstream(&upstream, &spec(4));
+    gap.near.sync_ok();
+    gap.import_ok(&gap.export("next", &[]));
+    gap.assert_reproduced();
+}
+
+#[test]
+fn a_caching_proxy_feeds_an_air_gap() {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let near = Mirror::new(&upstream, "\n[proxy]\nenabled = true\n");
+    assert!(near.run(&["keygen", "--bundle"]).ok());
+    {
+        let served = near.serve();
+        for path in ["packages/beta", "tarballs/beta-0.2.1.tar", "packages/alpha"] {
+            let got = http("GET", &format!("{}/{path}", served.url()), &[]);
+            assert_eq!(got.status, 200, "{path}");
+        }
+    }
+    let bundles = TempDir::new().unwrap();
+    let dir = bundles.path().join("b1");
+    let out = near.run(&["bundle", "export", "--out", dir.to_str().unwrap()]);
+    assert!(out.ok(), "{out}");
+    let far = Mirror::new(
+        &upstream,
+        &far_sections(&near.data_dir().join("keys/bundle.pub.pem")),
+    );
+    let out = far.run(&["bundle", "import", dir.to_str().unwrap()]);
+    assert!(out.ok(), "{out}");
+    let tree = contents(&far.tree(), "");
+    assert_eq!(
+        tree.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["packages/alpha", "packages/beta", "tarballs/beta-0.2.1.tar"]
+    );
+    assert_eq!(tree, contents(&near.data_dir().join("proxy"), ""));
+}
+
+#[test]
+fn kill_9_mid_import_then_import_again_reads_only_what_was_not_stored() {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let gap = Gap::new(&upstream);
+    let b1 = gap.export("b1", &[]);
+    let staging = gap.far.data_dir().join("bundles/staging");
+    let mut cmd = hexmirror();
+    cmd.args(["bundle", "import", b1.to_str().unwrap(), "--config"])
+        .arg(gap.far.config())
+        .env("HEXMIRROR_FAULT_STAGE_DELAY_MS", "200")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let staged = || {
+        fs::read_dir(&staging)
+            .map(|d| {
+                d.filter(|e| {
+                    let name = e.as_ref().unwrap().file_name();
+                    !name.to_string_lossy().starts_with('.')
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while staged() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the import staged nothing"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the import ended before the kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let kept = staged();
+    assert!(
+        !gap.far.tree().exists(),
+        "a killed import published nothing"
+    );
+
+    let out = gap.import_ok(&b1);
+    assert_eq!(count(&out, "already here"), kept, "{out}");
+    assert_eq!(count(&out, "blobs read"), carried(&b1) - kept, "{out}");
+    gap.assert_reproduced();
+    assert!(!staging.exists(), "staging is cleared once published");
 }

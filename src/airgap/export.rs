@@ -102,49 +102,13 @@ pub fn export(config: &Config, opts: &ExportOptions) -> Result<ExportReport, Air
     if let Some(sequence) = opts.sequence {
         return write_again(&store, &dir, &opts.out, sequence, &key, state.as_ref());
     }
-    if opts.heartbeat {
-        let db = crate::store::Db::open(&config.data_dir)?;
-        if store.current()?.is_none() {
-            return Err(AirgapError::NothingPublished(config.data_dir.clone()));
-        }
-        let resigned = store.resign_now(
-            &db,
-            &config.signing.manifest_key,
-            config.signing.manifest_expiry,
-        )?;
-        if resigned.is_none() {
-            return Err(AirgapError::Locked(config.data_dir.join("writer.lock")));
-        }
-    }
-    let manifest_key = crate::keyfiles::manifest_key(&config.signing.manifest_key)?;
-    let current = store.load_current(&manifest_key.public())?;
-    let Some((_, generation_dir)) = store.current()? else {
-        return Err(AirgapError::NothingPublished(config.data_dir.clone()));
-    };
-    let Some(upstream) = current.upstream.clone() else {
-        return Err(AirgapError::NothingPublished(config.data_dir.clone()));
-    };
-    if !current.signed_by_key {
-        return Err(AirgapError::NotSignedByKey);
-    }
-    let mut tree: Tree = current
-        .files
-        .iter()
-        .map(|(p, f)| (p.clone(), f.entry()))
-        .collect();
-    // A caching proxy feeds an air gap too: its verified files travel
-    // beside the generation's (which wins where both have a path).
-    let proxy = config.data_dir.join("proxy");
-    if proxy.is_dir() {
-        for (path, file) in store.proven_files(&proxy)? {
-            tree.entry(path).or_insert_with(|| file.entry());
-        }
-    }
+    let source = exported_tree(config, &store, opts.heartbeat)?;
+    let tree = source.tree;
     let empty = Tree::new();
     let (kind, sequence, previous, base) = match (&state, opts.full) {
         (Some(s), false) => {
             let kind = if bundle::changes(&s.tree, &tree).is_empty() {
-                if current.version <= s.manifest_version {
+                if source.version <= s.manifest_version && !opts.heartbeat {
                     // Nothing new: the last bundle is what the far side needs.
                     return write_again(&store, &dir, &opts.out, s.sequence, &key, state.as_ref());
                 }
@@ -182,18 +146,14 @@ pub fn export(config: &Config, opts: &ExportOptions) -> Result<ExportReport, Air
     let manifest = BundleManifest {
         blobs: layout.places,
         created_at: crate::clock::unix_now(),
-        expires_at: current.expires_at,
-        generation: generation_dir
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned(),
+        expires_at: source.expires_at,
+        generation: source.generation,
         kind,
-        manifest_version: current.version,
+        manifest_version: source.version,
         previous,
         sequence,
         tree: changes,
-        upstream,
+        upstream: source.upstream,
         volumes,
     };
     let file = bundle::sign_bundle(&manifest, &key);
@@ -204,7 +164,7 @@ pub fn export(config: &Config, opts: &ExportOptions) -> Result<ExportReport, Air
     let next = ExportState {
         sequence,
         hash: bundle::bundle_hash(&file),
-        manifest_version: current.version,
+        manifest_version: source.version,
         tree,
     };
     let state_bytes =
@@ -218,6 +178,86 @@ pub fn export(config: &Config, opts: &ExportOptions) -> Result<ExportReport, Air
         bytes: total,
         volumes: manifest.volumes.len(),
         again: false,
+    })
+}
+
+/// What an export reproduces: the served tree and what vouches for it.
+struct Source {
+    tree: Tree,
+    version: u64,
+    expires_at: u64,
+    generation: String,
+    upstream: crate::manifest::UpstreamState,
+}
+
+/// The current generation (re-signed first for a heartbeat) plus the
+/// proxy's verified files; or the proxy's files alone when no sync ever
+/// ran (a caching proxy feeds an air gap too).
+fn exported_tree(config: &Config, store: &Store, heartbeat: bool) -> Result<Source, AirgapError> {
+    let nothing = || AirgapError::NothingPublished(config.data_dir.clone());
+    let proxy = config.data_dir.join("proxy");
+    let proxied = if proxy.is_dir() {
+        store.proven_files(&proxy)?
+    } else {
+        Default::default()
+    };
+    let Some((_, generation_dir)) = store.current()? else {
+        if proxied.is_empty() {
+            return Err(nothing());
+        }
+        let now = crate::clock::unix_now();
+        return Ok(Source {
+            tree: proxied
+                .iter()
+                .map(|(p, f)| (p.clone(), f.entry()))
+                .collect(),
+            version: 0,
+            expires_at: now + config.signing.manifest_expiry.as_secs(),
+            generation: "proxy".into(),
+            upstream: crate::manifest::UpstreamState {
+                url: config.upstream.url.clone(),
+                names_etag: None,
+                versions_etag: None,
+                synced_at: now,
+            },
+        });
+    };
+    if heartbeat {
+        let db = crate::store::Db::open(&config.data_dir)?;
+        let resigned = store.resign_now(
+            &db,
+            &config.signing.manifest_key,
+            config.signing.manifest_expiry,
+        )?;
+        if resigned.is_none() {
+            return Err(AirgapError::Locked(config.data_dir.join("writer.lock")));
+        }
+    }
+    let manifest_key = crate::keyfiles::manifest_key(&config.signing.manifest_key)?;
+    let current = store.load_current(&manifest_key.public())?;
+    let upstream = current.upstream.clone().ok_or_else(nothing)?;
+    if !current.signed_by_key {
+        return Err(AirgapError::NotSignedByKey);
+    }
+    let mut tree: Tree = current
+        .files
+        .iter()
+        .map(|(p, f)| (p.clone(), f.entry()))
+        .collect();
+    // The generation wins where both have a path.
+    for (path, file) in proxied {
+        tree.entry(path).or_insert_with(|| file.entry());
+    }
+    Ok(Source {
+        tree,
+        version: current.version,
+        expires_at: current.expires_at,
+        generation: generation_dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned(),
+        upstream,
     })
 }
 

@@ -41,14 +41,6 @@ pub struct ImportReport {
     pub version: u64,
 }
 
-/// Database keys of the chain position.
-const SEQUENCE: &str = "bundle_sequence";
-const HASH: &str = "bundle_hash";
-/// Database key: when the last bundle was imported (Unix seconds).
-pub(crate) const IMPORTED_AT: &str = "bundle_imported_at";
-/// Database key: the upstream sync time the last bundle carried.
-pub(crate) const UPSTREAM_SYNCED_AT: &str = "bundle_upstream_synced_at";
-
 fn staging_dir(data_dir: &Path) -> PathBuf {
     bundles_dir(data_dir).join("staging")
 }
@@ -72,8 +64,8 @@ pub fn import(config: &Config, dir: &Path, rebase: bool) -> Result<ImportReport,
     let db = Db::open(&config.data_dir)?;
     let (sequence, hash, recorded_version) = db.call_blocking(|c| {
         Ok((
-            db::meta(c, SEQUENCE)?,
-            db::meta(c, HASH)?,
+            db::meta(c, db::BUNDLE_SEQUENCE)?,
+            db::meta(c, db::BUNDLE_HASH)?,
             db::meta(c, "manifest_version")?,
         ))
     })?;
@@ -136,6 +128,12 @@ pub fn import(config: &Config, dir: &Path, rebase: bool) -> Result<ImportReport,
     check_space(&staging, needed + (1 << 20))?;
     let wanted: std::collections::HashSet<&str> = missing.iter().map(|s| s.as_str()).collect();
     let mut read = 0usize;
+    // Fault injection for the crash tests (kill -9 mid-import): a pause
+    // after each staged blob. Unset in production.
+    let fault_delay = std::env::var("HEXMIRROR_FAULT_STAGE_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis);
     volumes::read_blobs(
         dir,
         &bundle,
@@ -143,6 +141,9 @@ pub fn import(config: &Config, dir: &Path, rebase: bool) -> Result<ImportReport,
         |sha, _, bytes| {
             // Written whole under its name; a kill loses at most this file.
             write_whole(&staged(sha), &bytes)?;
+            if let Some(pause) = fault_delay {
+                std::thread::sleep(pause);
+            }
             read += 1;
             Ok(())
         },
@@ -224,11 +225,11 @@ pub fn import(config: &Config, dir: &Path, rebase: bool) -> Result<ImportReport,
     );
     db.call_blocking(move |c| {
         db::set_meta(c, "manifest_version", &version.to_string())?;
-        db::set_meta(c, SEQUENCE, &seq)?;
-        db::set_meta(c, HASH, &hash)?;
-        db::set_meta(c, store::BUNDLE_EXPIRES_AT, &expires)?;
-        db::set_meta(c, UPSTREAM_SYNCED_AT, &synced)?;
-        db::set_meta(c, IMPORTED_AT, &now.to_string())
+        db::set_meta(c, db::BUNDLE_SEQUENCE, &seq)?;
+        db::set_meta(c, db::BUNDLE_HASH, &hash)?;
+        db::set_meta(c, db::BUNDLE_EXPIRES_AT, &expires)?;
+        db::set_meta(c, db::BUNDLE_UPSTREAM_SYNCED_AT, &synced)?;
+        db::set_meta(c, db::BUNDLE_IMPORTED_AT, &now.to_string())
     })?;
     let _ = std::fs::remove_dir_all(&staging);
     let pruned =

@@ -104,7 +104,18 @@ struct SyncState {
     newest: (Option<u64>, Option<u64>),
     /// The quarantined packages (name, kind, since), by name.
     quarantined: Vec<(String, String, u64)>,
+    /// The far side of an air gap: the last bundle imported.
+    bundle: Option<BundleState>,
     error: Option<String>,
+}
+
+/// The last air-gap bundle imported here.
+#[derive(Debug, Default)]
+struct BundleState {
+    sequence: u64,
+    imported_at: Option<u64>,
+    /// The upstream sync time the bundle carried: how fresh the tree is.
+    upstream_synced_at: Option<u64>,
 }
 
 fn sync_state(data_dir: &Path) -> SyncState {
@@ -183,7 +194,17 @@ fn sync_state(data_dir: &Path) -> SyncState {
         } else {
             Vec::new()
         };
+        use crate::store::db::{BUNDLE_IMPORTED_AT, BUNDLE_SEQUENCE, BUNDLE_UPSTREAM_SYNCED_AT};
+        let bundle = match meta(BUNDLE_SEQUENCE)? {
+            Some(sequence) => Some(BundleState {
+                sequence,
+                imported_at: meta(BUNDLE_IMPORTED_AT)?,
+                upstream_synced_at: meta(BUNDLE_UPSTREAM_SYNCED_AT)?,
+            }),
+            None => None,
+        };
         Ok(SyncState {
+            bundle,
             quarantined,
             newest: (
                 meta("upstream_newest_seen")?,
@@ -271,6 +292,12 @@ pub(super) fn health(
         })),
         "upstream": sync.as_ref().map(|s| serde_json::json!({
             "last_successful_sync_age_secs": s.last_ok.map(|t| now.saturating_sub(t)),
+        })),
+        "air_gap": sync.as_ref().and_then(|s| s.bundle.as_ref()).map(|b| serde_json::json!({
+            "last_bundle": b.sequence,
+            "imported_at": b.imported_at.map(crate::manifest::rfc3339),
+            "upstream_synced_at": b.upstream_synced_at.map(crate::manifest::rfc3339),
+            "upstream_age_secs": b.upstream_synced_at.map(|t| now.saturating_sub(t)),
         })),
         "proxy": proxy.map(|p| serde_json::json!({
             "enabled": true,
@@ -380,6 +407,28 @@ pub(super) fn metrics(
             let help = "Newest upstream update seen minus newest update published here.";
             let lag = seen.saturating_sub(mirrored);
             gauge(&mut out, "hexmirror_upstream_lag_seconds", help, lag);
+        }
+        if let Some(b) = &sync.bundle {
+            let help = "Sequence of the last air-gap bundle imported.";
+            gauge(&mut out, "hexmirror_bundle_sequence", help, b.sequence);
+            if let Some(at) = b.imported_at {
+                let help = "When the last air-gap bundle was imported (Unix time).";
+                gauge(
+                    &mut out,
+                    "hexmirror_bundle_imported_timestamp_seconds",
+                    help,
+                    at,
+                );
+            }
+            if let Some(at) = b.upstream_synced_at {
+                let help = "The upstream sync the last imported bundle carries (Unix time): the newest upstream state here.";
+                gauge(
+                    &mut out,
+                    "hexmirror_bundle_upstream_synced_timestamp_seconds",
+                    help,
+                    at,
+                );
+            }
         }
         let help = "Packages held back by the quarantine (each keeps its last good state).";
         gauge(

@@ -214,6 +214,19 @@ pub fn set_validators(conn: &Connection, path: &str, v: &Validators) -> rusqlite
     Ok(())
 }
 
+/// `meta` keys of the far side of an air gap: the last bundle imported
+/// (its sequence and manifest hash: the chain position), when, the upstream
+/// sync time it carried, and its expiry (which caps this side's manifests).
+pub const BUNDLE_SEQUENCE: &str = "bundle_sequence";
+/// See [`BUNDLE_SEQUENCE`].
+pub const BUNDLE_HASH: &str = "bundle_hash";
+/// See [`BUNDLE_SEQUENCE`].
+pub const BUNDLE_IMPORTED_AT: &str = "bundle_imported_at";
+/// See [`BUNDLE_SEQUENCE`].
+pub const BUNDLE_UPSTREAM_SYNCED_AT: &str = "bundle_upstream_synced_at";
+/// See [`BUNDLE_SEQUENCE`].
+pub const BUNDLE_EXPIRES_AT: &str = "bundle_expires_at";
+
 /// A `meta` value.
 pub fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
     conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))

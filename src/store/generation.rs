@@ -956,15 +956,12 @@ impl Store {
     }
 }
 
-/// Database key of the expiry of the last air-gap bundle imported.
-pub const BUNDLE_EXPIRES_AT: &str = "bundle_expires_at";
-
 /// How long a manifest signed now may live: `configured`, or less on the
 /// far side of an air gap, where the last imported bundle's expiry caps it
 /// (blocking).
 pub fn manifest_lifetime(db: &super::Db, configured: Duration) -> Result<Duration, super::DbError> {
     let cap = db
-        .call_blocking(|c| super::db::meta(c, BUNDLE_EXPIRES_AT))?
+        .call_blocking(|c| super::db::meta(c, super::db::BUNDLE_EXPIRES_AT))?
         .and_then(|v| v.parse::<u64>().ok());
     Ok(match cap {
         Some(cap) => configured.min(Duration::from_secs(
@@ -1165,6 +1162,40 @@ mod tests {
         assert!(current.signed_by_key);
         assert_eq!(current.files, files);
         assert_eq!(store.resign_if_due(&db, &new, expiry).unwrap(), None);
+    }
+
+    #[test]
+    fn a_far_side_never_signs_past_the_last_bundle_s_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let db = super::super::Db::open(dir.path()).unwrap();
+        let key_path = dir.path().join("m.pem");
+        let key = crate::keyfiles::manifest_key(&key_path).unwrap();
+        let week = Duration::from_secs(7 * 86_400);
+        let files: FileMap = [("names".to_string(), store.put_bytes(b"a").unwrap())].into();
+        let now = crate::clock::unix_now();
+        let cap = now + 3600;
+        let set_cap = |cap: u64| {
+            db.call_blocking(move |c| {
+                super::super::db::set_meta(c, super::super::db::BUNDLE_EXPIRES_AT, &cap.to_string())
+            })
+            .unwrap()
+        };
+        set_cap(cap);
+        assert_eq!(manifest_lifetime(&db, week).unwrap().as_secs(), 3600);
+        let lifetime = manifest_lifetime(&db, week).unwrap();
+        store
+            .publish_signed(1, &files, &|_| false, upstream(), lifetime, &key)
+            .unwrap();
+        // Due by the configured week, but the exporter vouched for an hour:
+        // re-signing would not extend anything, so it does not happen.
+        assert_eq!(store.resign_if_due(&db, &key_path, week).unwrap(), None);
+        // A heartbeat moved the cap: the next check extends up to it.
+        set_cap(now + 2 * 86_400);
+        assert_eq!(store.resign_if_due(&db, &key_path, week).unwrap(), Some(2));
+        let current = store.load_current(&key.public()).unwrap();
+        assert!(current.expires_at <= now + 2 * 86_400 + 1);
+        assert!(current.expires_at > cap);
     }
 
     #[test]

@@ -26,9 +26,9 @@ use crate::registry::PackageName;
 
 pub use db::{Db, DbError};
 pub use generation::{
-    BUNDLE_EXPIRES_AT, Current, FileMap, FileRef, GenerationError, KEEP_GENERATIONS,
-    MANIFEST_DELTA_FILE, MANIFEST_FILE, MAX_DELTA_FILES, NotPatchable, Patchable, Peek,
-    base_signers, list_files, manifest_lifetime, peek_manifest, read_manifest,
+    Current, FileMap, FileRef, GenerationError, KEEP_GENERATIONS, MANIFEST_DELTA_FILE,
+    MANIFEST_FILE, MAX_DELTA_FILES, NotPatchable, Patchable, Peek, base_signers, list_files,
+    manifest_lifetime, peek_manifest, read_manifest,
 };
 
 /// A store operation that failed, with the path it failed on.
