@@ -17,8 +17,9 @@
 //! symbolic links and other special files. To drop a file safely, write it
 //! elsewhere on the same file system and rename it into DIR, or write it in
 //! DIR as `X.tar.part` (or `.X.tar`) and rename it to `X.tar` at the end.
-//! A file that is not a `.tar` (air-gap bundles are not supported yet) goes
-//! to `failed/` with a reason saying that only package tarballs are imported.
+//! A file that is not a `.tar` goes to `failed/` with a reason saying that
+//! only package tarballs are imported (air-gap bundles, which are
+//! directories, are imported with `hexmirror bundle import DIR`).
 //!
 //! # When a file is taken
 //!
@@ -530,7 +531,7 @@ fn prepare(dir: &Path, name: &OsStr, config: &Config) -> io::Result<Prepared> {
                  `rebar3 hex build` write them) are imported; {text:?} is not a .tar file"
             ),
             todo: format!(
-                "drop package tarballs into {} (air-gap bundles are not supported)",
+                "drop package tarballs into {}; import air-gap bundles with `hexmirror bundle import DIR`",
                 dir.display()
             ),
         });

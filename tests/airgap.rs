@@ -709,3 +709,24 @@ fn kill_9_mid_import_then_import_again_reads_only_what_was_not_stored() {
     gap.assert_reproduced();
     assert!(!staging.exists(), "staging is cleared once published");
 }
+
+#[test]
+fn a_bundle_that_would_overwrite_a_repository_hosted_here_is_refused() {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let gap = Gap::new(&upstream);
+    // The far side names its own repository like the exporter's.
+    let config = fs::read_to_string(gap.far.config()).unwrap();
+    fs::write(
+        gap.far.config(),
+        config.replace(&format!("name = \"{LOCAL}\""), "name = \"acme\""),
+    )
+    .unwrap();
+    let out = gap.import(&gap.export("b1", &[]), &[]);
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(
+        out.stderr
+            .contains("repository acme is hosted on this side"),
+        "{out}"
+    );
+    assert!(!gap.far.tree().exists());
+}
