@@ -31,6 +31,10 @@ pub const BUNDLE_MANIFEST_FILE: &str = "hexmirror-bundle.json";
 /// A tar block: headers and padding come in these.
 pub const TAR_BLOCK: u64 = 512;
 
+/// Largest blob a bundle may carry: far above any Hex tarball, docs or
+/// registry file, and low enough that reading one into memory is safe.
+pub const MAX_BLOB: u64 = 1 << 30;
+
 /// A tree of files: path → content.
 pub type Tree = BTreeMap<String, FileEntry>;
 
@@ -169,6 +173,9 @@ pub enum Inconsistency {
     /// A blob no file of the tree is.
     #[error("blob {0} is carried but no file of the tree is that content")]
     UnusedBlob(String),
+    /// A blob larger than [`MAX_BLOB`].
+    #[error("blob {0} is larger than 1 GiB")]
+    BlobTooLarge(String),
     /// A blob whose size differs from the tree's files of that content.
     #[error("blob {0} has another size than the tree's files of that content")]
     BlobSize(String),
@@ -322,6 +329,9 @@ fn check_consistent(bundle: &BundleManifest) -> Result<(), BundleError> {
                 return Err(Inconsistency::BlobSize(blob.clone()).into());
             }
             Some(_) => {}
+        }
+        if place.size > MAX_BLOB {
+            return Err(Inconsistency::BlobTooLarge(blob.clone()).into());
         }
         let Some(volume) = bundle.volumes.get(place.volume as usize) else {
             return Err(Inconsistency::NoSuchVolume {
@@ -674,6 +684,18 @@ mod tests {
         let mut b = bundle(1, None);
         b.kind = BundleKind::Heartbeat;
         invalid(&b, "heartbeat with files");
+        let mut b = bundle(1, None);
+        let huge = MAX_BLOB + 1;
+        b.blobs.values_mut().for_each(|f| f.size = huge);
+        b.tree.values_mut().flatten().for_each(|e| e.size = huge);
+        b.volumes[0].size = huge + 1024;
+        assert!(
+            matches!(
+                check(&b),
+                Err(BundleError::Invalid(Inconsistency::BlobTooLarge(_)))
+            ),
+            "a blob too large to read"
+        );
     }
 
     #[test]

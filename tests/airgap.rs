@@ -730,3 +730,36 @@ fn a_bundle_that_would_overwrite_a_repository_hosted_here_is_refused() {
     );
     assert!(!gap.far.tree().exists());
 }
+
+#[test]
+fn a_far_side_that_lost_content_the_chain_assumes_is_told_to_rebase() {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let gap = Gap::new(&upstream);
+    gap.import_ok(&gap.export("b1", &[]));
+    rebuild_upstream(&upstream, &spec(2));
+    gap.near.sync_ok();
+    let b2 = gap.export("b2", &[]);
+    // The far side's copy of gamma's tarball is gone (a partial restore).
+    let gamma = fs::read(gap.far.tree().join("tarballs/gamma-3.0.0.tar")).unwrap();
+    let sha = hex::encode(Sha256::digest(&gamma));
+    fs::remove_file(
+        gap.far
+            .data_dir()
+            .join(format!("blobs/sha256/{}/{sha}", &sha[..2])),
+    )
+    .unwrap();
+    let out = gap.import(&b2, &[]);
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(
+        out.stderr.contains("tarballs/gamma-3.0.0.tar") && out.stderr.contains("--rebase"),
+        "{out}"
+    );
+    assert!(
+        !gap.far.data_dir().join("bundles/staging").exists()
+            || fs::read_dir(gap.far.data_dir().join("bundles/staging"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "refused before reading anything"
+    );
+}

@@ -108,6 +108,20 @@ pub fn import(config: &Config, dir: &Path, rebase: bool) -> Result<ImportReport,
     }
     let target = bundle.apply(&near);
 
+    // Every file of the target tree is here already or carried: refused
+    // before anything is read otherwise.
+    for (path, entry) in &target {
+        let held = bundle.blobs.contains_key(&entry.sha256)
+            || sha_bytes(&entry.sha256).is_some_and(|b| store.has_blob(&b));
+        if !held {
+            return Err(AirgapError::Lacking {
+                path: path.clone(),
+                sha256: entry.sha256.clone(),
+                sequence: bundle.sequence,
+            });
+        }
+    }
+
     // Carried blobs: read, hashed and staged; a rerun skips what an
     // interrupted run already stored or staged.
     let staging = staging_dir(&config.data_dir);
@@ -149,7 +163,6 @@ pub fn import(config: &Config, dir: &Path, rebase: bool) -> Result<ImportReport,
         },
     )?;
 
-    // Every file of the target tree must now be here.
     let content = |sha: &str| -> Option<PathBuf> {
         let staged = staged(sha);
         if staged.is_file() {
@@ -159,15 +172,6 @@ pub fn import(config: &Config, dir: &Path, rebase: bool) -> Result<ImportReport,
             .map(|b| store.blob_path(&b))
             .filter(|p| p.is_file())
     };
-    for (path, entry) in &target {
-        if content(&entry.sha256).is_none() {
-            return Err(AirgapError::Lacking {
-                path: path.clone(),
-                sha256: entry.sha256.clone(),
-                sequence: bundle.sequence,
-            });
-        }
-    }
     check_upstream(config, &bundle, &target, &content)?;
 
     // Verified: into the store, then one switch.
