@@ -32,6 +32,7 @@ pub mod airgap;
 pub mod api;
 pub mod auth;
 pub mod bundle;
+pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod config;

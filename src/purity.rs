@@ -17,6 +17,7 @@ const PURE: &[&str] = &[
     "api::snippets",
     "auth",
     "bundle",
+    "catalog::query",
     "hosted::rules",
     "index",
     "manifest",

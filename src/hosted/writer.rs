@@ -28,7 +28,7 @@ use crate::index::hosted::{self as record, Retirement};
 use crate::manifest::{ManifestKey, UpstreamState};
 use crate::registry::{self, SigningKey, proto};
 use crate::store::{Db, FileMap, FileRef, GenerationError, Store, db};
-use crate::tarball::{self, Limits, Metadata};
+use crate::tarball::{self, Limits};
 
 /// How long a change waits for a running sync to release the data directory.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -859,7 +859,7 @@ impl Ctx<'_> {
             inner_sha256: verified.inner_checksum,
             size: bytes.len() as u64,
             requirements: meta.requirements.clone(),
-            meta: meta_json(meta),
+            meta: meta.api_meta(),
             retired: None,
             docs_sha256: previous.and_then(|p| p.docs_sha256),
             publisher: actor.user.clone(),
@@ -1049,51 +1049,4 @@ impl Ctx<'_> {
         }
         Ok(changes)
     }
-}
-
-/// The release's `meta` as hex.pm's API shows it.
-fn meta_json(meta: &Metadata) -> Value {
-    let term = |k: &str| meta.terms.iter().find(|(key, _)| key == k).map(|(_, v)| v);
-    let text = |k: &str| term(k).and_then(|v| v.as_str()).map(str::to_owned);
-    let list = |k: &str| -> Vec<String> {
-        term(k)
-            .and_then(|v| v.as_list())
-            .map(|items| {
-                items
-                    .iter()
-                    .filter_map(|t| t.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let links: serde_json::Map<String, Value> = match term("links") {
-        Some(tarball::terms::Term::Map(pairs)) => pairs
-            .iter()
-            .filter_map(|(k, v)| {
-                Some((
-                    k.as_str()?.to_owned(),
-                    Value::String(v.as_str()?.to_owned()),
-                ))
-            })
-            .collect(),
-        Some(tarball::terms::Term::List(items)) => items
-            .iter()
-            .filter_map(|t| {
-                let [k, v] = t.as_tuple()? else { return None };
-                Some((
-                    k.as_str()?.to_owned(),
-                    Value::String(v.as_str()?.to_owned()),
-                ))
-            })
-            .collect(),
-        _ => serde_json::Map::new(),
-    };
-    json!({
-        "app": meta.app,
-        "build_tools": meta.build_tools,
-        "elixir": text("elixir"),
-        "description": text("description"),
-        "licenses": list("licenses"),
-        "links": links,
-    })
 }

@@ -67,6 +67,18 @@ impl Retirement {
         }
     }
 
+    /// The reason a signed record gives (an unknown number is `Other`).
+    pub fn from_proto(reason: i32) -> Self {
+        use proto::package::RetirementReason as R;
+        match R::try_from(reason) {
+            Ok(R::RetiredInvalid) => Self::Invalid,
+            Ok(R::RetiredSecurity) => Self::Security,
+            Ok(R::RetiredDeprecated) => Self::Deprecated,
+            Ok(R::RetiredRenamed) => Self::Renamed,
+            Ok(R::RetiredOther) | Err(_) => Self::Other,
+        }
+    }
+
     fn proto(self) -> proto::package::RetirementReason {
         use proto::package::RetirementReason as R;
         match self {

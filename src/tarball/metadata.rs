@@ -281,6 +281,62 @@ fn requirement(name: String, fields: &[(&str, &Term)]) -> Result<Requirement, Me
     })
 }
 
+impl Metadata {
+    /// The release's `meta` as hex.pm's API shows it (JSON): app, build
+    /// tools, Elixir requirement, description, licenses, links.
+    pub fn api_meta(&self) -> serde_json::Value {
+        use serde_json::Value;
+        let term = |k: &str| self.terms.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+        let text = |k: &str| term(k).and_then(|v| v.as_str()).map(str::to_owned);
+        let list = |k: &str| -> Vec<String> {
+            term(k)
+                .and_then(|v| v.as_list())
+                .map(|items| {
+                    items
+                        .iter()
+                        .filter_map(|t| t.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let links: serde_json::Map<String, Value> = match term("links") {
+            Some(Term::Map(pairs)) => pairs
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        k.as_str()?.to_owned(),
+                        Value::String(v.as_str()?.to_owned()),
+                    ))
+                })
+                .collect(),
+            Some(Term::List(items)) => items
+                .iter()
+                .filter_map(|t| {
+                    let [k, v] = t.as_tuple()? else { return None };
+                    Some((
+                        k.as_str()?.to_owned(),
+                        Value::String(v.as_str()?.to_owned()),
+                    ))
+                })
+                .collect(),
+            _ => serde_json::Map::new(),
+        };
+        let mut meta = serde_json::json!({
+            "app": self.app,
+            "build_tools": self.build_tools,
+            "elixir": text("elixir"),
+            "description": text("description"),
+            "licenses": list("licenses"),
+            "links": links,
+        });
+        // What `extra:` searches for (hex.pm keeps the publisher's `extra`).
+        if let (Some(extra), Some(object)) = (term("extra"), meta.as_object_mut()) {
+            object.insert("extra".into(), extra.to_json());
+        }
+        meta
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::terms::parse_consult;

@@ -36,6 +36,52 @@ pub enum Term {
 }
 
 impl Term {
+    /// The term as JSON, for metadata shown by the API: text (binaries,
+    /// strings, atoms) as strings, `true`/`false` as booleans, integers
+    /// as numbers (as strings past 64 bits), maps and lists of two-element
+    /// tuples with text keys as objects, other lists and tuples as arrays.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value;
+        match self {
+            Self::Atom(a) => match a.as_str() {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                "nil" | "undefined" => Value::Null,
+                other => Value::String(other.to_owned()),
+            },
+            Self::Integer(i) => i64::try_from(*i)
+                .map(Value::from)
+                .unwrap_or_else(|_| Value::String(i.to_string())),
+            Self::Float(f) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
+            Self::Binary(_) | Self::String(_) => self
+                .as_str()
+                .map_or(Value::Null, |s| Value::String(s.to_owned())),
+            Self::Map(pairs) => Self::object(pairs.iter().map(|(k, v)| (k, v))),
+            Self::List(items) => {
+                let pairs: Option<Vec<(&Term, &Term)>> = items
+                    .iter()
+                    .map(|t| match t.as_tuple()? {
+                        [k, v] if k.as_str().or(k.as_atom()).is_some() => Some((k, v)),
+                        _ => None,
+                    })
+                    .collect();
+                match pairs {
+                    Some(pairs) if !pairs.is_empty() => Self::object(pairs.into_iter()),
+                    _ => Value::Array(items.iter().map(Self::to_json).collect()),
+                }
+            }
+            Self::Tuple(items) => Value::Array(items.iter().map(Self::to_json).collect()),
+        }
+    }
+
+    fn object<'a>(pairs: impl Iterator<Item = (&'a Term, &'a Term)>) -> serde_json::Value {
+        serde_json::Value::Object(
+            pairs
+                .filter_map(|(k, v)| Some((k.as_str().or(k.as_atom())?.to_owned(), v.to_json())))
+                .collect(),
+        )
+    }
+
     /// The text of a UTF-8 binary or a string literal.
     pub fn as_str(&self) -> Option<&str> {
         match self {

@@ -1,0 +1,413 @@
+//! The catalog: every package and release the mirror serves, queryable
+//! (search, one package, one release, dependents), in its own SQLite file,
+//! `DATA_DIR/catalog.db`.
+//!
+//! It is filled from verified data only: a sync adds the records it
+//! published (signature and origin checked again on the way in) with the
+//! metadata of the tarballs it fetched; `hexmirror catalog rebuild` refills
+//! it from the served tree. It never decides what is served: the tree is the
+//! source of truth, the catalog a derived index that can be thrown away.
+//!
+//! Layout: [`query`] (PURE: hex.pm's search syntax), `write` (what a writer
+//! puts in), `read` (what the API reads out), `rebuild`.
+
+pub mod query;
+mod read;
+mod rebuild;
+mod write;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+
+pub use read::{Dependent, PackageView, ReleaseView, Requirement, dependents, package, search};
+pub use rebuild::{RebuildError, RebuildReport, rebuild};
+pub use write::{Entry, put, put_tarball_meta, remove};
+
+/// The catalog database, one connection behind a mutex: one writer at a
+/// time, and reads are short.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+/// A catalog operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// SQLite refused.
+    #[error("catalog {}: {source}; it is derived data: `hexmirror catalog rebuild` makes it again", path.display())]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// The blocking task died (a bug).
+    #[error("catalog task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// The file name under the data directory.
+pub const CATALOG_FILE: &str = "catalog.db";
+
+/// Schema version this code writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS package (
+    id INTEGER PRIMARY KEY,
+    repository TEXT NOT NULL,
+    name TEXT NOT NULL,
+    -- The upstream's /names updated_at (Unix seconds), when it gives one.
+    updated_at INTEGER,
+    -- Local: when this mirror first saw the package.
+    first_seen INTEGER NOT NULL,
+    UNIQUE (repository, name)
+);
+CREATE TABLE IF NOT EXISTS release (
+    package_id INTEGER NOT NULL REFERENCES package(id) ON DELETE CASCADE,
+    version TEXT NOT NULL,
+    outer_checksum TEXT,
+    inner_checksum TEXT NOT NULL,
+    retired_reason TEXT,
+    retired_message TEXT,
+    has_docs INTEGER NOT NULL DEFAULT 0,
+    first_seen INTEGER NOT NULL,
+    PRIMARY KEY (package_id, version)
+);
+CREATE TABLE IF NOT EXISTS requirement (
+    package_id INTEGER NOT NULL REFERENCES package(id) ON DELETE CASCADE,
+    version TEXT NOT NULL,
+    name TEXT NOT NULL,
+    repository TEXT,
+    requirement TEXT NOT NULL,
+    optional INTEGER NOT NULL,
+    app TEXT
+);
+CREATE INDEX IF NOT EXISTS release_tarball ON release (outer_checksum);
+-- Metadata of every verified tarball the mirror holds, by its SHA-256: a
+-- fact about the bytes, written as tarballs are verified, whatever is
+-- published.
+CREATE TABLE IF NOT EXISTS tarball_meta (
+    sha256 TEXT PRIMARY KEY,
+    meta TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requirement_of ON requirement (package_id, version);
+CREATE INDEX IF NOT EXISTS requirement_on ON requirement (name);
+-- Full text over name and description; rowid = package.id.
+CREATE VIRTUAL TABLE IF NOT EXISTS package_text USING fts5 (
+    name, description, tokenize = 'unicode61'
+);
+";
+
+impl Catalog {
+    /// Opens (creating or migrating) `DATA_DIR/catalog.db`.
+    pub fn open(data_dir: &Path) -> Result<Self, CatalogError> {
+        let path = data_dir.join(CATALOG_FILE);
+        let fail = |source| CatalogError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(fail)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(fail)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(fail)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(fail)?;
+        if version < SCHEMA_VERSION {
+            // Version 0 is a new file; later versions add their steps here.
+            conn.execute_batch(SCHEMA).map_err(fail)?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(fail)?;
+        }
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
+    }
+
+    /// Runs `f` on the connection (blocking).
+    pub fn call_blocking<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, CatalogError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn).map_err(|source| CatalogError::Sqlite {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Runs `f` on the connection on the blocking pool.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, CatalogError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.call_blocking(f)).await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query::{Query, Sort};
+    use super::*;
+    use crate::registry::proto::package::{Dependency, Package, Release, RetirementStatus};
+
+    fn release(version: &str, outer: u8, deps: &[(&str, &str)]) -> Release {
+        Release {
+            version: version.into(),
+            inner_checksum: vec![outer ^ 0xff; 32],
+            outer_checksum: Some(vec![outer; 32]),
+            dependencies: deps
+                .iter()
+                .map(|(n, r)| Dependency {
+                    package: (*n).into(),
+                    requirement: (*r).into(),
+                    optional: None,
+                    app: None,
+                    repository: None,
+                })
+                .collect(),
+            ..Release::default()
+        }
+    }
+
+    fn package(name: &str, releases: Vec<Release>) -> Package {
+        Package {
+            name: name.into(),
+            repository: "hexpm".into(),
+            releases,
+            ..Package::default()
+        }
+    }
+
+    fn metadata(description: &str, tools: &[&str]) -> crate::tarball::Metadata {
+        use crate::tarball::terms::Term;
+        let bin = |s: &str| Term::Binary(s.as_bytes().to_vec());
+        crate::tarball::Metadata {
+            name: "x".into(),
+            version: "1.0.0".into(),
+            app: None,
+            build_tools: tools.iter().map(|t| (*t).to_owned()).collect(),
+            requirements: Vec::new(),
+            terms: vec![
+                ("description".into(), bin(description)),
+                (
+                    "extra".into(),
+                    Term::Map(vec![(
+                        bin("team"),
+                        Term::Map(vec![(bin("size"), Term::Integer(42))]),
+                    )]),
+                ),
+            ],
+        }
+    }
+
+    fn put_all(catalog: &Catalog, packages: &[Package], updated: &[(&str, u64)]) {
+        catalog
+            .call_blocking(|c| {
+                let tx = c.transaction()?;
+                for p in packages {
+                    let updated_at = updated.iter().find(|(n, _)| *n == p.name).map(|u| u.1);
+                    let entry = Entry {
+                        repository: "hexpm",
+                        record: p,
+                        updated_at,
+                    };
+                    put(&tx, &entry, 1_700_000_000)?;
+                }
+                tx.commit()
+            })
+            .unwrap();
+    }
+
+    fn names(found: &[PackageView]) -> Vec<&str> {
+        found.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_real_file_answers_search_package_and_dependents() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        let mut plug = package(
+            "plug",
+            vec![
+                release("1.0.0", 1, &[]),
+                release("1.1.0", 2, &[("mime", "~> 2.0")]),
+            ],
+        );
+        plug.releases[0].retired = Some(RetirementStatus {
+            reason: 2,
+            message: Some("CVE".into()),
+        });
+        let jason = package("jason", vec![release("1.4.4", 3, &[])]);
+        let phoenix = package(
+            "phoenix",
+            vec![release(
+                "1.7.0",
+                4,
+                &[("plug", "~> 1.1"), ("jason", "~> 1.0")],
+            )],
+        );
+        let mime = package("mime", vec![release("2.0.0", 5, &[])]);
+        put_all(
+            &catalog,
+            &[plug, jason, phoenix, mime],
+            &[("jason", 1_710_000_000)],
+        );
+        catalog
+            .call_blocking(|c| {
+                put_tarball_meta(
+                    c,
+                    &hex::encode([3u8; 32]),
+                    &metadata("A blazing fast JSON parser", &["mix"]),
+                )?;
+                put_tarball_meta(
+                    c,
+                    &hex::encode([2u8; 32]),
+                    &metadata("Composable web middleware", &["mix", "make"]),
+                )
+            })
+            .unwrap();
+        let find = |q: &str, sort: Sort| {
+            let q = Query::parse(q);
+            catalog
+                .call_blocking(move |c| search(c, &["hexpm".to_string()], &q, sort, 1))
+                .unwrap()
+        };
+        assert_eq!(
+            names(&find("", Sort::Name)),
+            ["jason", "mime", "phoenix", "plug"]
+        );
+        assert_eq!(
+            names(&find("json", Sort::Name)),
+            ["jason"],
+            "description word"
+        );
+        assert_eq!(
+            names(&find("hoe", Sort::Name)),
+            ["phoenix"],
+            "name substring"
+        );
+        assert_eq!(
+            names(&find("ph", Sort::Name)),
+            Vec::<&str>::new(),
+            "short text: exact names only"
+        );
+        assert_eq!(names(&find("name:p*", Sort::Name)), ["phoenix", "plug"]);
+        assert_eq!(names(&find("depends:plug", Sort::Name)), ["phoenix"]);
+        assert_eq!(names(&find("depends:hexpm:mime", Sort::Name)), ["plug"]);
+        assert_eq!(names(&find("build_tool:make", Sort::Name)), ["plug"]);
+        assert_eq!(names(&find("description:middleware", Sort::Name)), ["plug"]);
+        assert_eq!(
+            names(&find("updated_after:2024-01-01T00:00:00Z", Sort::Name)),
+            ["jason"]
+        );
+        assert_eq!(
+            names(&find("extra:team,size,42", Sort::Name)),
+            ["jason", "plug"]
+        );
+        assert_eq!(
+            names(&find("extra:team,size,7", Sort::Name)),
+            Vec::<&str>::new()
+        );
+        assert_eq!(names(&find("", Sort::UpdatedAt))[0], "jason");
+
+        let plug = catalog
+            .call_blocking(|c| package_view(c, "plug"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            plug.releases
+                .iter()
+                .map(|r| r.version.as_str())
+                .collect::<Vec<_>>(),
+            ["1.1.0", "1.0.0"]
+        );
+        assert_eq!(
+            plug.releases[1].retired,
+            Some(("security".into(), Some("CVE".into())))
+        );
+        assert_eq!(plug.releases[0].requirements[0].name, "mime");
+        assert_eq!(
+            plug.meta().unwrap()["description"],
+            "Composable web middleware"
+        );
+        assert!(plug.releases[1].meta.is_none(), "no tarball read for 1.0.0");
+
+        let dependents = catalog
+            .call_blocking(|c| dependents(c, &["hexpm".to_string()], "hexpm", "plug"))
+            .unwrap();
+        assert_eq!(dependents.len(), 1);
+        assert_eq!(
+            (dependents[0].name.as_str(), dependents[0].versions.clone()),
+            ("phoenix", vec!["1.7.0".to_string()])
+        );
+
+        // A package that left the mirror leaves the catalog, search included.
+        catalog
+            .call_blocking(|c| {
+                let tx = c.transaction()?;
+                remove(&tx, "hexpm", "jason")?;
+                tx.commit()
+            })
+            .unwrap();
+        assert!(find("json", Sort::Name).is_empty());
+        // Reopening the file keeps everything (and migrates nothing twice).
+        drop(catalog);
+        let catalog = Catalog::open(dir.path()).unwrap();
+        let n: i64 = catalog
+            .call_blocking(|c| c.query_row("SELECT count(*) FROM package", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(n, 3);
+    }
+
+    fn package_view(
+        c: &mut rusqlite::Connection,
+        name: &str,
+    ) -> rusqlite::Result<Option<PackageView>> {
+        super::package(c, "hexpm", name)
+    }
+
+    #[test]
+    fn a_put_keeps_when_each_release_was_first_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        put_all(
+            &catalog,
+            &[package("a", vec![release("1.0.0", 1, &[])])],
+            &[],
+        );
+        catalog
+            .call_blocking(|c| {
+                let tx = c.transaction()?;
+                let p = package(
+                    "a",
+                    vec![release("1.0.0", 1, &[]), release("1.1.0", 2, &[])],
+                );
+                let entry = Entry {
+                    repository: "hexpm",
+                    record: &p,
+                    updated_at: None,
+                };
+                put(&tx, &entry, 1_800_000_000)?;
+                tx.commit()
+            })
+            .unwrap();
+        let a = catalog
+            .call_blocking(|c| package_view(c, "a"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.releases[0].first_seen, 1_800_000_000);
+        assert_eq!(a.releases[1].first_seen, 1_700_000_000);
+        assert_eq!(a.first_seen, 1_700_000_000);
+    }
+}

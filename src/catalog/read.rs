@@ -1,0 +1,318 @@
+//! What the API reads out of the catalog: one package with its releases,
+//! a search page, the dependents of a package.
+
+use rusqlite::types::Value as Sql;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+
+use super::query::{PAGE_SIZE, Query, Sort, like_escape};
+use crate::index::hosted::cmp_versions;
+
+/// A package and its releases, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackageView {
+    /// The repository it is served in.
+    pub repository: String,
+    /// Its name.
+    pub name: String,
+    /// The upstream's `updated_at` (Unix seconds), if known.
+    pub updated_at: Option<u64>,
+    /// Local: when this mirror first saw it (Unix seconds).
+    pub first_seen: u64,
+    /// Releases, newest first.
+    pub releases: Vec<ReleaseView>,
+}
+
+/// One release.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReleaseView {
+    /// Its version.
+    pub version: String,
+    /// SHA-256 of the tarball (hex), from the signed record.
+    pub outer_checksum: Option<String>,
+    /// SHA-256 of the tarball's contents (hex), from the signed record.
+    pub inner_checksum: String,
+    /// Retirement: reason and message.
+    pub retired: Option<(String, Option<String>)>,
+    /// The tarball's metadata, once the mirror holds the tarball.
+    pub meta: Option<Value>,
+    /// Whether docs are held.
+    pub has_docs: bool,
+    /// Local: when this mirror first saw it (Unix seconds).
+    pub first_seen: u64,
+    /// Its dependencies.
+    pub requirements: Vec<Requirement>,
+}
+
+/// One dependency of a release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    /// The dependency's name.
+    pub name: String,
+    /// Its repository, when not the release's own.
+    pub repository: Option<String>,
+    /// The version requirement.
+    pub requirement: String,
+    /// Optional dependency.
+    pub optional: bool,
+    /// OTP application name, when not the package name.
+    pub app: Option<String>,
+}
+
+/// A package depending on another, through which releases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependent {
+    /// Its repository.
+    pub repository: String,
+    /// Its name.
+    pub name: String,
+    /// Its releases that depend on the package, newest first.
+    pub versions: Vec<String>,
+}
+
+impl PackageView {
+    /// The newest release's metadata that has any (a proxied record may
+    /// come before its tarballs).
+    pub fn meta(&self) -> Option<&Value> {
+        self.releases.iter().find_map(|r| r.meta.as_ref())
+    }
+}
+
+fn load(conn: &Connection, id: i64) -> rusqlite::Result<Option<PackageView>> {
+    let head = conn
+        .query_row(
+            "SELECT repository, name, updated_at, first_seen FROM package WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((repository, name, updated_at, first_seen)) = head else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT r.version, r.outer_checksum, r.inner_checksum, r.retired_reason,
+                r.retired_message, m.meta, r.has_docs, r.first_seen
+         FROM release r LEFT JOIN tarball_meta m ON m.sha256 = r.outer_checksum
+         WHERE r.package_id = ?1",
+    )?;
+    let mut releases: Vec<ReleaseView> = stmt
+        .query_map([id], |r| {
+            let reason: Option<String> = r.get(3)?;
+            let message: Option<String> = r.get(4)?;
+            let meta: Option<String> = r.get(5)?;
+            Ok(ReleaseView {
+                version: r.get(0)?,
+                outer_checksum: r.get(1)?,
+                inner_checksum: r.get(2)?,
+                retired: reason.map(|reason| (reason, message)),
+                meta: meta.and_then(|m| serde_json::from_str(&m).ok()),
+                has_docs: r.get(6)?,
+                first_seen: r.get::<_, i64>(7)?.max(0) as u64,
+                requirements: Vec::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT version, name, repository, requirement, optional, app
+         FROM requirement WHERE package_id = ?1 ORDER BY rowid",
+    )?;
+    let rows = stmt.query_map([id], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            Requirement {
+                name: r.get(1)?,
+                repository: r.get(2)?,
+                requirement: r.get(3)?,
+                optional: r.get(4)?,
+                app: r.get(5)?,
+            },
+        ))
+    })?;
+    for row in rows {
+        let (version, req) = row?;
+        if let Some(rel) = releases.iter_mut().find(|r| r.version == version) {
+            rel.requirements.push(req);
+        }
+    }
+    releases.sort_by(|a, b| cmp_versions(&b.version, &a.version));
+    Ok(Some(PackageView {
+        repository,
+        name,
+        updated_at: updated_at.map(|u| u.max(0) as u64),
+        first_seen: first_seen.max(0) as u64,
+        releases,
+    }))
+}
+
+/// Package `name` of `repository`.
+pub fn package(
+    conn: &Connection,
+    repository: &str,
+    name: &str,
+) -> rusqlite::Result<Option<PackageView>> {
+    let id: Option<i64> = conn
+        .query_row(
+            "SELECT id FROM package WHERE repository = ?1 AND name = ?2",
+            params![repository, name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match id {
+        Some(id) => load(conn, id),
+        None => Ok(None),
+    }
+}
+
+/// An FTS5 query matching any of `words` in the description column.
+fn fts_any(words: &[String]) -> String {
+    let terms: Vec<String> = words.iter().map(|w| format!("\"{w}\"")).collect();
+    format!("description : ({})", terms.join(" OR "))
+}
+
+/// One page of the packages of `repositories` that match `q`.
+pub fn search(
+    conn: &Connection,
+    repositories: &[String],
+    q: &Query,
+    sort: Sort,
+    page: usize,
+) -> rusqlite::Result<Vec<PackageView>> {
+    if repositories.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sql = String::from("SELECT p.id FROM package p WHERE p.repository IN (");
+    let mut args: Vec<Sql> = Vec::new();
+    for (i, r) in repositories.iter().enumerate() {
+        sql.push_str(if i == 0 { "?" } else { ", ?" });
+        args.push(Sql::Text(r.clone()));
+    }
+    sql.push(')');
+    if !q.words.is_empty() {
+        // hex.pm: the name contains the text (from three characters on,
+        // else equals it), or the description has any of its words.
+        let text = q.text();
+        let like = if text.chars().count() >= 3 {
+            format!("%{}%", like_escape(&text))
+        } else {
+            like_escape(&text)
+        };
+        sql.push_str(
+            " AND (p.name LIKE ? ESCAPE '\\' OR p.id IN \
+             (SELECT rowid FROM package_text WHERE package_text MATCH ?))",
+        );
+        args.push(Sql::Text(like));
+        args.push(Sql::Text(fts_any(&q.words)));
+    }
+    if let Some(n) = &q.name {
+        sql.push_str(" AND p.name LIKE ? ESCAPE '\\'");
+        args.push(Sql::Text(n.like()));
+        if let Some(r) = &n.repository {
+            sql.push_str(" AND p.repository = ?");
+            args.push(Sql::Text(r.clone()));
+        }
+    }
+    if !q.description.is_empty() {
+        sql.push_str(" AND p.id IN (SELECT rowid FROM package_text WHERE package_text MATCH ?)");
+        args.push(Sql::Text(fts_any(&q.description)));
+    }
+    if let Some(d) = &q.depends {
+        sql.push_str(
+            " AND EXISTS (SELECT 1 FROM requirement q WHERE q.package_id = p.id AND q.name = ?",
+        );
+        args.push(Sql::Text(d.name.clone()));
+        if let Some(r) = &d.repository {
+            sql.push_str(" AND coalesce(q.repository, p.repository) = ?");
+            args.push(Sql::Text(r.clone()));
+        }
+        sql.push(')');
+    }
+    if let Some(tool) = &q.build_tool {
+        sql.push_str(
+            " AND EXISTS (SELECT 1 FROM release x JOIN tarball_meta m ON m.sha256 = x.outer_checksum, \
+             json_each(m.meta, '$.build_tools') t WHERE x.package_id = p.id AND t.value = ?)",
+        );
+        args.push(Sql::Text(tool.clone()));
+    }
+    if let Some(after) = q.updated_after {
+        sql.push_str(" AND p.updated_at > ?");
+        args.push(Sql::Integer(after as i64));
+    }
+    if let Some((keys, value)) = &q.extra {
+        // JSON path of quoted keys, so any key text is a literal.
+        let path: String = keys
+            .iter()
+            .map(|k| format!(".\"{}\"", k.replace('"', "")))
+            .collect();
+        sql.push_str(
+            " AND EXISTS (SELECT 1 FROM release x JOIN tarball_meta m ON m.sha256 = x.outer_checksum \
+             WHERE x.package_id = p.id AND CAST(json_extract(m.meta, ?) AS TEXT) = ?)",
+        );
+        args.push(Sql::Text(format!("$.extra{path}")));
+        args.push(Sql::Text(value.clone()));
+    }
+    sql.push_str(match sort {
+        // No download counts yet: every package ties at zero, by name.
+        Sort::Name | Sort::Downloads | Sort::RecentDownloads => " ORDER BY p.name, p.repository",
+        Sort::InsertedAt => " ORDER BY p.first_seen DESC, p.name",
+        Sort::UpdatedAt => " ORDER BY p.updated_at IS NULL, p.updated_at DESC, p.name",
+    });
+    sql.push_str(" LIMIT ? OFFSET ?");
+    args.push(Sql::Integer(PAGE_SIZE as i64));
+    args.push(Sql::Integer(((page.max(1) - 1) * PAGE_SIZE) as i64));
+    let ids: Vec<i64> = conn
+        .prepare(&sql)?
+        .query_map(rusqlite::params_from_iter(args), |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.extend(load(conn, id)?);
+    }
+    Ok(out)
+}
+
+/// The packages of `repositories` depending on `repository`/`name`.
+pub fn dependents(
+    conn: &Connection,
+    repositories: &[String],
+    repository: &str,
+    name: &str,
+) -> rusqlite::Result<Vec<Dependent>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT p.repository, p.name, q.version FROM requirement q JOIN package p ON p.id = q.package_id
+         WHERE q.name = ?1 AND coalesce(q.repository, p.repository) = ?2
+         ORDER BY p.name, p.repository",
+    )?;
+    let rows = stmt.query_map(params![name, repository], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut out: Vec<Dependent> = Vec::new();
+    for row in rows {
+        let (repo, pkg, version) = row?;
+        if !repositories.contains(&repo) {
+            continue;
+        }
+        match out.last_mut() {
+            Some(d) if d.repository == repo && d.name == pkg => d.versions.push(version),
+            _ => out.push(Dependent {
+                repository: repo,
+                name: pkg,
+                versions: vec![version],
+            }),
+        }
+    }
+    for d in &mut out {
+        d.versions.sort_by(|a, b| cmp_versions(b, a));
+    }
+    Ok(out)
+}

@@ -1,0 +1,162 @@
+//! What writers put into the catalog: the metadata of each verified
+//! tarball (by content), and each published package's verified record.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde_json::Value;
+
+use crate::index::hosted::{Retirement, cmp_versions};
+use crate::registry::proto::package::Package;
+
+/// One package as a writer publishes it.
+#[derive(Debug)]
+pub struct Entry<'a> {
+    /// The repository it is served in (the upstream's name for mirrored
+    /// packages).
+    pub repository: &'a str,
+    /// Its verified record.
+    pub record: &'a Package,
+    /// The upstream's `updated_at` for it (from `/names`), if known.
+    pub updated_at: Option<u64>,
+}
+
+/// Records the metadata of a verified tarball (SHA-256 in hex), and
+/// refreshes the search text of packages serving it.
+pub fn put_tarball_meta(
+    conn: &Connection,
+    sha256: &str,
+    metadata: &crate::tarball::Metadata,
+) -> rusqlite::Result<()> {
+    let changed = conn.execute(
+        "INSERT OR IGNORE INTO tarball_meta (sha256, meta) VALUES (?1, ?2)",
+        params![sha256, metadata.api_meta().to_string()],
+    )?;
+    if changed > 0 {
+        let ids: Vec<i64> = conn
+            .prepare_cached("SELECT DISTINCT package_id FROM release WHERE outer_checksum = ?1")?
+            .query_map([sha256], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for id in ids {
+            refresh_text(conn, id)?;
+        }
+    }
+    Ok(())
+}
+
+/// The search text of package `id`: its name, and the description of its
+/// newest release whose tarball metadata is held.
+fn refresh_text(conn: &Connection, id: i64) -> rusqlite::Result<()> {
+    let name: String =
+        conn.query_row("SELECT name FROM package WHERE id = ?1", [id], |r| r.get(0))?;
+    let rows: Vec<(String, String)> = conn
+        .prepare_cached(
+            "SELECT r.version, m.meta FROM release r JOIN tarball_meta m ON m.sha256 = r.outer_checksum
+             WHERE r.package_id = ?1",
+        )?
+        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let description = rows
+        .iter()
+        .filter_map(|(v, meta)| {
+            let meta: Value = serde_json::from_str(meta).ok()?;
+            Some((v, meta.get("description")?.as_str()?.to_owned()))
+        })
+        .max_by(|a, b| cmp_versions(a.0, b.0))
+        .map(|(_, d)| d);
+    conn.execute("DELETE FROM package_text WHERE rowid = ?1", [id])?;
+    conn.execute(
+        "INSERT INTO package_text (rowid, name, description) VALUES (?1, ?2, ?3)",
+        params![id, name, description],
+    )?;
+    Ok(())
+}
+
+/// Puts `entry` in, replacing what the catalog had of the package but the
+/// local facts (when each release was first seen, whether docs are held).
+pub fn put(tx: &Transaction<'_>, entry: &Entry<'_>, now: u64) -> rusqlite::Result<()> {
+    let name = entry.record.name.as_str();
+    tx.execute(
+        "INSERT INTO package (repository, name, updated_at, first_seen) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (repository, name) DO UPDATE SET updated_at = coalesce(?3, updated_at)",
+        params![
+            entry.repository,
+            name,
+            entry.updated_at.map(|u| u as i64),
+            now as i64
+        ],
+    )?;
+    let id: i64 = tx.query_row(
+        "SELECT id FROM package WHERE repository = ?1 AND name = ?2",
+        params![entry.repository, name],
+        |r| r.get(0),
+    )?;
+    let mut kept: std::collections::HashMap<String, (i64, bool)> = Default::default();
+    {
+        let mut stmt = tx.prepare_cached(
+            "SELECT version, first_seen, has_docs FROM release WHERE package_id = ?1",
+        )?;
+        for row in stmt.query_map([id], |r| {
+            Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?)))
+        })? {
+            let (version, facts) = row?;
+            kept.insert(version, facts);
+        }
+    }
+    tx.execute("DELETE FROM release WHERE package_id = ?1", [id])?;
+    tx.execute("DELETE FROM requirement WHERE package_id = ?1", [id])?;
+    for release in &entry.record.releases {
+        let (first_seen, has_docs) = kept.remove(&release.version).unwrap_or((now as i64, false));
+        let retired = release
+            .retired
+            .as_ref()
+            .map(|r| (Retirement::from_proto(r.reason).as_str(), r.message.clone()));
+        tx.execute(
+            "INSERT INTO release (package_id, version, outer_checksum, inner_checksum,
+                 retired_reason, retired_message, has_docs, first_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                id,
+                release.version,
+                release.outer_checksum.as_deref().map(hex::encode),
+                hex::encode(&release.inner_checksum),
+                retired.as_ref().map(|r| r.0),
+                retired.as_ref().and_then(|r| r.1.clone()),
+                has_docs,
+                first_seen,
+            ],
+        )?;
+        for dep in &release.dependencies {
+            tx.execute(
+                "INSERT INTO requirement (package_id, version, name, repository, requirement, optional, app)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    id,
+                    release.version,
+                    dep.package,
+                    dep.repository,
+                    dep.requirement,
+                    dep.optional.unwrap_or(false),
+                    dep.app,
+                ],
+            )?;
+        }
+    }
+    refresh_text(tx, id)
+}
+
+/// Removes a package (it left the mirror).
+pub fn remove(tx: &Transaction<'_>, repository: &str, name: &str) -> rusqlite::Result<()> {
+    let id: Option<i64> = tx
+        .query_row(
+            "SELECT id FROM package WHERE repository = ?1 AND name = ?2",
+            params![repository, name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(id) = id {
+        tx.execute("DELETE FROM package_text WHERE rowid = ?1", [id])?;
+        tx.execute("DELETE FROM requirement WHERE package_id = ?1", [id])?;
+        tx.execute("DELETE FROM release WHERE package_id = ?1", [id])?;
+        tx.execute("DELETE FROM package WHERE id = ?1", [id])?;
+    }
+    Ok(())
+}
