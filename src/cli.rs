@@ -77,6 +77,17 @@ pub enum Command {
     /// side, verify on either.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// The catalog of every package served (search, the read API).
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+}
+
+/// `hexmirror catalog ...`
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Make the catalog again from the served tree (records and tarballs
+    /// verified again); syncs keep it up to date after that.
+    Rebuild,
 }
 
 /// `hexmirror bundle ...`
@@ -228,6 +239,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Status => run_status(&config).await,
             Command::Token(t) => run_token(&config, t).await,
             Command::Bundle(b) => run_bundle(&config, b).await,
+            Command::Catalog(CatalogCommand::Rebuild) => run_catalog_rebuild(&config).await,
         }
     });
     match result {
@@ -381,6 +393,27 @@ async fn run_bundle(config: &Config, command: BundleCommand) -> anyhow::Result<E
             Ok(ExitCode::from(e.exit_code()))
         }
     }
+}
+
+async fn run_catalog_rebuild(config: &Config) -> anyhow::Result<ExitCode> {
+    let config = config.clone();
+    let report = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let catalog = crate::catalog::Catalog::open(&config.data_dir)?;
+        Ok(crate::catalog::rebuild(&config, &catalog)?)
+    })
+    .await??;
+    println!(
+        "catalog rebuilt: {} packages, metadata of {} tarballs read",
+        report.packages, report.tarballs
+    );
+    for (path, why) in &report.refused {
+        println!("left out (does not verify): {path}: {why}");
+    }
+    Ok(if report.refused.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_SYNC_FAILED)
+    })
 }
 
 async fn run_status(config: &Config) -> anyhow::Result<ExitCode> {
@@ -761,9 +794,16 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
                 .await??,
         )
     };
-    let api = publisher
-        .as_ref()
-        .map(|p| crate::api::ApiState::new(std::sync::Arc::clone(p)));
+    // The read API of mirrored packages answers from the catalog.
+    let catalog = std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| e.to_string())
+        .and_then(|()| crate::catalog::Catalog::open(&config.data_dir).map_err(|e| e.to_string()))
+        .inspect_err(|e| {
+            tracing::warn!("catalog unavailable ({e}); the read API answers only hosted packages")
+        })
+        .ok();
+    let api = (publisher.is_some() || catalog.is_some())
+        .then(|| crate::api::ApiState::new(config.clone(), publisher.clone(), catalog));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))?;

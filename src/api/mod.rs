@@ -52,17 +52,28 @@ const LIMITER_CLIENTS: usize = 100_000;
 /// What every API request shares.
 #[derive(Debug)]
 pub struct ApiState {
-    /// The writer's only door, shared with the import folder.
-    publisher: Arc<Publisher>,
+    /// The writer's only door, shared with the import folder; `None` on a
+    /// server with no repository of its own (the read API only).
+    publisher: Option<Arc<Publisher>>,
+    /// The catalog the read API answers mirrored packages from.
+    catalog: Option<crate::catalog::Catalog>,
+    config: std::sync::RwLock<Arc<Config>>,
     limiter: Mutex<FailureLimiter<IpAddr>>,
     gate: gate::FilterCache,
 }
 
 impl ApiState {
-    /// The API in front of `publisher`.
-    pub fn new(publisher: Arc<Publisher>) -> Arc<Self> {
+    /// The API in front of `publisher` (the write API and hosted packages)
+    /// and `catalog` (mirrored packages), with `config` in force.
+    pub fn new(
+        config: Config,
+        publisher: Option<Arc<Publisher>>,
+        catalog: Option<crate::catalog::Catalog>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             publisher,
+            catalog,
+            config: std::sync::RwLock::new(Arc::new(config)),
             limiter: Mutex::new(FailureLimiter::new(
                 MAX_FAILURES,
                 FAILURE_WINDOW,
@@ -74,12 +85,15 @@ impl ApiState {
 
     /// The configuration now in force.
     pub fn config(&self) -> Arc<Config> {
-        self.publisher.config()
+        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Swaps in a reloaded configuration (for the writer too).
     pub fn set_config(&self, config: Config) {
-        self.publisher.set_config(config);
+        if let Some(p) = &self.publisher {
+            p.set_config(config.clone());
+        }
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
     }
 
     /// Whether repository `name` is private.
@@ -114,14 +128,18 @@ impl ApiState {
         let Some(raw) = headers.get(header::AUTHORIZATION) else {
             return Ok(None);
         };
+        // No repository of ours: no private data, no accounts; reads are
+        // public, so a key (mix sends HEX_API_KEY everywhere) changes nothing.
+        let Some(publisher) = &self.publisher else {
+            return Ok(None);
+        };
         let raw = raw.to_str().unwrap_or("").trim();
         let raw = raw.strip_prefix("Bearer ").unwrap_or(raw).trim();
         let found = match TokenSecret::parse(raw) {
             None => None,
             Some((id, secret)) => {
                 let (id, secret) = (id.to_owned(), secret.to_owned());
-                let row = self
-                    .publisher
+                let row = publisher
                     .db()
                     .call(move |c| hdb::token(c, &id))
                     .await

@@ -46,7 +46,11 @@ impl Site {
             .unwrap()
             .unwrap();
         Self {
-            router: router(ApiState::new(publisher)),
+            router: router(ApiState::new(
+                publisher.config().as_ref().clone(),
+                Some(publisher),
+                None,
+            )),
             _tmp: tmp,
             token,
         }

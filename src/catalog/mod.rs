@@ -74,6 +74,8 @@ CREATE TABLE IF NOT EXISTS release (
     retired_reason TEXT,
     retired_message TEXT,
     has_docs INTEGER NOT NULL DEFAULT 0,
+    -- The signed record's published_at (Unix seconds), when it has one.
+    published_at INTEGER,
     first_seen INTEGER NOT NULL,
     PRIMARY KEY (package_id, version)
 );

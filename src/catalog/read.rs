@@ -40,6 +40,8 @@ pub struct ReleaseView {
     pub has_docs: bool,
     /// Local: when this mirror first saw it (Unix seconds).
     pub first_seen: u64,
+    /// When the upstream published it, if its signed record says.
+    pub published_at: Option<u64>,
     /// Its dependencies.
     pub requirements: Vec<Requirement>,
 }
@@ -98,7 +100,7 @@ fn load(conn: &Connection, id: i64) -> rusqlite::Result<Option<PackageView>> {
     };
     let mut stmt = conn.prepare_cached(
         "SELECT r.version, r.outer_checksum, r.inner_checksum, r.retired_reason,
-                r.retired_message, m.meta, r.has_docs, r.first_seen
+                r.retired_message, m.meta, r.has_docs, r.first_seen, r.published_at
          FROM release r LEFT JOIN tarball_meta m ON m.sha256 = r.outer_checksum
          WHERE r.package_id = ?1",
     )?;
@@ -115,6 +117,7 @@ fn load(conn: &Connection, id: i64) -> rusqlite::Result<Option<PackageView>> {
                 meta: meta.and_then(|m| serde_json::from_str(&m).ok()),
                 has_docs: r.get(6)?,
                 first_seen: r.get::<_, i64>(7)?.max(0) as u64,
+                published_at: r.get::<_, Option<i64>>(8)?.map(|t| t.max(0) as u64),
                 requirements: Vec::new(),
             })
         })?

@@ -111,8 +111,8 @@ pub fn put(tx: &Transaction<'_>, entry: &Entry<'_>, now: u64) -> rusqlite::Resul
             .map(|r| (Retirement::from_proto(r.reason).as_str(), r.message.clone()));
         tx.execute(
             "INSERT INTO release (package_id, version, outer_checksum, inner_checksum,
-                 retired_reason, retired_message, has_docs, first_seen)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 retired_reason, retired_message, has_docs, first_seen, published_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 id,
                 release.version,
@@ -122,6 +122,7 @@ pub fn put(tx: &Transaction<'_>, entry: &Entry<'_>, now: u64) -> rusqlite::Resul
                 retired.as_ref().and_then(|r| r.1.clone()),
                 has_docs,
                 first_seen,
+                release.published_at.as_ref().map(|t| t.seconds),
             ],
         )?;
         for dep in &release.dependencies {

@@ -319,7 +319,7 @@ impl Proxy {
             ))
             .await;
         let file = match fetched {
-            Ok(file) => file,
+            Ok((file, _metadata)) => file,
             Err(ReleaseError::Upstream(e)) => {
                 self.upstream_failed(&e);
                 return Err(e.into());

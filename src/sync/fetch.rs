@@ -82,6 +82,8 @@ pub(super) struct Ctx {
     pub max_registry: u64,
     /// Tarball bodies held in memory between download and storage.
     pub tarball_slots: Arc<Semaphore>,
+    /// The catalog, unless it could not be opened (the sync goes on).
+    pub catalog: Option<crate::catalog::Catalog>,
 }
 
 /// A package whose record and every tarball are verified and stored.
@@ -352,7 +354,7 @@ async fn fetch_tarball(
         .acquire()
         .await
         .map_err(|e| fail(FailureKind::Transport, &format!("internal error: {e}")))?;
-    let fetched: Result<FileRef, ReleaseError> = release::fetch_tarball(
+    let fetched = release::fetch_tarball(
         &ctx.upstream,
         &ctx.store,
         &name,
@@ -361,5 +363,17 @@ async fn fetch_tarball(
         Arc::clone(&ctx.limits),
     )
     .await;
-    fetched.map(drop).map_err(|e| fail(e.kind(), &e))
+    let (file, metadata) = fetched.map_err(|e: ReleaseError| fail(e.kind(), &e))?;
+    // The catalog learns the tarball's metadata now, keyed by its hash: true
+    // of these bytes whether or not this sync publishes them.
+    if let Some(catalog) = &ctx.catalog {
+        let sha = hex::encode(file.sha256);
+        let recorded = catalog
+            .call(move |c| crate::catalog::put_tarball_meta(c, &sha, &metadata))
+            .await;
+        if let Err(e) = recorded {
+            tracing::warn!(package = %name, version = %version, "catalog: {e}");
+        }
+    }
+    Ok(())
 }

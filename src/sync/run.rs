@@ -1,7 +1,7 @@
 //! Carries out one sync: index, plan, packages, then one new generation.
 //! See the module doc of [`crate::sync`] for why the order keeps clients safe.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -199,6 +199,7 @@ pub async fn run(config: &Config, progress: &Progress) -> Result<Summary, SyncEr
         limits: Arc::new(tarball::Limits::default()),
         max_registry: config.upstream.max_registry_bytes,
         tarball_slots: Arc::new(Semaphore::new(config.mirror.concurrency * 2)),
+        catalog: open_catalog(&config.data_dir),
     };
     let sync_id = ctx.db.call(|c| db::start_sync(c)).await?;
     let result = sync(&ctx, config, progress).await;
@@ -343,6 +344,16 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
             .keys()
             .filter(|p| p.starts_with("packages/"))
             .count() as u64;
+        // A catalog new beside an unchanged tree is built from the tree.
+        if let Some(catalog) = &ctx.catalog {
+            let (store, catalog, cfg) = (ctx.store.clone(), catalog.clone(), config.clone());
+            let filled =
+                blocking(move || update_catalog(&store, &catalog, &cfg, &[], &[], &HashMap::new()))
+                    .await?;
+            if let Err(e) = filled {
+                tracing::warn!("catalog not built ({e}); `hexmirror catalog rebuild` makes it");
+            }
+        }
         return Ok(summary);
     }
 
@@ -412,6 +423,14 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
         sync_packages(ctx, config, progress, sources, &mut summary).await?
     };
     summary.packages = wanted.len() as u64;
+    // What the catalog learns once the generation is live.
+    let records: Vec<(String, FileRef)> =
+        updates.iter().map(|(n, u)| (n.clone(), u.record)).collect();
+    let updated_at: HashMap<String, u64> = names_p
+        .packages
+        .iter()
+        .filter_map(|p| Some((p.name.clone(), p.updated_at?.seconds.max(0) as u64)))
+        .collect();
 
     // The index is published whenever it verifies: a package that failed
     // keeps its last good files (or stays absent) and is quarantined.
@@ -488,10 +507,26 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
             }
             db::set_meta(c, "complete_selection", &fp)?;
             db::set_meta(c, "upstream_newest_mirrored", &newest)?;
-            Ok((gone.len() as u64, db::quarantine(c)?))
+            Ok(((gone.len() as u64, db::quarantine(c)?), gone))
         })
         .await?;
-    (summary.removed, summary.quarantined) = removed;
+    (summary.removed, summary.quarantined) = removed.0;
+    if let Some(catalog) = &ctx.catalog {
+        let (store, catalog, cfg, gone) = (
+            ctx.store.clone(),
+            catalog.clone(),
+            config.clone(),
+            removed.1,
+        );
+        let filled =
+            blocking(move || update_catalog(&store, &catalog, &cfg, &records, &gone, &updated_at))
+                .await?;
+        if let Err(e) = filled {
+            tracing::warn!(
+                "catalog not updated ({e}); the tree is; `hexmirror catalog rebuild` catches up"
+            );
+        }
+    }
     let (store, grace) = (ctx.store.clone(), config.signing.generation_grace);
     let pruned =
         blocking(move || store.prune_generations(store::KEEP_GENERATIONS, grace)).await??;
@@ -499,6 +534,94 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
         tracing::info!(pruned, "removed generations past their grace period");
     }
     Ok(summary)
+}
+
+/// Opens the catalog; a sync goes on without one (it is derived data that
+/// `hexmirror catalog rebuild` can make again).
+fn open_catalog(data_dir: &std::path::Path) -> Option<crate::catalog::Catalog> {
+    crate::catalog::Catalog::open(data_dir)
+        .inspect_err(|e| tracing::warn!("catalog unavailable: {e}; the sync goes on without it"))
+        .ok()
+}
+
+/// Puts the records a sync published (verified again) and takes out the
+/// packages it removed, in one transaction, after the generation is live.
+/// An empty catalog beside a published tree (a data directory from before
+/// the catalog) is rebuilt from the tree instead.
+fn update_catalog(
+    store: &Store,
+    catalog: &crate::catalog::Catalog,
+    config: &Config,
+    records: &[(String, FileRef)],
+    gone: &[String],
+    updated_at: &HashMap<String, u64>,
+) -> Result<(), CatalogUpdateError> {
+    let repo = config.upstream.repository.as_str();
+    let empty = catalog.call_blocking(|c| {
+        c.query_row(
+            "SELECT count(*) = 0 FROM package WHERE repository = ?1",
+            [repo],
+            |r| r.get::<_, bool>(0),
+        )
+    })?;
+    if empty {
+        let report = crate::catalog::rebuild(config, catalog)?;
+        tracing::info!(
+            packages = report.packages,
+            tarballs = report.tarballs,
+            "catalog built from the tree"
+        );
+        return Ok(());
+    }
+    let mut decoded = Vec::with_capacity(records.len());
+    for (name, file) in records {
+        let bytes = store.read_blob(&file.sha256)?;
+        let record = registry::verify_package_within(
+            &bytes,
+            &config.upstream.public_key,
+            repo,
+            name,
+            config.upstream.max_registry_bytes,
+        )
+        .map_err(|source| CatalogUpdateError::Record {
+            name: name.clone(),
+            source,
+        })?;
+        decoded.push(record.into_inner());
+    }
+    let now = unix_now();
+    catalog.call_blocking(|c| {
+        let tx = c.transaction()?;
+        for record in &decoded {
+            let entry = crate::catalog::Entry {
+                repository: repo,
+                record,
+                updated_at: updated_at.get(&record.name).copied(),
+            };
+            crate::catalog::put(&tx, &entry, now)?;
+        }
+        for name in gone {
+            crate::catalog::remove(&tx, repo, name)?;
+        }
+        tx.commit()
+    })?;
+    Ok(())
+}
+
+/// Why the catalog could not follow a sync (the sync itself succeeded).
+#[derive(Debug, thiserror::Error)]
+enum CatalogUpdateError {
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+    #[error(transparent)]
+    Rebuild(#[from] crate::catalog::RebuildError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored record of {name} does not verify again: {source}")]
+    Record {
+        name: String,
+        source: registry::RegistryError,
+    },
 }
 
 /// One quarantine entry per failed package: the first failure's kind, and

@@ -85,7 +85,8 @@ impl ReleaseError {
 }
 
 /// Fetches `name`-`version`.tar, checks it against `sums` (outer and inner
-/// checksum, structure, `limits`) and stores it as a blob.
+/// checksum, structure, `limits`) and stores it as a blob; returns the blob
+/// and the tarball's metadata (for the catalog).
 pub async fn fetch_tarball(
     upstream: &Upstream,
     store: &Arc<Store>,
@@ -93,7 +94,7 @@ pub async fn fetch_tarball(
     version: &str,
     sums: Sums,
     limits: Arc<Limits>,
-) -> Result<FileRef, ReleaseError> {
+) -> Result<(FileRef, tarball::Metadata), ReleaseError> {
     let path = store::tarball_path(name, version);
     let url = upstream.url(&path);
     let body = match upstream
@@ -117,13 +118,14 @@ pub async fn fetch_tarball(
             outer_checksum: &sums.outer,
             inner_checksum: Some(&sums.inner),
         };
-        tarball::verify(&body, &expected, &limits)
+        let verified = tarball::verify(&body, &expected, &limits)
             .map_err(|source| ReleaseError::Refused { url, source })?;
         store.put_blob(&sums.outer, &body)?;
-        Ok(FileRef {
+        let file = FileRef {
             sha256: sums.outer,
             size: body.len() as u64,
-        })
+        };
+        Ok((file, verified.metadata))
     })
     .await
     .map_err(|source| ReleaseError::Task {

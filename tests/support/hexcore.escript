@@ -37,6 +37,9 @@
 %%   retire API_URL API_KEY NAME VERSION REASON MESSAGE
 %%   unretire API_URL API_KEY NAME VERSION
 %%   revert API_URL API_KEY NAME VERSION
+%%   get-package API_URL API_KEY NAME
+%%   get-release API_URL API_KEY NAME VERSION
+%%   search API_URL API_KEY QUERY              (sort=name)
 %%       Calls the Hex API the way rebar3 3.19 does (r3_hex_api_release:
 %%       publish/3 posts to API_URL/publish) and prints the HTTP status, then
 %%       the decoded body (`nil` unless it was application/vnd.hex+erlang).
@@ -100,6 +103,12 @@ command(["unretire", Url, Key, Name, Version]) ->
     api_result(r3_hex_api_release:unretire(api_config(Url, Key), to_bin(Name), to_bin(Version)));
 command(["revert", Url, Key, Name, Version]) ->
     api_result(r3_hex_api_release:delete(api_config(Url, Key), to_bin(Name), to_bin(Version)));
+command(["get-package", Url, Key, Name]) ->
+    api_result(r3_hex_api_package:get(api_config(Url, Key), to_bin(Name)));
+command(["get-release", Url, Key, Name, Version]) ->
+    api_result(r3_hex_api_release:get(api_config(Url, Key), to_bin(Name), to_bin(Version)));
+command(["search", Url, Key, Query]) ->
+    api_result(r3_hex_api_package:search(api_config(Url, Key), to_bin(Query), [{sort, <<"name">>}]));
 command(["unpack", File]) ->
     case r3_hex_tarball:unpack(read_file(File), memory) of
         {ok, Unpacked} ->

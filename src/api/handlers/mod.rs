@@ -36,6 +36,14 @@ use crate::hosted::record::{Retirement, cmp_versions};
 use crate::hosted::writer::{Actor, Change, DocsUpload, ErrorKind, HostedError, Outcome, Upload};
 
 type Params = Path<BTreeMap<String, String>>;
+
+/// Which packages an API path describes.
+enum Source {
+    /// A repository of ours: its hosted packages and its view of the mirror.
+    Ours(String),
+    /// The upstream mirror, under the upstream's repository name.
+    Upstream(String),
+}
 type QueryMap = Query<BTreeMap<String, String>>;
 type Answer = Result<Reply, Reply>;
 
@@ -104,6 +112,8 @@ impl Request {
     }
 
     fn token(&self) -> Result<&TokenRow, Reply> {
+        // Accounts and keys belong to the write API.
+        self.publisher()?;
         self.token.as_ref().ok_or_else(|| {
             Reply::error(
                 StatusCode::UNAUTHORIZED,
@@ -152,9 +162,13 @@ impl Request {
         }
     }
 
+    /// The writer, or the answer of a server that hosts nothing.
+    fn publisher(&self) -> Result<&Arc<crate::hosted::service::Publisher>, Reply> {
+        self.state.publisher.as_ref().ok_or_else(no_repository)
+    }
+
     async fn change(&self, repo: &str, change: Change, admin: bool) -> Result<Outcome, Reply> {
-        self.state
-            .publisher
+        self.publisher()?
             .apply(Arc::clone(&self.config), repo, change, self.actor(admin))
             .await
             .map_err(hosted_error)
@@ -164,8 +178,7 @@ impl Request {
         &self,
         f: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, Reply> {
-        self.state
-            .publisher
+        self.publisher()?
             .db()
             .call(f)
             .await
@@ -197,18 +210,15 @@ impl Request {
     }
 
     fn release_json(&self, r: &ReleaseRow) -> Value {
-        let requirements: serde_json::Map<String, Value> = r
-            .requirements
-            .iter()
-            .map(|d| {
-                (
-                    d.name.clone(),
-                    json!({"app": d.app.clone().unwrap_or_else(|| d.name.clone()),
-                           "optional": d.optional, "requirement": d.requirement,
-                           "repository": d.repository}),
-                )
-            })
-            .collect();
+        let requirements = requirements_json(r.requirements.iter().map(|d| {
+            (
+                &d.name,
+                d.app.as_deref(),
+                d.optional,
+                &d.requirement,
+                d.repository.as_deref(),
+            )
+        }));
         let docs = r.docs_sha256.map(|_| {
             format!(
                 "{}/repos/{}/docs/{}-{}.tar.gz",
@@ -288,6 +298,166 @@ impl Request {
         })
     }
 
+    /// Which packages this request's path describes: a repository of ours
+    /// (hosted packages and its curated view of the mirror), or the
+    /// upstream mirror itself (`/api` with no default repository, or
+    /// `/api/repos/UPSTREAM`).
+    fn source(&self) -> Result<Source, Reply> {
+        let upstream = &self.config.upstream.repository;
+        match &self.repo {
+            Some(name) if self.config.repositories.iter().any(|r| &r.name == name) => {
+                Ok(Source::Ours(name.clone()))
+            }
+            Some(name) if name == upstream => Ok(Source::Upstream(name.clone())),
+            Some(name) => Err(Reply::error(
+                StatusCode::NOT_FOUND,
+                format!("repository {name:?} is not served here"),
+            )),
+            None => Ok(Source::Upstream(upstream.clone())),
+        }
+    }
+
+    /// The catalog, or the answer when there is none.
+    fn catalog(&self) -> Result<&crate::catalog::Catalog, Reply> {
+        self.state.catalog.as_ref().ok_or_else(|| {
+            Reply::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the catalog of mirrored packages is unavailable (see the server log); \
+                 `hexmirror catalog rebuild` makes it",
+            )
+        })
+    }
+
+    /// Mirrored package `name` of the upstream, as the catalog has it.
+    async fn mirrored(&self, name: &str) -> Result<crate::catalog::PackageView, Reply> {
+        let (up, n) = (self.config.upstream.repository.clone(), name.to_owned());
+        let found = self
+            .catalog()?
+            .call(move |c| crate::catalog::package(c, &up, &n))
+            .await
+            .map_err(|e| Reply::internal(format!("catalog read failed: {e}")))?;
+        found.ok_or_else(|| {
+            Reply::error(
+                StatusCode::NOT_FOUND,
+                format!("no package {name} in the mirror"),
+            )
+        })
+    }
+
+    /// Whether our repository `repo` serves the upstream package `name`
+    /// (its curated view, as the served tree holds it).
+    fn serves_mirrored(&self, repo: &str, name: &str) -> bool {
+        crate::registry::PackageName::parse(name).is_ok()
+            && self
+                .config
+                .data_dir
+                .join("current/repos")
+                .join(repo)
+                .join("packages")
+                .join(name)
+                .is_file()
+    }
+
+    fn mirrored_release_json(
+        &self,
+        repo: &str,
+        p: &crate::catalog::PackageView,
+        r: &crate::catalog::ReleaseView,
+    ) -> Value {
+        let requirements = requirements_json(r.requirements.iter().map(|d| {
+            (
+                &d.name,
+                d.app.as_deref(),
+                d.optional,
+                &d.requirement,
+                d.repository.as_deref(),
+            )
+        }));
+        let app = r
+            .meta
+            .as_ref()
+            .and_then(|m| m.get("app"))
+            .and_then(Value::as_str);
+        let meta = r.meta.as_ref().map(|m| {
+            json!({"app": m.get("app"), "build_tools": m.get("build_tools"), "elixir": m.get("elixir")})
+        });
+        json!({
+            "version": r.version,
+            "checksum": r.outer_checksum,
+            "inner_checksum": r.inner_checksum,
+            "has_docs": r.has_docs,
+            "url": self.release_url(&p.name, &r.version),
+            "html_url": self.release_url(&p.name, &r.version),
+            "docs_html_url": null,
+            "package_url": self.package_url(&p.name),
+            "requirements": requirements,
+            "meta": meta,
+            "retirement": r.retired.as_ref().map(|(reason, message)| json!({"reason": reason, "message": message})),
+            "publisher": null,
+            "configs": snippets::configs(&p.name, app, &r.version, repo),
+            // From the signed record when the upstream fills it; never
+            // the mirror's own dates (those are under "hexmirror").
+            "inserted_at": r.published_at.map(|t| iso(t as i64)),
+            "updated_at": null,
+            "hexmirror": {"source": "mirror", "first_seen": iso(r.first_seen as i64), "metadata_held": r.meta.is_some()},
+        })
+    }
+
+    fn mirrored_package_json(&self, repo: &str, p: &crate::catalog::PackageView) -> Value {
+        let stable = p.releases.iter().find(|r| {
+            crate::version::Version::parse(&r.version).is_ok_and(|v| !v.is_pre_release())
+        });
+        let pick = stable.or(p.releases.first());
+        let meta = p.meta();
+        let field = |k: &str| meta.and_then(|m| m.get(k)).cloned();
+        let configs = pick.map_or_else(
+            || json!({}),
+            |r| {
+                let app = r
+                    .meta
+                    .as_ref()
+                    .and_then(|m| m.get("app"))
+                    .and_then(Value::as_str);
+                snippets::configs(&p.name, app, &r.version, repo)
+            },
+        );
+        let retirements: serde_json::Map<String, Value> = p
+            .releases
+            .iter()
+            .filter_map(|r| {
+                let (reason, message) = r.retired.as_ref()?;
+                Some((
+                    r.version.clone(),
+                    json!({"reason": reason, "message": message}),
+                ))
+            })
+            .collect();
+        json!({
+            "name": p.name,
+            "repository": repo,
+            "url": self.package_url(&p.name),
+            "html_url": self.package_url(&p.name),
+            "docs_html_url": null,
+            // Clients index these: an absent list or map is shown empty.
+            "meta": {
+                "description": field("description"),
+                "licenses": field("licenses").unwrap_or_else(|| json!([])),
+                "links": field("links").unwrap_or_else(|| json!({})),
+                "maintainers": [],
+            },
+            "releases": p.releases.iter().map(|r| json!({
+                "version": r.version, "url": self.release_url(&p.name, &r.version),
+                "has_docs": r.has_docs, "inserted_at": r.published_at.map(|t| iso(t as i64))})).collect::<Vec<_>>(),
+            "retirements": retirements,
+            "configs": configs,
+            "latest_version": p.releases.first().map(|r| &r.version),
+            "latest_stable_version": stable.map(|r| &r.version),
+            "inserted_at": p.releases.iter().filter_map(|r| r.published_at).min().map(|t| iso(t as i64)),
+            "updated_at": p.updated_at.map(|u| iso(u as i64)),
+            "hexmirror": {"source": "mirror", "first_seen": iso(p.first_seen as i64), "metadata_held": meta.is_some()},
+        })
+    }
+
     /// Releases of `name` the caller may see (all, unless version-limited).
     async fn visible_rows(&self, repo: &str, name: &str) -> Result<Vec<ReleaseRow>, Reply> {
         let limit = self.read(repo, Some(name))?;
@@ -341,6 +511,31 @@ fn param<'a>(p: &'a BTreeMap<String, String>, key: &str) -> &'a str {
     p.get(key).map_or("", String::as_str)
 }
 
+/// A release's `requirements` as Hex shows them: a map by dependency name
+/// of (name, app, optional, requirement, repository).
+fn requirements_json<'a>(
+    deps: impl Iterator<
+        Item = (
+            &'a String,
+            Option<&'a str>,
+            bool,
+            &'a String,
+            Option<&'a str>,
+        ),
+    >,
+) -> Value {
+    Value::Object(
+        deps.map(|(name, app, optional, requirement, repository)| {
+            (
+                name.clone(),
+                json!({"app": app.unwrap_or(name), "optional": optional,
+                       "requirement": requirement, "repository": repository}),
+            )
+        })
+        .collect(),
+    )
+}
+
 /// An owner as Hex shows one. hexmirror has user names and no email
 /// addresses, and `mix hex.owner list` prints only `email` and `level`, so
 /// the name goes where the client shows an email.
@@ -365,13 +560,22 @@ pub(super) async fn not_found(uri: axum::http::Uri, headers: HeaderMap) -> Rende
     .await
 }
 
-/// `/api` on a server with no repository of its own to publish into.
+/// What a server with no repository of its own answers to what needs one.
+fn no_repository() -> Reply {
+    Reply::error(
+        StatusCode::NOT_FOUND,
+        "this server hosts no repository of its own: only the read API of mirrored \
+         packages is here (add a [[repository]] to the configuration to publish)",
+    )
+}
+
+/// `/api` on a server with neither a repository of its own nor a catalog.
 pub(super) async fn no_api(headers: HeaderMap) -> Rendered {
     answer(&headers, async {
         Err(Reply::error(
             StatusCode::NOT_FOUND,
             "this server has no API: it hosts no repository of its own \
-             (add a [[repository]] to the configuration)",
+             (add a [[repository]] to the configuration) and has no catalog",
         ))
     })
     .await

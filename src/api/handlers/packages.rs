@@ -10,9 +10,25 @@ pub(in crate::api) async fn get_package(
 ) -> Rendered {
     answer(&headers, async {
         let req = request(state, &headers, client, &p).await?;
-        let repo = req.repo()?;
         let name = param(&p, "name").to_owned();
-        let rows = req.visible_rows(&repo, &name).await?;
+        let repo = match req.source()? {
+            Source::Upstream(up) => {
+                let view = req.mirrored(&name).await?;
+                return Ok(Reply::ok(req.mirrored_package_json(&up, &view)));
+            }
+            Source::Ours(repo) => repo,
+        };
+        let rows = match req.visible_rows(&repo, &name).await {
+            Ok(rows) => rows,
+            // Not hosted here: the repository's view of the mirror, if it
+            // serves the package.
+            Err(_) if req.serves_mirrored(&repo, &name) => {
+                req.read(&repo, Some(&name))?;
+                let view = req.mirrored(&name).await?;
+                return Ok(Reply::ok(req.mirrored_package_json(&repo, &view)));
+            }
+            Err(e) => return Err(e),
+        };
         let (r, n) = (repo.clone(), name.clone());
         let owners = req.db(move |c| hdb::owners(c, &r, &n)).await?;
         Ok(Reply::ok(req.package_json(&repo, &name, &rows, &owners)))
@@ -29,7 +45,27 @@ pub(in crate::api) async fn list_packages(
 ) -> Rendered {
     answer(&headers, async {
         let req = request(state, &headers, client, &p).await?;
-        let repo = req.repo()?;
+        let repo = match req.source()? {
+            Source::Upstream(up) => {
+                let query =
+                    crate::catalog::query::Query::parse(q.get("search").map_or("", String::as_str));
+                let sort = crate::catalog::query::Sort::parse(q.get("sort").map(String::as_str));
+                let page = crate::catalog::query::page(q.get("page").map(String::as_str));
+                let repos = vec![up.clone()];
+                let found = req
+                    .catalog()?
+                    .call(move |c| crate::catalog::search(c, &repos, &query, sort, page))
+                    .await
+                    .map_err(|e| Reply::internal(format!("catalog search failed: {e}")))?;
+                return Ok(Reply::ok(Value::Array(
+                    found
+                        .iter()
+                        .map(|v| req.mirrored_package_json(&up, v))
+                        .collect(),
+                )));
+            }
+            Source::Ours(repo) => repo,
+        };
         let limit = req.read(&repo, None)?;
         let r = repo.clone();
         let rows = req

@@ -246,9 +246,32 @@ pub(in crate::api) async fn get_release(
 ) -> Rendered {
     answer(&headers, async {
         let req = request(state, &headers, client, &p).await?;
-        let repo = req.repo()?;
         let (name, version) = (param(&p, "name"), param(&p, "version"));
-        let rows = req.visible_rows(&repo, name).await?;
+        let mirrored = |view: crate::catalog::PackageView, repo: &str| {
+            let release = view
+                .releases
+                .iter()
+                .find(|r| r.version == version)
+                .ok_or_else(|| {
+                    Reply::error(
+                        StatusCode::NOT_FOUND,
+                        format!("{name} {version} is not a release in repository {repo}"),
+                    )
+                })?;
+            Ok(Reply::ok(req.mirrored_release_json(repo, &view, release)))
+        };
+        let repo = match req.source()? {
+            Source::Upstream(up) => return mirrored(req.mirrored(name).await?, &up),
+            Source::Ours(repo) => repo,
+        };
+        let rows = match req.visible_rows(&repo, name).await {
+            Ok(rows) => rows,
+            Err(_) if req.serves_mirrored(&repo, name) => {
+                req.read(&repo, Some(name))?;
+                return mirrored(req.mirrored(name).await?, &repo);
+            }
+            Err(e) => return Err(e),
+        };
         let row = rows.iter().find(|r| r.version == version).ok_or_else(|| {
             Reply::error(
                 StatusCode::NOT_FOUND,

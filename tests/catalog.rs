@@ -1,0 +1,155 @@
+//! The catalog and the read API over mirrored packages: stock mix's
+//! `hex.info` and `hex.package search`, and hex_core's package, release
+//! and search calls, against a mirror that hosts nothing of its own, with
+//! the catalog filled by a sync and by `hexmirror catalog rebuild`.
+
+mod common;
+
+use common::mix::MixClient;
+use common::*;
+
+/// A synced pure mirror of [`SPEC_SMALL`], serving.
+fn mirror() -> (TestUpstream, Mirror, Served) {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let mirror = Mirror::new(&upstream, "");
+    mirror.sync_ok();
+    let served = mirror.serve();
+    (upstream, mirror, served)
+}
+
+#[test]
+fn stock_mix_shows_and_searches_mirrored_packages() {
+    require_tool("mix");
+    let (_upstream, _mirror, served) = mirror();
+    let api = format!("{}/api", served.url());
+    let env = [("HEX_API_URL", api.as_str())];
+    let mix = MixClient::new("client", "0.1.0");
+
+    let out = mix.run_ok(&["hex.info", "beta"], &env);
+    assert!(out.contains("hexmirror test package beta"), "{out}");
+    assert!(out.contains(r#"Config: {:beta, "~> 0.2.1"}"#), "{out}");
+    assert!(out.contains("Apache-2.0"), "{out}");
+    assert!(out.contains("0.2.0 (retired)"), "{out}");
+    assert!(out.contains("Licenses: Apache-2.0"), "{out}");
+
+    let out = mix.run_ok(&["hex.info", "beta", "0.2.1"], &env);
+    assert!(out.contains("alpha ~> 1.1"), "{out}");
+    assert!(out.contains("gamma >= 0.0.0 (optional)"), "{out}");
+
+    let out = mix.run_ok(&["hex.info", "beta", "0.2.0"], &env);
+    assert!(
+        out.contains("retired") && out.contains("use 0.2.1"),
+        "{out}"
+    );
+
+    let out = mix.run_ok(&["hex.package", "search", "gamma"], &env);
+    assert!(out.contains("gamma") && out.contains("3.0.0"), "{out}");
+    assert!(!out.contains("alpha"), "{out}");
+    // Free text matches descriptions too: every package is a "test package".
+    let out = mix.run_ok(&["hex.package", "search", "package"], &env);
+    for name in ["alpha", "beta", "delta", "gamma"] {
+        assert!(out.contains(name), "{name}: {out}");
+    }
+
+    let run = mix.run(&["hex.info", "nosuch"], &env);
+    assert!(
+        run.output.contains("No package with name nosuch"),
+        "{}",
+        run.output
+    );
+}
+
+#[test]
+fn hex_core_reads_packages_releases_and_searches_with_hex_pm_syntax() {
+    let (_upstream, mirror, served) = mirror();
+    let api = format!("{}/api", served.url());
+    let (status, body) = Oracle::api(&api, "", &["get-package", "alpha"]);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("<<\"latest_stable_version\">> => <<\"1.1.0\">>"),
+        "{body}"
+    );
+    assert!(
+        body.contains("<<\"latest_version\">> => <<\"2.0.0-rc.1\">>"),
+        "{body}"
+    );
+    let (status, body) = Oracle::api(&api, "", &["get-release", "beta", "0.2.1"]);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("<<\"rebar3\">>"),
+        "build tools from the tarball: {body}"
+    );
+    let (status, body) = Oracle::api(&api, "", &["search", "depends:alpha"]);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("<<\"beta\">>") && !body.contains("<<\"gamma\">>"),
+        "{body}"
+    );
+    // The same under the upstream's repository name, as `mix hex.package
+    // fetch` asks for it.
+    let (status, body) = Oracle::api(&format!("{api}/repos/hexpm"), "", &["get-package", "gamma"]);
+    assert_eq!(status, 200, "{body}");
+
+    // The catalog is derived: thrown away, rebuilt from the tree, the same.
+    let before = http("GET", &format!("{api}/packages/beta"), &[]);
+    drop(served);
+    std::fs::remove_file(mirror.data_dir().join("catalog.db")).unwrap();
+    let _ = std::fs::remove_file(mirror.data_dir().join("catalog.db-wal"));
+    let _ = std::fs::remove_file(mirror.data_dir().join("catalog.db-shm"));
+    let out = mirror.run(&["catalog", "rebuild"]);
+    assert!(out.ok() && out.stdout.contains("4 packages"), "{out}");
+    let served = mirror.serve();
+    let after = http("GET", &format!("{}/api/packages/beta", served.url()), &[]);
+    let strip = |b: &[u8]| {
+        let mut v: serde_json::Value = serde_json::from_slice(b).unwrap();
+        // Local facts: when this mirror first saw it, and its address.
+        v["hexmirror"].as_object_mut().unwrap().remove("first_seen");
+        v.as_object_mut().unwrap().remove("url");
+        v.as_object_mut().unwrap().remove("html_url");
+        for r in v["releases"].as_array_mut().unwrap() {
+            r.as_object_mut().unwrap().remove("url");
+        }
+        v
+    };
+    assert_eq!(strip(&before.body), strip(&after.body));
+}
+
+#[test]
+fn a_sync_keeps_the_catalog_in_step_with_the_tree() {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let mirror = Mirror::new(&upstream, "");
+    mirror.sync_ok();
+    rebuild_upstream(
+        &upstream,
+        &SPEC_SMALL
+            .replace("{\"delta\", \"1.0.0\", [], []}.\n", "")
+            .replace(
+                "{\"gamma\", \"3.0.0\", [], []}.",
+                "{\"gamma\", \"3.0.0\", [], []}.\n{\"gamma\", \"3.1.0\", [], []}.",
+            ),
+    );
+    mirror.sync_ok();
+    let served = mirror.serve();
+    let api = format!("{}/api", served.url());
+    let gamma: serde_json::Value =
+        serde_json::from_slice(&http("GET", &format!("{api}/packages/gamma"), &[]).body).unwrap();
+    assert_eq!(gamma["latest_version"], "3.1.0", "{gamma}");
+    assert_eq!(
+        gamma["meta"]["description"], "hexmirror test package gamma",
+        "{gamma}"
+    );
+    let delta = http("GET", &format!("{api}/packages/delta"), &[]);
+    assert_eq!(
+        delta.status, 404,
+        "a package that left the mirror leaves the catalog"
+    );
+    let all: serde_json::Value =
+        serde_json::from_slice(&http("GET", &format!("{api}/packages"), &[]).body).unwrap();
+    let names: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alpha", "beta", "gamma"]);
+}
