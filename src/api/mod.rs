@@ -1,6 +1,7 @@
-//! The Hex-compatible write API for private packages (`/api/...`): publish,
-//! replace, revert, retire, docs, package reads, owners, keys, the audit log;
-//! and the read gate of private repositories.
+//! The Hex-compatible API (`/api/...`): package and release reads (hosted
+//! packages from the state database, mirrored ones from the catalog);
+//! for repositories of ours, publish, replace, revert, retire, docs,
+//! owners, keys, the audit log; and the read gate of private repositories.
 //!
 //! Layout: [`etf`] (PURE: Erlang External Term Format) and [`wire`] (content
 //! negotiation, error bodies) are the wire; `handlers` maps each endpoint to
