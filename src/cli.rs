@@ -803,7 +803,7 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
         })
         .ok();
     let api = (publisher.is_some() || catalog.is_some())
-        .then(|| crate::api::ApiState::new(config.clone(), publisher.clone(), catalog));
+        .then(|| crate::api::ApiState::new(config.clone(), publisher.clone(), catalog.clone()));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))?;
@@ -820,7 +820,7 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("cannot create data directory {}", config.data_dir.display())
         })?;
-        let proxy = crate::proxy::Proxy::new(config)?;
+        let proxy = crate::proxy::Proxy::new(config, catalog.clone())?;
         tracing::info!(upstream = %config.upstream.url, "pull-through cache on: files not mirrored yet are fetched on request");
         Some(proxy)
     } else {

@@ -223,6 +223,21 @@ fn a_full_bundle_then_three_increments_reproduce_the_near_tree_and_rebar3_builds
     let project = Rebar3Project::new(&[("beta", "0.2.1")], &fixture_key("upstream.pub.pem"));
     let run = project.compile(&served.url());
     assert!(run.success, "rebar3 through the far side:\n{}", run.output);
+    // The far side's catalog followed the imports: its read API knows the
+    // newest alpha and no longer the removed delta (under the upstream's
+    // name: /api answers for the far side's own repository).
+    let api = format!("{}/api/repos/hexpm", served.url());
+    let alpha: serde_json::Value =
+        serde_json::from_slice(&http("GET", &format!("{api}/packages/alpha"), &[]).body).unwrap();
+    assert_eq!(alpha["latest_stable_version"], "1.2.0", "{alpha}");
+    assert_eq!(
+        alpha["meta"]["description"], "hexmirror test package alpha",
+        "{alpha}"
+    );
+    assert_eq!(
+        http("GET", &format!("{api}/packages/delta"), &[]).status,
+        404
+    );
     assert!(
         run.output.contains("alpha v1.2.0"),
         "the newest alpha arrived: {}",

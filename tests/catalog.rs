@@ -153,3 +153,38 @@ fn a_sync_keeps_the_catalog_in_step_with_the_tree() {
         .collect();
     assert_eq!(names, ["alpha", "beta", "gamma"]);
 }
+
+#[test]
+fn what_the_proxy_fetches_the_catalog_shows() {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let mirror = Mirror::new(&upstream, "\n[proxy]\nenabled = true\n");
+    let served = mirror.serve();
+    let url = served.url();
+    assert_eq!(
+        http("GET", &format!("{url}/api/packages/beta"), &[]).status,
+        404
+    );
+    assert_eq!(
+        http("GET", &format!("{url}/packages/beta"), &[]).status,
+        200
+    );
+    let beta: serde_json::Value =
+        serde_json::from_slice(&http("GET", &format!("{url}/api/packages/beta"), &[]).body)
+            .unwrap();
+    assert_eq!(beta["latest_version"], "0.2.1", "{beta}");
+    assert_eq!(
+        beta["hexmirror"]["metadata_held"], false,
+        "no tarball fetched yet: {beta}"
+    );
+    assert_eq!(
+        http("GET", &format!("{url}/tarballs/beta-0.2.1.tar"), &[]).status,
+        200
+    );
+    let beta: serde_json::Value =
+        serde_json::from_slice(&http("GET", &format!("{url}/api/packages/beta"), &[]).body)
+            .unwrap();
+    assert_eq!(
+        beta["meta"]["description"], "hexmirror test package beta",
+        "{beta}"
+    );
+}

@@ -172,7 +172,13 @@ pub fn import(config: &Config, dir: &Path, rebase: bool) -> Result<ImportReport,
             .map(|b| store.blob_path(&b))
             .filter(|p| p.is_file())
     };
-    check_upstream(config, &bundle, &target, &content)?;
+    // Derived data: an import goes on without it.
+    let catalog = crate::catalog::Catalog::open(&config.data_dir)
+        .inspect_err(|e| {
+            tracing::warn!("catalog unavailable ({e}); `hexmirror catalog rebuild` catches up")
+        })
+        .ok();
+    check_upstream(config, &bundle, &target, &content, catalog.as_ref())?;
 
     // Verified: into the store, then one switch.
     let adopted: Vec<[u8; 32]> = bundle
@@ -236,6 +242,9 @@ pub fn import(config: &Config, dir: &Path, rebase: bool) -> Result<ImportReport,
         db::set_meta(c, db::BUNDLE_IMPORTED_AT, &now.to_string())
     })?;
     let _ = std::fs::remove_dir_all(&staging);
+    if let Some(catalog) = &catalog {
+        follow_catalog(catalog, &store, config, &bundle, &near, &target);
+    }
     let pruned =
         store.prune_generations(store::KEEP_GENERATIONS, config.signing.generation_grace)?;
     if pruned > 0 {
@@ -266,6 +275,7 @@ fn check_upstream(
     bundle: &BundleManifest,
     target: &Tree,
     content: &dyn Fn(&str) -> Option<PathBuf>,
+    catalog: Option<&crate::catalog::Catalog>,
 ) -> Result<(), AirgapError> {
     let key = &config.upstream.public_key;
     let repo = config.upstream.repository.as_str();
@@ -366,8 +376,15 @@ fn check_upstream(
                         outer_checksum: &sums.outer,
                         inner_checksum: Some(&sums.inner),
                     };
-                    crate::tarball::verify(&read(path, sha)?, &expected, &limits)
+                    let verified = crate::tarball::verify(&read(path, sha)?, &expected, &limits)
                         .map_err(|e| refuse(path, sha, e.into()))?;
+                    if let Some(catalog) = catalog
+                        && let Err(e) = catalog.call_blocking(|c| {
+                            crate::catalog::put_tarball_meta(c, sha, &verified.metadata)
+                        })
+                    {
+                        tracing::warn!(path, "catalog: {e}");
+                    }
                 }
                 // Our repositories (`repos/*`, re-signed by the exporter)
                 // and docs rest on the bundle's signature.
@@ -375,4 +392,58 @@ fn check_upstream(
         }
     }
     Ok(())
+}
+
+/// Puts the upstream packages an import changed into the catalog, and
+/// takes out those it removed (a warning if it cannot: the tree stands).
+fn follow_catalog(
+    catalog: &crate::catalog::Catalog,
+    store: &Store,
+    config: &Config,
+    bundle: &BundleManifest,
+    near: &Tree,
+    target: &Tree,
+) {
+    let package = |path: &str| path.strip_prefix("packages/").map(str::to_owned);
+    let changed: Vec<&String> = if bundle.kind == BundleKind::Full {
+        target.keys().collect()
+    } else {
+        bundle.tree.keys().collect()
+    };
+    let records: Vec<(String, FileRef)> = changed
+        .into_iter()
+        .filter_map(|p| Some((package(p)?, FileRef::from_entry(target.get(p)?)?)))
+        .collect();
+    let gone: Vec<String> = near
+        .keys()
+        .filter(|p| !target.contains_key(*p))
+        .filter_map(|p| package(p))
+        .collect();
+    let updated_at = target
+        .get("names")
+        .and_then(FileRef::from_entry)
+        .and_then(|f| store.read_blob(&f.sha256).ok())
+        .and_then(|bytes| {
+            registry::verify_names_within(
+                &bytes,
+                &config.upstream.public_key,
+                &config.upstream.repository,
+                config.upstream.max_registry_bytes,
+            )
+            .ok()
+        })
+        .map(|names| {
+            names
+                .into_inner()
+                .packages
+                .into_iter()
+                .filter_map(|p| Some((p.name, p.updated_at?.seconds.max(0) as u64)))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Err(e) = crate::catalog::follow(catalog, store, config, &records, &gone, &updated_at) {
+        tracing::warn!(
+            "catalog not updated ({e}); the tree is; `hexmirror catalog rebuild` catches up"
+        );
+    }
 }

@@ -11,6 +11,7 @@
 //! Layout: [`query`] (PURE: hex.pm's search syntax), `write` (what a writer
 //! puts in), `read` (what the API reads out), `rebuild`.
 
+mod follow;
 pub mod query;
 mod read;
 mod rebuild;
@@ -21,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
+pub use follow::{FollowError, follow};
 pub use read::{Dependent, PackageView, ReleaseView, Requirement, dependents, package, search};
 pub use rebuild::{RebuildError, RebuildReport, rebuild};
 pub use write::{Entry, put, put_tarball_meta, remove};
@@ -144,6 +146,18 @@ impl Catalog {
             path: self.path.clone(),
             source,
         })
+    }
+
+    /// Records a verified tarball's metadata on the blocking pool; a
+    /// failure is logged (the catalog is derived data, the caller goes on).
+    pub async fn note_tarball(&self, sha256: [u8; 32], metadata: crate::tarball::Metadata) {
+        let sha = hex::encode(sha256);
+        let noted = self
+            .call(move |c| put_tarball_meta(c, &sha, &metadata))
+            .await;
+        if let Err(e) = noted {
+            tracing::warn!(tarball = %hex::encode(sha256), "catalog: {e}");
+        }
     }
 
     /// Runs `f` on the connection on the blocking pool.

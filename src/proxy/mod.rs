@@ -151,11 +151,16 @@ pub struct Proxy {
     validators: Mutex<HashMap<String, Validators>>,
     breaker: Mutex<Breaker>,
     metrics: ProxyMetrics,
+    /// Told of every record and tarball the proxy verified.
+    catalog: Option<crate::catalog::Catalog>,
 }
 
 impl Proxy {
     /// A proxy for `config`'s upstream, caching under `DATA_DIR/proxy`.
-    pub fn new(config: &Config) -> Result<Arc<Self>, ProxyError> {
+    pub fn new(
+        config: &Config,
+        catalog: Option<crate::catalog::Catalog>,
+    ) -> Result<Arc<Self>, ProxyError> {
         let store = Arc::new(Store::open(&config.data_dir)?);
         // A request waits on this; one quick retry, then the stale copy.
         let mut upstream_cfg = config.upstream.clone();
@@ -183,6 +188,7 @@ impl Proxy {
             validators: Mutex::default(),
             breaker: Mutex::default(),
             metrics: ProxyMetrics::default(),
+            catalog,
         }))
     }
 
@@ -319,7 +325,12 @@ impl Proxy {
             ))
             .await;
         let file = match fetched {
-            Ok((file, _metadata)) => file,
+            Ok((file, metadata)) => {
+                if let Some(catalog) = &self.catalog {
+                    catalog.note_tarball(file.sha256, metadata).await;
+                }
+                file
+            }
             Err(ReleaseError::Upstream(e)) => {
                 self.upstream_failed(&e);
                 return Err(e.into());
@@ -391,15 +402,35 @@ impl Proxy {
         self.upstream_ok();
         let this = Arc::clone(self);
         let verified = tokio::task::spawn_blocking(move || {
-            let deps = match this.verify_registry(&kind, &body) {
-                Ok(deps) => deps,
+            let (deps, record) = match this.verify_registry(&kind, &body) {
+                Ok(found) => found,
                 Err(refusal) => return Ok(Err(refusal)),
             };
-            Ok::<_, StoreError>(Ok((this.store.put_bytes(&body)?, deps)))
+            Ok::<_, StoreError>(Ok((this.store.put_bytes(&body)?, deps, record)))
         })
         .await??;
-        let (file, deps) = verified.map_err(|r| self.refused(rel, "registry", r))?;
+        let (file, deps, record) = verified.map_err(|r| self.refused(rel, "registry", r))?;
         self.link(rel, file).await?;
+        if let (Some(record), Some(catalog)) = (record, &self.catalog) {
+            // What the proxy serves, the catalog shows (no /names date:
+            // the proxy did not fetch /names for it).
+            let repo = self.upstream_cfg.repository.clone();
+            let put = catalog
+                .call(move |c| {
+                    let tx = c.transaction()?;
+                    let entry = crate::catalog::Entry {
+                        repository: &repo,
+                        record: &record,
+                        updated_at: None,
+                    };
+                    crate::catalog::put(&tx, &entry, crate::clock::unix_now())?;
+                    tx.commit()
+                })
+                .await;
+            if let Err(e) = put {
+                tracing::warn!(path = rel, "catalog: {e}");
+            }
+        }
         if self.settings.prefetch {
             // Each fetched record prefetches its own dependencies:
             // the closure, one fetch per package at most.
@@ -506,7 +537,13 @@ impl Proxy {
     /// Verifies a registry file; returns, for a record, its dependencies in
     /// this repository (to prefetch). Blocking. Tarballs never come here
     /// (`fetch` sends them to `fetch_tarball`); one would be refused.
-    fn verify_registry(&self, kind: &Kind, body: &[u8]) -> Result<Vec<String>, Refusal> {
+    /// Verifies a registry file; returns the dependencies to prefetch and,
+    /// for a package record, the record (for the catalog).
+    fn verify_registry(
+        &self,
+        kind: &Kind,
+        body: &[u8],
+    ) -> Result<(Vec<String>, Option<registry::proto::package::Package>), Refusal> {
         let (key, repo) = (&self.upstream_cfg.public_key, &self.upstream_cfg.repository);
         let max = self.upstream_cfg.max_registry_bytes;
         let deps = match kind {
@@ -528,11 +565,11 @@ impl Proxy {
                     .collect();
                 deps.sort();
                 deps.dedup();
-                deps
+                return Ok((deps, Some(record)));
             }
             Kind::Tarball { .. } => return Err(Refusal::NoChecksum),
         };
-        Ok(deps)
+        Ok((deps, None))
     }
 
     /// Links the stored blob `file` at `rel` through the store (one rename,

@@ -367,13 +367,7 @@ async fn fetch_tarball(
     // The catalog learns the tarball's metadata now, keyed by its hash: true
     // of these bytes whether or not this sync publishes them.
     if let Some(catalog) = &ctx.catalog {
-        let sha = hex::encode(file.sha256);
-        let recorded = catalog
-            .call(move |c| crate::catalog::put_tarball_meta(c, &sha, &metadata))
-            .await;
-        if let Err(e) = recorded {
-            tracing::warn!(package = %name, version = %version, "catalog: {e}");
-        }
+        catalog.note_tarball(file.sha256, metadata).await;
     }
     Ok(())
 }

@@ -347,9 +347,10 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
         // A catalog new beside an unchanged tree is built from the tree.
         if let Some(catalog) = &ctx.catalog {
             let (store, catalog, cfg) = (ctx.store.clone(), catalog.clone(), config.clone());
-            let filled =
-                blocking(move || update_catalog(&store, &catalog, &cfg, &[], &[], &HashMap::new()))
-                    .await?;
+            let filled = blocking(move || {
+                crate::catalog::follow(&catalog, &store, &cfg, &[], &[], &HashMap::new())
+            })
+            .await?;
             if let Err(e) = filled {
                 tracing::warn!("catalog not built ({e}); `hexmirror catalog rebuild` makes it");
             }
@@ -518,9 +519,10 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
             config.clone(),
             removed.1,
         );
-        let filled =
-            blocking(move || update_catalog(&store, &catalog, &cfg, &records, &gone, &updated_at))
-                .await?;
+        let filled = blocking(move || {
+            crate::catalog::follow(&catalog, &store, &cfg, &records, &gone, &updated_at)
+        })
+        .await?;
         if let Err(e) = filled {
             tracing::warn!(
                 "catalog not updated ({e}); the tree is; `hexmirror catalog rebuild` catches up"
@@ -542,86 +544,6 @@ fn open_catalog(data_dir: &std::path::Path) -> Option<crate::catalog::Catalog> {
     crate::catalog::Catalog::open(data_dir)
         .inspect_err(|e| tracing::warn!("catalog unavailable: {e}; the sync goes on without it"))
         .ok()
-}
-
-/// Puts the records a sync published (verified again) and takes out the
-/// packages it removed, in one transaction, after the generation is live.
-/// An empty catalog beside a published tree (a data directory from before
-/// the catalog) is rebuilt from the tree instead.
-fn update_catalog(
-    store: &Store,
-    catalog: &crate::catalog::Catalog,
-    config: &Config,
-    records: &[(String, FileRef)],
-    gone: &[String],
-    updated_at: &HashMap<String, u64>,
-) -> Result<(), CatalogUpdateError> {
-    let repo = config.upstream.repository.as_str();
-    let empty = catalog.call_blocking(|c| {
-        c.query_row(
-            "SELECT count(*) = 0 FROM package WHERE repository = ?1",
-            [repo],
-            |r| r.get::<_, bool>(0),
-        )
-    })?;
-    if empty {
-        let report = crate::catalog::rebuild(config, catalog)?;
-        tracing::info!(
-            packages = report.packages,
-            tarballs = report.tarballs,
-            "catalog built from the tree"
-        );
-        return Ok(());
-    }
-    let mut decoded = Vec::with_capacity(records.len());
-    for (name, file) in records {
-        let bytes = store.read_blob(&file.sha256)?;
-        let record = registry::verify_package_within(
-            &bytes,
-            &config.upstream.public_key,
-            repo,
-            name,
-            config.upstream.max_registry_bytes,
-        )
-        .map_err(|source| CatalogUpdateError::Record {
-            name: name.clone(),
-            source,
-        })?;
-        decoded.push(record.into_inner());
-    }
-    let now = unix_now();
-    catalog.call_blocking(|c| {
-        let tx = c.transaction()?;
-        for record in &decoded {
-            let entry = crate::catalog::Entry {
-                repository: repo,
-                record,
-                updated_at: updated_at.get(&record.name).copied(),
-            };
-            crate::catalog::put(&tx, &entry, now)?;
-        }
-        for name in gone {
-            crate::catalog::remove(&tx, repo, name)?;
-        }
-        tx.commit()
-    })?;
-    Ok(())
-}
-
-/// Why the catalog could not follow a sync (the sync itself succeeded).
-#[derive(Debug, thiserror::Error)]
-enum CatalogUpdateError {
-    #[error(transparent)]
-    Catalog(#[from] crate::catalog::CatalogError),
-    #[error(transparent)]
-    Rebuild(#[from] crate::catalog::RebuildError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("stored record of {name} does not verify again: {source}")]
-    Record {
-        name: String,
-        source: registry::RegistryError,
-    },
 }
 
 /// One quarantine entry per failed package: the first failure's kind, and

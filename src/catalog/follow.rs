@@ -1,0 +1,96 @@
+//! The catalog following the writers: what a sync or a bundle import
+//! published, put in once the generation is live.
+
+use std::collections::HashMap;
+
+use super::{Catalog, CatalogError};
+use crate::clock::unix_now;
+use crate::config::Config;
+use crate::registry;
+use crate::store::{FileRef, Store, StoreError};
+
+/// Puts the records a writer published (verified again) and takes out the
+/// packages it removed, in one transaction, once the generation is live.
+/// An empty catalog beside a published tree (a data directory from before
+/// the catalog) is rebuilt from the tree instead.
+pub fn follow(
+    catalog: &Catalog,
+    store: &Store,
+    config: &Config,
+    records: &[(String, FileRef)],
+    gone: &[String],
+    updated_at: &HashMap<String, u64>,
+) -> Result<(), FollowError> {
+    let repo = config.upstream.repository.as_str();
+    let empty = catalog.call_blocking(|c| {
+        c.query_row(
+            "SELECT count(*) = 0 FROM package WHERE repository = ?1",
+            [repo],
+            |r| r.get::<_, bool>(0),
+        )
+    })?;
+    if empty {
+        let report = super::rebuild(config, catalog)?;
+        tracing::info!(
+            packages = report.packages,
+            tarballs = report.tarballs,
+            "catalog built from the tree"
+        );
+        return Ok(());
+    }
+    let mut decoded = Vec::with_capacity(records.len());
+    for (name, file) in records {
+        let bytes = store.read_blob(&file.sha256)?;
+        let record = registry::verify_package_within(
+            &bytes,
+            &config.upstream.public_key,
+            repo,
+            name,
+            config.upstream.max_registry_bytes,
+        )
+        .map_err(|source| FollowError::Record {
+            name: name.clone(),
+            source,
+        })?;
+        decoded.push(record.into_inner());
+    }
+    let now = unix_now();
+    catalog.call_blocking(|c| {
+        let tx = c.transaction()?;
+        for record in &decoded {
+            let entry = super::Entry {
+                repository: repo,
+                record,
+                updated_at: updated_at.get(&record.name).copied(),
+            };
+            super::put(&tx, &entry, now)?;
+        }
+        for name in gone {
+            super::remove(&tx, repo, name)?;
+        }
+        tx.commit()
+    })?;
+    Ok(())
+}
+
+/// Why the catalog could not follow a change (the change itself stands).
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    /// The catalog database.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// Building it from the tree.
+    #[error(transparent)]
+    Rebuild(#[from] super::RebuildError),
+    /// A stored record could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored record that does not verify (the blob store is damaged).
+    #[error("stored record of {name} does not verify again: {source}")]
+    Record {
+        /// The package.
+        name: String,
+        /// Why.
+        source: registry::RegistryError,
+    },
+}
