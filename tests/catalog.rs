@@ -188,3 +188,79 @@ fn what_the_proxy_fetches_the_catalog_shows() {
         "{beta}"
     );
 }
+
+#[test]
+fn dependents_and_repositories_show_only_what_the_caller_may_know() {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let mirror = Mirror::hosting(
+        &upstream,
+        "name = \"secret\"\nprivate = true\npackages = [\"beta\"]",
+        "",
+    );
+    let token = mirror.token(&["--admin", "--name", "ci"]);
+    let served = mirror.serve();
+    let url = served.url();
+    let json = |path: &str, auth: &[(&str, &str)]| {
+        let got = http("GET", &format!("{url}{path}"), auth);
+        (
+            got.status,
+            serde_json::from_slice::<serde_json::Value>(&got.body).unwrap(),
+        )
+    };
+    let (status, body) = json("/api/repos/hexpm/packages/alpha/dependents", &[]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["total"], 1, "{body}");
+    assert_eq!(body["items"][0]["package"], "beta", "{body}");
+    assert_eq!(
+        body["items"][0]["versions"],
+        serde_json::json!(["0.2.1", "0.2.0", "0.1.0"])
+    );
+    let (_, body) = json(
+        "/api/repos/hexpm/packages/alpha/dependents?versions_per_package_limit=1",
+        &[],
+    );
+    assert_eq!(
+        body["items"][0]["versions"],
+        serde_json::json!(["0.2.1"]),
+        "{body}"
+    );
+    assert_eq!(body["items"][0]["total_versions"], 3, "{body}");
+    let (status, body) = json("/api/repos/hexpm/packages/alpha/dependents?limit=0", &[]);
+    assert_eq!(status, 400, "{body}");
+    let (_, body) = json("/api/repos/hexpm/packages/delta/dependents", &[]);
+    assert_eq!(body["total"], 0, "{body}");
+
+    // The private repository is not listed, nor readable, without a key.
+    let (_, body) = json("/api/repos", &[]);
+    let names: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["hexpm"], "{body}");
+    assert_eq!(json("/api/repos/secret", &[]).0, 404);
+    assert_eq!(
+        json("/api/repos/secret/packages/alpha/dependents", &[]).0,
+        401
+    );
+    let auth = [("authorization", token.as_str())];
+    let (_, body) = json("/api/repos", &auth);
+    let names: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["hexpm", "secret"], "{body}");
+    let (status, body) = json("/api/repos/secret", &auth);
+    assert_eq!(
+        (status, body["public"].clone()),
+        (200, serde_json::json!(false)),
+        "{body}"
+    );
+    // Its curated view serves beta's closure: alpha's dependents there.
+    let (status, body) = json("/api/repos/secret/packages/alpha", &auth);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["repository"], "secret", "{body}");
+}

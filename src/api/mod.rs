@@ -295,10 +295,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .saturating_add(64 * 1024);
     let mut r = Router::new();
     for prefix in ["/api", "/api/repos/{repo}"] {
-        let routes: [(&str, MethodRouter<Arc<ApiState>>); 15] = [
+        let routes: [(&str, MethodRouter<Arc<ApiState>>); 16] = [
             ("/publish", post(h::publish)),
             ("/packages", get(h::list_packages)),
             ("/packages/{name}", get(h::get_package)),
+            ("/packages/{name}/dependents", get(h::dependents)),
             ("/packages/{name}/releases", post(h::publish)),
             (
                 "/packages/{name}/releases/{version}",
@@ -327,20 +328,27 @@ pub fn router(state: Arc<ApiState>) -> Router {
         ];
         for (path, methods) in routes {
             let template = format!("{prefix}{path}");
-            let logged = methods.layer(axum::middleware::from_fn_with_state(
-                Arc::<str>::from(template.as_str()),
-                log::log_request,
-            ));
-            r = r.route(&template, logged);
+            r = r.route(&template, logged(&template, methods));
         }
     }
-    let bare = any(h::not_found).layer(axum::middleware::from_fn_with_state(
-        Arc::<str>::from("/api"),
-        log::log_request,
-    ));
+    r = r
+        .route("/api/repos", logged("/api/repos", get(h::list_repos)))
+        .route(
+            "/api/repos/{repo}",
+            logged("/api/repos/{repo}", get(h::get_repo)),
+        );
+    let bare = logged("/api", any(h::not_found));
     r.route("/api", bare)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// `methods` with one log line per request under route `template`.
+fn logged(template: &str, methods: MethodRouter<Arc<ApiState>>) -> MethodRouter<Arc<ApiState>> {
+    methods.layer(axum::middleware::from_fn_with_state(
+        Arc::<str>::from(template),
+        log::log_request,
+    ))
 }
 
 /// The routes when no repository of ours is configured: every `/api` request

@@ -10,7 +10,8 @@ mod releases;
 
 pub(super) use account::{audit_logs, auth_test, create_key, delete_key, get_key, list_keys, me};
 pub(super) use packages::{
-    add_owner, get_owner, get_package, list_owners, list_packages, remove_owner,
+    add_owner, dependents, get_owner, get_package, get_repo, list_owners, list_packages,
+    list_repos, remove_owner,
 };
 pub(super) use releases::{
     get_release, publish, publish_docs, retire, revert, revert_docs, unretire,
@@ -315,6 +316,33 @@ impl Request {
             )),
             None => Ok(Source::Upstream(upstream.clone())),
         }
+    }
+
+    /// The upstream mirror's name, then our repositories' names.
+    fn repo_names(&self) -> Vec<String> {
+        std::iter::once(self.config.upstream.repository.clone())
+            .chain(self.config.repositories.iter().map(|r| r.name.clone()))
+            .collect()
+    }
+
+    /// Repository `name` as hex.pm shows one, if it exists and the caller
+    /// may know of it (a private one needs a key that may read it).
+    fn repo_json(&self, name: &str) -> Option<Value> {
+        let ours = self.config.repositories.iter().find(|r| r.name == name);
+        let private = ours.is_some_and(|r| r.private);
+        if ours.is_none() && name != self.config.upstream.repository {
+            return None;
+        }
+        if private && self.read(name, None).is_err() {
+            return None;
+        }
+        Some(json!({
+            "name": name,
+            "public": !private,
+            "active": true,
+            "url": format!("{}/repos/{name}", self.base),
+            "hexmirror": {"kind": if ours.is_some() { "ours" } else { "mirror" }},
+        }))
     }
 
     /// The catalog, or the answer when there is none.

@@ -262,3 +262,121 @@ pub(in crate::api) async fn remove_owner(
     })
     .await
 }
+
+/// A bounded number from the query string: absent is `default`, anything
+/// else outside `range` is a 400 naming the parameter.
+fn bounded(
+    q: &BTreeMap<String, String>,
+    key: &str,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize, Reply> {
+    match q.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                Reply::error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "{key}={v:?}: give a number from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                )
+            }),
+    }
+}
+
+/// `GET /api/packages/NAME/dependents`: the mirrored packages depending on
+/// NAME, through which releases (JSR's shape: `items`, `total`).
+pub(in crate::api) async fn dependents(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    Query(q): QueryMap,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let name = param(&p, "name").to_owned();
+        if let Source::Ours(repo) = req.source()? {
+            req.read(&repo, Some(&name))?;
+            if !req.serves_mirrored(&repo, &name) {
+                return Err(Reply::error(
+                    StatusCode::NOT_FOUND,
+                    format!("repository {repo} serves no mirrored package {name}"),
+                ));
+            }
+        }
+        let limit = bounded(&q, "limit", 20, 1..=100)?;
+        let page = bounded(&q, "page", 1, 1..=usize::MAX)?;
+        let per_package = bounded(&q, "versions_per_package_limit", 10, 1..=10)?;
+        req.mirrored(&name).await?;
+        let up = req.config.upstream.repository.clone();
+        let all = req
+            .catalog()?
+            .call(move |c| crate::catalog::dependents(c, std::slice::from_ref(&up), &up, &name))
+            .await
+            .map_err(|e| Reply::internal(format!("catalog read failed: {e}")))?;
+        let items: Vec<Value> = all
+            .iter()
+            .skip((page - 1).saturating_mul(limit))
+            .take(limit)
+            .map(|d| {
+                json!({
+                    "repository": d.repository,
+                    "package": d.name,
+                    "versions": d.versions.iter().take(per_package).collect::<Vec<_>>(),
+                    "total_versions": d.versions.len(),
+                })
+            })
+            .collect();
+        Ok(Reply::ok(json!({"items": items, "total": all.len()})))
+    })
+    .await
+}
+
+/// `GET /api/repos`: the repositories a caller may read: the mirror of
+/// the upstream, and each repository of ours that is public or that the
+/// caller's key may read.
+pub(in crate::api) async fn list_repos(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let repos: Vec<Value> = req
+            .repo_names()
+            .into_iter()
+            .filter_map(|name| req.repo_json(&name))
+            .collect();
+        Ok(Reply::ok(Value::Array(repos)))
+    })
+    .await
+}
+
+/// `GET /api/repos/NAME`.
+pub(in crate::api) async fn get_repo(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let name = param(&p, "repo");
+        // A private repository the caller may not read is not there.
+        req.repo_json(name).map(Reply::ok).ok_or_else(|| {
+            Reply::error(
+                StatusCode::NOT_FOUND,
+                format!("no repository {name:?} here"),
+            )
+        })
+    })
+    .await
+}
