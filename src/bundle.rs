@@ -203,9 +203,9 @@ pub enum Inconsistency {
 /// Where a bundle stands against the chain the importer holds.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
-    /// The first bundle must be full, sequence 1, with no previous.
+    /// A side that holds no bundle starts from a full one.
     #[error(
-        "this side holds no bundle yet: it expects bundle 1, a full one (got bundle {got}); import the first full bundle first"
+        "this side holds no bundle yet and bundle {got} is not a full one: import a full bundle first (the first of the chain, or a new one from `bundle export --full`)"
     )]
     NotAStart {
         /// The sequence offered.
@@ -367,7 +367,8 @@ fn check_consistent(bundle: &BundleManifest) -> Result<(), BundleError> {
 }
 
 /// Whether `bundle` is the next one after `last` (`None`: nothing imported
-/// yet). With `rebase`, a full bundle starts the chain again from itself.
+/// yet, when any full bundle starts the chain). With `rebase`, a full
+/// bundle starts the chain again from itself.
 pub fn check_chain(
     last: Option<&ChainPosition>,
     bundle: &BundleManifest,
@@ -376,8 +377,10 @@ pub fn check_chain(
     if rebase && bundle.kind == BundleKind::Full {
         return Ok(());
     }
+    // A full bundle needs nothing before it: a side that holds none (new,
+    // or joining a chain that started long ago) starts from any.
     let Some(last) = last else {
-        return if bundle.sequence == 1 && bundle.kind == BundleKind::Full {
+        return if bundle.kind == BundleKind::Full {
             Ok(())
         } else {
             Err(ChainError::NotAStart {
@@ -792,6 +795,11 @@ mod tests {
             check_chain(None, &bundle(2, Some(at_one.hash.clone())), false),
             Err(ChainError::NotAStart { got: 2 })
         );
+        // Regression: a new far side refused a full bundle later in the
+        // chain (after `export --full`), as if only bundle 1 could start.
+        let mut later_full = bundle(5, Some(at_one.hash.clone()));
+        later_full.kind = BundleKind::Full;
+        check_chain(None, &later_full, false).unwrap();
         let second = bundle(2, Some(at_one.hash.clone()));
         check_chain(Some(&at_one), &second, false).unwrap();
         assert_eq!(

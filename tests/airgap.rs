@@ -287,7 +287,7 @@ fn broken_forged_foreign_and_out_of_order_bundles_are_refused_and_change_nothing
     // Nothing imported yet: only bundle 1 starts a chain.
     let out = gap.import(&b2, &[]);
     assert_eq!(out.code, Some(2), "{out}");
-    assert!(out.stderr.contains("expects bundle 1"), "{out}");
+    assert!(out.stderr.contains("is not a full one"), "{out}");
     assert!(!gap.far.tree().exists(), "nothing published");
 
     // Damaged copies of bundle 1, each refused with the culprit named.
@@ -622,6 +622,15 @@ fn a_lost_exporter_state_is_rebased_only_on_purpose() {
     let out = gap.import_ok(&full);
     assert!(out.stdout.contains("bundle 2 (Full) imported"), "{out}");
     gap.assert_reproduced();
+    // A new far side joins from that full bundle, no --rebase needed
+    // (regression: only bundle 1 could start a side).
+    let joiner = Mirror::new(
+        &upstream,
+        &far_sections(&gap.bundles.path().join("exporter.pub.pem")),
+    );
+    let out = joiner.run(&["bundle", "import", full.to_str().unwrap()]);
+    assert!(out.ok(), "{out}");
+    assert_eq!(contents(&joiner.tree(), ""), contents(&gap.far.tree(), ""));
 
     // The exporter loses its state: its next bundle starts a new chain.
     fs::remove_dir_all(gap.near.data_dir().join("bundles/export")).unwrap();
