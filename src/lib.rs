@@ -44,6 +44,7 @@ pub mod index;
 pub mod keyfiles;
 pub mod manifest;
 pub mod notify;
+pub mod parallel;
 pub mod plan;
 pub mod proxy;
 #[cfg(test)]

@@ -9,15 +9,15 @@
 //! position recorded. A refusal at any step leaves the served tree and the
 //! database as they were.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 use super::{
-    AirgapError, UpstreamCheck, bundles_dir, check_space, io, kept_name, sha_bytes, volumes,
-    write_atomic, write_whole,
+    AirgapError, UpstreamCheck, bundles_dir, check_space, io, kept_name, sha_bytes, sync_tree,
+    volumes, write_atomic, write_file,
 };
 use crate::bundle::{self, BundleKind, BundleManifest, ChainPosition, Tree};
 use crate::config::Config;
@@ -153,8 +153,10 @@ pub fn import(config: &Config, dir: &Path, rebase: bool) -> Result<ImportReport,
         &bundle,
         |sha| wanted.contains(sha),
         |sha, _, bytes| {
-            // Written whole under its name; a kill loses at most this file.
-            write_whole(&staged(sha), &bytes)?;
+            // Whole under its name, so a kill loses at most this file; not
+            // fsynced one by one: one flush of the staging area follows, and
+            // a resumed import hashes what an earlier run staged.
+            write_file(&staged(sha), &bytes, false)?;
             if let Some(pause) = fault_delay {
                 std::thread::sleep(pause);
             }
@@ -180,7 +182,8 @@ pub fn import(config: &Config, dir: &Path, rebase: bool) -> Result<ImportReport,
         .ok();
     check_upstream(config, &bundle, &target, &content, catalog.as_ref())?;
 
-    // Verified: into the store, then one switch.
+    // Verified: on disk, into the store, then one switch.
+    sync_tree(&staging)?;
     let adopted: Vec<[u8; 32]> = bundle
         .blobs
         .keys()
@@ -268,13 +271,13 @@ fn staged_intact(path: &Path, sha: &str) -> bool {
 
 /// The upstream's own checks, again, on every upstream file the bundle
 /// changes: `/names` and `/versions` and each record by signature and
-/// origin with the `[upstream]` key, each tarball against its record's
-/// checksums (outer and inner) and structure.
+/// origin with the `[upstream]` key (one pass), then each tarball against
+/// its record's checksums (outer and inner) and structure, on all cores.
 fn check_upstream(
     config: &Config,
     bundle: &BundleManifest,
     target: &Tree,
-    content: &dyn Fn(&str) -> Option<PathBuf>,
+    content: &(dyn Fn(&str) -> Option<PathBuf> + Sync),
     catalog: Option<&crate::catalog::Catalog>,
 ) -> Result<(), AirgapError> {
     let key = &config.upstream.public_key;
@@ -300,98 +303,101 @@ fn check_upstream(
         volume: volume_of(sha),
         reason: Box::new(reason),
     };
-    let mut records: HashMap<String, registry::proto::package::Package> = HashMap::new();
-    let mut record =
-        |name: &str| -> Result<Option<registry::proto::package::Package>, AirgapError> {
-            if let Some(r) = records.get(name) {
-                return Ok(Some(r.clone()));
-            }
-            let path = format!("packages/{name}");
-            let Some(entry) = target.get(&path) else {
-                return Ok(None);
-            };
-            let bytes = read(&path, &entry.sha256)?;
-            let package = registry::verify_package_within(&bytes, key, repo, name, max)
-                .map_err(|e| refuse(&path, &entry.sha256, e.into()))?
-                .into_inner();
-            records.insert(name.to_owned(), package.clone());
-            Ok(Some(package))
-        };
-    let changed: BTreeMap<&str, &crate::manifest::FileEntry> = bundle
+    let changed: Vec<(&str, &crate::manifest::FileEntry)> = bundle
         .tree
         .iter()
         .filter_map(|(p, e)| Some((p.as_str(), e.as_ref()?)))
         .collect();
-    let limits = crate::tarball::Limits::default();
+    // Tarballs to check: (path, sha, name, version).
+    let mut tarballs: Vec<(&str, &str, &str, &str)> = Vec::new();
     for (path, entry) in &changed {
         let sha = entry.sha256.as_str();
-        match *path {
-            "names" => {
-                registry::verify_names_within(&read(path, sha)?, key, repo, max)
-                    .map_err(|e| refuse(path, sha, e.into()))?;
-            }
-            "versions" => {
-                registry::verify_versions_within(&read(path, sha)?, key, repo, max)
-                    .map_err(|e| refuse(path, sha, e.into()))?;
-            }
-            _ => {
-                if let Some(name) = path.strip_prefix("packages/") {
-                    let package = record(name)?.ok_or_else(|| {
-                        refuse(path, sha, UpstreamCheck::NoRecord(path.to_string()))
-                    })?;
-                    // A changed record must agree with every tarball the
-                    // tree serves for it.
-                    for release in &package.releases {
-                        let tarball = format!("tarballs/{name}-{}.tar", release.version);
-                        if let Some(t) = target.get(&tarball) {
-                            let sums = crate::upstream::release::Sums::of(release);
-                            if sums.is_none_or(|s| hex::encode(s.outer) != t.sha256) {
-                                return Err(refuse(&tarball, &t.sha256, UpstreamCheck::Checksum));
-                            }
-                        }
-                    }
-                } else if let Some(file) = path.strip_prefix("tarballs/") {
-                    let Some((name, version)) =
-                        file.strip_suffix(".tar").and_then(|f| f.split_once('-'))
-                    else {
-                        return Err(refuse(path, sha, UpstreamCheck::NoRecord(path.to_string())));
-                    };
-                    if PackageName::parse(name).is_err() {
-                        return Err(refuse(path, sha, UpstreamCheck::NoRecord(path.to_string())));
-                    }
-                    let record_path = format!("packages/{name}");
-                    let package = record(name)?
-                        .ok_or_else(|| refuse(path, sha, UpstreamCheck::NoRecord(record_path)))?;
-                    let release = package
-                        .releases
-                        .iter()
-                        .find(|r| r.version == version)
-                        .ok_or_else(|| refuse(path, sha, UpstreamCheck::NotInRecord))?;
-                    let sums = crate::upstream::release::Sums::of(release)
-                        .filter(|s| hex::encode(s.outer) == sha)
-                        .ok_or_else(|| refuse(path, sha, UpstreamCheck::Checksum))?;
-                    let expected = crate::tarball::Expected {
-                        name,
-                        version,
-                        outer_checksum: &sums.outer,
-                        inner_checksum: Some(&sums.inner),
-                    };
-                    let verified = crate::tarball::verify(&read(path, sha)?, &expected, &limits)
-                        .map_err(|e| refuse(path, sha, e.into()))?;
-                    if let Some(catalog) = catalog
-                        && let Err(e) = catalog.call_blocking(|c| {
-                            crate::catalog::put_tarball_meta(c, sha, &verified.metadata)
-                        })
-                    {
-                        tracing::warn!(path, "catalog: {e}");
-                    }
-                }
-                // Our repositories (`repos/*`, re-signed by the exporter)
-                // and docs rest on the bundle's signature.
-            }
+        if let Some(file) = path.strip_prefix("tarballs/") {
+            let parsed = file
+                .strip_suffix(".tar")
+                .and_then(|f| f.split_once('-'))
+                .filter(|(name, _)| PackageName::parse(name).is_ok());
+            let Some((name, version)) = parsed else {
+                return Err(refuse(path, sha, UpstreamCheck::NoRecord(path.to_string())));
+            };
+            tarballs.push((path, sha, name, version));
         }
     }
-    Ok(())
+    // Records: every changed one, and the (unchanged) records of changed
+    // tarballs; checked by signature and origin, then kept for the tarballs.
+    let mut wanted: std::collections::BTreeSet<&str> = changed
+        .iter()
+        .filter_map(|(p, _)| p.strip_prefix("packages/"))
+        .collect();
+    wanted.extend(tarballs.iter().map(|t| t.2));
+    let mut records: HashMap<&str, registry::proto::package::Package> = HashMap::new();
+    for name in wanted {
+        let path = format!("packages/{name}");
+        let Some(entry) = target.get(&path) else {
+            continue;
+        };
+        let bytes = read(&path, &entry.sha256)?;
+        let package = registry::verify_package_within(&bytes, key, repo, name, max)
+            .map_err(|e| refuse(&path, &entry.sha256, e.into()))?
+            .into_inner();
+        // A record must agree with every tarball the tree serves for it.
+        for release in &package.releases {
+            let tarball = format!("tarballs/{name}-{}.tar", release.version);
+            if let Some(t) = target.get(&tarball) {
+                let sums = crate::upstream::release::Sums::of(release);
+                if sums.is_none_or(|s| hex::encode(s.outer) != t.sha256) {
+                    return Err(refuse(&tarball, &t.sha256, UpstreamCheck::Checksum));
+                }
+            }
+        }
+        records.insert(name, package);
+    }
+    for (path, entry) in &changed {
+        let sha = entry.sha256.as_str();
+        let checked = match *path {
+            "names" => registry::verify_names_within(&read(path, sha)?, key, repo, max).map(drop),
+            "versions" => {
+                registry::verify_versions_within(&read(path, sha)?, key, repo, max).map(drop)
+            }
+            // Our repositories (`repos/*`, re-signed by the exporter) and
+            // docs rest on the bundle's signature; records were checked above.
+            _ => Ok(()),
+        };
+        checked.map_err(|e| refuse(path, sha, e.into()))?;
+    }
+    let limits = crate::tarball::Limits::default();
+    let check =
+        |&(path, sha, name, version): &(&str, &str, &str, &str)| -> Result<(), AirgapError> {
+            let record_path = format!("packages/{name}");
+            let package = records
+                .get(name)
+                .ok_or_else(|| refuse(path, sha, UpstreamCheck::NoRecord(record_path)))?;
+            let release = package
+                .releases
+                .iter()
+                .find(|r| r.version == version)
+                .ok_or_else(|| refuse(path, sha, UpstreamCheck::NotInRecord))?;
+            let sums = crate::upstream::release::Sums::of(release)
+                .filter(|s| hex::encode(s.outer) == sha)
+                .ok_or_else(|| refuse(path, sha, UpstreamCheck::Checksum))?;
+            let expected = crate::tarball::Expected {
+                name,
+                version,
+                outer_checksum: &sums.outer,
+                inner_checksum: Some(&sums.inner),
+            };
+            let verified = crate::tarball::verify(&read(path, sha)?, &expected, &limits)
+                .map_err(|e| refuse(path, sha, e.into()))?;
+            if let Some(catalog) = catalog
+                && let Err(e) = catalog
+                    .call_blocking(|c| crate::catalog::put_tarball_meta(c, sha, &verified.metadata))
+            {
+                tracing::warn!(path, "catalog: {e}");
+            }
+            Ok(())
+        };
+    // The first refusal in path order, whichever core found it.
+    crate::parallel::map(&tarballs, check).into_iter().collect()
 }
 
 /// Puts the upstream packages an import changed into the catalog, and

@@ -305,6 +305,33 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AirgapError> {
 /// rename); the caller fsyncs the directory when the name must survive a
 /// power cut too.
 fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), AirgapError> {
+    write_file(path, bytes, true)
+}
+
+/// Flushes everything written under `dir` to disk: one `syncfs` of its file
+/// system where there is one, else an fsync of each file and of `dir`.
+fn sync_tree(dir: &Path) -> Result<(), AirgapError> {
+    let d = std::fs::File::open(dir).map_err(io("open", dir))?;
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a file descriptor this function owns for the call.
+        if unsafe { libc::syncfs(d.as_raw_fd()) } == 0 {
+            return Ok(());
+        }
+    }
+    for entry in std::fs::read_dir(dir).map_err(io("list", dir))?.flatten() {
+        let path = entry.path();
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(io("fsync", &path))?;
+    }
+    d.sync_all().map_err(io("fsync directory", dir))
+}
+
+/// Writes `bytes` under a private name and renames it to `path`; with
+/// `durable`, fsyncs it first.
+fn write_file(path: &Path, bytes: &[u8], durable: bool) -> Result<(), AirgapError> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io("create directory", dir))?;
@@ -316,7 +343,9 @@ fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), AirgapError> {
     (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)
     })()
     .map_err(|e| {

@@ -371,9 +371,15 @@ impl Store {
         if path.is_file() {
             return fs::remove_file(file).map_err(err("remove", file));
         }
-        let dir = path.parent().unwrap_or(&self.blobs);
-        fs::create_dir_all(dir).map_err(err("create directory", dir))?;
-        fs::rename(file, &path).map_err(err("rename into the blob store", &path))
+        match fs::rename(file, &path) {
+            // The fan-out directory is made on first use only.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && file.exists() => {
+                let dir = path.parent().unwrap_or(&self.blobs);
+                fs::create_dir_all(dir).map_err(err("create directory", dir))?;
+                fs::rename(file, &path).map_err(err("rename into the blob store", &path))
+            }
+            other => other.map_err(err("rename into the blob store", &path)),
+        }
     }
 
     /// fsyncs the blob directories of `blobs`, once each.

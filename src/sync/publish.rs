@@ -298,7 +298,7 @@ fn repository_files(
             None => misses.push((name.as_str(), record)),
         }
     }
-    for result in parallel_map(&misses, |(name, record)| {
+    for result in crate::parallel::map(&misses, |(name, record)| {
         store
             .put_bytes(&registry::seal_signed(record.encode_to_vec(), key))
             .map(|r| (*name, r))
@@ -357,23 +357,6 @@ fn repository_files(
         store.put_bytes(key.public_key().spki_pem().as_bytes())?,
     );
     Ok(files)
-}
-
-/// Maps `f` over `items` on all cores, keeping the order of `items`.
-fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = items.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = items
-            .chunks(chunk)
-            .map(|part| scope.spawn(|| part.iter().map(&f).collect::<Vec<R>>()))
-            .collect();
-        workers
-            .into_iter()
-            // A worker only panics on a bug; carry the panic, never drop results.
-            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    })
 }
 
 /// Builds the next generation and switches it in, unless it would equal the
@@ -479,16 +462,6 @@ fn decode_records(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parallel_map_keeps_order() {
-        let items: Vec<u32> = (0..1000).collect();
-        assert_eq!(
-            parallel_map(&items, |x| x * 2),
-            items.iter().map(|x| x * 2).collect::<Vec<_>>()
-        );
-        assert!(parallel_map(&[] as &[u32], |x| *x).is_empty());
-    }
 
     #[test]
     fn package_of_paths() {
