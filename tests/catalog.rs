@@ -259,8 +259,21 @@ fn dependents_and_repositories_show_only_what_the_caller_may_know() {
         (200, serde_json::json!(false)),
         "{body}"
     );
-    // Its curated view serves beta's closure: alpha's dependents there.
+    // Its curated view serves beta's closure, alpha included.
     let (status, body) = json("/api/repos/secret/packages/alpha", &auth);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["repository"], "secret", "{body}");
+    // A version-limited key sees only the releases it may read.
+    let limited = mirror.token(&["--name", "old", "--scope", "secret/alpha:read:< 1.1.0"]);
+    let auth = [("authorization", limited.as_str())];
+    let (status, body) = json("/api/repos/secret/packages/alpha", &auth);
+    assert_eq!(status, 200, "{body}");
+    let versions: Vec<&str> = body["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["1.0.0"], "{body}");
+    assert_eq!(json("/api/repos/secret/packages/alpha/releases/1.1.0", &auth).0, 404);
 }

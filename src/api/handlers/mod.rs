@@ -372,6 +372,28 @@ impl Request {
         })
     }
 
+    /// Mirrored package `name` as repository `repo` of ours shows it to
+    /// this caller: a version-limited key sees only the releases it may read.
+    async fn mirrored_in(
+        &self,
+        repo: &str,
+        name: &str,
+    ) -> Result<crate::catalog::PackageView, Reply> {
+        let limit = self.read(repo, Some(name))?;
+        let mut view = self.mirrored(name).await?;
+        if let Some(scopes) = limit {
+            view.releases
+                .retain(|r| auth::may_read_release(&scopes, repo, name, &r.version));
+            if view.releases.is_empty() {
+                return Err(Reply::error(
+                    StatusCode::NOT_FOUND,
+                    format!("no release of {name} in repository {repo} that this key may read"),
+                ));
+            }
+        }
+        Ok(view)
+    }
+
     /// Whether our repository `repo` serves the upstream package `name`
     /// (its curated view, as the served tree holds it).
     fn serves_mirrored(&self, repo: &str, name: &str) -> bool {

@@ -23,8 +23,7 @@ pub(in crate::api) async fn get_package(
             // Not hosted here: the repository's view of the mirror, if it
             // serves the package.
             Err(_) if req.serves_mirrored(&repo, &name) => {
-                req.read(&repo, Some(&name))?;
-                let view = req.mirrored(&name).await?;
+                let view = req.mirrored_in(&repo, &name).await?;
                 return Ok(Reply::ok(req.mirrored_package_json(&repo, &view)));
             }
             Err(e) => return Err(e),

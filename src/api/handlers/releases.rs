@@ -267,8 +267,7 @@ pub(in crate::api) async fn get_release(
         let rows = match req.visible_rows(&repo, name).await {
             Ok(rows) => rows,
             Err(_) if req.serves_mirrored(&repo, name) => {
-                req.read(&repo, Some(name))?;
-                return mirrored(req.mirrored(name).await?, &repo);
+                return mirrored(req.mirrored_in(&repo, name).await?, &repo);
             }
             Err(e) => return Err(e),
         };
