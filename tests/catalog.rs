@@ -275,5 +275,8 @@ fn dependents_and_repositories_show_only_what_the_caller_may_know() {
         .map(|r| r["version"].as_str().unwrap())
         .collect();
     assert_eq!(versions, ["1.0.0"], "{body}");
-    assert_eq!(json("/api/repos/secret/packages/alpha/releases/1.1.0", &auth).0, 404);
+    assert_eq!(
+        json("/api/repos/secret/packages/alpha/releases/1.1.0", &auth).0,
+        404
+    );
 }
