@@ -280,3 +280,85 @@ fn dependents_and_repositories_show_only_what_the_caller_may_know() {
         404
     );
 }
+
+#[test]
+fn the_read_gateway_answers_in_its_envelope() {
+    let (_upstream, _mirror, served) = mirror();
+    let get = |path: &str| {
+        let got = http("GET", &format!("{}{path}", served.url()), &[]);
+        let body: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+        (got.status, body)
+    };
+    let (status, body) = get("/v1/package?name=beta");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["success"].clone(), body["status"].clone()),
+        (true.into(), "ok".into())
+    );
+    assert_eq!(
+        body["meta"]["request_id"].as_str().unwrap().len(),
+        32,
+        "{body}"
+    );
+    let p = &body["data"]["package"];
+    assert_eq!(p["latest_stable_version"], "0.2.1", "{body}");
+    assert_eq!(p["version_count"], 3, "{body}");
+    assert_eq!(p["description"], "hexmirror test package beta", "{body}");
+    assert!(p.get("downloads").is_none(), "no made-up counts: {body}");
+
+    let (_, body) = get("/v1/releases?name=alpha&limit=2");
+    let d = &body["data"];
+    assert_eq!(
+        (d["count"].clone(), d["total"].clone()),
+        (2.into(), 3.into()),
+        "{body}"
+    );
+    assert_eq!(d["latest"], "2.0.0-rc.1", "{body}");
+    assert_eq!(d["releases"][1]["version"], "1.1.0", "{body}");
+
+    let (_, body) = get("/v1/release?name=beta&version=0.2.1");
+    let r = &body["data"]["release"];
+    assert_eq!(r["build_tools"], serde_json::json!(["rebar3"]), "{body}");
+    let deps: Vec<(String, bool)> = r["dependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["name"].as_str().unwrap().to_owned(),
+                d["optional"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        deps,
+        [("alpha".to_owned(), false), ("gamma".to_owned(), true)],
+        "{body}"
+    );
+
+    let (_, body) = get("/v1/search?q=package&limit=2&page=2");
+    let names: Vec<&str> = body["data"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["delta", "gamma"], "page 2 of 2 by name: {body}");
+    let (_, body) = get("/v1/meta");
+    assert_eq!(
+        body["data"]["endpoints"].as_array().unwrap().len(),
+        5,
+        "{body}"
+    );
+
+    let (status, body) = get("/v1/package");
+    assert_eq!(
+        (status, body["success"].clone()),
+        (400, false.into()),
+        "{body}"
+    );
+    let (status, _) = get("/v1/package?name=nosuch");
+    assert_eq!(status, 404);
+    let (status, _) = get("/v1/releases?name=alpha&limit=0");
+    assert_eq!(status, 400);
+}

@@ -14,6 +14,7 @@
 
 pub mod etf;
 mod gate;
+mod gateway;
 mod handlers;
 mod log;
 mod snippets;
@@ -337,6 +338,16 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/api/repos/{repo}",
             logged("/api/repos/{repo}", get(h::get_repo)),
         );
+    // The read gateway (seed 001), beside the Hex API.
+    for (path, methods) in [
+        ("/v1/package", get(gateway::package)),
+        ("/v1/release", get(gateway::release)),
+        ("/v1/releases", get(gateway::releases)),
+        ("/v1/search", get(gateway::search)),
+        ("/v1/meta", get(gateway::meta)),
+    ] {
+        r = r.route(path, logged(path, methods));
+    }
     let bare = logged("/api", any(h::not_found));
     r.route("/api", bare)
         .layer(DefaultBodyLimit::max(limit))

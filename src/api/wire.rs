@@ -177,3 +177,41 @@ pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, Reply> {
 pub fn iso(secs: i64) -> String {
     crate::manifest::rfc3339(u64::try_from(secs).unwrap_or(0))
 }
+
+/// A numeric query parameter outside its range.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}={value:?}: give a number from {min} to {max}")]
+pub struct OutOfRange {
+    /// The parameter.
+    pub key: String,
+    /// What was given.
+    pub value: String,
+    /// The smallest accepted.
+    pub min: usize,
+    /// The largest accepted.
+    pub max: usize,
+}
+
+/// Numeric query parameter `key`: `default` when absent, else a number in
+/// `range`.
+pub fn bounded(
+    q: &std::collections::BTreeMap<String, String>,
+    key: &str,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize, OutOfRange> {
+    match q.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| OutOfRange {
+                key: key.to_owned(),
+                value: v.clone(),
+                min: *range.start(),
+                max: *range.end(),
+            }),
+    }
+}

@@ -296,7 +296,7 @@ mod tests {
         let find = |q: &str, sort: Sort| {
             let q = Query::parse(q);
             catalog
-                .call_blocking(move |c| search(c, &["hexpm".to_string()], &q, sort, 1))
+                .call_blocking(move |c| search(c, &["hexpm".to_string()], &q, sort, 1, 100))
                 .unwrap()
         };
         assert_eq!(

@@ -179,14 +179,17 @@ fn fts_any(words: &[String]) -> String {
     format!("description : ({})", terms.join(" OR "))
 }
 
-/// One page of the packages of `repositories` that match `q`.
+/// Page `page` (from 1) of `per_page` (at most [`PAGE_SIZE`]) packages of
+/// `repositories` that match `q`.
 pub fn search(
     conn: &Connection,
     repositories: &[String],
     q: &Query,
     sort: Sort,
     page: usize,
+    per_page: usize,
 ) -> rusqlite::Result<Vec<PackageView>> {
+    let per_page = per_page.clamp(1, PAGE_SIZE);
     if repositories.is_empty() {
         return Ok(Vec::new());
     }
@@ -267,8 +270,12 @@ pub fn search(
         Sort::UpdatedAt => " ORDER BY p.updated_at IS NULL, p.updated_at DESC, p.name",
     });
     sql.push_str(" LIMIT ? OFFSET ?");
-    args.push(Sql::Integer(PAGE_SIZE as i64));
-    args.push(Sql::Integer(((page.max(1) - 1) * PAGE_SIZE) as i64));
+    args.push(Sql::Integer(per_page as i64));
+    args.push(Sql::Integer(
+        (page.max(1) - 1)
+            .saturating_mul(per_page)
+            .min(i64::MAX as usize) as i64,
+    ));
     let ids: Vec<i64> = conn
         .prepare(&sql)?
         .query_map(rusqlite::params_from_iter(args), |r| r.get(0))?

@@ -53,7 +53,16 @@ pub(in crate::api) async fn list_packages(
                 let repos = vec![up.clone()];
                 let found = req
                     .catalog()?
-                    .call(move |c| crate::catalog::search(c, &repos, &query, sort, page))
+                    .call(move |c| {
+                        crate::catalog::search(
+                            c,
+                            &repos,
+                            &query,
+                            sort,
+                            page,
+                            crate::catalog::query::PAGE_SIZE,
+                        )
+                    })
                     .await
                     .map_err(|e| Reply::internal(format!("catalog search failed: {e}")))?;
                 return Ok(Reply::ok(Value::Array(
@@ -262,31 +271,15 @@ pub(in crate::api) async fn remove_owner(
     .await
 }
 
-/// A bounded number from the query string: absent is `default`, anything
-/// else outside `range` is a 400 naming the parameter.
+/// A bounded number from the query string, or a 400 naming it.
 fn bounded(
     q: &BTreeMap<String, String>,
     key: &str,
     default: usize,
     range: std::ops::RangeInclusive<usize>,
 ) -> Result<usize, Reply> {
-    match q.get(key) {
-        None => Ok(default),
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| range.contains(n))
-            .ok_or_else(|| {
-                Reply::error(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "{key}={v:?}: give a number from {} to {}",
-                        range.start(),
-                        range.end()
-                    ),
-                )
-            }),
-    }
+    wire::bounded(q, key, default, range)
+        .map_err(|e| Reply::error(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 /// `GET /api/packages/NAME/dependents`: the mirrored packages depending on
