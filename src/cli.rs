@@ -80,6 +80,9 @@ pub enum Command {
     /// The catalog of every package served (search, the read API).
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Download counts of a tree served by another web server.
+    #[command(subcommand)]
+    Downloads(DownloadsCommand),
 }
 
 /// `hexmirror catalog ...`
@@ -88,6 +91,18 @@ pub enum CatalogCommand {
     /// Make the catalog again from the served tree (records and tarballs
     /// verified again); syncs keep it up to date after that.
     Rebuild,
+}
+
+/// `hexmirror downloads ...`
+#[derive(Debug, Subcommand)]
+pub enum DownloadsCommand {
+    /// Count the tarball downloads in an nginx access log (combined
+    /// format) of a tree served by nginx; each line counts once, however
+    /// often the log is imported.
+    Import {
+        /// The access log.
+        log: PathBuf,
+    },
 }
 
 /// `hexmirror bundle ...`
@@ -240,6 +255,9 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Token(t) => run_token(&config, t).await,
             Command::Bundle(b) => run_bundle(&config, b).await,
             Command::Catalog(CatalogCommand::Rebuild) => run_catalog_rebuild(&config).await,
+            Command::Downloads(DownloadsCommand::Import { log }) => {
+                run_import_downloads(&config, log).await
+            }
         }
     });
     match result {
@@ -393,6 +411,30 @@ async fn run_bundle(config: &Config, command: BundleCommand) -> anyhow::Result<E
             Ok(ExitCode::from(e.exit_code()))
         }
     }
+}
+
+async fn run_import_downloads(config: &Config, log: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = config.clone();
+    let report = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let file = std::fs::File::open(&log)
+            .with_context(|| format!("cannot open the access log {}", log.display()))?;
+        let catalog = crate::catalog::Catalog::open(&config.data_dir)?;
+        let upstream = config.upstream.repository.clone();
+        let imported = catalog.call_blocking(|c| {
+            Ok(crate::catalog::downloads::import_log(
+                c,
+                std::io::BufReader::new(file),
+                &upstream,
+            ))
+        })??;
+        Ok(imported)
+    })
+    .await??;
+    println!(
+        "{} lines: {} tarball downloads counted, {} already counted by an earlier import, {} lines not in the combined log format",
+        report.lines, report.counted, report.already, report.unreadable
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run_catalog_rebuild(config: &Config) -> anyhow::Result<ExitCode> {
@@ -829,15 +871,26 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
     // Only now can every request be answered as configured.
     println!("hexmirror serving {} on http://{addr}", tree.display());
     crate::notify::notify("READY=1");
+    // Tarball downloads are counted in memory and written in batches.
+    let counter = catalog
+        .as_ref()
+        .filter(|_| config.server.count_downloads)
+        .map(|_| std::sync::Arc::new(crate::catalog::downloads::Counter::default()));
     let options = server::Options {
         public_repos: server::PublicRepos::new(public_repos(config)),
         data_dir: Some(config.data_dir.clone()),
         api: api.clone(),
         proxy,
+        downloads: counter
+            .clone()
+            .map(|c| (c, config.upstream.repository.clone())),
     };
     // Background work shares one shutdown signal and is joined on exit.
     let stop = CancellationToken::new();
     let mut background = tokio::task::JoinSet::new();
+    if let (Some(counter), Some(catalog)) = (counter, catalog.clone()) {
+        background.spawn(write_downloads(counter, catalog, stop.clone()));
+    }
     // The import folder (`[import]`): package tarballs dropped there are published.
     if let (Some(import), Some(publisher)) = (&config.import, &publisher) {
         background.spawn(crate::import::run(
@@ -877,6 +930,36 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
     }
     served?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often counted downloads are written to the catalog.
+const DOWNLOADS_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Writes the counted downloads every [`DOWNLOADS_FLUSH`] and once more at
+/// shutdown; a failed write keeps its counts for the next one.
+async fn write_downloads(
+    counter: std::sync::Arc<crate::catalog::downloads::Counter>,
+    catalog: crate::catalog::Catalog,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(DOWNLOADS_FLUSH);
+    loop {
+        let stopping = stop.run_until_cancelled(tick.tick()).await.is_none();
+        let counts = counter.take();
+        if !counts.is_empty() {
+            let (c, kept) = (std::sync::Arc::clone(&counter), counts.clone());
+            let written = catalog
+                .call(move |conn| crate::catalog::downloads::write(conn, &counts))
+                .await;
+            if let Err(e) = written {
+                tracing::warn!("download counts not written yet ({e}); kept for the next try");
+                c.restore(kept);
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 async fn shutdown_signal() {

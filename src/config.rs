@@ -81,6 +81,7 @@ struct RawConfig {
 struct RawServer {
     max_connections: Option<usize>,
     header_timeout_secs: Option<u64>,
+    count_downloads: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -212,6 +213,8 @@ pub struct ServerConfig {
     /// it ends slow or silent clients and idle keep-alive connections. No
     /// limit applies to a request's body (uploads reach 16 MiB) or response.
     pub header_timeout: Duration,
+    /// Count tarball downloads (in memory, written to the catalog in batches).
+    pub count_downloads: bool,
 }
 
 /// Keys and signing policy.
@@ -560,6 +563,7 @@ impl Config {
         let server = ServerConfig {
             max_connections,
             header_timeout: Duration::from_secs(header_timeout_secs),
+            count_downloads: raw.server.count_downloads.unwrap_or(true),
         };
         let concurrency = raw.mirror.concurrency.unwrap_or(8);
         if !(1..=256).contains(&concurrency) {

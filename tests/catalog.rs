@@ -304,7 +304,7 @@ fn the_read_gateway_answers_in_its_envelope() {
     assert_eq!(p["latest_stable_version"], "0.2.1", "{body}");
     assert_eq!(p["version_count"], 3, "{body}");
     assert_eq!(p["description"], "hexmirror test package beta", "{body}");
-    assert!(p.get("downloads").is_none(), "no made-up counts: {body}");
+    assert_eq!(p["downloads"]["all"], 0, "counted here, none yet: {body}");
 
     let (_, body) = get("/v1/releases?name=alpha&limit=2");
     let d = &body["data"];
@@ -361,4 +361,73 @@ fn the_read_gateway_answers_in_its_envelope() {
     assert_eq!(status, 404);
     let (status, _) = get("/v1/releases?name=alpha&limit=0");
     assert_eq!(status, 400);
+}
+
+#[test]
+fn served_tarballs_count_as_downloads_and_sort_the_search() {
+    let (_upstream, mirror, served) = mirror();
+    let url = served.url();
+    let tarball = format!("{url}/tarballs/beta-0.2.1.tar");
+    let first = http("GET", &tarball, &[]);
+    assert_eq!(first.status, 200);
+    for _ in 0..2 {
+        assert_eq!(http("GET", &tarball, &[]).status, 200);
+    }
+    // Neither a HEAD nor a 304 is a download.
+    assert_eq!(http("HEAD", &tarball, &[]).status, 200);
+    let etag = first.header("etag").unwrap().to_owned();
+    assert_eq!(
+        http("GET", &tarball, &[("if-none-match", etag.as_str())]).status,
+        304
+    );
+    assert_eq!(
+        http("GET", &format!("{url}/tarballs/gamma-3.0.0.tar"), &[]).status,
+        200
+    );
+    // Counts are written in batches, and at shutdown.
+    served.stop();
+    let served = mirror.serve();
+    let url = served.url();
+    let json = |path: &str| -> serde_json::Value {
+        serde_json::from_slice(&http("GET", &format!("{url}{path}"), &[]).body).unwrap()
+    };
+    let beta = json("/api/packages/beta");
+    assert_eq!(beta["downloads"]["all"], 3, "{beta}");
+    assert_eq!(beta["downloads"]["day"], 3, "{beta}");
+    assert_eq!(json("/api/packages/beta/releases/0.2.1")["downloads"], 3);
+    assert_eq!(json("/api/packages/beta/releases/0.2.0")["downloads"], 0);
+    let sorted = json("/api/packages?sort=downloads");
+    let names: Vec<&str> = sorted
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["beta", "gamma", "alpha", "delta"], "{sorted}");
+    assert_eq!(
+        json("/v1/package?name=beta")["data"]["package"]["downloads"]["all"],
+        3
+    );
+
+    // A tree served by nginx: its access log, imported once however often.
+    let log = mirror.data_dir().join("access.log");
+    std::fs::write(
+        &log,
+        "10.0.0.1 - - [04/Dec/2026:10:00:00 +0000] \"GET /tarballs/alpha-1.1.0.tar HTTP/1.1\" 200 10 \"-\" \"rebar3\"\n\
+         10.0.0.1 - - [04/Dec/2026:10:00:01 +0000] \"GET /tarballs/alpha-1.1.0.tar HTTP/1.1\" 200 10 \"-\" \"rebar3\"\n\
+         10.0.0.1 - - [04/Dec/2026:10:00:02 +0000] \"GET /packages/alpha HTTP/1.1\" 200 10 \"-\" \"rebar3\"\n",
+    )
+    .unwrap();
+    let out = mirror.run(&["downloads", "import", log.to_str().unwrap()]);
+    assert!(
+        out.ok() && out.stdout.contains("2 tarball downloads counted"),
+        "{out}"
+    );
+    let out = mirror.run(&["downloads", "import", log.to_str().unwrap()]);
+    assert!(
+        out.stdout
+            .contains("0 tarball downloads counted, 2 already counted"),
+        "{out}"
+    );
+    assert_eq!(json("/api/packages/alpha")["downloads"]["all"], 2);
 }

@@ -3,8 +3,8 @@
 //! (`{data, meta: {timestamp, request_id}, status, message, success}`),
 //! over the mirror of the upstream, from the catalog. JSON only.
 //!
-//! Fields the mirror does not know (downloads, owners, a docs site) are
-//! left out rather than given a made-up value.
+//! Fields the mirror does not know (owners, a docs site) are left out
+//! rather than given a made-up value; downloads are the mirror's own counts.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -92,6 +92,15 @@ fn number(
         .map_err(|e| fail(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
+/// A catalog read that failed: logged here, a bare 500 to the client.
+fn read_failed(e: crate::catalog::CatalogError) -> Refusal {
+    tracing::error!("catalog read failed: {e}");
+    fail(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "catalog read failed".into(),
+    )
+}
+
 /// The catalog, or the refusal when there is none.
 fn catalog(state: &ApiState) -> Result<crate::catalog::Catalog, Refusal> {
     state.catalog.clone().ok_or_else(|| {
@@ -102,6 +111,26 @@ fn catalog(state: &ApiState) -> Result<crate::catalog::Catalog, Refusal> {
     })
 }
 
+/// Download counts of mirrored packages `names`.
+async fn counts(
+    state: &ApiState,
+    names: Vec<String>,
+) -> Result<std::collections::HashMap<String, crate::catalog::downloads::Counts>, Refusal> {
+    let repo = state.config().upstream.repository.clone();
+    catalog(state)?
+        .call(move |c| {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            crate::catalog::downloads::package_counts(
+                c,
+                &repo,
+                &names,
+                crate::clock::unix_now() / 86_400,
+            )
+        })
+        .await
+        .map_err(read_failed)
+}
+
 /// The catalog's view of mirrored package `name`.
 async fn package_view(state: &ApiState, name: &str) -> Result<PackageView, Refusal> {
     let catalog = catalog(state)?;
@@ -109,13 +138,7 @@ async fn package_view(state: &ApiState, name: &str) -> Result<PackageView, Refus
     let found = catalog
         .call(move |c| crate::catalog::package(c, &repo, &n))
         .await
-        .map_err(|e| {
-            tracing::error!("catalog read failed: {e}");
-            fail(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "catalog read failed".into(),
-            )
-        })?;
+        .map_err(read_failed)?;
     found.ok_or_else(|| {
         fail(
             StatusCode::NOT_FOUND,
@@ -146,8 +169,10 @@ pub(super) async fn package(
 ) -> Result<Response, Refusal> {
     let name = required(&q, "name")?;
     let p = package_view(&state, name).await?;
+    let downloads = counts(&state, vec![p.name.clone()]).await?;
     let meta = p.meta().cloned().unwrap_or(Value::Null);
     let data = json!({"package": {
+        "downloads": downloads.get(&p.name).map(|c| json!({"all": c.all, "recent": c.recent, "week": c.week, "day": c.day})),
         "name": p.name,
         "description": meta.get("description"),
         "licenses": meta.get("licenses").cloned().unwrap_or_else(|| json!([])),
@@ -239,11 +264,13 @@ pub(super) async fn search(
             "catalog search failed".into(),
         )
     })?;
+    let downloads = counts(&state, found.iter().map(|p| p.name.clone()).collect()).await?;
     let results: Vec<Value> = found
         .iter()
         .map(|p| {
             json!({
                 "name": p.name,
+                "downloads_all": downloads.get(&p.name).map(|c| c.all),
                 "description": p.meta().and_then(|m| m.get("description")),
                 "latest_version": p.releases.first().map(|r| &r.version),
             })
@@ -259,8 +286,8 @@ pub(super) async fn meta(State(state): State<Arc<ApiState>>) -> Response {
         "source": format!("hexmirror: the verified mirror of {} ({})", state.config().upstream.repository, state.config().upstream.url),
         "note": "/v1/package = metadata and recent releases; /v1/releases = the release history; \
                  /v1/release = one release's dependencies, Elixir requirement and build tools; \
-                 /v1/search = hex.pm's search syntax over the mirror. Download counts and owners \
-                 are not kept by the mirror and are left out.",
+                 /v1/search = hex.pm's search syntax over the mirror. Download counts are this \
+                 mirror's own; owners are not kept and are left out.",
         "endpoints": ENDPOINTS,
     });
     envelope(StatusCode::OK, "Meta retrieved", data)

@@ -11,6 +11,7 @@
 //! Layout: [`query`] (PURE: hex.pm's search syntax), `write` (what a writer
 //! puts in), `read` (what the API reads out), `rebuild`.
 
+pub mod downloads;
 mod follow;
 pub mod query;
 mod read;
@@ -55,7 +56,7 @@ pub enum CatalogError {
 pub const CATALOG_FILE: &str = "catalog.db";
 
 /// Schema version this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS package (
@@ -106,6 +107,21 @@ CREATE VIRTUAL TABLE IF NOT EXISTS package_text USING fts5 (
 );
 ";
 
+/// Version 2: download counts (and the log lines already imported).
+const SCHEMA_2: &str = "
+CREATE TABLE IF NOT EXISTS download (
+    repository TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    -- Unix day (UTC).
+    day INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (repository, name, version, day)
+);
+CREATE INDEX IF NOT EXISTS download_of ON download (repository, name);
+CREATE TABLE IF NOT EXISTS download_log_line (hash BLOB PRIMARY KEY);
+";
+
 impl Catalog {
     /// Opens (creating or migrating) `DATA_DIR/catalog.db`.
     pub fn open(data_dir: &Path) -> Result<Self, CatalogError> {
@@ -124,9 +140,15 @@ impl Catalog {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(fail)?;
-        if version < SCHEMA_VERSION {
-            // Version 0 is a new file; later versions add their steps here.
+        // Each step migrates from the version before it; a new file takes
+        // them all.
+        if version < 1 {
             conn.execute_batch(SCHEMA).map_err(fail)?;
+        }
+        if version < 2 {
+            conn.execute_batch(SCHEMA_2).map_err(fail)?;
+        }
+        if version < SCHEMA_VERSION {
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(fail)?;
         }

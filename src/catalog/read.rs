@@ -264,8 +264,16 @@ pub fn search(
         args.push(Sql::Text(value.clone()));
     }
     sql.push_str(match sort {
-        // No download counts yet: every package ties at zero, by name.
-        Sort::Name | Sort::Downloads | Sort::RecentDownloads => " ORDER BY p.name, p.repository",
+        Sort::Name => " ORDER BY p.name, p.repository",
+        Sort::Downloads => {
+            " ORDER BY (SELECT coalesce(sum(d.count), 0) FROM download d \
+             WHERE d.repository = p.repository AND d.name = p.name) DESC, p.name"
+        }
+        Sort::RecentDownloads => {
+            " ORDER BY (SELECT coalesce(sum(d.count), 0) FROM download d \
+             WHERE d.repository = p.repository AND d.name = p.name \
+             AND d.day > CAST(strftime('%s', 'now') AS INTEGER) / 86400 - 90) DESC, p.name"
+        }
         Sort::InsertedAt => " ORDER BY p.first_seen DESC, p.name",
         Sort::UpdatedAt => " ORDER BY p.updated_at IS NULL, p.updated_at DESC, p.name",
     });

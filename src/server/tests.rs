@@ -32,6 +32,7 @@ impl Tree {
                 metrics: Default::default(),
                 api: None,
                 proxy: None,
+                downloads: None,
             }),
             dir,
         };
@@ -459,6 +460,7 @@ async fn root_symlink_switch_is_seen_at_once() {
         metrics: Default::default(),
         api: None,
         proxy: None,
+        downloads: None,
     });
     let body = |state: Arc<ServerState>| async move {
         let res = respond(

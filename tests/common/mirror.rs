@@ -205,6 +205,26 @@ impl Served {
     }
 }
 
+impl Served {
+    /// Stops it as a service manager does (SIGTERM) and waits for the exit:
+    /// what it writes at shutdown is on disk afterwards.
+    pub fn stop(mut self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().expect("wait for serve").is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "serve did not exit within 10 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -17,7 +17,7 @@ pub(super) use releases::{
     get_release, publish, publish_docs, retire, revert, revert_docs, unretire,
 };
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -30,6 +30,7 @@ use super::snippets;
 use super::wire::{self, Format, Rendered, Reply, iso};
 use super::{ApiState, ClientAddr, TokenError, create_token};
 use crate::auth::{self, Access, HexPermission, Scope};
+use crate::catalog::downloads::Counts;
 use crate::clock::unix_now;
 use crate::config::Config;
 use crate::hosted::db::{self as hdb, AuditEntry, ReleaseRow, TokenRow};
@@ -210,7 +211,7 @@ impl Request {
         format!("{}{}/packages/{name}", self.base, self.prefix)
     }
 
-    fn release_json(&self, r: &ReleaseRow) -> Value {
+    fn release_json(&self, r: &ReleaseRow, downloads: Option<u64>) -> Value {
         let requirements = requirements_json(r.requirements.iter().map(|d| {
             (
                 &d.name,
@@ -240,7 +241,7 @@ impl Request {
             "retirement": r.retired.as_ref().map(|(reason, message)| json!({"reason": reason.as_str(), "message": message})),
             "publisher": {"username": r.publisher},
             "configs": release_configs(r),
-            "downloads": 0,
+            "downloads": downloads,
             "inserted_at": iso(r.inserted_at),
             "updated_at": iso(r.updated_at),
         })
@@ -252,6 +253,7 @@ impl Request {
         name: &str,
         rows: &[ReleaseRow],
         owners: &[(String, String)],
+        downloads: Option<&Counts>,
     ) -> Value {
         let mut sorted: Vec<&ReleaseRow> = rows.iter().collect();
         sorted.sort_by(|a, b| cmp_versions(&b.version, &a.version));
@@ -293,7 +295,7 @@ impl Request {
             "configs": configs,
             "latest_version": latest,
             "latest_stable_version": stable,
-            "downloads": {},
+            "downloads": downloads.map(counts_json),
             "inserted_at": rows.iter().map(|r| r.inserted_at).min().map(iso),
             "updated_at": rows.iter().map(|r| r.updated_at).max().map(iso),
         })
@@ -343,6 +345,48 @@ impl Request {
             "url": format!("{}/repos/{name}", self.base),
             "hexmirror": {"kind": if ours.is_some() { "ours" } else { "mirror" }},
         }))
+    }
+
+    /// Download counts of `names` in `repo` (none without a catalog: the
+    /// field is then left out, never shown as zero).
+    async fn counts(
+        &self,
+        repo: &str,
+        names: Vec<String>,
+    ) -> Result<HashMap<String, Counts>, Reply> {
+        let Some(catalog) = &self.state.catalog else {
+            return Ok(HashMap::new());
+        };
+        let repo = repo.to_owned();
+        catalog
+            .call(move |c| {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                crate::catalog::downloads::package_counts(c, &repo, &names, unix_now() / 86_400)
+            })
+            .await
+            .map_err(|e| Reply::internal(format!("catalog read failed: {e}")))
+    }
+
+    /// All downloads of one release (none without a catalog).
+    async fn release_downloads(
+        &self,
+        repo: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<u64>, Reply> {
+        let Some(catalog) = &self.state.catalog else {
+            return Ok(None);
+        };
+        let release = crate::catalog::downloads::Release {
+            repository: repo.to_owned(),
+            name: name.to_owned(),
+            version: version.to_owned(),
+        };
+        catalog
+            .call(move |c| crate::catalog::downloads::release_count(c, &release))
+            .await
+            .map(Some)
+            .map_err(|e| Reply::internal(format!("catalog read failed: {e}")))
     }
 
     /// The catalog, or the answer when there is none.
@@ -413,6 +457,7 @@ impl Request {
         repo: &str,
         p: &crate::catalog::PackageView,
         r: &crate::catalog::ReleaseView,
+        downloads: Option<u64>,
     ) -> Value {
         let requirements = requirements_json(r.requirements.iter().map(|d| {
             (
@@ -444,6 +489,7 @@ impl Request {
             "meta": meta,
             "retirement": r.retired.as_ref().map(|(reason, message)| json!({"reason": reason, "message": message})),
             "publisher": null,
+            "downloads": downloads,
             "configs": snippets::configs(&p.name, app, &r.version, repo),
             // From the signed record when the upstream fills it; never
             // the mirror's own dates (those are under "hexmirror").
@@ -453,7 +499,12 @@ impl Request {
         })
     }
 
-    fn mirrored_package_json(&self, repo: &str, p: &crate::catalog::PackageView) -> Value {
+    fn mirrored_package_json(
+        &self,
+        repo: &str,
+        p: &crate::catalog::PackageView,
+        downloads: Option<&Counts>,
+    ) -> Value {
         let stable = p.releases.iter().find(|r| {
             crate::version::Version::parse(&r.version).is_ok_and(|v| !v.is_pre_release())
         });
@@ -500,6 +551,7 @@ impl Request {
                 "has_docs": r.has_docs, "inserted_at": r.published_at.map(|t| iso(t as i64))})).collect::<Vec<_>>(),
             "retirements": retirements,
             "configs": configs,
+            "downloads": downloads.map(counts_json),
             "latest_version": p.releases.first().map(|r| &r.version),
             "latest_stable_version": stable.map(|r| &r.version),
             "inserted_at": p.releases.iter().filter_map(|r| r.published_at).min().map(|t| iso(t as i64)),
@@ -559,6 +611,11 @@ async fn answer(headers: &HeaderMap, f: impl Future<Output = Answer>) -> Rendere
 
 fn param<'a>(p: &'a BTreeMap<String, String>, key: &str) -> &'a str {
     p.get(key).map_or("", String::as_str)
+}
+
+/// A package's download counts as hex.pm shows them.
+fn counts_json(c: &Counts) -> Value {
+    json!({"all": c.all, "recent": c.recent, "week": c.week, "day": c.day})
 }
 
 /// A release's `requirements` as Hex shows them: a map by dependency name

@@ -14,7 +14,12 @@ pub(in crate::api) async fn get_package(
         let repo = match req.source()? {
             Source::Upstream(up) => {
                 let view = req.mirrored(&name).await?;
-                return Ok(Reply::ok(req.mirrored_package_json(&up, &view)));
+                let counts = req.counts(&up, vec![name.clone()]).await?;
+                return Ok(Reply::ok(req.mirrored_package_json(
+                    &up,
+                    &view,
+                    counts.get(&name),
+                )));
             }
             Source::Ours(repo) => repo,
         };
@@ -24,13 +29,25 @@ pub(in crate::api) async fn get_package(
             // serves the package.
             Err(_) if req.serves_mirrored(&repo, &name) => {
                 let view = req.mirrored_in(&repo, &name).await?;
-                return Ok(Reply::ok(req.mirrored_package_json(&repo, &view)));
+                let counts = req.counts(&repo, vec![name.clone()]).await?;
+                return Ok(Reply::ok(req.mirrored_package_json(
+                    &repo,
+                    &view,
+                    counts.get(&name),
+                )));
             }
             Err(e) => return Err(e),
         };
         let (r, n) = (repo.clone(), name.clone());
         let owners = req.db(move |c| hdb::owners(c, &r, &n)).await?;
-        Ok(Reply::ok(req.package_json(&repo, &name, &rows, &owners)))
+        let counts = req.counts(&repo, vec![name.clone()]).await?;
+        Ok(Reply::ok(req.package_json(
+            &repo,
+            &name,
+            &rows,
+            &owners,
+            counts.get(&name),
+        )))
     })
     .await
 }
@@ -65,10 +82,13 @@ pub(in crate::api) async fn list_packages(
                     })
                     .await
                     .map_err(|e| Reply::internal(format!("catalog search failed: {e}")))?;
+                let counts = req
+                    .counts(&up, found.iter().map(|v| v.name.clone()).collect())
+                    .await?;
                 return Ok(Reply::ok(Value::Array(
                     found
                         .iter()
-                        .map(|v| req.mirrored_package_json(&up, v))
+                        .map(|v| req.mirrored_package_json(&up, v, counts.get(&v.name)))
                         .collect(),
                 )));
             }
@@ -131,11 +151,17 @@ pub(in crate::api) async fn list_packages(
             .and_then(|p| p.parse().ok())
             .filter(|p| *p >= 1)
             .unwrap_or(1);
-        let listed: Vec<Value> = packages
+        let shown: Vec<&(String, Vec<ReleaseRow>)> = packages
             .iter()
             .skip((page - 1).saturating_mul(PAGE))
             .take(PAGE)
-            .map(|(name, rows)| req.package_json(&repo, name, rows, &[]))
+            .collect();
+        let counts = req
+            .counts(&repo, shown.iter().map(|(n, _)| n.clone()).collect())
+            .await?;
+        let listed: Vec<Value> = shown
+            .iter()
+            .map(|(name, rows)| req.package_json(&repo, name, rows, &[], counts.get(name)))
             .collect();
         Ok(Reply::ok(Value::Array(listed)))
     })

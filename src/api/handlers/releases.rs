@@ -51,7 +51,8 @@ pub(in crate::api) async fn publish(
         let row = outcome
             .release
             .ok_or_else(|| internal_error(&"a publish produced no release"))?;
-        let body = req.release_json(&row);
+        // A release just published has no downloads yet: a real count of 0.
+        let body = req.release_json(&row, req.release_downloads(&repo, &row.package, &row.version).await?);
         Ok(if outcome.created {
             Reply::new(StatusCode::CREATED, body)
                 .with_header(header::LOCATION, req.release_url(&row.package, &row.version))
@@ -247,37 +248,39 @@ pub(in crate::api) async fn get_release(
     answer(&headers, async {
         let req = request(state, &headers, client, &p).await?;
         let (name, version) = (param(&p, "name"), param(&p, "version"));
-        let mirrored = |view: crate::catalog::PackageView, repo: &str| {
-            let release = view
-                .releases
-                .iter()
-                .find(|r| r.version == version)
-                .ok_or_else(|| {
-                    Reply::error(
-                        StatusCode::NOT_FOUND,
-                        format!("{name} {version} is not a release in repository {repo}"),
-                    )
-                })?;
-            Ok(Reply::ok(req.mirrored_release_json(repo, &view, release)))
-        };
-        let repo = match req.source()? {
-            Source::Upstream(up) => return mirrored(req.mirrored(name).await?, &up),
-            Source::Ours(repo) => repo,
-        };
-        let rows = match req.visible_rows(&repo, name).await {
-            Ok(rows) => rows,
-            Err(_) if req.serves_mirrored(&repo, name) => {
-                return mirrored(req.mirrored_in(&repo, name).await?, &repo);
-            }
-            Err(e) => return Err(e),
-        };
-        let row = rows.iter().find(|r| r.version == version).ok_or_else(|| {
+        let no_release = |repo: &str| {
             Reply::error(
                 StatusCode::NOT_FOUND,
                 format!("{name} {version} is not a release in repository {repo}"),
             )
-        })?;
-        Ok(Reply::ok(req.release_json(row)))
+        };
+        // A mirrored package: the upstream's, or in our repository's view.
+        let (view, repo) = match req.source()? {
+            Source::Upstream(up) => (req.mirrored(name).await?, up),
+            Source::Ours(repo) => match req.visible_rows(&repo, name).await {
+                Ok(rows) => {
+                    let row = rows
+                        .iter()
+                        .find(|r| r.version == version)
+                        .ok_or_else(|| no_release(&repo))?;
+                    let downloads = req.release_downloads(&repo, name, version).await?;
+                    return Ok(Reply::ok(req.release_json(row, downloads)));
+                }
+                Err(_) if req.serves_mirrored(&repo, name) => {
+                    (req.mirrored_in(&repo, name).await?, repo)
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let release = view
+            .releases
+            .iter()
+            .find(|r| r.version == version)
+            .ok_or_else(|| no_release(&repo))?;
+        let downloads = req.release_downloads(&repo, name, version).await?;
+        Ok(Reply::ok(
+            req.mirrored_release_json(&repo, &view, release, downloads),
+        ))
     })
     .await
 }

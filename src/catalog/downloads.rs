@@ -1,0 +1,414 @@
+//! Download counts: every tarball served counts for its release, by day.
+//!
+//! `serve` counts in memory ([`Counter`], sharded so requests rarely share
+//! a lock) and a background task writes the counts into the catalog in one
+//! transaction every few seconds and at shutdown, off the request path.
+//! For a tree served by nginx, `hexmirror downloads import LOG` reads its
+//! access log; each line counts once, however often the log is imported.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, Transaction, params};
+use sha2::{Digest, Sha256};
+
+/// One release of one repository.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Release {
+    /// The repository it is served in.
+    pub repository: String,
+    /// The package.
+    pub name: String,
+    /// The version.
+    pub version: String,
+}
+
+/// Counts of a package, as hex.pm gives them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Since the mirror started counting.
+    pub all: u64,
+    /// The last 90 days (today included).
+    pub recent: u64,
+    /// The last 7 days (today included).
+    pub week: u64,
+    /// Today (UTC).
+    pub day: u64,
+}
+
+const SHARDS: usize = 16;
+
+/// In-memory counts of downloads not yet written, by day.
+#[derive(Debug, Default)]
+pub struct Counter {
+    shards: [Mutex<HashMap<(Release, u64), u64>>; SHARDS],
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Counter {
+    /// The shard `release` is counted in.
+    fn shard(&self, release: &Release) -> &Mutex<HashMap<(Release, u64), u64>> {
+        &self.shards[(self.hasher.hash_one(release) as usize) % SHARDS]
+    }
+
+    /// Counts `n` downloads of `release` on day `day` (Unix days).
+    fn add(&self, release: Release, day: u64, n: u64) {
+        *self
+            .shard(&release)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((release, day))
+            .or_insert(0) += n;
+    }
+
+    /// Counts one download of `release` on day `day` (Unix days).
+    pub fn count(&self, release: Release, day: u64) {
+        self.add(release, day, 1);
+    }
+
+    /// Takes every count so far, leaving none.
+    pub fn take(&self) -> Vec<((Release, u64), u64)> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            out.extend(std::mem::take(
+                &mut *shard.lock().unwrap_or_else(|p| p.into_inner()),
+            ));
+        }
+        out
+    }
+
+    /// Puts counts back after a failed write, so none is lost.
+    pub fn restore(&self, counts: Vec<((Release, u64), u64)>) {
+        for ((release, day), n) in counts {
+            self.add(release, day, n);
+        }
+    }
+}
+
+/// Adds `n` downloads of `release` on `day`.
+pub fn add(tx: &Transaction<'_>, release: &Release, day: u64, n: u64) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO download (repository, name, version, day, count) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (repository, name, version, day) DO UPDATE SET count = count + ?5",
+        params![
+            release.repository,
+            release.name,
+            release.version,
+            day as i64,
+            n as i64
+        ],
+    )?;
+    Ok(())
+}
+
+/// Writes `counts` in one transaction.
+pub fn write(conn: &mut Connection, counts: &[((Release, u64), u64)]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    for ((release, day), n) in counts {
+        add(&tx, release, *day, *n)?;
+    }
+    tx.commit()
+}
+
+/// The counts of each of `names` in `repository`, on day `today`.
+pub fn package_counts(
+    conn: &Connection,
+    repository: &str,
+    names: &[&str],
+    today: u64,
+) -> rusqlite::Result<HashMap<String, Counts>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT coalesce(sum(count), 0),
+                coalesce(sum(CASE WHEN day > ?3 - 90 THEN count END), 0),
+                coalesce(sum(CASE WHEN day > ?3 - 7 THEN count END), 0),
+                coalesce(sum(CASE WHEN day = ?3 THEN count END), 0)
+         FROM download WHERE repository = ?1 AND name = ?2",
+    )?;
+    let mut out = HashMap::new();
+    for name in names {
+        let counts = stmt.query_row(params![repository, name, today as i64], |r| {
+            Ok(Counts {
+                all: r.get::<_, i64>(0)?.max(0) as u64,
+                recent: r.get::<_, i64>(1)?.max(0) as u64,
+                week: r.get::<_, i64>(2)?.max(0) as u64,
+                day: r.get::<_, i64>(3)?.max(0) as u64,
+            })
+        })?;
+        out.insert((*name).to_owned(), counts);
+    }
+    Ok(out)
+}
+
+/// All downloads of one release.
+pub fn release_count(conn: &Connection, release: &Release) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT coalesce(sum(count), 0) FROM download
+         WHERE repository = ?1 AND name = ?2 AND version = ?3",
+        params![release.repository, release.name, release.version],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n.max(0) as u64)
+}
+
+/// What `downloads import` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Lines read.
+    pub lines: u64,
+    /// Tarball downloads counted now.
+    pub counted: u64,
+    /// Tarball downloads counted by an earlier import of the same lines.
+    pub already: u64,
+    /// Lines that are not access-log lines (skipped).
+    pub unreadable: u64,
+}
+
+/// One download in an access-log line: the release and the Unix day.
+/// `None` for anything else (other files, other methods or statuses).
+pub fn parse_log_line(line: &str, upstream: &str) -> Option<Option<(Release, u64)>> {
+    // Combined format: IP - USER [10/Oct/2000:13:55:36 -0700] "GET /path HTTP/1.1" 200 ...
+    let open = line.find('[')?;
+    let close = open + line[open..].find(']')?;
+    let day = log_day(&line[open + 1..close])?;
+    let rest = &line[close + 1..];
+    let q1 = rest.find('"')?;
+    let q2 = q1 + 1 + rest[q1 + 1..].find('"')?;
+    let mut request = rest[q1 + 1..q2].split(' ');
+    let (method, target) = (request.next()?, request.next()?);
+    let status = rest[q2 + 1..].split_whitespace().next()?;
+    if method != "GET" || status != "200" {
+        return Some(None);
+    }
+    let path = target.split('?').next().unwrap_or(target);
+    let (repository, file) = match path.strip_prefix("/repos/") {
+        Some(rest) => {
+            let (repo, file) = rest.split_once('/')?;
+            (repo.to_owned(), file)
+        }
+        None => (upstream.to_owned(), path.trim_start_matches('/')),
+    };
+    let Some(tarball) = file
+        .strip_prefix("tarballs/")
+        .and_then(|f| f.strip_suffix(".tar"))
+    else {
+        return Some(None);
+    };
+    let (name, version) = tarball.split_once('-')?;
+    if crate::registry::PackageName::parse(name).is_err()
+        || !crate::registry::is_valid_version(version)
+    {
+        return Some(None);
+    }
+    Some(Some((
+        Release {
+            repository,
+            name: name.to_owned(),
+            version: version.to_owned(),
+        },
+        day,
+    )))
+}
+
+/// The Unix day of an access-log time (`10/Oct/2000:13:55:36 -0700`).
+fn log_day(t: &str) -> Option<u64> {
+    let (stamp, zone) = t.split_once(' ')?;
+    let mut parts = stamp.splitn(4, [':', '/']);
+    let (d, mon, y) = (parts.next()?, parts.next()?, parts.next()?);
+    let time = parts.next()?;
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let m = MONTHS.iter().position(|x| *x == mon)? + 1;
+    let iso = format!("{y}-{m:02}-{d:0>2}T{time}Z");
+    let local = super::query::parse_utc(&iso)? as i64;
+    let sign = if zone.starts_with('-') { -1 } else { 1 };
+    let digits = zone.trim_start_matches(['+', '-']);
+    let (hh, mm) = (
+        digits.get(..2)?.parse::<i64>().ok()?,
+        digits.get(2..4)?.parse::<i64>().ok()?,
+    );
+    let utc = local - sign * (hh * 3600 + mm * 60);
+    u64::try_from(utc).ok().map(|s| s / 86_400)
+}
+
+/// Counts the tarball downloads in `log` (an nginx access log in the
+/// combined format). Each line counts once: its hash is remembered.
+pub fn import_log(
+    conn: &mut Connection,
+    log: impl std::io::BufRead,
+    upstream: &str,
+) -> Result<ImportReport, LogImportError> {
+    let mut report = ImportReport::default();
+    let mut found: Vec<((Release, u64), [u8; 32])> = Vec::new();
+    for line in log.lines() {
+        let line = line.map_err(LogImportError::Read)?;
+        report.lines += 1;
+        match parse_log_line(&line, upstream) {
+            None => report.unreadable += 1,
+            Some(None) => {}
+            Some(Some(download)) => found.push((download, Sha256::digest(line.as_bytes()).into())),
+        }
+    }
+    let tx = conn.transaction().map_err(LogImportError::Db)?;
+    let mut counts: BTreeMap<(Release, u64), u64> = BTreeMap::new();
+    {
+        let mut remember = tx
+            .prepare_cached("INSERT OR IGNORE INTO download_log_line (hash) VALUES (?1)")
+            .map_err(LogImportError::Db)?;
+        for (download, hash) in found {
+            if remember.execute([&hash[..]]).map_err(LogImportError::Db)? == 0 {
+                report.already += 1;
+            } else {
+                report.counted += 1;
+                *counts.entry(download).or_insert(0) += 1;
+            }
+        }
+    }
+    for ((release, day), n) in &counts {
+        add(&tx, release, *day, *n).map_err(LogImportError::Db)?;
+    }
+    tx.commit().map_err(LogImportError::Db)?;
+    Ok(report)
+}
+
+/// Why a log import stopped (nothing was counted).
+#[derive(Debug, thiserror::Error)]
+pub enum LogImportError {
+    /// The log could not be read.
+    #[error("reading the log: {0}")]
+    Read(std::io::Error),
+    /// The catalog database.
+    #[error("catalog: {0}")]
+    Db(rusqlite::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(name: &str, version: &str) -> Release {
+        Release {
+            repository: "hexpm".into(),
+            name: name.into(),
+            version: version.into(),
+        }
+    }
+
+    #[test]
+    fn counts_reach_the_file_by_day_and_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = super::super::Catalog::open(dir.path()).unwrap();
+        let counter = Counter::default();
+        let today = 20_000;
+        for _ in 0..3 {
+            counter.count(rel("a", "1.0.0"), today);
+        }
+        counter.count(rel("a", "0.9.0"), today - 3);
+        counter.count(rel("a", "0.9.0"), today - 30);
+        counter.count(rel("a", "0.9.0"), today - 400);
+        counter.count(rel("b", "1.0.0"), today);
+        let taken = counter.take();
+        assert!(counter.take().is_empty(), "taken once");
+        catalog.call_blocking(|c| write(c, &taken)).unwrap();
+        // A failed write puts its counts back: nothing is lost.
+        counter.restore(vec![((rel("a", "1.0.0"), today), 2)]);
+        catalog
+            .call_blocking(|c| write(c, &counter.take()))
+            .unwrap();
+        let counts = catalog
+            .call_blocking(|c| package_counts(c, "hexpm", &["a", "b", "c"], today))
+            .unwrap();
+        assert_eq!(
+            counts["a"],
+            Counts {
+                all: 8,
+                recent: 7,
+                week: 6,
+                day: 5
+            }
+        );
+        assert_eq!(counts["b"].all, 1);
+        assert_eq!(counts["c"], Counts::default());
+        let n = catalog
+            .call_blocking(|c| release_count(c, &rel("a", "0.9.0")))
+            .unwrap();
+        assert_eq!(n, 3);
+    }
+
+    #[test]
+    fn access_log_lines() {
+        let line = |req: &str, status: u16| {
+            format!(
+                r#"10.0.0.1 - - [04/Dec/2026:23:30:00 -0200] "{req}" {status} 1234 "-" "rebar3""#
+            )
+        };
+        let day_utc = |y: &str| super::super::query::parse_utc(y).unwrap() / 86_400;
+        // 23:30 at -02:00 is 01:30 UTC the next day.
+        assert_eq!(
+            parse_log_line(
+                &line("GET /tarballs/jason-1.4.4.tar HTTP/1.1", 200),
+                "hexpm"
+            ),
+            Some(Some((
+                rel("jason", "1.4.4"),
+                day_utc("2026-12-05T01:30:00Z")
+            )))
+        );
+        let (private, _) = parse_log_line(
+            &line("GET /repos/acme/tarballs/x-1.0.0-rc.1.tar HTTP/2.0", 200),
+            "hexpm",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (private.repository.as_str(), private.version.as_str()),
+            ("acme", "1.0.0-rc.1")
+        );
+        for (req, status) in [
+            ("GET /tarballs/jason-1.4.4.tar HTTP/1.1", 304),
+            ("HEAD /tarballs/jason-1.4.4.tar HTTP/1.1", 200),
+            ("GET /packages/jason HTTP/1.1", 200),
+            ("GET /tarballs/../x-1.0.0.tar HTTP/1.1", 200),
+        ] {
+            assert_eq!(
+                parse_log_line(&line(req, status), "hexpm"),
+                Some(None),
+                "{req} {status}"
+            );
+        }
+        assert_eq!(parse_log_line("not a log line", "hexpm"), None);
+    }
+
+    #[test]
+    fn a_log_imported_twice_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = super::super::Catalog::open(dir.path()).unwrap();
+        let log = "\
+1.1.1.1 - - [04/Dec/2026:10:00:00 +0000] \"GET /tarballs/a-1.0.0.tar HTTP/1.1\" 200 10 \"-\" \"mix\"
+1.1.1.1 - - [04/Dec/2026:10:00:01 +0000] \"GET /tarballs/a-1.0.0.tar HTTP/1.1\" 200 10 \"-\" \"mix\"
+1.1.1.1 - - [04/Dec/2026:10:00:02 +0000] \"GET /packages/a HTTP/1.1\" 200 10 \"-\" \"mix\"
+garbage
+";
+        let first = catalog
+            .call_blocking(|c| Ok(import_log(c, log.as_bytes(), "hexpm").unwrap()))
+            .unwrap();
+        assert_eq!(
+            first,
+            ImportReport {
+                lines: 4,
+                counted: 2,
+                already: 0,
+                unreadable: 1
+            }
+        );
+        let again = catalog
+            .call_blocking(|c| Ok(import_log(c, log.as_bytes(), "hexpm").unwrap()))
+            .unwrap();
+        assert_eq!((again.counted, again.already), (0, 2));
+        let n = catalog
+            .call_blocking(|c| release_count(c, &rel("a", "1.0.0")))
+            .unwrap();
+        assert_eq!(n, 2);
+    }
+}
