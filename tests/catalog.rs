@@ -408,6 +408,16 @@ fn served_tarballs_count_as_downloads_and_sort_the_search() {
         json("/v1/package?name=beta")["data"]["package"]["downloads"]["all"],
         3
     );
+    let stats = json("/api/stats");
+    assert_eq!(stats["packages"], 4, "{stats}");
+    assert_eq!(stats["releases"], 8, "{stats}");
+    assert_eq!(
+        stats["most_downloaded"][0],
+        serde_json::json!({"name": "beta", "downloads": 3}),
+        "{stats}"
+    );
+    assert_eq!(stats["newest"].as_array().unwrap().len(), 8, "{stats}");
+    assert_eq!(stats["sync"]["lag_secs"], 0, "{stats}");
 
     // A tree served by nginx: its access log, imported once however often.
     let log = mirror.data_dir().join("access.log");

@@ -296,11 +296,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .saturating_add(64 * 1024);
     let mut r = Router::new();
     for prefix in ["/api", "/api/repos/{repo}"] {
-        let routes: [(&str, MethodRouter<Arc<ApiState>>); 16] = [
+        let routes: [(&str, MethodRouter<Arc<ApiState>>); 17] = [
             ("/publish", post(h::publish)),
             ("/packages", get(h::list_packages)),
             ("/packages/{name}", get(h::get_package)),
             ("/packages/{name}/dependents", get(h::dependents)),
+            ("/stats", get(h::stats)),
             ("/packages/{name}/releases", post(h::publish)),
             (
                 "/packages/{name}/releases/{version}",

@@ -24,7 +24,9 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 
 pub use follow::{FollowError, follow};
-pub use read::{Dependent, PackageView, ReleaseView, Requirement, dependents, package, search};
+pub use read::{
+    Dependent, PackageView, ReleaseView, Requirement, Stats, dependents, package, search, stats,
+};
 pub use rebuild::{RebuildError, RebuildReport, rebuild};
 pub use write::{Entry, put, put_tarball_meta, remove};
 

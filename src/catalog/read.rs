@@ -334,3 +334,70 @@ pub fn dependents(
     }
     Ok(out)
 }
+
+/// Figures of one repository for `/api/stats`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    /// Packages.
+    pub packages: u64,
+    /// Releases.
+    pub releases: u64,
+    /// The newest releases: (name, version, published_at, first_seen).
+    pub newest: Vec<(String, String, Option<u64>, u64)>,
+    /// The most recently updated packages: (name, updated_at).
+    pub updated: Vec<(String, u64)>,
+    /// The most downloaded packages: (name, all downloads).
+    pub most_downloaded: Vec<(String, u64)>,
+}
+
+/// The figures of `repository`, with `top` entries per list.
+pub fn stats(conn: &Connection, repository: &str, top: usize) -> rusqlite::Result<Stats> {
+    let (packages, releases): (i64, i64) = conn.query_row(
+        "SELECT (SELECT count(*) FROM package WHERE repository = ?1),
+                (SELECT count(*) FROM release r JOIN package p ON p.id = r.package_id
+                 WHERE p.repository = ?1)",
+        [repository],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let top = top as i64;
+    let newest = conn
+        .prepare(
+            "SELECT p.name, r.version, r.published_at, r.first_seen
+             FROM release r JOIN package p ON p.id = r.package_id WHERE p.repository = ?1
+             ORDER BY coalesce(r.published_at, r.first_seen) DESC, p.name LIMIT ?2",
+        )?
+        .query_map(params![repository, top], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get::<_, Option<i64>>(2)?.map(|t| t.max(0) as u64),
+                r.get::<_, i64>(3)?.max(0) as u64,
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let updated = conn
+        .prepare(
+            "SELECT name, updated_at FROM package WHERE repository = ?1 AND updated_at IS NOT NULL
+             ORDER BY updated_at DESC, name LIMIT ?2",
+        )?
+        .query_map(params![repository, top], |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let most_downloaded = conn
+        .prepare(
+            "SELECT name, sum(count) AS n FROM download WHERE repository = ?1
+             GROUP BY name ORDER BY n DESC, name LIMIT ?2",
+        )?
+        .query_map(params![repository, top], |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Stats {
+        packages: packages.max(0) as u64,
+        releases: releases.max(0) as u64,
+        newest,
+        updated,
+        most_downloaded,
+    })
+}

@@ -11,7 +11,7 @@ mod releases;
 pub(super) use account::{audit_logs, auth_test, create_key, delete_key, get_key, list_keys, me};
 pub(super) use packages::{
     add_owner, dependents, get_owner, get_package, get_repo, list_owners, list_packages,
-    list_repos, remove_owner,
+    list_repos, remove_owner, stats,
 };
 pub(super) use releases::{
     get_release, publish, publish_docs, retire, revert, revert_docs, unretire,

@@ -398,3 +398,64 @@ pub(in crate::api) async fn get_repo(
     })
     .await
 }
+
+/// `GET /api/stats`: the mirror's counts, newest releases, most recently
+/// updated and most downloaded packages, and how far it is behind the
+/// upstream (JSR's `newest` and `updated`, with hex.pm's figures).
+pub(in crate::api) async fn stats(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let Source::Upstream(up) = req.source()? else {
+            return Err(Reply::error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "stats cover the mirror of the upstream: /api/repos/{}/stats",
+                    req.config.upstream.repository
+                ),
+            ));
+        };
+        let repo = up.clone();
+        let s = req
+            .catalog()?
+            .call(move |c| crate::catalog::stats(c, &repo, 10))
+            .await
+            .map_err(|e| Reply::internal(format!("catalog read failed: {e}")))?;
+        // The sync's own figures, from the state database (read-only).
+        let data_dir = req.config.data_dir.clone();
+        let sync = tokio::task::spawn_blocking(move || -> Option<(Option<u64>, Option<u64>)> {
+            let db = crate::store::Db::open_read_only(&data_dir).ok()??;
+            db.call_blocking(|c| {
+                let get = |k: &str| -> rusqlite::Result<Option<u64>> {
+                    Ok(crate::store::db::meta(c, k)?.and_then(|v| v.parse().ok()))
+                };
+                Ok((get("upstream_newest_seen")?, get("upstream_newest_mirrored")?))
+            })
+            .ok()
+        })
+        .await
+        .ok()
+        .flatten();
+        let date = |t: u64| iso(t as i64);
+        Ok(Reply::ok(json!({
+            "repository": up,
+            "packages": s.packages,
+            "releases": s.releases,
+            "newest": s.newest.iter().map(|(n, v, published, seen)| json!({
+                "name": n, "version": v,
+                "published_at": published.map(date), "first_seen": date(*seen)})).collect::<Vec<_>>(),
+            "updated": s.updated.iter().map(|(n, at)| json!({"name": n, "updated_at": date(*at)})).collect::<Vec<_>>(),
+            "most_downloaded": s.most_downloaded.iter().map(|(n, d)| json!({"name": n, "downloads": d})).collect::<Vec<_>>(),
+            "sync": sync.map(|(seen, mirrored)| json!({
+                "newest_upstream_update": seen.map(date),
+                "newest_mirrored_update": mirrored.map(date),
+                "lag_secs": seen.zip(mirrored).map(|(s, m)| s.saturating_sub(m)),
+            })),
+        })))
+    })
+    .await
+}
