@@ -881,15 +881,14 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
         data_dir: Some(config.data_dir.clone()),
         api: api.clone(),
         proxy,
-        downloads: counter
-            .clone()
-            .map(|c| (c, config.upstream.repository.clone())),
+        downloads: counter.clone(),
     };
     // Background work shares one shutdown signal and is joined on exit.
     let stop = CancellationToken::new();
     let mut background = tokio::task::JoinSet::new();
     if let (Some(counter), Some(catalog)) = (counter, catalog.clone()) {
-        background.spawn(write_downloads(counter, catalog, stop.clone()));
+        let upstream = config.upstream.repository.clone();
+        background.spawn(write_downloads(counter, catalog, upstream, stop.clone()));
     }
     // The import folder (`[import]`): package tarballs dropped there are published.
     if let (Some(import), Some(publisher)) = (&config.import, &publisher) {
@@ -940,6 +939,7 @@ const DOWNLOADS_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
 async fn write_downloads(
     counter: std::sync::Arc<crate::catalog::downloads::Counter>,
     catalog: crate::catalog::Catalog,
+    upstream: String,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(DOWNLOADS_FLUSH);
@@ -947,9 +947,13 @@ async fn write_downloads(
         let stopping = stop.run_until_cancelled(tick.tick()).await.is_none();
         let counts = counter.take();
         if !counts.is_empty() {
-            let (c, kept) = (std::sync::Arc::clone(&counter), counts.clone());
+            let (c, kept, up) = (
+                std::sync::Arc::clone(&counter),
+                counts.clone(),
+                upstream.clone(),
+            );
             let written = catalog
-                .call(move |conn| crate::catalog::downloads::write(conn, &counts))
+                .call(move |conn| crate::catalog::downloads::write(conn, &counts, &up))
                 .await;
             if let Err(e) = written {
                 tracing::warn!("download counts not written yet ({e}); kept for the next try");

@@ -39,51 +39,91 @@ pub struct Counts {
 
 const SHARDS: usize = 16;
 
-/// In-memory counts of downloads not yet written, by day.
+/// Counts by day, then by request path.
+type Shard = HashMap<u64, HashMap<String, u64>>;
+
+/// In-memory counts of downloads not yet written, by request path and day.
+/// A path already counted that day costs a hash, a lock and an add: no
+/// allocation on the request path; paths become releases when written.
 #[derive(Debug, Default)]
 pub struct Counter {
-    shards: [Mutex<HashMap<(Release, u64), u64>>; SHARDS],
+    shards: [Mutex<Shard>; SHARDS],
     hasher: std::collections::hash_map::RandomState,
 }
 
-impl Counter {
-    /// The shard `release` is counted in.
-    fn shard(&self, release: &Release) -> &Mutex<HashMap<(Release, u64), u64>> {
-        &self.shards[(self.hasher.hash_one(release) as usize) % SHARDS]
-    }
+/// Counts taken from a [`Counter`]: (request path, day) and how many.
+pub type Taken = Vec<((String, u64), u64)>;
 
-    /// Counts `n` downloads of `release` on day `day` (Unix days).
-    fn add(&self, release: Release, day: u64, n: u64) {
-        *self
-            .shard(&release)
+impl Counter {
+    fn shard(&self, path: &str) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[(self.hasher.hash_one(path) as usize) % SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry((release, day))
-            .or_insert(0) += n;
     }
 
-    /// Counts one download of `release` on day `day` (Unix days).
-    pub fn count(&self, release: Release, day: u64) {
-        self.add(release, day, 1);
+    /// Counts `n` downloads of the tarball at request path `path` on `day`.
+    fn add(&self, path: &str, day: u64, n: u64) {
+        let mut shard = self.shard(path);
+        let by_path = shard.entry(day).or_default();
+        match by_path.get_mut(path) {
+            Some(count) => *count += n,
+            None => {
+                by_path.insert(path.to_owned(), n);
+            }
+        }
+    }
+
+    /// Counts one download of the tarball at request path `path` on day
+    /// `day` (Unix days).
+    pub fn count(&self, path: &str, day: u64) {
+        self.add(path, day, 1);
     }
 
     /// Takes every count so far, leaving none.
-    pub fn take(&self) -> Vec<((Release, u64), u64)> {
+    pub fn take(&self) -> Taken {
         let mut out = Vec::new();
         for shard in &self.shards {
-            out.extend(std::mem::take(
-                &mut *shard.lock().unwrap_or_else(|p| p.into_inner()),
-            ));
+            let taken = std::mem::take(&mut *shard.lock().unwrap_or_else(|p| p.into_inner()));
+            for (day, by_path) in taken {
+                out.extend(by_path.into_iter().map(|(path, n)| ((path, day), n)));
+            }
         }
         out
     }
 
     /// Puts counts back after a failed write, so none is lost.
-    pub fn restore(&self, counts: Vec<((Release, u64), u64)>) {
-        for ((release, day), n) in counts {
-            self.add(release, day, n);
+    pub fn restore(&self, counts: Taken) {
+        for ((path, day), n) in counts {
+            self.add(&path, day, n);
         }
     }
+}
+
+/// The release a tarball request path serves (`/tarballs/NAME-VERSION.tar`
+/// or `/repos/REPO/tarballs/...`, percent-encoding allowed), counted under
+/// `upstream` when not under `/repos/`. `None` for anything else.
+pub fn release_of_path(path: &str, upstream: &str) -> Option<Release> {
+    let path = percent_encoding::percent_decode_str(path)
+        .decode_utf8()
+        .ok()?;
+    let path = path.split('?').next().unwrap_or(&path);
+    let (repository, file) = match path.strip_prefix("/repos/") {
+        Some(rest) => {
+            let (repo, file) = rest.split_once('/')?;
+            (repo.to_owned(), file)
+        }
+        None => (upstream.to_owned(), path.trim_start_matches('/')),
+    };
+    let tarball = file.strip_prefix("tarballs/")?.strip_suffix(".tar")?;
+    let (name, version) = tarball.split_once('-')?;
+    let valid = crate::registry::PackageName::parse(name).is_ok()
+        && crate::registry::is_valid_version(version)
+        && crate::registry::PackageName::parse(&repository).is_ok();
+    valid.then(|| Release {
+        repository,
+        name: name.to_owned(),
+        version: version.to_owned(),
+    })
 }
 
 /// Adds `n` downloads of `release` on `day`.
@@ -102,11 +142,14 @@ pub fn add(tx: &Transaction<'_>, release: &Release, day: u64, n: u64) -> rusqlit
     Ok(())
 }
 
-/// Writes `counts` in one transaction.
-pub fn write(conn: &mut Connection, counts: &[((Release, u64), u64)]) -> rusqlite::Result<()> {
+/// Writes `counts` (request paths, as the server counted them) in one
+/// transaction; root-level tarballs count under `upstream`.
+pub fn write(conn: &mut Connection, counts: &Taken, upstream: &str) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
-    for ((release, day), n) in counts {
-        add(&tx, release, *day, *n)?;
+    for ((path, day), n) in counts {
+        if let Some(release) = release_of_path(path, upstream) {
+            add(&tx, &release, *day, *n)?;
+        }
     }
     tx.commit()
 }
@@ -180,34 +223,10 @@ pub fn parse_log_line(line: &str, upstream: &str) -> Option<Option<(Release, u64
     if method != "GET" || status != "200" {
         return Some(None);
     }
-    let path = target.split('?').next().unwrap_or(target);
-    let (repository, file) = match path.strip_prefix("/repos/") {
-        Some(rest) => {
-            let (repo, file) = rest.split_once('/')?;
-            (repo.to_owned(), file)
-        }
-        None => (upstream.to_owned(), path.trim_start_matches('/')),
-    };
-    let Some(tarball) = file
-        .strip_prefix("tarballs/")
-        .and_then(|f| f.strip_suffix(".tar"))
-    else {
-        return Some(None);
-    };
-    let (name, version) = tarball.split_once('-')?;
-    if crate::registry::PackageName::parse(name).is_err()
-        || !crate::registry::is_valid_version(version)
-    {
+    if !target.contains("/tarballs/") {
         return Some(None);
     }
-    Some(Some((
-        Release {
-            repository,
-            name: name.to_owned(),
-            version: version.to_owned(),
-        },
-        day,
-    )))
+    Some(release_of_path(target, upstream).map(|release| (release, day)))
 }
 
 /// The Unix day of an access-log time (`10/Oct/2000:13:55:36 -0700`).
@@ -302,22 +321,28 @@ mod tests {
         let counter = Counter::default();
         let today = 20_000;
         for _ in 0..3 {
-            counter.count(rel("a", "1.0.0"), today);
+            counter.count("/tarballs/a-1.0.0.tar", today);
         }
-        counter.count(rel("a", "0.9.0"), today - 3);
-        counter.count(rel("a", "0.9.0"), today - 30);
-        counter.count(rel("a", "0.9.0"), today - 400);
-        counter.count(rel("b", "1.0.0"), today);
+        counter.count("/tarballs/a-0.9.0.tar", today - 3);
+        counter.count("/tarballs/a-0.9.0.tar", today - 30);
+        counter.count("/tarballs/a-0.9.0.tar", today - 400);
+        counter.count("/tarballs/b-1.0.0.tar", today);
+        // Another repository's tarball, and a percent-encoded version.
+        counter.count("/repos/acme/tarballs/a-1.0.0.tar", today);
+        counter.count("/tarballs/c-1.0.0%2Bbuild.tar", today);
+        counter.count("/tarballs/not-a-release", today);
         let taken = counter.take();
         assert!(counter.take().is_empty(), "taken once");
-        catalog.call_blocking(|c| write(c, &taken)).unwrap();
-        // A failed write puts its counts back: nothing is lost.
-        counter.restore(vec![((rel("a", "1.0.0"), today), 2)]);
         catalog
-            .call_blocking(|c| write(c, &counter.take()))
+            .call_blocking(|c| write(c, &taken, "hexpm"))
+            .unwrap();
+        // A failed write puts its counts back: nothing is lost.
+        counter.restore(vec![(("/tarballs/a-1.0.0.tar".to_owned(), today), 2)]);
+        catalog
+            .call_blocking(|c| write(c, &counter.take(), "hexpm"))
             .unwrap();
         let counts = catalog
-            .call_blocking(|c| package_counts(c, "hexpm", &["a", "b", "c"], today))
+            .call_blocking(|c| package_counts(c, "hexpm", &["a", "b", "c", "d"], today))
             .unwrap();
         assert_eq!(
             counts["a"],
@@ -328,12 +353,20 @@ mod tests {
                 day: 5
             }
         );
-        assert_eq!(counts["b"].all, 1);
-        assert_eq!(counts["c"], Counts::default());
+        assert_eq!((counts["b"].all, counts["c"].all), (1, 1));
+        assert_eq!(counts["d"], Counts::default());
+        let acme = catalog
+            .call_blocking(|c| package_counts(c, "acme", &["a"], today))
+            .unwrap();
+        assert_eq!(acme["a"].all, 1);
         let n = catalog
             .call_blocking(|c| release_count(c, &rel("a", "0.9.0")))
             .unwrap();
         assert_eq!(n, 3);
+        let plus = catalog
+            .call_blocking(|c| release_count(c, &rel("c", "1.0.0+build")))
+            .unwrap();
+        assert_eq!(plus, 1);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub fn follow(
     gone: &[String],
     updated_at: &HashMap<String, u64>,
 ) -> Result<(), FollowError> {
+    let started = std::time::Instant::now();
     let repo = config.upstream.repository.as_str();
     let empty = catalog.call_blocking(|c| {
         c.query_row(
@@ -34,26 +35,29 @@ pub fn follow(
         tracing::info!(
             packages = report.packages,
             tarballs = report.tarballs,
+            ms = started.elapsed().as_millis() as u64,
             "catalog built from the tree"
         );
         return Ok(());
     }
-    let mut decoded = Vec::with_capacity(records.len());
-    for (name, file) in records {
+    // Verified again on all cores: RSA is most of the work.
+    let decoded = crate::parallel::map(records, |(name, file)| {
         let bytes = store.read_blob(&file.sha256)?;
-        let record = registry::verify_package_within(
+        registry::verify_package_within(
             &bytes,
             &config.upstream.public_key,
             repo,
             name,
             config.upstream.max_registry_bytes,
         )
+        .map(registry::Verified::into_inner)
         .map_err(|source| FollowError::Record {
             name: name.clone(),
             source,
-        })?;
-        decoded.push(record.into_inner());
-    }
+        })
+    })
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
     let now = unix_now();
     catalog.call_blocking(|c| {
         let tx = c.transaction()?;
@@ -70,6 +74,12 @@ pub fn follow(
         }
         tx.commit()
     })?;
+    tracing::info!(
+        packages = decoded.len(),
+        removed = gone.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "catalog updated"
+    );
     Ok(())
 }
 

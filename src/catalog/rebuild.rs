@@ -90,6 +90,8 @@ pub fn rebuild(config: &Config, catalog: &Catalog) -> Result<RebuildReport, Rebu
             .query_map([], |r| r.get(0))?
             .collect()
     })?;
+    let mut found: Vec<(String, PathBuf)> = Vec::new();
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
     for root in &roots {
         let dir = root.join("packages");
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -97,52 +99,59 @@ pub fn rebuild(config: &Config, catalog: &Catalog) -> Result<RebuildReport, Rebu
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if records.contains_key(&name) || PackageName::parse(&name).is_err() {
+            if PackageName::parse(&name).is_err() || !seen.insert(name.clone()) {
                 continue;
             }
-            let path = entry.path();
-            let Some(bytes) = read(&path)? else { continue };
-            let record = match registry::verify_package_within(&bytes, key, repo, &name, max) {
-                Ok(r) => r.into_inner(),
-                Err(e) => {
-                    report
-                        .refused
-                        .push((path.display().to_string(), e.to_string()));
-                    continue;
-                }
-            };
-            for release in &record.releases {
-                let Some(sums) = crate::upstream::release::Sums::of(release) else {
-                    continue;
-                };
-                let sha = hex::encode(sums.outer);
-                if known.contains(&sha) {
-                    continue;
-                }
-                let file = format!("tarballs/{name}-{}.tar", release.version);
-                let Some(tarball) = roots
-                    .iter()
-                    .find_map(|r| read(&r.join(&file)).transpose())
-                    .transpose()?
-                else {
-                    continue;
-                };
-                let expected = crate::tarball::Expected {
-                    name: &name,
-                    version: &release.version,
-                    outer_checksum: &sums.outer,
-                    inner_checksum: Some(&sums.inner),
-                };
-                match crate::tarball::verify(&tarball, &expected, &limits) {
-                    Ok(v) => {
-                        catalog.call_blocking(|c| put_tarball_meta(c, &sha, &v.metadata))?;
-                        report.tarballs += 1;
-                    }
-                    Err(e) => report.refused.push((file, e.to_string())),
-                }
-            }
-            records.insert(name, record);
+            found.push((name, entry.path()));
         }
+    }
+    // Records read and verified on all cores; then each one's unread
+    // tarballs.
+    let verified = crate::parallel::map(&found, |(name, path)| {
+        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        registry::verify_package_within(&bytes, key, repo, name, max)
+            .map(registry::Verified::into_inner)
+            .map_err(|e| e.to_string())
+    });
+    for ((name, path), record) in found.into_iter().zip(verified) {
+        let record = match record {
+            Ok(r) => r,
+            Err(why) => {
+                report.refused.push((path.display().to_string(), why));
+                continue;
+            }
+        };
+        for release in &record.releases {
+            let Some(sums) = crate::upstream::release::Sums::of(release) else {
+                continue;
+            };
+            let sha = hex::encode(sums.outer);
+            if known.contains(&sha) {
+                continue;
+            }
+            let file = format!("tarballs/{name}-{}.tar", release.version);
+            let Some(tarball) = roots
+                .iter()
+                .find_map(|r| read(&r.join(&file)).transpose())
+                .transpose()?
+            else {
+                continue;
+            };
+            let expected = crate::tarball::Expected {
+                name: &name,
+                version: &release.version,
+                outer_checksum: &sums.outer,
+                inner_checksum: Some(&sums.inner),
+            };
+            match crate::tarball::verify(&tarball, &expected, &limits) {
+                Ok(v) => {
+                    catalog.call_blocking(|c| put_tarball_meta(c, &sha, &v.metadata))?;
+                    report.tarballs += 1;
+                }
+                Err(e) => report.refused.push((file, e.to_string())),
+            }
+        }
+        records.insert(name, record);
     }
     report.packages = records.len();
     let now = crate::clock::unix_now();

@@ -26,10 +26,9 @@ pub fn put_tarball_meta(
     sha256: &str,
     metadata: &crate::tarball::Metadata,
 ) -> rusqlite::Result<()> {
-    let changed = conn.execute(
-        "INSERT OR IGNORE INTO tarball_meta (sha256, meta) VALUES (?1, ?2)",
-        params![sha256, metadata.api_meta().to_string()],
-    )?;
+    let changed = conn
+        .prepare_cached("INSERT OR IGNORE INTO tarball_meta (sha256, meta) VALUES (?1, ?2)")?
+        .execute(params![sha256, metadata.api_meta().to_string()])?;
     if changed > 0 {
         let ids: Vec<i64> = conn
             .prepare_cached("SELECT DISTINCT package_id FROM release WHERE outer_checksum = ?1")?
@@ -62,11 +61,10 @@ fn refresh_text(conn: &Connection, id: i64) -> rusqlite::Result<()> {
         })
         .max_by(|a, b| cmp_versions(a.0, b.0))
         .map(|(_, d)| d);
-    conn.execute("DELETE FROM package_text WHERE rowid = ?1", [id])?;
-    conn.execute(
-        "INSERT INTO package_text (rowid, name, description) VALUES (?1, ?2, ?3)",
-        params![id, name, description],
-    )?;
+    conn.prepare_cached("DELETE FROM package_text WHERE rowid = ?1")?
+        .execute([id])?;
+    conn.prepare_cached("INSERT INTO package_text (rowid, name, description) VALUES (?1, ?2, ?3)")?
+        .execute(params![id, name, description])?;
     Ok(())
 }
 
@@ -74,16 +72,16 @@ fn refresh_text(conn: &Connection, id: i64) -> rusqlite::Result<()> {
 /// local facts (when each release was first seen, whether docs are held).
 pub fn put(tx: &Transaction<'_>, entry: &Entry<'_>, now: u64) -> rusqlite::Result<()> {
     let name = entry.record.name.as_str();
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO package (repository, name, updated_at, first_seen) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (repository, name) DO UPDATE SET updated_at = coalesce(?3, updated_at)",
-        params![
-            entry.repository,
-            name,
-            entry.updated_at.map(|u| u as i64),
-            now as i64
-        ],
-    )?;
+    )?
+    .execute(params![
+        entry.repository,
+        name,
+        entry.updated_at.map(|u| u as i64),
+        now as i64
+    ])?;
     let id: i64 = tx.query_row(
         "SELECT id FROM package WHERE repository = ?1 AND name = ?2",
         params![entry.repository, name],
@@ -101,35 +99,35 @@ pub fn put(tx: &Transaction<'_>, entry: &Entry<'_>, now: u64) -> rusqlite::Resul
             kept.insert(version, facts);
         }
     }
-    tx.execute("DELETE FROM release WHERE package_id = ?1", [id])?;
-    tx.execute("DELETE FROM requirement WHERE package_id = ?1", [id])?;
+    tx.prepare_cached("DELETE FROM release WHERE package_id = ?1")?
+        .execute([id])?;
+    tx.prepare_cached("DELETE FROM requirement WHERE package_id = ?1")?
+        .execute([id])?;
     for release in &entry.record.releases {
         let (first_seen, has_docs) = kept.remove(&release.version).unwrap_or((now as i64, false));
         let retired = release
             .retired
             .as_ref()
             .map(|r| (Retirement::from_proto(r.reason).as_str(), r.message.clone()));
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO release (package_id, version, outer_checksum, inner_checksum,
                  retired_reason, retired_message, has_docs, first_seen, published_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                id,
-                release.version,
-                release.outer_checksum.as_deref().map(hex::encode),
-                hex::encode(&release.inner_checksum),
-                retired.as_ref().map(|r| r.0),
-                retired.as_ref().and_then(|r| r.1.clone()),
-                has_docs,
-                first_seen,
-                release.published_at.as_ref().map(|t| t.seconds),
-            ],
-        )?;
+        )?
+        .execute(params![
+            id,
+            release.version,
+            release.outer_checksum.as_deref().map(hex::encode),
+            hex::encode(&release.inner_checksum),
+            retired.as_ref().map(|r| r.0),
+            retired.as_ref().and_then(|r| r.1.clone()),
+            has_docs,
+            first_seen,
+            release.published_at.as_ref().map(|t| t.seconds),
+        ])?;
         for dep in &release.dependencies {
-            tx.execute(
-                "INSERT INTO requirement (package_id, version, name, repository, requirement, optional, app)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
+            tx.prepare_cached("INSERT INTO requirement (package_id, version, name, repository, requirement, optional, app)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(params![
                     id,
                     release.version,
                     dep.package,
@@ -154,10 +152,14 @@ pub fn remove(tx: &Transaction<'_>, repository: &str, name: &str) -> rusqlite::R
         )
         .optional()?;
     if let Some(id) = id {
-        tx.execute("DELETE FROM package_text WHERE rowid = ?1", [id])?;
-        tx.execute("DELETE FROM requirement WHERE package_id = ?1", [id])?;
-        tx.execute("DELETE FROM release WHERE package_id = ?1", [id])?;
-        tx.execute("DELETE FROM package WHERE id = ?1", [id])?;
+        tx.prepare_cached("DELETE FROM package_text WHERE rowid = ?1")?
+            .execute([id])?;
+        tx.prepare_cached("DELETE FROM requirement WHERE package_id = ?1")?
+            .execute([id])?;
+        tx.prepare_cached("DELETE FROM release WHERE package_id = ?1")?
+            .execute([id])?;
+        tx.prepare_cached("DELETE FROM package WHERE id = ?1")?
+            .execute([id])?;
     }
     Ok(())
 }

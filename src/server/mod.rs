@@ -63,8 +63,8 @@ struct ServerState {
     api: Option<Arc<crate::api::ApiState>>,
     /// The pull-through cache for upstream files the tree lacks.
     proxy: Option<Arc<crate::proxy::Proxy>>,
-    /// Download counts (with the upstream's repository name).
-    downloads: Option<(Arc<crate::catalog::downloads::Counter>, String)>,
+    /// Download counts.
+    downloads: Option<Arc<crate::catalog::downloads::Counter>>,
 }
 
 /// The names of our public repositories, shared with the server so a
@@ -102,9 +102,8 @@ pub struct Options {
     pub api: Option<Arc<crate::api::ApiState>>,
     /// The pull-through cache (proxy mode).
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
-    /// Where tarball downloads are counted, and the upstream's repository
-    /// name that root-level tarballs count under.
-    pub downloads: Option<(Arc<crate::catalog::downloads::Counter>, String)>,
+    /// Where tarball downloads are counted.
+    pub downloads: Option<Arc<crate::catalog::downloads::Counter>>,
 }
 
 /// Builds the router that serves the Hex tree rooted at `root`; everything
@@ -309,35 +308,16 @@ async fn respond(
     state
         .metrics
         .record(status::route_label(path), res.status().as_u16(), sent);
+    // A tarball sent whole is a download; the path becomes a release when
+    // the counts are written, off the request path.
     if *method == Method::GET
         && res.status() == StatusCode::OK
-        && let Some((counter, upstream)) = &state.downloads
-        && let Some(release) = downloaded(path, upstream)
+        && path.ends_with(".tar")
+        && let Some(counter) = &state.downloads
     {
-        counter.count(release, crate::clock::unix_now() / 86_400);
+        counter.count(path, crate::clock::unix_now() / 86_400);
     }
     res
-}
-
-/// The release a tarball path serves, for the download counts.
-fn downloaded(path: &str, upstream: &str) -> Option<crate::catalog::downloads::Release> {
-    let Ok(Target::File(target)) = paths::parse(path) else {
-        return None;
-    };
-    if target.kind != Kind::Tarball {
-        return None;
-    }
-    let file = target
-        .relative
-        .file_name()?
-        .to_str()?
-        .strip_suffix(".tar")?;
-    let (name, version) = file.split_once('-')?;
-    Some(crate::catalog::downloads::Release {
-        repository: target.org.unwrap_or_else(|| upstream.to_owned()),
-        name: name.to_owned(),
-        version: version.to_owned(),
-    })
 }
 
 async fn serve(
