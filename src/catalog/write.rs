@@ -2,7 +2,6 @@
 //! tarball (by content), and each published package's verified record.
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use serde_json::Value;
 
 use crate::index::hosted::{Retirement, cmp_versions};
 use crate::registry::proto::package::Package;
@@ -44,22 +43,21 @@ pub fn put_tarball_meta(
 /// The search text of package `id`: its name, and the description of its
 /// newest release whose tarball metadata is held.
 fn refresh_text(conn: &Connection, id: i64) -> rusqlite::Result<()> {
-    let name: String =
-        conn.query_row("SELECT name FROM package WHERE id = ?1", [id], |r| r.get(0))?;
+    let name: String = conn
+        .prepare_cached("SELECT name FROM package WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))?;
+    // SQLite reads the description out of each JSON; only the newest is kept.
     let rows: Vec<(String, String)> = conn
         .prepare_cached(
-            "SELECT r.version, m.meta FROM release r JOIN tarball_meta m ON m.sha256 = r.outer_checksum
-             WHERE r.package_id = ?1",
+            "SELECT r.version, json_extract(m.meta, '$.description') AS d
+             FROM release r JOIN tarball_meta m ON m.sha256 = r.outer_checksum
+             WHERE r.package_id = ?1 AND json_type(m.meta, '$.description') = 'text'",
         )?
         .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let description = rows
-        .iter()
-        .filter_map(|(v, meta)| {
-            let meta: Value = serde_json::from_str(meta).ok()?;
-            Some((v, meta.get("description")?.as_str()?.to_owned()))
-        })
-        .max_by(|a, b| cmp_versions(a.0, b.0))
+        .into_iter()
+        .max_by(|a, b| cmp_versions(&a.0, &b.0))
         .map(|(_, d)| d);
     conn.prepare_cached("DELETE FROM package_text WHERE rowid = ?1")?
         .execute([id])?;
