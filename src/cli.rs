@@ -882,6 +882,14 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
         api: api.clone(),
         proxy,
         downloads: counter.clone(),
+        ui: config
+            .server
+            .ui_prefix
+            .clone()
+            .map(|prefix| crate::ui::Settings {
+                prefix,
+                mirror: config.upstream.repository.clone(),
+            }),
     };
     // Background work shares one shutdown signal and is joined on exit.
     let stop = CancellationToken::new();

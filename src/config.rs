@@ -82,6 +82,8 @@ struct RawServer {
     max_connections: Option<usize>,
     header_timeout_secs: Option<u64>,
     count_downloads: Option<bool>,
+    ui: Option<bool>,
+    ui_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -215,6 +217,49 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// Count tarball downloads (in memory, written to the catalog in batches).
     pub count_downloads: bool,
+    /// Where the web UI is served (`/ui` by default); `None`: no UI.
+    pub ui_prefix: Option<String>,
+}
+
+/// Top-level names the served tree and the daemon already answer: a UI
+/// prefix may not take one of them.
+const RESERVED_PREFIXES: &[&str] = &[
+    "names",
+    "versions",
+    "packages",
+    "tarballs",
+    "repos",
+    "public_key",
+    "installs",
+    "docs",
+    "api",
+    "health",
+    "metrics",
+    "v1",
+];
+
+/// Checks `[server] ui_prefix`: one path segment (`/ui`), lower-case
+/// letters, digits, `-` and `_`, and not a name the Hex tree uses.
+fn ui_prefix(raw: &str) -> Result<String, String> {
+    let segment = raw.trim_end_matches('/');
+    let Some(segment) = segment.strip_prefix('/') else {
+        return Err(format!("{raw:?} must start with /, as in \"/ui\""));
+    };
+    if segment.is_empty()
+        || !segment
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        return Err(format!(
+            "{raw:?} must be one path segment of lower-case letters, digits, - and _"
+        ));
+    }
+    if RESERVED_PREFIXES.contains(&segment) {
+        return Err(format!(
+            "{raw:?} collides with /{segment} of the Hex tree or the daemon; pick another, such as /ui"
+        ));
+    }
+    Ok(format!("/{segment}"))
 }
 
 /// Keys and signing policy.
@@ -564,6 +609,13 @@ impl Config {
             max_connections,
             header_timeout: Duration::from_secs(header_timeout_secs),
             count_downloads: raw.server.count_downloads.unwrap_or(true),
+            ui_prefix: match raw.server.ui {
+                Some(false) => None,
+                _ => Some(
+                    ui_prefix(raw.server.ui_prefix.as_deref().unwrap_or("/ui"))
+                        .map_err(|why| invalid("server.ui_prefix", why))?,
+                ),
+            },
         };
         let concurrency = raw.mirror.concurrency.unwrap_or(8);
         if !(1..=256).contains(&concurrency) {
@@ -894,10 +946,25 @@ mod tests {
                 "[server]\nheader_timeout_secs = 0",
                 "`server.header_timeout_secs`",
             ),
+            ("[server]\nui_prefix = \"/api\"", "`server.ui_prefix`"),
+            ("[server]\nui_prefix = \"ui\"", "`server.ui_prefix`"),
+            ("[server]\nui_prefix = \"/a/b\"", "`server.ui_prefix`"),
+            ("[server]\nui_prefix = \"/<x>\"", "`server.ui_prefix`"),
         ] {
             let msg = parse(text).unwrap_err().to_string();
             assert!(msg.contains(key), "{text}: {msg}");
         }
+    }
+
+    #[test]
+    fn the_ui_is_on_at_ui_unless_turned_off() {
+        assert_eq!(parse("").unwrap().server.ui_prefix.as_deref(), Some("/ui"));
+        let c = parse("[server]\nui_prefix = \"/registry/\"").unwrap();
+        assert_eq!(c.server.ui_prefix.as_deref(), Some("/registry"));
+        assert_eq!(
+            parse("[server]\nui = false").unwrap().server.ui_prefix,
+            None
+        );
     }
 
     #[test]

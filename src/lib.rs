@@ -26,6 +26,7 @@
 //! - [`api`]: the Hex-compatible write API (publish, retire, keys, owners).
 //! - [`auth`]: PURE. API tokens: secrets, hashes, scopes, rate limiting.
 //! - [`bundle`]: PURE. The signed, chained air-gap bundle manifest.
+//! - [`ui`]: the web UI: server-rendered pages over the read API.
 //! - [`cli`]: the command line, the only place that uses `anyhow`.
 
 pub mod airgap;
@@ -54,6 +55,7 @@ pub mod server;
 pub mod store;
 pub mod sync;
 pub mod tarball;
+pub mod ui;
 pub mod upstream;
 pub mod verify;
 pub mod version;

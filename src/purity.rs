@@ -26,6 +26,7 @@ const PURE: &[&str] = &[
     "server::http",
     "server::paths",
     "tarball",
+    "ui::view",
     "version",
 ];
 

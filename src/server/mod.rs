@@ -104,6 +104,8 @@ pub struct Options {
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
     /// Where tarball downloads are counted.
     pub downloads: Option<Arc<crate::catalog::downloads::Counter>>,
+    /// The web UI; `None`: no UI.
+    pub ui: Option<crate::ui::Settings>,
 }
 
 /// Builds the router that serves the Hex tree rooted at `root`; everything
@@ -132,12 +134,25 @@ pub fn router_with(root: PathBuf, options: Options) -> Router {
         .route("/health", axum::routing::get(health))
         .route("/metrics", axum::routing::get(metrics))
         .fallback(handle)
-        .with_state(state);
+        .with_state(Arc::clone(&state));
     // `/api` answers in the API's error shape even without an API, so a
     // client pointed here learns why instead of reading a text 404.
-    match options.api {
+    let app = match options.api {
         Some(api) => tree.merge(crate::api::router(api)),
         None => tree.merge(crate::api::absent_router()),
+    };
+    match &options.ui {
+        Some(settings) => {
+            let status: crate::ui::StatusFn = Arc::new(move || {
+                status::report(
+                    &state.root,
+                    state.data_dir.as_deref(),
+                    state.proxy.as_deref(),
+                )
+            });
+            app.clone().merge(crate::ui::router(settings, app, status))
+        }
+        None => app,
     }
 }
 

@@ -237,6 +237,186 @@ pub(super) fn health(
     data_dir: Option<&Path>,
     proxy: Option<&crate::proxy::Proxy>,
 ) -> Response {
+    let (status, body) = health_body(root, data_dir, proxy);
+    respond(status, "application/json", format!("{body}\n"))
+}
+
+/// What the UI's status page shows: `/health`'s body, with the recent
+/// syncs, every quarantined package with its reason, the proxy cache and
+/// how far the mirror is behind the upstream.
+pub(crate) fn report(
+    root: &Path,
+    data_dir: Option<&Path>,
+    proxy: Option<&crate::proxy::Proxy>,
+) -> serde_json::Value {
+    let (_, mut body) = health_body(root, data_dir, proxy);
+    let history = data_dir.map(|d| sync_history(d, 20)).unwrap_or_default();
+    let now = unix_now();
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert(
+            "syncs".into(),
+            serde_json::json!(
+                history
+                    .syncs
+                    .iter()
+                    .map(|s| serde_json::json!({
+                        "started_at": crate::manifest::rfc3339(s.started_at),
+                        "duration_secs": s.finished_at.map(|f| f.saturating_sub(s.started_at)),
+                        "status": s.status,
+                        "packages": s.packages,
+                        "releases": s.releases,
+                        "failed": s.failed,
+                    }))
+                    .collect::<Vec<_>>()
+            ),
+        );
+        obj.insert(
+            "quarantined".into(),
+            serde_json::json!(
+                history
+                    .quarantined
+                    .iter()
+                    .map(|(name, kind, reason, since, tries)| serde_json::json!({
+                        "package": name, "kind": kind, "reason": reason,
+                        "since": crate::manifest::rfc3339(*since), "tries": tries,
+                    }))
+                    .collect::<Vec<_>>()
+            ),
+        );
+        let newest = data_dir
+            .map(sync_state)
+            .map(|s| s.newest)
+            .unwrap_or_default();
+        obj.insert(
+            "lag_secs".into(),
+            serde_json::json!(
+                newest
+                    .0
+                    .zip(newest.1)
+                    .map(|(seen, mirrored)| seen.saturating_sub(mirrored))
+            ),
+        );
+        obj.insert(
+            "manifest_expires_in_secs".into(),
+            serde_json::json!(tree_state(root).expires_at.map(|e| e as i64 - now as i64)),
+        );
+        if let Some(p) = proxy {
+            let (files, bytes) = cached_files(p.root());
+            let m = p.metrics();
+            use std::sync::atomic::Ordering::Relaxed;
+            obj.insert(
+                "proxy_cache".into(),
+                serde_json::json!({
+                    "files": files, "bytes": bytes,
+                    "hits": m.hits.load(Relaxed), "misses": m.misses.load(Relaxed),
+                    "upstream_errors": m.upstream_errors.load(Relaxed),
+                    "circuit_open": p.circuit_open(),
+                }),
+            );
+        }
+    }
+    body
+}
+
+/// The files under the proxy's directory and their bytes (a bounded walk:
+/// the proxy keeps `packages/`, `tarballs/` and a few index files).
+fn cached_files(root: &Path) -> (u64, u64) {
+    let mut stack = vec![root.to_owned()];
+    let (mut files, mut bytes) = (0u64, 0u64);
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) => {
+                    files += 1;
+                    bytes += m.len();
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    (files, bytes)
+}
+
+/// One sync as the database recorded it.
+#[derive(Debug)]
+struct SyncRow {
+    started_at: u64,
+    finished_at: Option<u64>,
+    status: String,
+    packages: Option<i64>,
+    releases: Option<i64>,
+    failed: Option<i64>,
+}
+
+/// The recent syncs and the whole quarantine.
+#[derive(Debug, Default)]
+struct History {
+    syncs: Vec<SyncRow>,
+    quarantined: Vec<(String, String, String, u64, i64)>,
+}
+
+fn sync_history(data_dir: &Path, last: usize) -> History {
+    use rusqlite::{Connection, OpenFlags, OptionalExtension};
+    let path = data_dir.join("hexmirror.db");
+    if !path.exists() {
+        return History::default();
+    }
+    let read = || -> rusqlite::Result<History> {
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let has = |table: &str| -> rusqlite::Result<bool> {
+            Ok(conn
+                .query_row(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    [table],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some())
+        };
+        let mut out = History::default();
+        if has("syncs")? {
+            out.syncs = conn
+                .prepare(
+                    "SELECT started_at, finished_at, status, packages, releases, failed
+                     FROM syncs ORDER BY id DESC LIMIT ?1",
+                )?
+                .query_map([last as i64], |r| {
+                    Ok(SyncRow {
+                        started_at: r.get::<_, i64>(0)?.max(0) as u64,
+                        finished_at: r.get::<_, Option<i64>>(1)?.map(|t| t.max(0) as u64),
+                        status: r.get(2)?,
+                        packages: r.get(3)?,
+                        releases: r.get(4)?,
+                        failed: r.get(5)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+        }
+        if has("quarantine")? {
+            out.quarantined = conn
+                .prepare(
+                    "SELECT package, kind, reason, since, tries FROM quarantine ORDER BY package LIMIT 1000",
+                )?
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)?.max(0) as u64, r.get(4)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+        }
+        Ok(out)
+    };
+    read().unwrap_or_default()
+}
+
+/// `/health`'s status code and body.
+fn health_body(
+    root: &Path,
+    data_dir: Option<&Path>,
+    proxy: Option<&crate::proxy::Proxy>,
+) -> (StatusCode, serde_json::Value) {
     let tree = tree_state(root);
     let sync = data_dir.map(sync_state);
     let now = unix_now();
@@ -309,7 +489,7 @@ pub(super) fn health(
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    respond(status, "application/json", format!("{body}\n"))
+    (status, body)
 }
 
 /// `GET /metrics`.

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
+pub mod browser;
 mod mirror;
 pub mod mix;
 pub mod tarballs;
@@ -1040,8 +1041,10 @@ pub fn http_body(method: &str, url: &str, headers: &[(&str, &str)], body: Vec<u8
             .build()
             .expect("build client runtime");
         rt.block_on(async move {
+            // Redirects are answers to assert on, not to follow.
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .expect("build reqwest client");
             let mut request = client.request(method.clone(), &url);

@@ -343,7 +343,13 @@ impl Request {
             "public": !private,
             "active": true,
             "url": format!("{}/repos/{name}", self.base),
-            "hexmirror": {"kind": if ours.is_some() { "ours" } else { "mirror" }},
+            // What `mix hex.repo add --fetch-public-key` pins for ours.
+            "hexmirror": {
+                "kind": if ours.is_some() { "ours" } else { "mirror" },
+                "public_key_fingerprint": ours
+                    .and(self.config.signing.key.as_ref())
+                    .map(|k| k.public_key().fingerprint()),
+            },
         }))
     }
 
