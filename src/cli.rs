@@ -441,11 +441,20 @@ async fn run_catalog_rebuild(config: &Config) -> anyhow::Result<ExitCode> {
     let config = config.clone();
     let report = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let catalog = crate::catalog::Catalog::open(&config.data_dir)?;
-        Ok(crate::catalog::rebuild(&config, &catalog)?)
+        let report = crate::catalog::rebuild(&config, &catalog)?;
+        crate::catalog::members(&catalog, &config)?;
+        let hosted = if config.repositories.is_empty() {
+            0
+        } else {
+            let db = crate::store::Db::open(&config.data_dir)?;
+            crate::hosted::catalog::refill(&catalog, &db, &config)?
+        };
+        Ok((report, hosted))
     })
     .await??;
+    let (report, hosted) = report;
     println!(
-        "catalog rebuilt: {} packages, metadata of {} tarballs read",
+        "catalog rebuilt: {} packages, metadata of {} tarballs read, {hosted} hosted packages",
         report.packages, report.tarballs
     );
     for (path, why) in &report.refused {
@@ -841,9 +850,28 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
         .map_err(|e| e.to_string())
         .and_then(|()| crate::catalog::Catalog::open(&config.data_dir).map_err(|e| e.to_string()))
         .inspect_err(|e| {
-            tracing::warn!("catalog unavailable ({e}); the read API answers only hosted packages")
+            tracing::warn!(
+                "catalog unavailable ({e}); the read API answers single packages of ours only"
+            )
         })
         .ok();
+    // Our repositories in the catalog: what each serves of the mirror, and
+    // every hosted package; then each hosted change as it lands.
+    if let Some(catalog) = &catalog {
+        let (catalog, cfg, publisher) = (catalog.clone(), config.clone(), publisher.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::catalog::members(&catalog, &cfg) {
+                tracing::warn!("catalog: {e}; `hexmirror catalog rebuild` catches up");
+            }
+            if let Some(publisher) = publisher {
+                match publisher.follow_into(catalog) {
+                    Ok(n) => tracing::info!(packages = n, "catalog: hosted packages in"),
+                    Err(e) => tracing::warn!("catalog: hosted packages not in ({e})"),
+                }
+            }
+        })
+        .await?;
+    }
     let api = (publisher.is_some() || catalog.is_some())
         .then(|| crate::api::ApiState::new(config.clone(), publisher.clone(), catalog.clone()));
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -868,9 +896,6 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    // Only now can every request be answered as configured.
-    println!("hexmirror serving {} on http://{addr}", tree.display());
-    crate::notify::notify("READY=1");
     // Tarball downloads are counted in memory and written in batches.
     let counter = catalog
         .as_ref()
@@ -922,11 +947,17 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
             stop.clone(),
         ));
     }
+    // Only now can every request be answered as configured, and a stop
+    // be a clean one.
+    let shutdown = shutdown_signal();
+    println!("hexmirror serving {} on http://{addr}", tree.display());
+    let router = server::router_with(tree, options);
+    crate::notify::notify("READY=1");
     let served = server::run(
         listener,
-        server::router_with(tree, options),
+        router,
         server::Limits::from(&config.server),
-        shutdown_signal(),
+        shutdown,
     )
     .await;
     stop.cancel();
@@ -974,29 +1005,39 @@ async fn write_downloads(
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Completes on SIGTERM or Ctrl-C. The handlers are installed when this is
+/// called, not when it is first polled: `serve` calls it before it tells
+/// the service manager it is ready, so a stop that comes at once is a
+/// clean shutdown, never the default action (death without STOPPING=1).
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
+    let handlers = {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+        signal(SignalKind::terminate())
+            .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)))
+            .inspect_err(|e| tracing::warn!("cannot listen for SIGTERM/SIGINT ({e}); Ctrl-C only"))
+            .ok()
+    };
+    async move {
+        #[cfg(unix)]
+        match handlers {
+            Some((mut term, mut int)) => {
                 tokio::select! {
-                    _ = ctrl_c => {}
                     _ = term.recv() => {}
+                    _ = int.recv() => {}
                 }
             }
-            Err(_) => {
-                let _ = ctrl_c.await;
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
             }
         }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutting down");
+        crate::notify::notify("STOPPING=1");
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-    tracing::info!("shutting down");
-    crate::notify::notify("STOPPING=1");
 }
 
 /// `keygen --bundle`: the exporter's Ed25519 bundle key pair, never over

@@ -441,3 +441,133 @@ fn served_tarballs_count_as_downloads_and_sort_the_search() {
     );
     assert_eq!(json("/api/packages/alpha")["downloads"]["all"], 2);
 }
+
+/// GETs `path` as JSON with `token` (or none); the status and body.
+fn api_get(url: &str, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    let mut headers = vec![("accept", "application/json")];
+    if let Some(t) = token {
+        headers.push(("authorization", t));
+    }
+    let res = http("GET", &format!("{url}{path}"), &headers);
+    let body = serde_json::from_slice(&res.body).unwrap_or(serde_json::Value::Null);
+    (res.status, body)
+}
+
+fn names_of(list: &serde_json::Value) -> Vec<String> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_private_repository_searches_its_hosted_and_curated_packages_and_lists_dependents() {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let mirror = Mirror::hosting(
+        &upstream,
+        "name = \"acme\"\nprivate = true\npackages = [\"beta\"]\nreserved = [\"acme_*\"]",
+        "",
+    );
+    let admin = mirror.token(&["--admin"]);
+    let lib_only = mirror.token(&["--name", "lib", "--scope", "acme/acme_lib:read"]);
+    let served = mirror.serve();
+    let url = served.url();
+    let api = format!("{url}/api/repos/acme");
+    let work = tempfile::TempDir::new().unwrap();
+    for (name, deps) in [
+        ("acme_lib", vec![]),
+        ("acme_app", vec![("acme_lib", "~> 1.0")]),
+    ] {
+        let path = work.path().join(format!("{name}-1.0.0.tar"));
+        Oracle::tarball(name, "1.0.0", &path, &deps);
+        let (status, body) = Oracle::api(&api, &admin, &["publish", path.to_str().unwrap()]);
+        assert_eq!(status, 201, "publish {name}: {body}");
+    }
+
+    // Hosted packages and the mirror's packages the curated tree serves
+    // (beta and its closure), not the rest of the mirror.
+    let (status, all) = api_get(&url, "/api/repos/acme/packages", Some(&admin));
+    assert_eq!(status, 200, "{all}");
+    let names = names_of(&all);
+    for name in ["acme_app", "acme_lib", "alpha", "beta"] {
+        assert!(names.contains(&name.to_owned()), "{name}: {names:?}");
+    }
+    assert!(!names.contains(&"delta".to_owned()), "{names:?}");
+    let hosted = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "acme_app")
+        .unwrap();
+    assert_eq!(hosted["repository"], "acme", "{hosted}");
+    // hex.pm's syntax over hosted packages.
+    let (_, found) = api_get(
+        &url,
+        "/api/repos/acme/packages?search=depends:acme_lib",
+        Some(&admin),
+    );
+    assert_eq!(names_of(&found), ["acme_app"]);
+    let (_, found) = api_get(
+        &url,
+        "/api/repos/acme/packages?search=name:acme_*",
+        Some(&admin),
+    );
+    assert_eq!(names_of(&found), ["acme_app", "acme_lib"]);
+    // Dependents of a hosted package, and of a mirrored one served here.
+    let (status, deps) = api_get(
+        &url,
+        "/api/repos/acme/packages/acme_lib/dependents",
+        Some(&admin),
+    );
+    assert_eq!(status, 200, "{deps}");
+    assert_eq!(deps["total"], 1, "{deps}");
+    assert_eq!(deps["items"][0]["package"], "acme_app", "{deps}");
+    let (_, deps) = api_get(
+        &url,
+        "/api/repos/acme/packages/alpha/dependents",
+        Some(&admin),
+    );
+    assert_eq!(deps["items"][0]["package"], "beta", "{deps}");
+
+    // Nothing of it without a key; a key limited to acme_lib learns of no other.
+    assert_eq!(api_get(&url, "/api/repos/acme/packages", None).0, 401);
+    assert_eq!(
+        api_get(&url, "/api/repos/acme/packages/acme_lib/dependents", None).0,
+        401
+    );
+    let (status, deps) = api_get(
+        &url,
+        "/api/repos/acme/packages/acme_lib/dependents",
+        Some(&lib_only),
+    );
+    assert_eq!(status, 200, "{deps}");
+    assert_eq!(
+        deps["total"], 0,
+        "a package-limited key sees another: {deps}"
+    );
+    // The mirror's own listing does not show hosted packages.
+    let (_, mirror_list) = api_get(&url, "/api/repos/hexpm/packages?search=acme", None);
+    assert_eq!(names_of(&mirror_list), Vec::<String>::new());
+
+    // The catalog follows a revert, and a rebuild keeps hosted packages.
+    let (status, body) = Oracle::api(&api, &admin, &["revert", "acme_app", "1.0.0"]);
+    assert!((200..300).contains(&status), "revert: {body}");
+    let (_, deps) = api_get(
+        &url,
+        "/api/repos/acme/packages/acme_lib/dependents",
+        Some(&admin),
+    );
+    assert_eq!(deps["total"], 0, "{deps}");
+    let out = mirror.run(&["catalog", "rebuild"]);
+    assert!(
+        out.ok() && out.stdout.contains("1 hosted packages"),
+        "{out}"
+    );
+    let (_, found) = api_get(
+        &url,
+        "/api/repos/acme/packages?search=name:acme_*",
+        Some(&admin),
+    );
+    assert_eq!(names_of(&found), ["acme_lib"]);
+}

@@ -252,10 +252,10 @@ pub(super) async fn search(
     let page = number(&q, "page", 1, 1..=1_000_000)?;
     let limit = number(&q, "limit", 20, 1..=query::PAGE_SIZE)?;
     let catalog = catalog(&state)?;
-    let repos = vec![state.config().upstream.repository.clone()];
+    let view = crate::catalog::View::Mirror(state.config().upstream.repository.clone());
     let parsed = query::Query::parse(&text);
     let found = catalog
-        .call(move |c| crate::catalog::search(c, &repos, &parsed, Sort::Name, page, limit))
+        .call(move |c| crate::catalog::search(c, &view, &parsed, Sort::Name, page, limit))
         .await;
     let found = found.map_err(|e| {
         tracing::error!("catalog search failed: {e}");

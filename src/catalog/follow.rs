@@ -30,6 +30,7 @@ pub fn follow(
             |r| r.get::<_, bool>(0),
         )
     })?;
+    members(catalog, config)?;
     if empty {
         let report = super::rebuild(config, catalog)?;
         tracing::info!(
@@ -83,6 +84,68 @@ pub fn follow(
     Ok(())
 }
 
+/// Records which upstream packages each repository of ours serves, from
+/// its curated `/names` in the live generation (signed with our key,
+/// verified again); a file unchanged since the last time is not read again.
+pub fn members(catalog: &Catalog, config: &Config) -> Result<(), FollowError> {
+    let Some(key) = &config.signing.key else {
+        return Ok(());
+    };
+    for repo in &config.repositories {
+        let path = config
+            .data_dir
+            .join("current/repos")
+            .join(&repo.name)
+            .join("names");
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(FollowError::Read { path, source }),
+        };
+        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        let name = repo.name.as_str();
+        let known: Option<String> = catalog.call_blocking(|c| {
+            rusqlite::OptionalExtension::optional(c.query_row(
+                "SELECT sha256 FROM member_source WHERE repository = ?1",
+                [name],
+                |r| r.get(0),
+            ))
+        })?;
+        if known.as_deref() == Some(sha.as_str()) {
+            continue;
+        }
+        let names = registry::verify_names_within(
+            &bytes,
+            key.public_key(),
+            name,
+            config.upstream.max_registry_bytes,
+        )
+        .map_err(|source| FollowError::Record {
+            name: format!("{name}/names"),
+            source,
+        })?
+        .into_inner();
+        catalog.call_blocking(|c| {
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM member WHERE repository = ?1", [name])?;
+            {
+                let mut insert =
+                    tx.prepare("INSERT OR IGNORE INTO member (repository, name) VALUES (?1, ?2)")?;
+                for p in &names.packages {
+                    insert.execute([name, p.name.as_str()])?;
+                }
+            }
+            tx.execute(
+                "INSERT INTO member_source (repository, sha256) VALUES (?1, ?2)
+                 ON CONFLICT (repository) DO UPDATE SET sha256 = ?2",
+                [name, sha.as_str()],
+            )?;
+            tx.commit()
+        })?;
+    }
+    Ok(())
+}
+
 /// Why the catalog could not follow a change (the change itself stands).
 #[derive(Debug, thiserror::Error)]
 pub enum FollowError {
@@ -95,6 +158,14 @@ pub enum FollowError {
     /// A stored record could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A file of the served tree could not be read.
+    #[error("read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A stored record that does not verify (the blob store is damaged).
     #[error("stored record of {name} does not verify again: {source}")]
     Record {

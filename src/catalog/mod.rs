@@ -23,12 +23,13 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
-pub use follow::{FollowError, follow};
+pub use follow::{FollowError, follow, members};
 pub use read::{
-    Dependent, PackageView, ReleaseView, Requirement, Stats, dependents, package, search, stats,
+    Dependent, PackageView, ReleaseView, Requirement, Stats, View, dependents, package, search,
+    stats,
 };
 pub use rebuild::{RebuildError, RebuildReport, rebuild};
-pub use write::{Entry, put, put_tarball_meta, remove};
+pub use write::{Entry, put, put_api_meta, put_tarball_meta, remove};
 
 /// The catalog database, one connection behind a mutex: one writer at a
 /// time, and reads are short.
@@ -58,7 +59,7 @@ pub enum CatalogError {
 pub const CATALOG_FILE: &str = "catalog.db";
 
 /// Schema version this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS package (
@@ -124,6 +125,20 @@ CREATE INDEX IF NOT EXISTS download_of ON download (repository, name);
 CREATE TABLE IF NOT EXISTS download_log_line (hash BLOB PRIMARY KEY);
 ";
 
+/// Version 3: which upstream packages each repository of ours serves (its
+/// curated `/names`), and the SHA-256 of the file that list came from.
+const SCHEMA_3: &str = "
+CREATE TABLE IF NOT EXISTS member (
+    repository TEXT NOT NULL,
+    name TEXT NOT NULL,
+    PRIMARY KEY (repository, name)
+);
+CREATE TABLE IF NOT EXISTS member_source (
+    repository TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL
+);
+";
+
 impl Catalog {
     /// Opens (creating or migrating) `DATA_DIR/catalog.db`.
     pub fn open(data_dir: &Path) -> Result<Self, CatalogError> {
@@ -149,6 +164,9 @@ impl Catalog {
         }
         if version < 2 {
             conn.execute_batch(SCHEMA_2).map_err(fail)?;
+        }
+        if version < 3 {
+            conn.execute_batch(SCHEMA_3).map_err(fail)?;
         }
         if version < SCHEMA_VERSION {
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -320,7 +338,7 @@ mod tests {
         let find = |q: &str, sort: Sort| {
             let q = Query::parse(q);
             catalog
-                .call_blocking(move |c| search(c, &["hexpm".to_string()], &q, sort, 1, 100))
+                .call_blocking(move |c| search(c, &View::Mirror("hexpm".into()), &q, sort, 1, 100))
                 .unwrap()
         };
         assert_eq!(
@@ -384,7 +402,7 @@ mod tests {
         assert!(plug.releases[1].meta.is_none(), "no tarball read for 1.0.0");
 
         let dependents = catalog
-            .call_blocking(|c| dependents(c, &["hexpm".to_string()], "hexpm", "plug"))
+            .call_blocking(|c| dependents(c, &View::Mirror("hexpm".into()), "hexpm", "plug"))
             .unwrap();
         assert_eq!(dependents.len(), 1);
         assert_eq!(

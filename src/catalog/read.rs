@@ -183,23 +183,18 @@ fn fts_any(words: &[String]) -> String {
 /// `repositories` that match `q`.
 pub fn search(
     conn: &Connection,
-    repositories: &[String],
+    view: &View,
     q: &Query,
     sort: Sort,
     page: usize,
     per_page: usize,
 ) -> rusqlite::Result<Vec<PackageView>> {
     let per_page = per_page.clamp(1, PAGE_SIZE);
-    if repositories.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut sql = String::from("SELECT p.id FROM package p WHERE p.repository IN (");
     let mut args: Vec<Sql> = Vec::new();
-    for (i, r) in repositories.iter().enumerate() {
-        sql.push_str(if i == 0 { "?" } else { ", ?" });
-        args.push(Sql::Text(r.clone()));
-    }
-    sql.push(')');
+    let mut sql = format!(
+        "SELECT p.id FROM package p WHERE {}",
+        view.condition(&mut args)
+    );
     if !q.words.is_empty() {
         // hex.pm: the name contains the text (from three characters on,
         // else equals it), or the description has any of its words.
@@ -295,19 +290,22 @@ pub fn search(
     Ok(out)
 }
 
-/// The packages of `repositories` depending on `repository`/`name`.
+/// The packages of `view` depending on `repository`/`name`.
 pub fn dependents(
     conn: &Connection,
-    repositories: &[String],
+    view: &View,
     repository: &str,
     name: &str,
 ) -> rusqlite::Result<Vec<Dependent>> {
-    let mut stmt = conn.prepare_cached(
+    let mut args = vec![Sql::Text(name.to_owned()), Sql::Text(repository.to_owned())];
+    let sql = format!(
         "SELECT p.repository, p.name, q.version FROM requirement q JOIN package p ON p.id = q.package_id
-         WHERE q.name = ?1 AND coalesce(q.repository, p.repository) = ?2
+         WHERE q.name = ? AND coalesce(q.repository, p.repository) = ? AND {}
          ORDER BY p.name, p.repository",
-    )?;
-    let rows = stmt.query_map(params![name, repository], |r| {
+        view.condition(&mut args)
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
@@ -317,9 +315,6 @@ pub fn dependents(
     let mut out: Vec<Dependent> = Vec::new();
     for row in rows {
         let (repo, pkg, version) = row?;
-        if !repositories.contains(&repo) {
-            continue;
-        }
         match out.last_mut() {
             Some(d) if d.repository == repo && d.name == pkg => d.versions.push(version),
             _ => out.push(Dependent {
@@ -333,6 +328,45 @@ pub fn dependents(
         d.versions.sort_by(|a, b| cmp_versions(b, a));
     }
     Ok(out)
+}
+
+/// Which packages a read covers: what a client resolving from one
+/// repository sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum View {
+    /// The mirror of the upstream (its repository name).
+    Mirror(String),
+    /// A repository of ours: its hosted packages, and the upstream's
+    /// packages its curated tree serves (the catalog's `member` rows).
+    Ours {
+        /// Our repository.
+        repository: String,
+        /// The upstream's repository name.
+        upstream: String,
+    },
+}
+
+impl View {
+    /// The SQL condition on `package p` for this view, its values pushed
+    /// onto `args`.
+    fn condition(&self, args: &mut Vec<Sql>) -> &'static str {
+        match self {
+            Self::Mirror(upstream) => {
+                args.push(Sql::Text(upstream.clone()));
+                "p.repository = ?"
+            }
+            Self::Ours {
+                repository,
+                upstream,
+            } => {
+                args.push(Sql::Text(repository.clone()));
+                args.push(Sql::Text(upstream.clone()));
+                args.push(Sql::Text(repository.clone()));
+                "(p.repository = ? OR (p.repository = ? AND p.name IN \
+                 (SELECT m.name FROM member m WHERE m.repository = ?)))"
+            }
+        }
+    }
 }
 
 /// Figures of one repository for `/api/stats`.

@@ -25,9 +25,19 @@ pub fn put_tarball_meta(
     sha256: &str,
     metadata: &crate::tarball::Metadata,
 ) -> rusqlite::Result<()> {
+    put_api_meta(conn, sha256, &metadata.api_meta())
+}
+
+/// Like [`put_tarball_meta`], with the metadata already in the API's shape
+/// (`Metadata::api_meta`, as hosted releases keep it).
+pub fn put_api_meta(
+    conn: &Connection,
+    sha256: &str,
+    meta: &serde_json::Value,
+) -> rusqlite::Result<()> {
     let changed = conn
         .prepare_cached("INSERT OR IGNORE INTO tarball_meta (sha256, meta) VALUES (?1, ?2)")?
-        .execute(params![sha256, metadata.api_meta().to_string()])?;
+        .execute(params![sha256, meta.to_string()])?;
     if changed > 0 {
         let ids: Vec<i64> = conn
             .prepare_cached("SELECT DISTINCT package_id FROM release WHERE outer_checksum = ?1")?

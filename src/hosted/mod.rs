@@ -3,6 +3,7 @@
 //! change and publishes it ([`writer`]), and its only door ([`service`]). Their registry records are pure
 //! index code: [`crate::index::hosted`].
 
+pub mod catalog;
 pub mod db;
 pub mod rules;
 pub mod service;

@@ -18,6 +18,8 @@ pub struct Publisher {
     config: RwLock<Arc<Config>>,
     /// Changes one at a time (the writer itself blocks).
     turn: tokio::sync::Mutex<()>,
+    /// The catalog each change is put into, once `serve` has opened it.
+    catalog: std::sync::OnceLock<crate::catalog::Catalog>,
 }
 
 impl Publisher {
@@ -38,6 +40,7 @@ impl Publisher {
             db,
             config: RwLock::new(Arc::new(config)),
             turn: tokio::sync::Mutex::new(()),
+            catalog: std::sync::OnceLock::new(),
         }))
     }
 
@@ -67,7 +70,32 @@ impl Publisher {
     ) -> Result<Outcome, HostedError> {
         let _turn = self.turn.lock().await;
         let (writer, repo) = (Arc::clone(&self.writer), repo.to_owned());
-        tokio::task::spawn_blocking(move || writer.apply(&config, &repo, change, &actor)).await?
+        let (catalog, db) = (self.catalog.get().cloned(), self.db.clone());
+        tokio::task::spawn_blocking(move || {
+            let name = change.package().to_owned();
+            let outcome = writer.apply(&config, &repo, change, &actor)?;
+            // Under the same turn, so the catalog takes changes in order;
+            // it is derived data: a failure is logged, the change stands.
+            if let Some(catalog) = catalog
+                && let Err(e) = super::catalog::follow(&catalog, &db, &repo, &name)
+            {
+                tracing::warn!(repository = %repo, package = %name, "catalog not updated: {e}; `hexmirror catalog rebuild` catches up");
+            }
+            Ok(outcome)
+        })
+        .await?
+    }
+
+    /// Puts every later change into `catalog`, and fills it with every
+    /// hosted package now (blocking; at start).
+    pub fn follow_into(
+        &self,
+        catalog: crate::catalog::Catalog,
+    ) -> Result<usize, super::catalog::HostedCatalogError> {
+        let filled = super::catalog::refill(&catalog, &self.db, &self.config());
+        // Set even when the fill failed: later changes still go in.
+        let _ = self.catalog.set(catalog);
+        filled
     }
 
     /// The stored release, if any.

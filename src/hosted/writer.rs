@@ -227,6 +227,14 @@ pub enum Change {
 }
 
 impl Change {
+    /// The package it changes.
+    pub fn package(&self) -> &str {
+        match self {
+            Self::Publish { upload, .. } => upload.name(),
+            Self::Revert { name, .. } | Self::Retire { name, .. } | Self::Docs { name, .. } => name,
+        }
+    }
+
     fn action(&self) -> &'static str {
         match self {
             Self::Publish { replace: false, .. } => "release.publish",

@@ -61,107 +61,77 @@ pub(in crate::api) async fn list_packages(
 ) -> Rendered {
     answer(&headers, async {
         let req = request(state, &headers, client, &p).await?;
-        let repo = match req.source()? {
-            Source::Upstream(up) => {
-                let query =
-                    crate::catalog::query::Query::parse(q.get("search").map_or("", String::as_str));
-                let sort = crate::catalog::query::Sort::parse(q.get("sort").map(String::as_str));
-                let page = crate::catalog::query::page(q.get("page").map(String::as_str));
-                let repos = vec![up.clone()];
-                let found = req
-                    .catalog()?
-                    .call(move |c| {
-                        crate::catalog::search(
-                            c,
-                            &repos,
-                            &query,
-                            sort,
-                            page,
-                            crate::catalog::query::PAGE_SIZE,
-                        )
-                    })
-                    .await
-                    .map_err(|e| Reply::internal(format!("catalog search failed: {e}")))?;
-                let counts = req
-                    .counts(&up, found.iter().map(|v| v.name.clone()).collect())
-                    .await?;
-                return Ok(Reply::ok(Value::Array(
-                    found
-                        .iter()
-                        .map(|v| req.mirrored_package_json(&up, v, counts.get(&v.name)))
-                        .collect(),
-                )));
+        let query = crate::catalog::query::Query::parse(q.get("search").map_or("", String::as_str));
+        let sort = crate::catalog::query::Sort::parse(q.get("sort").map(String::as_str));
+        let page = crate::catalog::query::page(q.get("page").map(String::as_str));
+        let (repo, view, limit) = match req.source()? {
+            Source::Upstream(up) => (up.clone(), crate::catalog::View::Mirror(up), None),
+            Source::Ours(repo) => {
+                let limit = req.read(&repo, None)?;
+                let view = crate::catalog::View::Ours {
+                    repository: repo.clone(),
+                    upstream: req.config.upstream.repository.clone(),
+                };
+                (repo, view, limit)
             }
-            Source::Ours(repo) => repo,
         };
-        let limit = req.read(&repo, None)?;
-        let r = repo.clone();
-        let rows = req
-            .db(move |c| {
-                let mut all = hdb::all_releases(c)?;
-                all.retain(|row| row.repository == r);
-                Ok(all)
+        let mut found = req
+            .catalog()?
+            .call(move |c| {
+                crate::catalog::search(
+                    c,
+                    &view,
+                    &query,
+                    sort,
+                    page,
+                    crate::catalog::query::PAGE_SIZE,
+                )
             })
-            .await?;
-        let mut by_name: BTreeMap<String, Vec<ReleaseRow>> = BTreeMap::new();
-        for row in rows {
-            if limit
-                .as_ref()
-                .is_some_and(|s| !auth::may_read_release(s, &repo, &row.package, &row.version))
-            {
-                continue;
+            .await
+            .map_err(|e| Reply::internal(format!("catalog search failed: {e}")))?;
+        // A version-limited key sees only the releases it may read.
+        if let Some(scopes) = &limit {
+            for v in &mut found {
+                v.releases
+                    .retain(|r| auth::may_read_release(scopes, &repo, &v.name, &r.version));
             }
-            by_name.entry(row.package.clone()).or_default().push(row);
+            found.retain(|v| !v.releases.is_empty());
         }
-        let search = q.get("search").map(|s| s.to_lowercase());
-        let mut packages: Vec<(String, Vec<ReleaseRow>)> = by_name
-            .into_iter()
-            .filter(|(name, rows)| {
-                search.as_ref().is_none_or(|s| {
-                    name.contains(s.as_str())
-                        || rows.iter().any(|r| {
-                            r.meta
-                                .get("description")
-                                .and_then(Value::as_str)
-                                .is_some_and(|d| d.to_lowercase().contains(s.as_str()))
-                        })
-                })
-            })
-            .collect();
-        let newest =
-            |rows: &[ReleaseRow], f: fn(&ReleaseRow) -> i64| rows.iter().map(f).max().unwrap_or(0);
-        match q.get("sort").map(String::as_str).unwrap_or("name") {
-            "name" => {}
-            "inserted_at" => {
-                packages.sort_by_key(|(_, rows)| std::cmp::Reverse(newest(rows, |r| r.inserted_at)))
-            }
-            "updated_at" | "recent_downloads" | "total_downloads" | "downloads" => {
-                packages.sort_by_key(|(_, rows)| std::cmp::Reverse(newest(rows, |r| r.updated_at)))
-            }
-            other => {
-                return Err(Reply::error(
-                    StatusCode::BAD_REQUEST,
-                    format!("sort {other:?}: use name, inserted_at or updated_at"),
-                ));
-            }
-        }
-        const PAGE: usize = 100;
-        let page: usize = q
-            .get("page")
-            .and_then(|p| p.parse().ok())
-            .filter(|p| *p >= 1)
-            .unwrap_or(1);
-        let shown: Vec<&(String, Vec<ReleaseRow>)> = packages
-            .iter()
-            .skip((page - 1).saturating_mul(PAGE))
-            .take(PAGE)
-            .collect();
         let counts = req
-            .counts(&repo, shown.iter().map(|(n, _)| n.clone()).collect())
+            .counts(&repo, found.iter().map(|v| v.name.clone()).collect())
             .await?;
-        let listed: Vec<Value> = shown
+        // Hosted packages answer as their own endpoint does, from their rows.
+        let hosted: Vec<String> = found
             .iter()
-            .map(|(name, rows)| req.package_json(&repo, name, rows, &[], counts.get(name)))
+            .filter(|v| v.repository == repo && repo != req.config.upstream.repository)
+            .map(|v| v.name.clone())
+            .collect();
+        let r = repo.clone();
+        let rows = if hosted.is_empty() {
+            BTreeMap::new()
+        } else {
+            req.db(move |c| {
+                let mut by_name: BTreeMap<String, Vec<ReleaseRow>> = BTreeMap::new();
+                for name in &hosted {
+                    by_name.insert(name.clone(), hdb::releases(c, &r, name)?);
+                }
+                Ok(by_name)
+            })
+            .await?
+        };
+        let listed: Vec<Value> = found
+            .iter()
+            .map(|v| match rows.get(&v.name) {
+                Some(rows) => {
+                    let visible: Vec<ReleaseRow> = rows
+                        .iter()
+                        .filter(|row| v.releases.iter().any(|r| r.version == row.version))
+                        .cloned()
+                        .collect();
+                    req.package_json(&repo, &v.name, &visible, &[], counts.get(&v.name))
+                }
+                None => req.mirrored_package_json(&repo, v, counts.get(&v.name)),
+            })
             .collect();
         Ok(Reply::ok(Value::Array(listed)))
     })
@@ -308,8 +278,10 @@ fn bounded(
         .map_err(|e| Reply::error(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
-/// `GET /api/packages/NAME/dependents`: the mirrored packages depending on
-/// NAME, through which releases (JSR's shape: `items`, `total`).
+/// `GET /api/packages/NAME/dependents`: the packages of the path's
+/// repository depending on NAME, through which releases (JSR's shape:
+/// `items`, `total`). In a repository of ours that is its hosted packages
+/// and the mirrored ones it serves; a private one needs read access.
 pub(in crate::api) async fn dependents(
     State(state): State<Arc<ApiState>>,
     ClientAddr(client): ClientAddr,
@@ -320,25 +292,44 @@ pub(in crate::api) async fn dependents(
     answer(&headers, async {
         let req = request(state, &headers, client, &p).await?;
         let name = param(&p, "name").to_owned();
-        if let Source::Ours(repo) = req.source()? {
-            req.read(&repo, Some(&name))?;
-            if !req.serves_mirrored(&repo, &name) {
-                return Err(Reply::error(
-                    StatusCode::NOT_FOUND,
-                    format!("repository {repo} serves no mirrored package {name}"),
-                ));
-            }
-        }
         let limit = bounded(&q, "limit", 20, 1..=100)?;
         let page = bounded(&q, "page", 1, 1..=usize::MAX)?;
         let per_package = bounded(&q, "versions_per_package_limit", 10, 1..=10)?;
-        req.mirrored(&name).await?;
         let up = req.config.upstream.repository.clone();
-        let all = req
+        let mut reads = None;
+        let (view, target) = match req.source()? {
+            Source::Upstream(up) => {
+                req.mirrored(&name).await?;
+                (crate::catalog::View::Mirror(up.clone()), up)
+            }
+            Source::Ours(repo) => {
+                reads = req.read(&repo, Some(&name))?.map(|s| (repo.clone(), s));
+                // NAME is one of ours, or the upstream's served here.
+                let target = match req.visible_rows(&repo, &name).await {
+                    Ok(_) => repo.clone(),
+                    Err(_) if req.serves_mirrored(&repo, &name) => up.clone(),
+                    Err(e) => return Err(e),
+                };
+                let view = crate::catalog::View::Ours {
+                    repository: repo,
+                    upstream: up,
+                };
+                (view, target)
+            }
+        };
+        let mut all = req
             .catalog()?
-            .call(move |c| crate::catalog::dependents(c, std::slice::from_ref(&up), &up, &name))
+            .call(move |c| crate::catalog::dependents(c, &view, &target, &name))
             .await
             .map_err(|e| Reply::internal(format!("catalog read failed: {e}")))?;
+        // A version-limited key learns only of releases it may read.
+        if let Some((repo, scopes)) = &reads {
+            for d in &mut all {
+                d.versions
+                    .retain(|v| auth::may_read_release(scopes, repo, &d.name, v));
+            }
+            all.retain(|d| !d.versions.is_empty());
+        }
         let items: Vec<Value> = all
             .iter()
             .skip((page - 1).saturating_mul(limit))
