@@ -135,6 +135,9 @@ fn info_shows_computed_install_snippets_and_owner_list_shows_owners() {
         "{out}"
     );
     assert!(out.contains("Published by: alice"), "{out}");
+    // Search in the repository's API finds hosted packages (the catalog).
+    let out = mix.run_ok(&["hex.package", "search", "acme"], &env);
+    assert!(out.contains("acme_lib") && out.contains("1.2.0"), "{out}");
 
     // This client prints only email and level: the user name stands in.
     let out = mix.run_ok(&["hex.owner", "list", "acme_lib"], &env);
