@@ -466,7 +466,8 @@ fn a_private_repository_searches_its_hosted_and_curated_packages_and_lists_depen
     let upstream = TestUpstream::build(SPEC_SMALL);
     let mirror = Mirror::hosting(
         &upstream,
-        "name = \"acme\"\nprivate = true\npackages = [\"beta\"]\nreserved = [\"acme_*\"]",
+        "name = \"acme\"\nprivate = true\npackages = [\"beta\"]\nreserved = [\"acme_*\"]\n\
+         deny = [\"beta < 0.2.1\"]",
         "",
     );
     let admin = mirror.token(&["--admin"]);
@@ -529,6 +530,16 @@ fn a_private_repository_searches_its_hosted_and_curated_packages_and_lists_depen
         Some(&admin),
     );
     assert_eq!(deps["items"][0]["package"], "beta", "{deps}");
+
+    // The repository's view: what its curation serves, not all the mirror has.
+    let (_, beta) = api_get(&url, "/api/repos/acme/packages/beta", Some(&admin));
+    let versions: Vec<&str> = beta["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["0.2.1"], "{beta}");
 
     // Nothing of it without a key; a key limited to acme_lib learns of no other.
     assert_eq!(api_get(&url, "/api/repos/acme/packages", None).0, 401);

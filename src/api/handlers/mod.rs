@@ -431,6 +431,11 @@ impl Request {
     ) -> Result<crate::catalog::PackageView, Reply> {
         let limit = self.read(repo, Some(name))?;
         let mut view = self.mirrored(name).await?;
+        // The repository's curation may deny releases: it shows what its
+        // own record lists.
+        if let Some(served) = self.curated_versions(repo, name).await {
+            view.releases.retain(|r| served.contains(&r.version));
+        }
         if let Some(scopes) = limit {
             view.releases
                 .retain(|r| auth::may_read_release(&scopes, repo, name, &r.version));
@@ -442,6 +447,46 @@ impl Request {
             }
         }
         Ok(view)
+    }
+
+    /// The versions our repository `repo` serves of upstream package
+    /// `name`: its re-signed record in the live tree, verified with our key
+    /// (`None` when it cannot be read: the catalog's view stands).
+    async fn curated_versions(
+        &self,
+        repo: &str,
+        name: &str,
+    ) -> Option<std::collections::HashSet<String>> {
+        let key = self.config.signing.key.as_ref()?.public_key().clone();
+        crate::registry::PackageName::parse(name).ok()?;
+        let path = self
+            .config
+            .data_dir
+            .join("current/repos")
+            .join(repo)
+            .join("packages")
+            .join(name);
+        let (repo, name, max) = (
+            repo.to_owned(),
+            name.to_owned(),
+            self.config.upstream.max_registry_bytes,
+        );
+        tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&path).ok()?;
+            let record =
+                crate::registry::verify_package_within(&bytes, &key, &repo, &name, max).ok()?;
+            Some(
+                record
+                    .into_inner()
+                    .releases
+                    .into_iter()
+                    .map(|r| r.version)
+                    .collect(),
+            )
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// Whether our repository `repo` serves the upstream package `name`
