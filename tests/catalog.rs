@@ -540,6 +540,12 @@ fn a_private_repository_searches_its_hosted_and_curated_packages_and_lists_depen
         .map(|r| r["version"].as_str().unwrap())
         .collect();
     assert_eq!(versions, ["0.2.1"], "{beta}");
+    let (_, found) = api_get(
+        &url,
+        "/api/repos/acme/packages?search=name:beta",
+        Some(&admin),
+    );
+    assert_eq!(found[0]["releases"].as_array().unwrap().len(), 1, "{found}");
 
     // Nothing of it without a key; a key limited to acme_lib learns of no other.
     assert_eq!(api_get(&url, "/api/repos/acme/packages", None).0, 401);

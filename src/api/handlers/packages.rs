@@ -89,6 +89,23 @@ pub(in crate::api) async fn list_packages(
             })
             .await
             .map_err(|e| Reply::internal(format!("catalog search failed: {e}")))?;
+        // Deny rules keep releases out of a curated repository: its mirrored
+        // packages show what its own records list.
+        let curated = req
+            .config
+            .repositories
+            .iter()
+            .any(|r| r.name == repo && !r.deny.is_empty());
+        if curated {
+            for v in &mut found {
+                if v.repository != repo
+                    && let Some(served) = req.curated_versions(&repo, &v.name).await
+                {
+                    v.releases.retain(|r| served.contains(&r.version));
+                }
+            }
+            found.retain(|v| !v.releases.is_empty());
+        }
         // A version-limited key sees only the releases it may read.
         if let Some(scopes) = &limit {
             for v in &mut found {
