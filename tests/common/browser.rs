@@ -14,6 +14,8 @@ use super::require_tool;
 pub struct Driver {
     child: Child,
     url: String,
+    /// The browser profiles, deleted with the driver.
+    profiles: std::sync::Mutex<Vec<tempfile::TempDir>>,
 }
 
 impl Driver {
@@ -40,7 +42,11 @@ impl Driver {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self { child, url }
+        Self {
+            child,
+            url,
+            profiles: Default::default(),
+        }
     }
 
     /// A new headless Chromium session with a fresh profile.
@@ -59,8 +65,12 @@ impl Driver {
             "--disable-component-update".to_owned(),
             "--disable-sync".to_owned(),
             "--window-size=1280,900".to_owned(),
-            format!("--user-data-dir={}", profile.keep().display()),
+            format!("--user-data-dir={}", profile.path().display()),
         ];
+        self.profiles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(profile);
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
