@@ -860,6 +860,9 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
     if let Some(catalog) = &catalog {
         let (catalog, cfg, publisher) = (catalog.clone(), config.clone(), publisher.clone());
         tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::catalog::fill_if_empty(&catalog, &cfg) {
+                tracing::warn!("catalog: {e}; `hexmirror catalog rebuild` catches up");
+            }
             if let Err(e) = crate::catalog::members(&catalog, &cfg) {
                 tracing::warn!("catalog: {e}; `hexmirror catalog rebuild` catches up");
             }

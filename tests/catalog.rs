@@ -93,7 +93,9 @@ fn hex_core_reads_packages_releases_and_searches_with_hex_pm_syntax() {
     // The catalog is derived: thrown away, rebuilt from the tree, the same.
     let before = http("GET", &format!("{api}/packages/beta"), &[]);
     drop(served);
-    std::fs::remove_file(mirror.data_dir().join("catalog.db")).unwrap();
+    for file in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
+        let _ = std::fs::remove_file(mirror.data_dir().join(file));
+    }
     let _ = std::fs::remove_file(mirror.data_dir().join("catalog.db-wal"));
     let _ = std::fs::remove_file(mirror.data_dir().join("catalog.db-shm"));
     let out = mirror.run(&["catalog", "rebuild"]);
@@ -587,4 +589,72 @@ fn a_private_repository_searches_its_hosted_and_curated_packages_and_lists_depen
         Some(&admin),
     );
     assert_eq!(names_of(&found), ["acme_lib"]);
+}
+
+#[test]
+fn a_private_repository_named_as_the_upstream_keeps_its_packages_out_of_the_mirrors_answers() {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    // No name: `hexpm`, which is the upstream's name too. `delta` is
+    // reserved, so ours replaces the upstream's in this repository.
+    let mirror = Mirror::hosting(
+        &upstream,
+        "private = true\npackages = [\"beta\"]\nreserved = [\"delta\", \"inhouse\"]",
+        "",
+    );
+    let admin = mirror.token(&["--admin"]);
+    let served = mirror.serve();
+    let url = served.url();
+    let api = format!("{url}/api/repos/hexpm");
+    let work = tempfile::TempDir::new().unwrap();
+    for (name, version) in [("inhouse", "1.0.0"), ("delta", "9.0.0")] {
+        let path = work.path().join(format!("{name}-{version}.tar"));
+        Oracle::tarball(name, version, &path, &[]);
+        let (status, body) = Oracle::api(&api, &admin, &["publish", path.to_str().unwrap()]);
+        assert_eq!(status, 201, "publish {name}: {body}");
+    }
+    let check = |url: &str| {
+        // The mirror's answers (the gateway reads the upstream's mirror) know
+        // nothing of the private packages.
+        let (status, body) = api_get(url, "/v1/search?q=inhouse", None);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["results"], serde_json::json!([]), "{body}");
+        assert_eq!(api_get(url, "/v1/package?name=inhouse", None).0, 404);
+        let (status, body) = api_get(url, "/v1/package?name=delta", None);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["data"]["package"]["latest_version"], "1.0.0",
+            "the upstream's delta: {body}"
+        );
+        // The private repository: nothing without a key; with one, its
+        // hosted packages, and delta once, as published here.
+        assert_eq!(api_get(url, "/api/repos/hexpm/packages", None).0, 401);
+        let (status, all) = api_get(url, "/api/repos/hexpm/packages", Some(&admin));
+        assert_eq!(status, 200, "{all}");
+        let names = names_of(&all);
+        assert_eq!(
+            names,
+            ["alpha", "beta", "delta", "gamma", "inhouse"],
+            "{all}"
+        );
+        let delta = &all[2];
+        let versions: Vec<&str> = delta["releases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["version"].as_str().unwrap())
+            .collect();
+        assert_eq!(versions, ["9.0.0"], "{delta}");
+    };
+    check(&url);
+    // A rebuild keeps the two apart too.
+    let out = mirror.run(&["catalog", "rebuild"]);
+    assert!(out.ok(), "{out}");
+    check(&url);
+    // So does `serve` filling a catalog that lost its file, at start.
+    drop(served);
+    for file in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
+        let _ = std::fs::remove_file(mirror.data_dir().join(file));
+    }
+    let served = mirror.serve();
+    check(&served.url());
 }

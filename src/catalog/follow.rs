@@ -23,22 +23,8 @@ pub fn follow(
 ) -> Result<(), FollowError> {
     let started = std::time::Instant::now();
     let repo = config.upstream.repository.as_str();
-    let empty = catalog.call_blocking(|c| {
-        c.query_row(
-            "SELECT count(*) = 0 FROM package WHERE repository = ?1",
-            [repo],
-            |r| r.get::<_, bool>(0),
-        )
-    })?;
     members(catalog, config)?;
-    if empty {
-        let report = super::rebuild(config, catalog)?;
-        tracing::info!(
-            packages = report.packages,
-            tarballs = report.tarballs,
-            ms = started.elapsed().as_millis() as u64,
-            "catalog built from the tree"
-        );
+    if fill_if_empty(catalog, config)?.is_some() {
         return Ok(());
     }
     // Verified again on all cores: RSA is most of the work.
@@ -64,6 +50,7 @@ pub fn follow(
         let tx = c.transaction()?;
         for record in &decoded {
             let entry = super::Entry {
+                origin: super::Origin::Mirrored,
                 repository: repo,
                 record,
                 updated_at: updated_at.get(&record.name).copied(),
@@ -71,7 +58,7 @@ pub fn follow(
             super::put(&tx, &entry, now)?;
         }
         for name in gone {
-            super::remove(&tx, repo, name)?;
+            super::remove(&tx, super::Origin::Mirrored, repo, name)?;
         }
         tx.commit()
     })?;
@@ -82,6 +69,37 @@ pub fn follow(
         "catalog updated"
     );
     Ok(())
+}
+
+/// Builds the mirror's part of the catalog from the served tree when it
+/// has none (a data directory from before the catalog, or a migration
+/// that dropped the rows); `None` when there was something already.
+pub fn fill_if_empty(
+    catalog: &Catalog,
+    config: &Config,
+) -> Result<Option<super::RebuildReport>, FollowError> {
+    let started = std::time::Instant::now();
+    let repo = config.upstream.repository.as_str();
+    let empty = catalog.call_blocking(|c| {
+        c.query_row(
+            "SELECT count(*) = 0 FROM package WHERE repository = ?1 AND hosted = 0",
+            [repo],
+            |r| r.get::<_, bool>(0),
+        )
+    })?;
+    if !empty {
+        return Ok(None);
+    }
+    let report = super::rebuild(config, catalog)?;
+    if report.packages > 0 {
+        tracing::info!(
+            packages = report.packages,
+            tarballs = report.tarballs,
+            ms = started.elapsed().as_millis() as u64,
+            "catalog built from the tree"
+        );
+    }
+    Ok(Some(report))
 }
 
 /// Records which upstream packages each repository of ours serves, from

@@ -23,13 +23,13 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
-pub use follow::{FollowError, follow, members};
+pub use follow::{FollowError, fill_if_empty, follow, members};
 pub use read::{
     Dependent, PackageView, ReleaseView, Requirement, Stats, View, dependents, package, search,
     stats,
 };
 pub use rebuild::{RebuildError, RebuildReport, rebuild};
-pub use write::{Entry, put, put_api_meta, put_tarball_meta, remove};
+pub use write::{Entry, Origin, put, put_api_meta, put_tarball_meta, remove};
 
 /// The catalog database, one connection behind a mutex: one writer at a
 /// time, and reads are short.
@@ -59,18 +59,25 @@ pub enum CatalogError {
 pub const CATALOG_FILE: &str = "catalog.db";
 
 /// Schema version this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
-const SCHEMA: &str = "
+/// The tables of packages: each held package, its releases and their
+/// requirements, and the search text. Derived from verified files only, so
+/// a migration may drop them for the next fill to make again.
+const PACKAGES: &str = "
 CREATE TABLE IF NOT EXISTS package (
     id INTEGER PRIMARY KEY,
     repository TEXT NOT NULL,
     name TEXT NOT NULL,
+    -- 1: published to a repository of ours; 0: the upstream's, mirrored.
+    -- A repository of ours may share the upstream's name (a re-signed
+    -- `hexpm`), so the name alone does not say whose a package is.
+    hosted INTEGER NOT NULL DEFAULT 0,
     -- The upstream's /names updated_at (Unix seconds), when it gives one.
     updated_at INTEGER,
     -- Local: when this mirror first saw the package.
     first_seen INTEGER NOT NULL,
-    UNIQUE (repository, name)
+    UNIQUE (repository, name, hosted)
 );
 CREATE TABLE IF NOT EXISTS release (
     package_id INTEGER NOT NULL REFERENCES package(id) ON DELETE CASCADE,
@@ -95,18 +102,22 @@ CREATE TABLE IF NOT EXISTS requirement (
     app TEXT
 );
 CREATE INDEX IF NOT EXISTS release_tarball ON release (outer_checksum);
+CREATE INDEX IF NOT EXISTS requirement_of ON requirement (package_id, version);
+CREATE INDEX IF NOT EXISTS requirement_on ON requirement (name);
+-- Full text over name and description; rowid = package.id.
+CREATE VIRTUAL TABLE IF NOT EXISTS package_text USING fts5 (
+    name, description, tokenize = 'unicode61'
+);
+";
+
+/// Version 1 (with [`PACKAGES`]): tarball metadata.
+const SCHEMA: &str = "
 -- Metadata of every verified tarball the mirror holds, by its SHA-256: a
 -- fact about the bytes, written as tarballs are verified, whatever is
 -- published.
 CREATE TABLE IF NOT EXISTS tarball_meta (
     sha256 TEXT PRIMARY KEY,
     meta TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS requirement_of ON requirement (package_id, version);
-CREATE INDEX IF NOT EXISTS requirement_on ON requirement (name);
--- Full text over name and description; rowid = package.id.
-CREATE VIRTUAL TABLE IF NOT EXISTS package_text USING fts5 (
-    name, description, tokenize = 'unicode61'
 );
 ";
 
@@ -139,6 +150,18 @@ CREATE TABLE IF NOT EXISTS member_source (
 );
 ";
 
+/// Version 4: `package.hosted`. Versions 1 to 3 keyed packages by
+/// repository name alone, which mixed a hosted package into the mirror's
+/// rows when a repository of ours has the upstream's name; those rows
+/// cannot be told apart, so they go, and the next fill makes them again
+/// (`serve` at start, the next sync, or `hexmirror catalog rebuild`).
+const SCHEMA_4: &str = "
+DROP TABLE IF EXISTS package_text;
+DROP TABLE IF EXISTS requirement;
+DROP TABLE IF EXISTS release;
+DROP TABLE IF EXISTS package;
+";
+
 impl Catalog {
     /// Opens (creating or migrating) `DATA_DIR/catalog.db`.
     pub fn open(data_dir: &Path) -> Result<Self, CatalogError> {
@@ -161,12 +184,17 @@ impl Catalog {
         // them all.
         if version < 1 {
             conn.execute_batch(SCHEMA).map_err(fail)?;
+            conn.execute_batch(PACKAGES).map_err(fail)?;
         }
         if version < 2 {
             conn.execute_batch(SCHEMA_2).map_err(fail)?;
         }
         if version < 3 {
             conn.execute_batch(SCHEMA_3).map_err(fail)?;
+        }
+        if (1..4).contains(&version) {
+            conn.execute_batch(SCHEMA_4).map_err(fail)?;
+            conn.execute_batch(PACKAGES).map_err(fail)?;
         }
         if version < SCHEMA_VERSION {
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -276,6 +304,7 @@ mod tests {
                 for p in packages {
                     let updated_at = updated.iter().find(|(n, _)| *n == p.name).map(|u| u.1);
                     let entry = Entry {
+                        origin: Origin::Mirrored,
                         repository: "hexpm",
                         record: p,
                         updated_at,
@@ -414,7 +443,7 @@ mod tests {
         catalog
             .call_blocking(|c| {
                 let tx = c.transaction()?;
-                remove(&tx, "hexpm", "jason")?;
+                remove(&tx, Origin::Mirrored, "hexpm", "jason")?;
                 tx.commit()
             })
             .unwrap();
@@ -452,6 +481,7 @@ mod tests {
                     vec![release("1.0.0", 1, &[]), release("1.1.0", 2, &[])],
                 );
                 let entry = Entry {
+                    origin: Origin::Mirrored,
                     repository: "hexpm",
                     record: &p,
                     updated_at: None,
@@ -467,5 +497,62 @@ mod tests {
         assert_eq!(a.releases[0].first_seen, 1_800_000_000);
         assert_eq!(a.releases[1].first_seen, 1_700_000_000);
         assert_eq!(a.first_seen, 1_700_000_000);
+    }
+
+    #[test]
+    fn version_3_rows_go_and_tarball_metadata_and_downloads_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The shape of versions 1 to 3: packages keyed by repository
+            // name alone.
+            let c = Connection::open(dir.path().join(CATALOG_FILE)).unwrap();
+            c.execute_batch(
+                &PACKAGES
+                    .replace("hosted INTEGER NOT NULL DEFAULT 0,", "")
+                    .replace(
+                        "UNIQUE (repository, name, hosted)",
+                        "UNIQUE (repository, name)",
+                    ),
+            )
+            .unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.execute_batch(SCHEMA_2).unwrap();
+            c.execute_batch(SCHEMA_3).unwrap();
+            c.execute_batch(
+                "INSERT INTO package (repository, name, first_seen) VALUES ('hexpm', 'inhouse', 1);
+                 INSERT INTO tarball_meta VALUES ('ab', '{}');
+                 INSERT INTO download VALUES ('hexpm', 'alpha', '1.0.0', 1, 5);
+                 PRAGMA user_version = 3;",
+            )
+            .unwrap();
+        }
+        let catalog = Catalog::open(dir.path()).unwrap();
+        let (packages, metas, downloads, version): (i64, i64, i64, i64) = catalog
+            .call_blocking(|c| {
+                c.query_row(
+                    "SELECT (SELECT count(*) FROM package WHERE hosted = 0),
+                            (SELECT count(*) FROM tarball_meta), (SELECT count(*) FROM download),
+                            (SELECT user_version FROM pragma_user_version)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+            })
+            .unwrap();
+        assert_eq!(
+            (packages, metas, downloads, version),
+            (0, 1, 1, SCHEMA_VERSION)
+        );
+        // Opened again: nothing more goes.
+        put_all(
+            &catalog,
+            &[package("alpha", vec![release("1.0.0", 1, &[])])],
+            &[],
+        );
+        drop(catalog);
+        let catalog = Catalog::open(dir.path()).unwrap();
+        let n: i64 = catalog
+            .call_blocking(|c| c.query_row("SELECT count(*) FROM package", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(n, 1);
     }
 }

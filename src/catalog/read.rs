@@ -154,7 +154,8 @@ fn load(conn: &Connection, id: i64) -> rusqlite::Result<Option<PackageView>> {
     }))
 }
 
-/// Package `name` of `repository`.
+/// Mirrored package `name` of the upstream `repository` (a hosted one is
+/// read from its rows, not from here).
 pub fn package(
     conn: &Connection,
     repository: &str,
@@ -162,7 +163,7 @@ pub fn package(
 ) -> rusqlite::Result<Option<PackageView>> {
     let id: Option<i64> = conn
         .query_row(
-            "SELECT id FROM package WHERE repository = ?1 AND name = ?2",
+            "SELECT id FROM package WHERE repository = ?1 AND name = ?2 AND hosted = 0",
             params![repository, name],
             |r| r.get(0),
         )
@@ -353,8 +354,10 @@ impl View {
         match self {
             Self::Mirror(upstream) => {
                 args.push(Sql::Text(upstream.clone()));
-                "p.repository = ?"
+                "(p.hosted = 0 AND p.repository = ?)"
             }
+            // A hosted package takes its name in the repository: the
+            // upstream's of that name is not served there (it is reserved).
             Self::Ours {
                 repository,
                 upstream,
@@ -362,8 +365,11 @@ impl View {
                 args.push(Sql::Text(repository.clone()));
                 args.push(Sql::Text(upstream.clone()));
                 args.push(Sql::Text(repository.clone()));
-                "(p.repository = ? OR (p.repository = ? AND p.name IN \
-                 (SELECT m.name FROM member m WHERE m.repository = ?)))"
+                args.push(Sql::Text(repository.clone()));
+                "((p.hosted = 1 AND p.repository = ?) OR (p.hosted = 0 AND p.repository = ? \
+                 AND p.name IN (SELECT m.name FROM member m WHERE m.repository = ?) \
+                 AND p.name NOT IN (SELECT h.name FROM package h WHERE h.hosted = 1 \
+                 AND h.repository = ?)))"
             }
         }
     }
@@ -387,9 +393,9 @@ pub struct Stats {
 /// The figures of `repository`, with `top` entries per list.
 pub fn stats(conn: &Connection, repository: &str, top: usize) -> rusqlite::Result<Stats> {
     let (packages, releases): (i64, i64) = conn.query_row(
-        "SELECT (SELECT count(*) FROM package WHERE repository = ?1),
+        "SELECT (SELECT count(*) FROM package WHERE repository = ?1 AND hosted = 0),
                 (SELECT count(*) FROM release r JOIN package p ON p.id = r.package_id
-                 WHERE p.repository = ?1)",
+                 WHERE p.repository = ?1 AND p.hosted = 0)",
         [repository],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
@@ -397,7 +403,8 @@ pub fn stats(conn: &Connection, repository: &str, top: usize) -> rusqlite::Resul
     let newest = conn
         .prepare(
             "SELECT p.name, r.version, r.published_at, r.first_seen
-             FROM release r JOIN package p ON p.id = r.package_id WHERE p.repository = ?1
+             FROM release r JOIN package p ON p.id = r.package_id
+             WHERE p.repository = ?1 AND p.hosted = 0
              ORDER BY coalesce(r.published_at, r.first_seen) DESC, p.name LIMIT ?2",
         )?
         .query_map(params![repository, top], |r| {
@@ -411,7 +418,8 @@ pub fn stats(conn: &Connection, repository: &str, top: usize) -> rusqlite::Resul
         .collect::<rusqlite::Result<_>>()?;
     let updated = conn
         .prepare(
-            "SELECT name, updated_at FROM package WHERE repository = ?1 AND updated_at IS NOT NULL
+            "SELECT name, updated_at FROM package
+             WHERE repository = ?1 AND hosted = 0 AND updated_at IS NOT NULL
              ORDER BY updated_at DESC, name LIMIT ?2",
         )?
         .query_map(params![repository, top], |r| {

@@ -158,14 +158,15 @@ pub fn rebuild(config: &Config, catalog: &Catalog) -> Result<RebuildReport, Rebu
     catalog.call_blocking(|c| {
         let tx = c.transaction()?;
         let stale: Vec<String> = tx
-            .prepare("SELECT name FROM package WHERE repository = ?1")?
+            .prepare("SELECT name FROM package WHERE repository = ?1 AND hosted = 0")?
             .query_map([repo], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         for name in stale.iter().filter(|n| !records.contains_key(*n)) {
-            super::remove(&tx, repo, name)?;
+            super::remove(&tx, super::Origin::Mirrored, repo, name)?;
         }
         for (name, record) in &records {
             let entry = Entry {
+                origin: super::Origin::Mirrored,
                 repository: repo,
                 record,
                 updated_at: updated.get(name).copied(),

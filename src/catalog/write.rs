@@ -6,9 +6,28 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use crate::index::hosted::{Retirement, cmp_versions};
 use crate::registry::proto::package::Package;
 
+/// Whose a package is: a repository of ours may have the upstream's name,
+/// so the name alone does not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The upstream's, mirrored (by a sync, an import or the proxy).
+    Mirrored,
+    /// Published to a repository of ours.
+    Hosted,
+}
+
+impl Origin {
+    /// The `package.hosted` column's value.
+    pub(super) fn column(self) -> bool {
+        self == Self::Hosted
+    }
+}
+
 /// One package as a writer publishes it.
 #[derive(Debug)]
 pub struct Entry<'a> {
+    /// Mirrored or hosted.
+    pub origin: Origin,
     /// The repository it is served in (the upstream's name for mirrored
     /// packages).
     pub repository: &'a str,
@@ -81,18 +100,20 @@ fn refresh_text(conn: &Connection, id: i64) -> rusqlite::Result<()> {
 pub fn put(tx: &Transaction<'_>, entry: &Entry<'_>, now: u64) -> rusqlite::Result<()> {
     let name = entry.record.name.as_str();
     tx.prepare_cached(
-        "INSERT INTO package (repository, name, updated_at, first_seen) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (repository, name) DO UPDATE SET updated_at = coalesce(?3, updated_at)",
+        "INSERT INTO package (repository, name, hosted, updated_at, first_seen)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (repository, name, hosted) DO UPDATE SET updated_at = coalesce(?4, updated_at)",
     )?
     .execute(params![
         entry.repository,
         name,
+        entry.origin.column(),
         entry.updated_at.map(|u| u as i64),
         now as i64
     ])?;
     let id: i64 = tx.query_row(
-        "SELECT id FROM package WHERE repository = ?1 AND name = ?2",
-        params![entry.repository, name],
+        "SELECT id FROM package WHERE repository = ?1 AND name = ?2 AND hosted = ?3",
+        params![entry.repository, name, entry.origin.column()],
         |r| r.get(0),
     )?;
     let mut kept: std::collections::HashMap<String, (i64, bool)> = Default::default();
@@ -150,12 +171,17 @@ pub fn put(tx: &Transaction<'_>, entry: &Entry<'_>, now: u64) -> rusqlite::Resul
     refresh_text(tx, id)
 }
 
-/// Removes a package (it left the mirror).
-pub fn remove(tx: &Transaction<'_>, repository: &str, name: &str) -> rusqlite::Result<()> {
+/// Removes a package (it left the mirror, or its repository of ours).
+pub fn remove(
+    tx: &Transaction<'_>,
+    origin: Origin,
+    repository: &str,
+    name: &str,
+) -> rusqlite::Result<()> {
     let id: Option<i64> = tx
         .query_row(
-            "SELECT id FROM package WHERE repository = ?1 AND name = ?2",
-            params![repository, name],
+            "SELECT id FROM package WHERE repository = ?1 AND name = ?2 AND hosted = ?3",
+            params![repository, name, origin.column()],
             |r| r.get(0),
         )
         .optional()?;

@@ -8,7 +8,7 @@ use rusqlite::Transaction;
 
 use super::db::{self as hdb, ReleaseRow};
 use super::record;
-use crate::catalog::{Catalog, CatalogError, Entry};
+use crate::catalog::{Catalog, CatalogError, Entry, Origin};
 use crate::config::Config;
 use crate::store::{Db, DbError};
 
@@ -33,7 +33,7 @@ fn put_rows(
     now: u64,
 ) -> rusqlite::Result<()> {
     if rows.is_empty() {
-        return crate::catalog::remove(tx, repo, name);
+        return crate::catalog::remove(tx, Origin::Hosted, repo, name);
     }
     for row in rows {
         crate::catalog::put_api_meta(tx, &hex::encode(row.outer_sha256), &row.meta)?;
@@ -48,6 +48,7 @@ fn put_rows(
     crate::catalog::put(
         tx,
         &Entry {
+            origin: Origin::Hosted,
             repository: repo,
             record: &record,
             updated_at,
@@ -58,7 +59,7 @@ fn put_rows(
     for row in rows {
         tx.execute(
             "UPDATE release SET has_docs = ?1 WHERE version = ?2 AND package_id =
-             (SELECT id FROM package WHERE repository = ?3 AND name = ?4)",
+             (SELECT id FROM package WHERE repository = ?3 AND name = ?4 AND hosted = 1)",
             rusqlite::params![row.docs_sha256.is_some(), row.version, repo, name],
         )?;
     }
@@ -94,22 +95,16 @@ pub fn refill(catalog: &Catalog, db: &Db, config: &Config) -> Result<usize, Host
             .push(row);
     }
     let now = crate::clock::unix_now();
-    let upstream = config.upstream.repository.as_str();
     catalog.call_blocking(|c| {
         let tx = c.transaction()?;
         for repo in &config.repositories {
-            // A repository named as the upstream shares its catalog rows
-            // with the mirror: nothing of it is stale here.
-            if repo.name == upstream {
-                continue;
-            }
             let listed: Vec<String> = tx
-                .prepare("SELECT name FROM package WHERE repository = ?1")?
+                .prepare("SELECT name FROM package WHERE repository = ?1 AND hosted = 1")?
                 .query_map([&repo.name], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             for name in listed {
                 if !hosted.contains_key(&(repo.name.clone(), name.clone())) {
-                    crate::catalog::remove(&tx, &repo.name, &name)?;
+                    crate::catalog::remove(&tx, Origin::Hosted, &repo.name, &name)?;
                 }
             }
         }

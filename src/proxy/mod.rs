@@ -419,6 +419,7 @@ impl Proxy {
                 .call(move |c| {
                     let tx = c.transaction()?;
                     let entry = crate::catalog::Entry {
+                        origin: crate::catalog::Origin::Mirrored,
                         repository: &repo,
                         record: &record,
                         updated_at: None,
