@@ -363,6 +363,23 @@ fn the_read_gateway_answers_in_its_envelope() {
     assert_eq!(status, 404);
     let (status, _) = get("/v1/releases?name=alpha&limit=0");
     assert_eq!(status, 400);
+    // Regression: a long search was a 500 (SQLite's LIKE pattern limit).
+    let long = "a".repeat(60_000);
+    let (status, body) = get(&format!("/v1/search?q={long}"));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("search"),
+        "{body}"
+    );
+    let got = http(
+        "GET",
+        &format!("{}/api/packages?search={long}", served.url()),
+        &[("accept", "application/json")],
+    );
+    assert_eq!(got.status, 400, "{}", String::from_utf8_lossy(&got.body));
+    let words = "ab ".repeat(1000);
+    let (status, _) = get(&format!("/v1/search?q={}", words.replace(' ', "+")));
+    assert_eq!(status, 400);
 }
 
 #[test]

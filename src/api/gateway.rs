@@ -253,7 +253,8 @@ pub(super) async fn search(
     let limit = number(&q, "limit", 20, 1..=query::PAGE_SIZE)?;
     let catalog = catalog(&state)?;
     let view = crate::catalog::View::Mirror(state.config().upstream.repository.clone());
-    let parsed = query::Query::parse(&text);
+    let parsed =
+        query::Query::read(&text).map_err(|e| fail(StatusCode::BAD_REQUEST, e.to_string()))?;
     let found = catalog
         .call(move |c| crate::catalog::search(c, &view, &parsed, Sort::Name, page, limit))
         .await;

@@ -411,6 +411,11 @@ mod tests {
             );
         }
         assert_eq!(parse_log_line("not a log line", "hexpm"), None);
+        // Regression: a year past i64's days overflowed; it is unreadable.
+        let huge = r#"1.2.3.4 - - [04/Dec/9223372036854775807:23:30:00 -0200] "GET /tarballs/a-1.0.0.tar HTTP/1.1" 200 1"#;
+        assert_eq!(parse_log_line(huge, "hexpm"), None);
+        let zone = r#"1.2.3.4 - - [01/Jan/1970:00:00:00 +9999] "GET /tarballs/a-1.0.0.tar HTTP/1.1" 200 1"#;
+        assert_eq!(parse_log_line(zone, "hexpm"), None);
     }
 
     #[test]

@@ -26,6 +26,24 @@ pub struct Query {
     pub extra: Option<(Vec<String>, String)>,
 }
 
+/// The longest search read, in bytes: longer ones are refused, not cut, so
+/// no one gets an answer to a question they did not ask.
+pub const MAX_SEARCH_BYTES: usize = 512;
+
+/// The most words (free text and `description:`) a search may have.
+pub const MAX_SEARCH_WORDS: usize = 32;
+
+/// Why a search is refused (HTTP 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SearchError {
+    /// More than [`MAX_SEARCH_BYTES`].
+    #[error("the search is {0} bytes long; at most {MAX_SEARCH_BYTES} are read: shorten it")]
+    TooLong(usize),
+    /// More than [`MAX_SEARCH_WORDS`].
+    #[error("the search has {0} words; at most {MAX_SEARCH_WORDS} are read: use fewer")]
+    TooManyWords(usize),
+}
+
 /// A `name:` filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamePattern {
@@ -143,7 +161,9 @@ pub fn words(s: &str) -> Vec<String> {
 }
 
 /// Parses an ISO-8601 UTC date-time (`2024-01-31T12:00:00Z`, fractions
-/// allowed, offset zero only) to Unix seconds.
+/// allowed, offset zero only, years 1970 to 9999) to Unix seconds. Anything
+/// else, however large, is `None`: the fields are bounded before any
+/// arithmetic, so no input overflows.
 pub fn parse_utc(s: &str) -> Option<u64> {
     let s = s.strip_suffix('Z').or_else(|| s.strip_suffix("+00:00"))?;
     let (date, time) = s.split_once('T')?;
@@ -152,7 +172,13 @@ pub fn parse_utc(s: &str) -> Option<u64> {
     let time = time.split('.').next()?;
     let mut t = time.splitn(3, ':').map(|p| p.parse::<i64>().ok());
     let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+    if !(1970..=9999).contains(&y)
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&day)
+        || !(0..=23).contains(&hh)
+        || !(0..=59).contains(&mm)
+        || !(0..=60).contains(&ss)
+    {
         return None;
     }
     // Days from the civil date (Howard Hinnant's algorithm).
@@ -167,6 +193,20 @@ pub fn parse_utc(s: &str) -> Option<u64> {
 }
 
 impl Query {
+    /// [`Query::parse`] within [`MAX_SEARCH_BYTES`] and [`MAX_SEARCH_WORDS`],
+    /// the bounds that keep a search's SQL small.
+    pub fn read(s: &str) -> Result<Self, SearchError> {
+        if s.len() > MAX_SEARCH_BYTES {
+            return Err(SearchError::TooLong(s.len()));
+        }
+        let q = Self::parse(s);
+        let words = q.words.len() + q.description.len();
+        if words > MAX_SEARCH_WORDS {
+            return Err(SearchError::TooManyWords(words));
+        }
+        Ok(q)
+    }
+
     /// Parses hex.pm's search syntax. Never fails: what it cannot read is
     /// free text, as on hex.pm.
     pub fn parse(s: &str) -> Self {
@@ -296,7 +336,21 @@ mod tests {
         assert_eq!(parse_utc("2024-02-29T12:30:15.123Z"), Some(1_709_209_815));
         assert_eq!(parse_utc("2024-02-29T12:30:15+02:00"), None);
         assert_eq!(parse_utc("2024-13-01T00:00:00Z"), None);
+        // Regression: these overflowed (a panic in debug builds).
+        assert_eq!(parse_utc("9223372036854775807-01-01T00:00:00Z"), None);
+        assert_eq!(parse_utc("2024-01-01T-9223372036854775807:00:00Z"), None);
+        assert_eq!(parse_utc("2024-01-01T00:-5:00Z"), None);
+        assert_eq!(parse_utc("9999-12-31T23:59:60Z"), Some(253_402_300_800));
         assert_eq!(Query::parse("updated_after:2024-01-01").updated_after, None);
+        assert_eq!(
+            Query::read(&"a".repeat(MAX_SEARCH_BYTES + 1)),
+            Err(SearchError::TooLong(MAX_SEARCH_BYTES + 1))
+        );
+        assert_eq!(
+            Query::read(&"ab ".repeat(MAX_SEARCH_WORDS + 1)),
+            Err(SearchError::TooManyWords(MAX_SEARCH_WORDS + 1))
+        );
+        assert!(Query::read(&"ab ".repeat(MAX_SEARCH_WORDS)).is_ok());
         assert_eq!(Sort::parse(Some("downloads")), Sort::Downloads);
         assert_eq!(Sort::parse(Some("nonsense")), Sort::Name);
         assert_eq!(
@@ -310,6 +364,12 @@ mod tests {
 
         /// Any text parses, and a name's LIKE pattern has no wildcard but
         /// the ones asked for.
+        #[test]
+        fn fuzz_dates(y in proptest::num::i64::ANY, rest in "[-0-9:T.Z]{0,40}") {
+            let _ = parse_utc(&format!("{y}-{rest}"));
+            let _ = parse_utc(&rest);
+        }
+
         #[test]
         fn fuzz_queries(s in ".{0,200}") {
             let q = Query::parse(&s);

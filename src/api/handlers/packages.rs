@@ -61,7 +61,8 @@ pub(in crate::api) async fn list_packages(
 ) -> Rendered {
     answer(&headers, async {
         let req = request(state, &headers, client, &p).await?;
-        let query = crate::catalog::query::Query::parse(q.get("search").map_or("", String::as_str));
+        let query = crate::catalog::query::Query::read(q.get("search").map_or("", String::as_str))
+            .map_err(|e| Reply::error(StatusCode::BAD_REQUEST, e.to_string()))?;
         let sort = crate::catalog::query::Sort::parse(q.get("sort").map(String::as_str));
         let page = crate::catalog::query::page(q.get("page").map(String::as_str));
         let (repo, view, limit) = match req.source()? {
