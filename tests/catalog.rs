@@ -246,6 +246,32 @@ fn dependents_and_repositories_show_only_what_the_caller_may_know() {
         json("/api/repos/secret/packages/alpha/dependents", &[]).0,
         401
     );
+    // Regression: an unknown name answered 404 where the private one
+    // answered 401, which told which private names exist. Both are
+    // refused alike now, in the API and in the served tree.
+    for path in [
+        "/api/repos/{}/packages/alpha/dependents",
+        "/api/repos/{}/packages",
+        "/repos/{}/names",
+        "/repos/{}/packages/alpha",
+    ] {
+        let secret = http(
+            "GET",
+            &format!("{url}{}", path.replace("{}", "secret")),
+            &[],
+        );
+        let nosuch = http(
+            "GET",
+            &format!("{url}{}", path.replace("{}", "nosuch")),
+            &[],
+        );
+        assert_eq!((secret.status, nosuch.status), (401, 401), "{path}");
+        assert_eq!(
+            String::from_utf8_lossy(&secret.body).replace("secret", "NAME"),
+            String::from_utf8_lossy(&nosuch.body).replace("nosuch", "NAME"),
+            "{path}"
+        );
+    }
     let auth = [("authorization", token.as_str())];
     let (_, body) = json("/api/repos", &auth);
     let names: Vec<&str> = body

@@ -59,7 +59,7 @@ impl ApiState {
             Ok(None) => {
                 return refuse(Reply::error(
                     StatusCode::UNAUTHORIZED,
-                    format!("repository {repo} is private: send an API key with read access"),
+                    format!("reading repository {repo} needs an API key with read access to it"),
                 ));
             }
             Err(r) => return refuse(r),

@@ -98,12 +98,13 @@ impl ApiState {
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
     }
 
-    /// Whether repository `name` is private.
-    pub fn is_private(&self, name: &str) -> bool {
-        self.config()
-            .repositories
-            .iter()
-            .any(|r| r.name == name && r.private)
+    /// Whether a read under `/repos/NAME` goes through [`ApiState::gate`]:
+    /// a private repository, or, while any is private, a name that is no
+    /// repository at all, so that a refusal does not tell the two apart.
+    pub fn is_gated(&self, name: &str) -> bool {
+        let repos = &self.config().repositories;
+        repos.iter().any(|r| r.name == name && r.private)
+            || (repos.iter().any(|r| r.private) && !repos.iter().any(|r| r.name == name))
     }
 
     /// Checks the request's token, if it has one. `Ok(None)`: anonymous.

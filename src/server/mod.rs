@@ -354,7 +354,7 @@ async fn serve(
         )),
         Target::File(target) => {
             if let (Some(api), Some(org)) = (&state.api, &target.org)
-                && api.is_private(org)
+                && api.is_gated(org)
             {
                 match api
                     .gate(&state.root, org, &target.relative, headers, client)

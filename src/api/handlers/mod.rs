@@ -312,10 +312,18 @@ impl Request {
                 Ok(Source::Ours(name.clone()))
             }
             Some(name) if name == upstream => Ok(Source::Upstream(name.clone())),
-            Some(name) => Err(Reply::error(
-                StatusCode::NOT_FOUND,
-                format!("repository {name:?} is not served here"),
-            )),
+            Some(name) => {
+                // While a repository is private, a caller who could not read
+                // one by this name is refused as for a private one: the
+                // answer does not say which names exist.
+                if self.config.repositories.iter().any(|r| r.private) {
+                    self.need(name, None, Access::Read)?;
+                }
+                Err(Reply::error(
+                    StatusCode::NOT_FOUND,
+                    format!("repository {name:?} is not served here"),
+                ))
+            }
             None => Ok(Source::Upstream(upstream.clone())),
         }
     }
