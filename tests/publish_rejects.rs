@@ -518,17 +518,17 @@ fn publish_answers_in_json_and_erlang_terms_and_guards_names_and_versions() {
     mirror.assert_verifies();
 }
 
-/// Sends the head of a publish that announces a body (`Expect:
+/// Sends the head of an upload to `path` that announces a body (`Expect:
 /// 100-continue`) and carries no key, never sends the body, and returns the
 /// raw answer: the server must refuse from the head alone.
-fn publish_head_without_key(served: &Served) -> String {
+fn upload_head_without_key(served: &Served, path: &str) -> String {
     let addr = served.url().trim_start_matches("http://").to_owned();
     let mut stream = TcpStream::connect(&addr).expect("connect to the mirror");
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let head = format!(
-        "POST /api/repos/{REPO}/publish HTTP/1.1\r\n\
+        "POST {path} HTTP/1.1\r\n\
          host: {addr}\r\n\
          content-type: application/octet-stream\r\n\
          content-length: 150000\r\n\
@@ -575,7 +575,7 @@ fn publish_without_a_key_is_refused_before_the_body_is_sent() {
     let (mirror, served, _token) = hosting(&upstream);
     let before = tree(&mirror);
 
-    let answer = publish_head_without_key(&served);
+    let answer = upload_head_without_key(&served, &format!("/api/repos/{REPO}/publish"));
     let (head, body) = answer.split_once("\r\n\r\n").unwrap();
     let mut lines = head.lines();
     let status = lines.next().unwrap();
@@ -598,6 +598,23 @@ fn publish_without_a_key_is_refused_before_the_body_is_sent() {
     assert!(
         error["message"].as_str().unwrap_or("").contains("API key"),
         "{error}"
+    );
+    assert_eq!(tree(&mirror), before);
+}
+
+#[test]
+fn docs_without_a_key_are_refused_before_the_body_is_sent() {
+    // Regression: the docs upload read its whole body before checking the key.
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let (mirror, served, _token) = hosting(&upstream);
+    let before = tree(&mirror);
+    let answer = upload_head_without_key(
+        &served,
+        &format!("/api/repos/{REPO}/packages/acme_wire/releases/1.0.0/docs"),
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 401"),
+        "expected 401 without a 100 Continue first:\n{answer}"
     );
     assert_eq!(tree(&mirror), before);
 }

@@ -22,13 +22,7 @@ pub(in crate::api) async fn publish(
             Some(name) => req.need(&repo, Some(name), Access::Write)?,
             None => req.token()?,
         };
-        let limit = usize::try_from(req.config.api.max_tarball_bytes).unwrap_or(usize::MAX);
-        let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-            Reply::error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("package tarball is larger than the limit of {limit} bytes ([api] max_tarball_bytes)"),
-            )
-        })?;
+        let bytes = read_upload(body, &req.config, "package tarball").await?;
         let config = Arc::clone(&req.config);
         let upload = tokio::task::spawn_blocking(move || Upload::inspect(bytes.to_vec(), &config))
             .await
@@ -41,21 +35,34 @@ pub(in crate::api) async fn publish(
         {
             return Err(Reply::error(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                format!("the tarball's metadata names package {name:?}, the URL names {url_name:?}"),
+                format!(
+                    "the tarball's metadata names package {name:?}, the URL names {url_name:?}"
+                ),
             ));
         }
         req.need(&repo, Some(&name), Access::Write)?;
-        let admin = req.token.as_ref().is_some_and(|t| auth::allows(&t.scopes, &repo, Some(&name), Access::Admin));
+        let admin = req
+            .token
+            .as_ref()
+            .is_some_and(|t| auth::allows(&t.scopes, &repo, Some(&name), Access::Admin));
         let replace = q.get("replace").is_some_and(|v| v == "true");
-        let outcome = req.change(&repo, Change::Publish { upload, replace }, admin).await?;
+        let outcome = req
+            .change(&repo, Change::Publish { upload, replace }, admin)
+            .await?;
         let row = outcome
             .release
             .ok_or_else(|| internal_error(&"a publish produced no release"))?;
         // A release just published has no downloads yet: a real count of 0.
-        let body = req.release_json(&row, req.release_downloads(&repo, &row.package, &row.version).await?);
+        let body = req.release_json(
+            &row,
+            req.release_downloads(&repo, &row.package, &row.version)
+                .await?,
+        );
         Ok(if outcome.created {
-            Reply::new(StatusCode::CREATED, body)
-                .with_header(header::LOCATION, req.release_url(&row.package, &row.version))
+            Reply::new(StatusCode::CREATED, body).with_header(
+                header::LOCATION,
+                req.release_url(&row.package, &row.version),
+            )
         } else {
             Reply::ok(body)
         })
@@ -66,6 +73,20 @@ pub(in crate::api) async fn publish(
 /// The common shape of the release-level changes. `make` builds the change
 /// once the caller is known to be allowed, and may check an upload on the
 /// blocking pool first, so nothing is unpacked while the writer waits.
+/// An uploaded tarball's bytes, within `[api] max_tarball_bytes`. Called
+/// only once the caller is authorised: hyper answers `Expect: 100-continue`
+/// when the body is first read, so an unauthorised client never uploads.
+async fn read_upload(body: Body, config: &Config, what: &str) -> Result<Vec<u8>, Reply> {
+    let limit = usize::try_from(config.api.max_tarball_bytes).unwrap_or(usize::MAX);
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        Reply::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{what} is larger than the limit of {limit} bytes ([api] max_tarball_bytes)"),
+        )
+    })?;
+    Ok(bytes.to_vec())
+}
+
 async fn release_change<F>(
     state: Arc<ApiState>,
     client: Option<std::net::IpAddr>,
@@ -191,15 +212,16 @@ pub(in crate::api) async fn publish_docs(
     ClientAddr(client): ClientAddr,
     Path(p): Params,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Rendered {
-    let tarball = body.to_vec();
     release_change(
         state,
         client,
         p,
         headers,
         move |name, version, config| async move {
+            // After the write check in `release_change`.
+            let tarball = read_upload(body, &config, "docs tarball").await?;
             let docs = tokio::task::spawn_blocking(move || DocsUpload::inspect(tarball, &config))
                 .await
                 .map_err(HostedError::from)
