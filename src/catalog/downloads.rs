@@ -251,31 +251,94 @@ fn log_day(t: &str) -> Option<u64> {
     u64::try_from(utc).ok().map(|s| s / 86_400)
 }
 
+/// Downloads counted per transaction: a log of any size is read in bounded
+/// memory, and a stop part-way keeps what was counted (each line once, so
+/// running the import again counts only the rest).
+const IMPORT_BATCH: usize = 10_000;
+
+/// The longest access-log line read; longer ones are unreadable (nginx
+/// writes far shorter, and a line is held in memory whole).
+const MAX_LOG_LINE: usize = 64 * 1024;
+
 /// Counts the tarball downloads in `log` (an nginx access log in the
 /// combined format). Each line counts once: its hash is remembered.
 pub fn import_log(
     conn: &mut Connection,
-    log: impl std::io::BufRead,
+    mut log: impl std::io::BufRead,
     upstream: &str,
 ) -> Result<ImportReport, LogImportError> {
     let mut report = ImportReport::default();
-    let mut found: Vec<((Release, u64), [u8; 32])> = Vec::new();
-    for line in log.lines() {
-        let line = line.map_err(LogImportError::Read)?;
+    let mut found: Vec<((Release, u64), [u8; 32])> = Vec::with_capacity(IMPORT_BATCH);
+    use std::io::{BufRead, Read};
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = (&mut log)
+            .take(MAX_LOG_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(LogImportError::Read)?;
+        if read == 0 {
+            break;
+        }
         report.lines += 1;
-        match parse_log_line(&line, upstream) {
+        if line.len() > MAX_LOG_LINE && line.last() != Some(&b'\n') {
+            // Skip the rest of the overlong line.
+            report.unreadable += 1;
+            skip_line(&mut log).map_err(LogImportError::Read)?;
+            continue;
+        }
+        let text = std::str::from_utf8(&line).map(|t| t.trim_end_matches(['\n', '\r']));
+        match text
+            .ok()
+            .and_then(|t| parse_log_line(t, upstream).map(|d| (t, d)))
+        {
             None => report.unreadable += 1,
-            Some(None) => {}
-            Some(Some(download)) => found.push((download, Sha256::digest(line.as_bytes()).into())),
+            Some((_, None)) => {}
+            Some((t, Some(download))) => {
+                found.push((download, Sha256::digest(t.as_bytes()).into()));
+                if found.len() == IMPORT_BATCH {
+                    count_batch(conn, &mut found, &mut report)?;
+                }
+            }
         }
     }
+    count_batch(conn, &mut found, &mut report)?;
+    Ok(report)
+}
+
+/// Reads up to and including the next newline, keeping none of it.
+fn skip_line(log: &mut impl std::io::BufRead) -> std::io::Result<()> {
+    loop {
+        let buf = log.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match buf.iter().position(|b| *b == b'\n') {
+            Some(at) => {
+                log.consume(at + 1);
+                return Ok(());
+            }
+            None => {
+                let n = buf.len();
+                log.consume(n);
+            }
+        }
+    }
+}
+
+/// Counts `found` (emptied) in one transaction: each line not seen before.
+fn count_batch(
+    conn: &mut Connection,
+    found: &mut Vec<((Release, u64), [u8; 32])>,
+    report: &mut ImportReport,
+) -> Result<(), LogImportError> {
     let tx = conn.transaction().map_err(LogImportError::Db)?;
     let mut counts: BTreeMap<(Release, u64), u64> = BTreeMap::new();
     {
         let mut remember = tx
             .prepare_cached("INSERT OR IGNORE INTO download_log_line (hash) VALUES (?1)")
             .map_err(LogImportError::Db)?;
-        for (download, hash) in found {
+        for (download, hash) in found.drain(..) {
             if remember.execute([&hash[..]]).map_err(LogImportError::Db)? == 0 {
                 report.already += 1;
             } else {
@@ -287,11 +350,10 @@ pub fn import_log(
     for ((release, day), n) in &counts {
         add(&tx, release, *day, *n).map_err(LogImportError::Db)?;
     }
-    tx.commit().map_err(LogImportError::Db)?;
-    Ok(report)
+    tx.commit().map_err(LogImportError::Db)
 }
 
-/// Why a log import stopped (nothing was counted).
+/// Why a log import stopped (what was counted before stays counted).
 #[derive(Debug, thiserror::Error)]
 pub enum LogImportError {
     /// The log could not be read.
@@ -448,5 +510,33 @@ garbage
             .call_blocking(|c| release_count(c, &rel("a", "1.0.0")))
             .unwrap();
         assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn a_long_log_counts_in_batches_and_skips_overlong_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = super::super::Catalog::open(dir.path()).unwrap();
+        let mut log = String::new();
+        for second in 0..IMPORT_BATCH + 5 {
+            log.push_str(&format!(
+                "1.1.1.1 - - [04/Dec/2026:10:00:00 +0000] \"GET /tarballs/a-1.0.0.tar?{second} \
+                 HTTP/1.1\" 200 10 \"-\" \"mix\"\n"
+            ));
+        }
+        log.push_str(&format!("{}\n", "x".repeat(MAX_LOG_LINE * 2)));
+        log.push_str(
+            "1.1.1.1 - - [04/Dec/2026:10:00:00 +0000] \"GET /tarballs/b-1.0.0.tar HTTP/1.1\" 200 1\n",
+        );
+        let report = catalog
+            .call_blocking(|c| Ok(import_log(c, log.as_bytes(), "hexpm").unwrap()))
+            .unwrap();
+        assert_eq!(
+            (report.lines, report.counted, report.unreadable),
+            (IMPORT_BATCH as u64 + 7, IMPORT_BATCH as u64 + 6, 1)
+        );
+        let b = catalog
+            .call_blocking(|c| release_count(c, &rel("b", "1.0.0")))
+            .unwrap();
+        assert_eq!(b, 1);
     }
 }
