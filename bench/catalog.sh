@@ -7,8 +7,14 @@
 #
 # With the synthetic signed upstream of bench/site.sh (nginx on loopback):
 #   1. a full `hexmirror sync` into a fresh data dir; its log gives the time
-#      the catalog took ("catalog built from the tree" / "catalog updated",
-#      ms=...), reported against the sync's wall time;
+#      the catalog took (the records: "catalog built from the tree" /
+#      "catalog updated"; the tarball metadata written during the fetches:
+#      "catalog: tarball metadata in"; ms=... each), reported against the
+#      sync's wall time; with SYNC_AB=1 (the default), the same full sync
+#      into another fresh data dir with the catalog unavailable (a directory
+#      where catalog.db would be; the sync goes on without it), once before
+#      and once after, so the difference in wall time is the catalog's
+#      whole cost, waits included;
 #   2. `hexmirror serve` pinned to core 0 (taskset), and QUERIES searches per
 #      kind (free text, name:, depends:, build_tool:, and free text sorted by
 #      downloads) sent one at a time by curl pinned to core 1, each timed
@@ -20,9 +26,9 @@
 # Writes the raw output to bench/results/catalog-<timestamp>.txt and a
 # Markdown summary to stdout and bench/results/catalog-<timestamp>.md.
 #
-# Knobs: SCALE (1.0), QUERIES (200), RUNS (3), WRK_SECS (10), PORT (18490),
+# Knobs: SCALE (1.0), QUERIES (200), RUNS (3), WRK_SECS (10), PORT (18490), SYNC_AB (1),
 # WORK (/tmp/hexmirror-catalog-bench, deleted on exit unless KEEP=1; needs
-# about 3x the upstream: ~35 GB at 1.0).
+# about 3x the upstream: ~38 GB at 1.0).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -53,14 +59,41 @@ write_config bench
 # JSON logs: the catalog's timing is read from the sync's log.
 printf '\n[log]\nformat = "json"\n' >>"$CONF"
 
-# 1. A full sync; the catalog's share from its log.
-t0=$(date +%s.%N)
-"$BIN" sync --config "$CONF" >"$WORK/sync.out" 2>"$WORK/sync.err"
-t1=$(date +%s.%N)
-SYNC_S=$(echo "$t1 - $t0" | bc -l)
-CATALOG_MS=$(grep -E 'catalog (built from the tree|updated)' "$WORK/sync.err" | sed -nE 's/.*"ms":([0-9]+).*/\1/p' | tail -1)
+# 1. A full sync; the catalog's share from its log. With SYNC_AB=1, a full
+# sync without the catalog before it and after it (each into a fresh data
+# dir, deleted after), so that neither mode has the page cache to itself.
+timed_sync() { # CONFIG LOGPREFIX -> seconds on stdout
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$BIN" sync --config "$1" >"$WORK/$2.out" 2>"$WORK/$2.err"
+  t1=$(date +%s.%N)
+  echo "$t1 - $t0" | bc -l
+}
+sync_off() { # LOGPREFIX -> seconds
+  sed "s#^data_dir = .*#data_dir = \"$WORK/data-off\"#" "$CONF" >"$WORK/off.toml"
+  rm -rf "$WORK/data-off" && mkdir -p "$WORK/data-off/catalog.db"
+  local s
+  s=$(timed_sync "$WORK/off.toml" "$1")
+  grep -q 'catalog unavailable' "$WORK/$1.err" || { echo "the sync without a catalog had one" >&2; exit 1; }
+  rm -rf "$WORK/data-off"
+  echo "$s"
+}
+OFF_S=""
+if [ "${SYNC_AB:-1}" = 1 ]; then
+  OFF1=$(sync_off sync-off1)
+  echo "sync without the catalog (before): ${OFF1}s"
+fi
+SYNC_S=$(timed_sync "$CONF" sync)
+RECORDS_MS=$(grep -E 'catalog (built from the tree|updated)' "$WORK/sync.err" | sed -nE 's/.*"ms":([0-9]+).*/\1/p' | tail -1)
+NOTES_MS=$(grep -E 'catalog: tarball metadata in' "$WORK/sync.err" | sed -nE 's/.*"ms":([0-9]+).*/\1/p' | tail -1)
+CATALOG_MS=$((${RECORDS_MS:-0} + ${NOTES_MS:-0}))
 PACKAGES=$(grep -cE '' <(ls "$WORK/data/current/packages"))
-echo "sync: ${SYNC_S}s; catalog: ${CATALOG_MS:-?} ms; packages: $PACKAGES"
+echo "sync: ${SYNC_S}s; catalog: ${CATALOG_MS} ms (records ${RECORDS_MS:-?}, tarball metadata ${NOTES_MS:-?}); packages: $PACKAGES"
+if [ "${SYNC_AB:-1}" = 1 ]; then
+  OFF2=$(sync_off sync-off2)
+  echo "sync without the catalog (after): ${OFF2}s"
+  OFF_S=$(echo "($OFF1 + $OFF2) / 2" | bc -l)
+fi
 
 # 2. Search latency: serve on core 0, curl on core 1.
 start_serve_pinned() {
@@ -131,9 +164,11 @@ RATIO=$(echo "$ON_M / $OFF_M" | bc -l)
   echo
   echo "SCALE=$SCALE ($PACKAGES packages), QUERIES=$QUERIES per kind, RUNS=$RUNS, wrk -t1 -c64 ${WRK_SECS}s; serve on core 0, clients on core 1; hexmirror $(git -C "$ROOT" rev-parse --short HEAD)."
   echo
-  echo "| full sync s | catalog ms | catalog share |"
-  echo "|---|---|---|"
-  printf '| %.1f | %s | %.1f%% |\n' "$SYNC_S" "${CATALOG_MS:-?}" "$(echo "${CATALOG_MS:-0} / 10 / $SYNC_S" | bc -l)"
+  echo "| full sync s | catalog ms (records + tarball metadata) | catalog share | full sync without catalog s | with / without |"
+  echo "|---|---|---|---|---|"
+  printf '| %.1f | %s (%s + %s) | %.1f%% | %s | %s |\n' "$SYNC_S" "$CATALOG_MS" "${RECORDS_MS:-?}" "${NOTES_MS:-?}" \
+    "$(echo "$CATALOG_MS / 10 / $SYNC_S" | bc -l)" "$([ -n "$OFF_S" ] && printf '%.1f (%.1f, %.1f)' "$OFF_S" "$OFF1" "$OFF2" || echo 'not run')" \
+    "$([ -n "$OFF_S" ] && printf '%.3f' "$(echo "$SYNC_S / $OFF_S" | bc -l)" || echo -)"
   echo
   echo "| search | p50 ms | p99 ms |"
   echo "|---|---|---|"

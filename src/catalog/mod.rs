@@ -101,13 +101,26 @@ CREATE TABLE IF NOT EXISTS requirement (
     optional INTEGER NOT NULL,
     app TEXT
 );
-CREATE INDEX IF NOT EXISTS release_tarball ON release (outer_checksum);
-CREATE INDEX IF NOT EXISTS requirement_of ON requirement (package_id, version);
-CREATE INDEX IF NOT EXISTS requirement_on ON requirement (name);
 -- Full text over name and description; rowid = package.id.
 CREATE VIRTUAL TABLE IF NOT EXISTS package_text USING fts5 (
     name, description, tokenize = 'unicode61'
 );
+";
+
+/// The indexes of [`PACKAGES`]' tables, apart so that a bulk load can drop
+/// them and build each once at the end, instead of keeping them sorted
+/// row by row.
+pub(crate) const PACKAGE_INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS release_tarball ON release (outer_checksum);
+CREATE INDEX IF NOT EXISTS requirement_of ON requirement (package_id, version);
+CREATE INDEX IF NOT EXISTS requirement_on ON requirement (name);
+";
+
+/// Drops [`PACKAGE_INDEXES`] (for a bulk load).
+pub(crate) const DROP_PACKAGE_INDEXES: &str = "
+DROP INDEX IF EXISTS release_tarball;
+DROP INDEX IF EXISTS requirement_of;
+DROP INDEX IF EXISTS requirement_on;
 ";
 
 /// Version 1 (with [`PACKAGES`]): tarball metadata.
@@ -118,7 +131,7 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tarball_meta (
     sha256 TEXT PRIMARY KEY,
     meta TEXT NOT NULL
-);
+) WITHOUT ROWID;
 ";
 
 /// Version 2: download counts (and the log lines already imported).
@@ -150,7 +163,8 @@ CREATE TABLE IF NOT EXISTS member_source (
 );
 ";
 
-/// Version 4: `package.hosted`. Versions 1 to 3 keyed packages by
+/// Version 4: `package.hosted`, and `tarball_meta` without a rowid.
+/// Versions 1 to 3 keyed packages by
 /// repository name alone, which mixed a hosted package into the mirror's
 /// rows when a repository of ours has the upstream's name; those rows
 /// cannot be told apart, so they go, and the next fill makes them again
@@ -160,6 +174,12 @@ DROP TABLE IF EXISTS package_text;
 DROP TABLE IF EXISTS requirement;
 DROP TABLE IF EXISTS release;
 DROP TABLE IF EXISTS package;
+-- One B-tree, keyed by the hash, instead of a table and its index: a full
+-- sync writes a row per tarball.
+CREATE TABLE tarball_meta_v4 (sha256 TEXT PRIMARY KEY, meta TEXT NOT NULL) WITHOUT ROWID;
+INSERT INTO tarball_meta_v4 SELECT sha256, meta FROM tarball_meta;
+DROP TABLE tarball_meta;
+ALTER TABLE tarball_meta_v4 RENAME TO tarball_meta;
 ";
 
 impl Catalog {
@@ -193,9 +213,14 @@ impl Catalog {
             conn.execute_batch(SCHEMA_3).map_err(fail)?;
         }
         if (1..4).contains(&version) {
-            conn.execute_batch(SCHEMA_4).map_err(fail)?;
-            conn.execute_batch(PACKAGES).map_err(fail)?;
+            // In one transaction: a stop part-way leaves version 3 whole.
+            conn.execute_batch(&format!("BEGIN; {SCHEMA_4} {PACKAGES} COMMIT;"))
+                .map_err(fail)?;
         }
+        // A bulk load drops the indexes inside its transaction, so a
+        // rollback brings them back; made here as well, at no cost when
+        // present, so that no path can leave a catalog without them.
+        conn.execute_batch(PACKAGE_INDEXES).map_err(fail)?;
         if version < SCHEMA_VERSION {
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(fail)?;
@@ -230,6 +255,16 @@ impl Catalog {
         }
     }
 
+    /// A batch writer of tarball metadata, for a writer that fetches many.
+    pub fn batch(&self) -> NoteBatch {
+        NoteBatch {
+            catalog: self.clone(),
+            pending: Mutex::new(Vec::new()),
+            written: Default::default(),
+            micros: Default::default(),
+        }
+    }
+
     /// Runs `f` on the connection on the blocking pool.
     pub async fn call<T, F>(&self, f: F) -> Result<T, CatalogError>
     where
@@ -238,6 +273,92 @@ impl Catalog {
     {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.call_blocking(f)).await?
+    }
+}
+
+/// How many tarballs' metadata a [`NoteBatch`] writes per transaction.
+const NOTE_BATCH: usize = 1000;
+
+/// Tarball metadata noted as a sync fetches, written [`NOTE_BATCH`] at a
+/// time, each batch one transaction on the blocking pool, instead of one
+/// commit and one pool hop per tarball. What is pending is written by
+/// [`NoteBatch::flush`], which the sync calls before the catalog takes its
+/// records, and again when it ends, whatever the outcome.
+#[derive(Debug)]
+pub struct NoteBatch {
+    catalog: Catalog,
+    pending: Mutex<Vec<(String, serde_json::Value)>>,
+    /// Tarballs written, and the time writing took (the catalog's share of
+    /// a sync, reported by [`NoteBatch::log_totals`]).
+    written: std::sync::atomic::AtomicU64,
+    micros: std::sync::atomic::AtomicU64,
+}
+
+impl NoteBatch {
+    /// Notes a verified tarball's metadata (by SHA-256), writing a batch
+    /// when one is full.
+    pub async fn note(&self, sha256: [u8; 32], metadata: &crate::tarball::Metadata) {
+        let full = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.push((hex::encode(sha256), metadata.api_meta()));
+            (pending.len() >= NOTE_BATCH).then(|| std::mem::take(&mut *pending))
+        };
+        if let Some(batch) = full {
+            self.write(batch).await;
+        }
+    }
+
+    /// Writes whatever is pending.
+    pub async fn flush(&self) {
+        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if !batch.is_empty() {
+            self.write(batch).await;
+        }
+    }
+
+    /// Logs how many tarballs' metadata went in, and the time it took.
+    pub fn log_totals(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let tarballs = self.written.load(Relaxed);
+        if tarballs > 0 {
+            tracing::info!(
+                tarballs,
+                ms = self.micros.load(Relaxed) / 1000,
+                "catalog: tarball metadata in"
+            );
+        }
+    }
+
+    async fn write(&self, batch: Vec<(String, serde_json::Value)>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = batch.len();
+        let started = std::time::Instant::now();
+        let written = self
+            .catalog
+            .call(move |c| {
+                // No search text to refresh: the sync puts its records (and
+                // so their text) after its tarballs.
+                let tx = c.transaction()?;
+                {
+                    let mut insert = tx.prepare_cached(
+                        "INSERT OR IGNORE INTO tarball_meta (sha256, meta) VALUES (?1, ?2)",
+                    )?;
+                    for (sha, meta) in &batch {
+                        insert.execute(rusqlite::params![sha, meta.to_string()])?;
+                    }
+                }
+                tx.commit()
+            })
+            .await;
+        self.micros
+            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        // Derived data: the sync goes on; a rebuild reads the tarballs again.
+        match written {
+            Ok(()) => {
+                self.written.fetch_add(n as u64, Relaxed);
+            }
+            Err(e) => tracing::warn!(tarballs = n, "catalog: tarball metadata not written ({e})"),
+        }
     }
 }
 
@@ -515,7 +636,8 @@ mod tests {
                     ),
             )
             .unwrap();
-            c.execute_batch(SCHEMA).unwrap();
+            c.execute_batch(&SCHEMA.replace(") WITHOUT ROWID;", ");"))
+                .unwrap();
             c.execute_batch(SCHEMA_2).unwrap();
             c.execute_batch(SCHEMA_3).unwrap();
             c.execute_batch(

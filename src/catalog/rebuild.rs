@@ -164,6 +164,14 @@ pub fn rebuild(config: &Config, catalog: &Catalog) -> Result<RebuildReport, Rebu
         for name in stale.iter().filter(|n| !records.contains_key(*n)) {
             super::remove(&tx, super::Origin::Mirrored, repo, name)?;
         }
+        // Filling an empty mirror (the first sync, a lost catalog): every
+        // row is new, so the indexes are built once after the rows rather
+        // than kept sorted row by row. Inside the transaction, so a
+        // failure rolls them back in place.
+        let bulk = stale.is_empty() && records.len() > 1;
+        if bulk {
+            tx.execute_batch(super::DROP_PACKAGE_INDEXES)?;
+        }
         for (name, record) in &records {
             let entry = Entry {
                 origin: super::Origin::Mirrored,
@@ -172,6 +180,9 @@ pub fn rebuild(config: &Config, catalog: &Catalog) -> Result<RebuildReport, Rebu
                 updated_at: updated.get(name).copied(),
             };
             put(&tx, &entry, now)?;
+        }
+        if bulk {
+            tx.execute_batch(super::PACKAGE_INDEXES)?;
         }
         tx.commit()
     })?;

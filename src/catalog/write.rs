@@ -99,39 +99,53 @@ fn refresh_text(conn: &Connection, id: i64) -> rusqlite::Result<()> {
 /// local facts (when each release was first seen, whether docs are held).
 pub fn put(tx: &Transaction<'_>, entry: &Entry<'_>, now: u64) -> rusqlite::Result<()> {
     let name = entry.record.name.as_str();
-    tx.prepare_cached(
-        "INSERT INTO package (repository, name, hosted, updated_at, first_seen)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (repository, name, hosted) DO UPDATE SET updated_at = coalesce(?4, updated_at)",
-    )?
-    .execute(params![
-        entry.repository,
-        name,
-        entry.origin.column(),
-        entry.updated_at.map(|u| u as i64),
-        now as i64
-    ])?;
-    let id: i64 = tx.query_row(
-        "SELECT id FROM package WHERE repository = ?1 AND name = ?2 AND hosted = ?3",
-        params![entry.repository, name, entry.origin.column()],
-        |r| r.get(0),
-    )?;
+    let updated_at = entry.updated_at.map(|u| u as i64);
+    let hosted = entry.origin.column();
+    let existing: Option<i64> = tx
+        .prepare_cached(
+            "SELECT id FROM package WHERE repository = ?1 AND name = ?2 AND hosted = ?3",
+        )?
+        .query_row(params![entry.repository, name, hosted], |r| r.get(0))
+        .optional()?;
+    // A package new to the catalog has nothing to keep or delete: a bulk
+    // load (which runs without the requirement index) skips both.
     let mut kept: std::collections::HashMap<String, (i64, bool)> = Default::default();
-    {
-        let mut stmt = tx.prepare_cached(
-            "SELECT version, first_seen, has_docs FROM release WHERE package_id = ?1",
-        )?;
-        for row in stmt.query_map([id], |r| {
-            Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?)))
-        })? {
-            let (version, facts) = row?;
-            kept.insert(version, facts);
+    let id = match existing {
+        None => {
+            tx.prepare_cached(
+                "INSERT INTO package (repository, name, hosted, updated_at, first_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                entry.repository,
+                name,
+                hosted,
+                updated_at,
+                now as i64
+            ])?;
+            tx.last_insert_rowid()
         }
-    }
-    tx.prepare_cached("DELETE FROM release WHERE package_id = ?1")?
-        .execute([id])?;
-    tx.prepare_cached("DELETE FROM requirement WHERE package_id = ?1")?
-        .execute([id])?;
+        Some(id) => {
+            tx.prepare_cached(
+                "UPDATE package SET updated_at = coalesce(?2, updated_at) WHERE id = ?1",
+            )?
+            .execute(params![id, updated_at])?;
+            let mut stmt = tx.prepare_cached(
+                "SELECT version, first_seen, has_docs FROM release WHERE package_id = ?1",
+            )?;
+            for row in stmt.query_map([id], |r| {
+                Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?)))
+            })? {
+                let (version, facts) = row?;
+                kept.insert(version, facts);
+            }
+            tx.prepare_cached("DELETE FROM release WHERE package_id = ?1")?
+                .execute([id])?;
+            tx.prepare_cached("DELETE FROM requirement WHERE package_id = ?1")?
+                .execute([id])?;
+            id
+        }
+    };
     for release in &entry.record.releases {
         let (first_seen, has_docs) = kept.remove(&release.version).unwrap_or((now as i64, false));
         let retired = release

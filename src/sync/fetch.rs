@@ -84,6 +84,8 @@ pub(super) struct Ctx {
     pub tarball_slots: Arc<Semaphore>,
     /// The catalog, unless it could not be opened (the sync goes on).
     pub catalog: Option<crate::catalog::Catalog>,
+    /// Tarball metadata for the catalog, written in batches.
+    pub notes: Option<Arc<crate::catalog::NoteBatch>>,
 }
 
 /// A package whose record and every tarball are verified and stored.
@@ -366,8 +368,8 @@ async fn fetch_tarball(
     let (file, metadata) = fetched.map_err(|e: ReleaseError| fail(e.kind(), &e))?;
     // The catalog learns the tarball's metadata now, keyed by its hash: true
     // of these bytes whether or not this sync publishes them.
-    if let Some(catalog) = &ctx.catalog {
-        catalog.note_tarball(file.sha256, metadata).await;
+    if let Some(notes) = &ctx.notes {
+        notes.note(file.sha256, &metadata).await;
     }
     Ok(())
 }

@@ -190,7 +190,10 @@ pub async fn run(config: &Config, progress: &Progress) -> Result<Summary, SyncEr
     let db = Db::open(&config.data_dir)?;
     let upstream =
         Upstream::new(&config.upstream, config.mirror.concurrency).map_err(SyncError::Client)?;
+    let catalog = open_catalog(&config.data_dir);
     let ctx = Ctx {
+        notes: catalog.as_ref().map(|c| Arc::new(c.batch())),
+        catalog,
         store: Arc::new(store),
         db,
         upstream,
@@ -199,10 +202,15 @@ pub async fn run(config: &Config, progress: &Progress) -> Result<Summary, SyncEr
         limits: Arc::new(tarball::Limits::default()),
         max_registry: config.upstream.max_registry_bytes,
         tarball_slots: Arc::new(Semaphore::new(config.mirror.concurrency * 2)),
-        catalog: open_catalog(&config.data_dir),
     };
     let sync_id = ctx.db.call(|c| db::start_sync(c)).await?;
     let result = sync(&ctx, config, progress).await;
+    // Metadata of tarballs fetched by a sync that stopped early: true of
+    // their bytes, and a later sync does not fetch them again.
+    if let Some(notes) = &ctx.notes {
+        notes.flush().await;
+        notes.log_totals();
+    }
     progress.finish();
     let mut summary = match result {
         Ok(s) => s,
@@ -512,6 +520,9 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
         })
         .await?;
     (summary.removed, summary.quarantined) = removed.0;
+    if let Some(notes) = &ctx.notes {
+        notes.flush().await;
+    }
     if let Some(catalog) = &ctx.catalog {
         let (store, catalog, cfg, gone) = (
             ctx.store.clone(),
