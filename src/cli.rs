@@ -73,6 +73,13 @@ pub enum Command {
     /// Manage API tokens (stored hashed in the state database).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Users: who owns packages and belongs to organizations.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Organizations: private repositories of ours, held in the state
+    /// database, served at /repos/ORG, with members.
+    #[command(subcommand)]
+    Org(OrgCommand),
     /// Air-gap bundles: export on the connected side, import on the far
     /// side, verify on either.
     #[command(subcommand)]
@@ -180,6 +187,59 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is not a size: use bytes, or 700M, 4G, fat32"))
 }
 
+/// `hexmirror user ...`
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user (token-only: give it tokens with `hexmirror token
+    /// create --user NAME`).
+    Create {
+        /// Lowercase letters, digits and `_`; not an organization's name.
+        name: String,
+        /// A server administrator.
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+/// `hexmirror org ...`
+#[derive(Debug, Subcommand)]
+pub enum OrgCommand {
+    /// Create an organization (private; `serve` picks it up at once when
+    /// created over the API, at its next start or SIGHUP from here).
+    Create {
+        /// Lowercase letters, digits and `_`; not a repository's, a user's
+        /// or another organization's name.
+        name: String,
+        /// Its first admin, an existing user.
+        #[arg(long, value_name = "USER")]
+        admin: Option<String>,
+    },
+    /// List organizations and their members.
+    List,
+    /// Delete an organization that has no package.
+    Delete {
+        /// The organization.
+        name: String,
+    },
+    /// Add a member, or change a member's role.
+    Member {
+        /// The organization.
+        org: String,
+        /// The user.
+        user: String,
+        /// admin, write or read.
+        #[arg(long, default_value = "read")]
+        role: String,
+    },
+    /// Remove a member.
+    RemoveMember {
+        /// The organization.
+        org: String,
+        /// The user.
+        user: String,
+    },
+}
+
 /// `hexmirror token ...`
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
@@ -219,7 +279,12 @@ const EXIT_CONFIG: u8 = 2;
 
 /// Runs the parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    let config = match Config::load(cli.config.as_deref()) {
+    // Organizations are repositories held in the state database: every
+    // command sees them beside the configured ones.
+    let loaded = Config::load(cli.config.as_deref())
+        .map_err(|e| e.to_string())
+        .and_then(|c| crate::accounts::load_with_orgs(c).map_err(|e| e.to_string()));
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hexmirror: {e}");
@@ -253,6 +318,8 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Gc => run_gc(&config).await,
             Command::Status => run_status(&config).await,
             Command::Token(t) => run_token(&config, t).await,
+            Command::User(u) => run_user(&config, u).await,
+            Command::Org(o) => run_org(&config, o).await,
             Command::Bundle(b) => run_bundle(&config, b).await,
             Command::Catalog(CatalogCommand::Rebuild) => run_catalog_rebuild(&config).await,
             Command::Downloads(DownloadsCommand::Import { log }) => {
@@ -587,6 +654,155 @@ fn parse_scope(text: &str) -> anyhow::Result<crate::auth::Scope> {
     Ok(scope)
 }
 
+/// Appends a CLI action to the audit log.
+fn cli_audit(
+    c: &rusqlite::Connection,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) -> rusqlite::Result<()> {
+    crate::hosted::db::audit(
+        c,
+        &crate::hosted::db::AuditEntry {
+            at: crate::clock::unix_now() as i64,
+            actor: "cli".into(),
+            token: None,
+            action: action.into(),
+            target: target.into(),
+            detail: detail.to_string(),
+            client: None,
+        },
+    )
+}
+
+fn open_state_db(config: &Config) -> anyhow::Result<crate::store::Db> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    Ok(crate::store::Db::open(&config.data_dir)?)
+}
+
+async fn run_user(config: &Config, command: UserCommand) -> anyhow::Result<ExitCode> {
+    let db = open_state_db(config)?;
+    let UserCommand::Create { name, admin } = command;
+    let now = crate::clock::unix_now() as i64;
+    let created = db
+        .call(move |c| {
+            let made = crate::accounts::db::create_user(c, &name, admin, now);
+            if let Ok(u) = &made {
+                cli_audit(
+                    c,
+                    "user.create",
+                    &u.name,
+                    serde_json::json!({"admin": admin}),
+                )?;
+            }
+            Ok(made)
+        })
+        .await??;
+    eprintln!("created user {:?}", created.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_org(config: &Config, command: OrgCommand) -> anyhow::Result<ExitCode> {
+    use crate::accounts::db as adb;
+    let db = open_state_db(config)?;
+    let now = crate::clock::unix_now() as i64;
+    match command {
+        OrgCommand::Create { name, admin } => {
+            if config.signing.key.is_none() {
+                anyhow::bail!(
+                    "an organization is a repository of ours, signed with our key: run \
+                     `hexmirror keygen --out DIR` and set signing.key"
+                );
+            }
+            let taken = crate::accounts::taken_names(config);
+            let org = db
+                .call(move |c| {
+                    let made = adb::create_org(c, &name, admin.as_deref(), &taken, now);
+                    if let Ok(o) = &made {
+                        cli_audit(
+                            c,
+                            "org.create",
+                            &o.name,
+                            serde_json::json!({"admin": admin}),
+                        )?;
+                    }
+                    Ok(made)
+                })
+                .await??;
+            eprintln!(
+                "created organization {:?}; a running `serve` picks it up on SIGHUP",
+                org.name
+            );
+        }
+        OrgCommand::List => {
+            let listed = db
+                .call(|c| {
+                    adb::orgs(c)?
+                        .into_iter()
+                        .map(|o| Ok((adb::members(c, &o.name)?, o)))
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .await?;
+            for (members, org) in listed {
+                let members: Vec<String> = members
+                    .iter()
+                    .map(|m| format!("{}:{}", m.username, m.role))
+                    .collect();
+                println!("{}\t{}", org.name, members.join(" "));
+            }
+        }
+        OrgCommand::Delete { name } => {
+            db.call(move |c| {
+                let done = adb::delete_org(c, &name);
+                if done.is_ok() {
+                    cli_audit(c, "org.delete", &name, serde_json::json!({}))?;
+                }
+                Ok(done)
+            })
+            .await??;
+        }
+        OrgCommand::Member { org, user, role } => {
+            let role = crate::auth::Access::parse(&role)
+                .ok_or_else(|| crate::accounts::AccountError::BadRole(role.clone()))?;
+            db.call(move |c| {
+                let done = adb::set_member(c, &org, &user, role, now);
+                if done.is_ok() {
+                    cli_audit(
+                        c,
+                        "org.member.set",
+                        &format!("{org}/{user}"),
+                        serde_json::json!({"role": role}),
+                    )?;
+                }
+                Ok(done)
+            })
+            .await??;
+        }
+        OrgCommand::RemoveMember { org, user } => {
+            let removed = db
+                .call(move |c| {
+                    let done = adb::remove_member(c, &org, &user);
+                    if let Ok(true) = done {
+                        cli_audit(
+                            c,
+                            "org.member.remove",
+                            &format!("{org}/{user}"),
+                            serde_json::json!({}),
+                        )?;
+                    }
+                    Ok(done)
+                })
+                .await??;
+            if !removed {
+                eprintln!("no such member");
+                return Ok(ExitCode::from(EXIT_SYNC_FAILED));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn run_token(config: &Config, command: TokenCommand) -> anyhow::Result<ExitCode> {
     use crate::hosted::db as hdb;
     std::fs::create_dir_all(&config.data_dir)
@@ -723,7 +939,12 @@ async fn reload_on_sighup(
             tracing::info!("SIGHUP: running on the embedded default, nothing to reload");
             continue;
         };
-        let loaded = tokio::task::spawn_blocking(move || Config::load(Some(&path))).await;
+        let loaded = tokio::task::spawn_blocking(move || {
+            Config::load(Some(&path))
+                .map_err(|e| e.to_string())
+                .and_then(|c| crate::accounts::load_with_orgs(c).map_err(|e| e.to_string()))
+        })
+        .await;
         match loaded {
             Ok(Ok(new)) => {
                 if new.listen != running.listen || new.data_dir != running.data_dir {

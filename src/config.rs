@@ -291,6 +291,9 @@ pub struct RepositoryConfig {
     /// the upstream package of such a name is never served in this
     /// repository, and publishing any other upstream name is refused.
     pub reserved: Vec<String>,
+    /// An organization (held in the state database, see `accounts`), not a
+    /// `[[repository]]` of the config file.
+    pub org: bool,
 }
 
 impl RepositoryConfig {
@@ -704,6 +707,7 @@ impl Config {
                 deny,
                 private: raw_repo.private,
                 reserved: raw_repo.reserved,
+                org: false,
             });
         }
         if !repositories.is_empty() && signing.key.is_none() {

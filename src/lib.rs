@@ -13,6 +13,7 @@
 //! - [`plan`]: PURE. What a sync fetches, keeps and removes, from the index and the state.
 //! - [`sync`]: runs a mirror sync, publishing one new generation.
 //! - [`hosted`]: private packages published through the API: state, records, the writer.
+//! - [`accounts`]: users, organizations (repositories held in the database) and members.
 //! - [`index`]: PURE. Builds the curated, re-signed files of our own repositories.
 //! - [`keyfiles`]: key files on disk (mode 0600, never overwritten).
 //! - [`server`]: the read-only HTTP server over the served tree.
@@ -29,6 +30,7 @@
 //! - [`ui`]: the web UI: server-rendered pages over the read API.
 //! - [`cli`]: the command line, the only place that uses `anyhow`.
 
+pub mod accounts;
 pub mod airgap;
 pub mod api;
 pub mod auth;

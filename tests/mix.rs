@@ -167,12 +167,13 @@ fn unknown_api_routes_answer_in_the_api_error_shape() {
     let env = env_refs(&env);
     let mix = MixClient::new("client", "0.1.0");
 
-    // Organisations are hex.pm's; Hex shows our message, which it can only
-    // read from a `{status, message, errors}` body.
+    // `acme` is a configured repository, not an organization; Hex shows
+    // our message, which it can only read from a `{status, message,
+    // errors}` body.
     let run = mix.run(&["hex.organization", "key", REPO, "list"], &env);
     assert!(
         run.output.contains(&format!(
-            "no API endpoint /api/repos/{REPO}/orgs/{REPO}/keys"
+            "no organization \"{REPO}\" that this key may read"
         )),
         "{}",
         run.output

@@ -31,7 +31,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
 use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap};
 use axum::http::request::Parts;
-use axum::routing::{MethodRouter, any, get, post};
+use axum::routing::{MethodRouter, any, delete, get, post};
 use rand::rngs::OsRng;
 
 pub use gate::Gate;
@@ -88,6 +88,18 @@ impl ApiState {
     /// The configuration now in force.
     pub fn config(&self) -> Arc<Config> {
         Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Changes the configuration in force (for the writer too), atomically
+    /// with any other change: an organization created or deleted.
+    pub fn update_config(&self, change: impl FnOnce(&mut Config)) {
+        let mut guard = self.config.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = (**guard).clone();
+        change(&mut next);
+        if let Some(p) = &self.publisher {
+            p.set_config(next.clone());
+        }
+        *guard = Arc::new(next);
     }
 
     /// Swaps in a reloaded configuration (for the writer too).
@@ -165,19 +177,47 @@ impl ApiState {
             Some(_) => None,
         };
         if let Some(message) = refusal {
-            if let Some(ip) = client {
+            let expired = found
+                .as_ref()
+                .is_some_and(|t| t.revoked_at.is_none() && t.expires_at.is_some());
+            if let Some(ip) = client
+                && !expired
+            {
                 self.limiter
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .record_failure(&ip, now);
             }
             tracing::info!(client = ?client, "refused API key: {message}");
-            return Err(Reply::error(StatusCode::UNAUTHORIZED, message));
+            let reply = Reply::error(StatusCode::UNAUTHORIZED, message);
+            // Hex refreshes or exchanges its OAuth token again on this.
+            return Err(if expired {
+                reply.with_header(
+                    header::WWW_AUTHENTICATE,
+                    "Bearer realm=\"hex\", error=\"token_expired\"".to_owned(),
+                )
+            } else {
+                reply
+            });
         }
-        if let Some(t) = &found {
-            log::note_token(&t.name);
+        let Some(mut t) = found else {
+            return Ok(None);
+        };
+        log::note_token(&t.name);
+        // Organizations through membership: the rows as they are now, so a
+        // member removed loses access on the next request.
+        if t.scopes.iter().any(|s| s.repository == auth::scope::MEMBER) {
+            let user = t.username.clone();
+            let memberships = publisher
+                .db()
+                .call(move |c| crate::accounts::db::memberships(c, &user))
+                .await
+                .map_err(|e| Reply::internal(format!("membership lookup failed: {e}")))?;
+            let roles: Vec<(String, auth::Access)> =
+                memberships.into_iter().map(|m| (m.org, m.role)).collect();
+            t.scopes = auth::scope::expand_members(&t.scopes, &roles);
         }
-        Ok(found)
+        Ok(Some(t))
     }
 }
 
@@ -297,7 +337,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .saturating_add(64 * 1024);
     let mut r = Router::new();
     for prefix in ["/api", "/api/repos/{repo}"] {
-        let routes: [(&str, MethodRouter<Arc<ApiState>>); 17] = [
+        let routes: [(&str, MethodRouter<Arc<ApiState>>); 24] = [
             ("/publish", post(h::publish)),
             ("/packages", get(h::list_packages)),
             ("/packages/{name}", get(h::get_package)),
@@ -326,6 +366,24 @@ pub fn router(state: Arc<ApiState>) -> Router {
             ("/keys", get(h::list_keys).post(h::create_key)),
             ("/keys/{key}", get(h::get_key).delete(h::delete_key)),
             ("/audit-logs", get(h::audit_logs)),
+            ("/orgs", get(h::list_orgs).post(h::create_org)),
+            ("/orgs/{org}", get(h::get_org).delete(h::delete_org)),
+            (
+                "/orgs/{org}/members",
+                get(h::list_members).post(h::put_member),
+            ),
+            (
+                "/orgs/{org}/members/{user}",
+                get(h::get_member)
+                    .post(h::put_member)
+                    .delete(h::remove_member),
+            ),
+            (
+                "/orgs/{org}/keys",
+                get(h::list_org_keys).post(h::create_org_key),
+            ),
+            ("/orgs/{org}/keys/{key}", delete(h::delete_org_key)),
+            ("/oauth/token", post(h::oauth_token)),
             // Last, so every route above wins over it.
             ("/{*rest}", any(h::not_found)),
         ];

@@ -17,6 +17,12 @@ use crate::version::{Requirement, RequirementError, Version};
 /// turns a package name into a prefix.
 const ANY: &str = "*";
 
+/// The repository of a scope that stands for every organization its
+/// token's user belongs to, at the lower of the scope's access and the
+/// member's role. It grants nothing until [`expand_members`] replaces it
+/// with the live memberships, at each authentication.
+pub const MEMBER: &str = "@member";
+
 /// How much a scope allows; `Admin` includes `Write`, which includes `Read`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -143,7 +149,7 @@ pub enum ScopeError {
 impl Scope {
     /// Checks names, patterns and the version limit; see [`ScopeError`].
     pub fn validate(&self) -> Result<(), ScopeError> {
-        if self.repository != ANY && !is_name(&self.repository) {
+        if self.repository != ANY && self.repository != MEMBER && !is_name(&self.repository) {
             return Err(ScopeError::BadRepository(self.repository.clone()));
         }
         let package_ok = self.package == ANY
@@ -222,6 +228,27 @@ pub fn allows(scopes: &[Scope], repository: &str, package: Option<&str>, access:
                 None => access == Access::Read || scope.package == ANY,
             }
     })
+}
+
+/// `scopes` with each [`MEMBER`] scope replaced by one per membership
+/// `(organization, role)`: that organization, at the lower of the scope's
+/// access and the role, with the scope's package pattern and version limit.
+pub fn expand_members(scopes: &[Scope], memberships: &[(String, Access)]) -> Vec<Scope> {
+    let mut out = Vec::with_capacity(scopes.len());
+    for scope in scopes {
+        if scope.repository != MEMBER {
+            out.push(scope.clone());
+            continue;
+        }
+        for (org, role) in memberships {
+            out.push(Scope {
+                repository: org.clone(),
+                access: scope.access.min(*role),
+                ..scope.clone()
+            });
+        }
+    }
+    out
 }
 
 /// Whether some scope lets this release be read: it covers the repository

@@ -109,6 +109,25 @@ fn now() -> i64 {
     crate::clock::unix_now() as i64
 }
 
+/// Users, organizations and members (queried by `accounts::db`).
+pub const ACCOUNTS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY, admin INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS orgs (name TEXT PRIMARY KEY, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS org_members (
+    org TEXT NOT NULL, username TEXT NOT NULL,
+    role TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+    PRIMARY KEY (org, username));
+-- Users from before accounts: every token's user and every owner of a
+-- hosted package becomes a user (idempotent; an organization's keys are
+-- tokens of the organization, not of a user).
+INSERT OR IGNORE INTO users (name, created_at)
+    SELECT username, min(created_at) FROM tokens WHERE username NOT IN (SELECT name FROM orgs)
+    GROUP BY username;
+INSERT OR IGNORE INTO users (name, created_at)
+    SELECT DISTINCT username, 0 FROM hosted_owners WHERE username NOT IN (SELECT name FROM orgs);
+";
+
 impl Db {
     /// Opens or creates `DATA_DIR/hexmirror.db`.
     pub fn open(data_dir: &Path) -> Result<Self, DbError> {
@@ -121,6 +140,7 @@ impl Db {
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(wrap)?;
         conn.execute_batch(SCHEMA).map_err(wrap)?;
+        conn.execute_batch(ACCOUNTS_SCHEMA).map_err(wrap)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             path,

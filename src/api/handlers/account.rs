@@ -71,7 +71,7 @@ pub(in crate::api) async fn me(
     .await
 }
 
-fn key_json(base: &str, t: &TokenRow, secret: Option<&str>) -> Value {
+pub(super) fn key_json(base: &str, t: &TokenRow, secret: Option<&str>) -> Value {
     json!({
         "name": t.name,
         "username": t.username,
@@ -172,29 +172,16 @@ pub(in crate::api) async fn create_key(
 ) -> Rendered {
     answer(&headers, async {
         let req = request(state, &headers, client, &BTreeMap::new()).await?;
-        let parent = req.token()?.clone();
+        let parent = req.stored_token().await?;
         let body = wire::decode_body(&headers, &body)?;
-        let name = body
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let perms: Vec<HexPermission> = match body.get("permissions") {
-            None => vec![HexPermission {
-                domain: "api".into(),
-                resource: None,
-                access: None,
-                versions: None,
-            }],
-            Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
-                Reply::error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("permissions: {e}"),
-                )
-            })?,
+        let name = text_field(&body, "name");
+        let default = HexPermission {
+            domain: "api".into(),
+            resource: None,
+            access: None,
+            versions: None,
         };
-        let mut scopes = auth::scopes_from_permissions(&perms)
-            .map_err(|e| Reply::error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+        let (perms, mut scopes) = body_permissions(&body, default)?;
         // `api` (full access on hex.pm) means "everything I have" here.
         if perms
             .iter()
@@ -216,10 +203,7 @@ pub(in crate::api) async fn create_key(
         let created = req
             .db(move |c| Ok(create_token(c, &name, &user, scopes, expires_at, Some(&p2))))
             .await?;
-        let (secret, row) = created.map_err(|e| match e {
-            e @ TokenError::Db(_) => internal_error(&e),
-            e => Reply::error(e.status(), e.to_string()),
-        })?;
+        let (secret, row) = created.map_err(token_error)?;
         req.audit(
             "key.generate",
             row.name.clone(),

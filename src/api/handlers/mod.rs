@@ -5,10 +5,17 @@
 //! keys, the audit log); this file holds what they share.
 
 mod account;
+mod oauth;
+mod orgs;
 mod packages;
 mod releases;
 
 pub(super) use account::{audit_logs, auth_test, create_key, delete_key, get_key, list_keys, me};
+pub(super) use oauth::oauth_token;
+pub(super) use orgs::{
+    create_org, create_org_key, delete_org, delete_org_key, get_member, get_org, list_members,
+    list_org_keys, list_orgs, put_member, remove_member,
+};
 pub(super) use packages::{
     add_owner, dependents, get_owner, get_package, get_repo, list_owners, list_packages,
     list_repos, remove_owner, stats,
@@ -124,6 +131,16 @@ impl Request {
         })
     }
 
+    /// The caller's token as stored, its `@member` scopes unexpanded: what
+    /// a token it creates inherits, so that the child follows the
+    /// memberships too.
+    async fn stored_token(&self) -> Result<TokenRow, Reply> {
+        let id = self.token()?.id.clone();
+        self.db(move |c| hdb::token(c, &id))
+            .await?
+            .ok_or_else(|| Reply::internal("an authenticated key vanished"))
+    }
+
     /// The token, if it may `access` `package` (or the whole repository).
     fn need(&self, repo: &str, package: Option<&str>, access: Access) -> Result<&TokenRow, Reply> {
         let token = self.token()?;
@@ -188,7 +205,14 @@ impl Request {
     }
 
     async fn audit(&self, action: &str, target: String, detail: Value) -> Result<(), Reply> {
-        let entry = AuditEntry {
+        let entry = self.audit_entry(action, target, detail);
+        self.db(move |c| hdb::audit(c, &entry)).await
+    }
+
+    /// An audit-log entry of this request's caller, to write in the same
+    /// transaction as the change it records.
+    fn audit_entry(&self, action: &str, target: String, detail: Value) -> AuditEntry {
+        AuditEntry {
             at: unix_now() as i64,
             actor: self.actor(false).user,
             token: self.token.as_ref().map(|t| t.id.clone()),
@@ -196,8 +220,7 @@ impl Request {
             target,
             detail: detail.to_string(),
             client: self.client.map(|c| c.to_string()),
-        };
-        self.db(move |c| hdb::audit(c, &entry)).await
+        }
     }
 
     fn release_url(&self, name: &str, version: &str) -> String {
@@ -643,6 +666,38 @@ impl Request {
 
 /// The answer to a failure the client cannot fix: the details go to the
 /// server log only (the logging middleware writes them).
+/// The `permissions` of a key-creating body (`default` when absent), and
+/// the scopes they grant.
+fn body_permissions(
+    body: &Value,
+    default: HexPermission,
+) -> Result<(Vec<HexPermission>, Vec<Scope>), Reply> {
+    let unprocessable = |m: String| Reply::error(StatusCode::UNPROCESSABLE_ENTITY, m);
+    let perms: Vec<HexPermission> = match body.get("permissions") {
+        None => vec![default],
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| unprocessable(format!("permissions: {e}")))?,
+    };
+    let scopes = auth::scopes_from_permissions(&perms).map_err(|e| unprocessable(e.to_string()))?;
+    Ok((perms, scopes))
+}
+
+/// Text field `key` of a request body, empty when absent or not text.
+fn text_field(body: &Value, key: &str) -> String {
+    body.get(key)
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// The answer to a token the database would not create.
+fn token_error(e: TokenError) -> Reply {
+    match e {
+        e @ TokenError::Db(_) => internal_error(&e),
+        e => Reply::error(e.status(), e.to_string()),
+    }
+}
+
 fn internal_error(e: &dyn std::fmt::Display) -> Reply {
     Reply::internal(format!("hosted package change failed: {e}"))
 }

@@ -1,0 +1,414 @@
+//! Users, organizations and members in the state database (blocking
+//! queries; callers run them on the blocking pool).
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::auth::Access;
+use crate::registry::PackageName;
+
+/// The tables (created with the rest of the state database).
+pub use crate::store::db::ACCOUNTS_SCHEMA as SCHEMA;
+
+/// Why an account change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// Not a valid name.
+    #[error("{0:?} is not a valid name: lowercase letters, digits and `_`, starting with a letter")]
+    BadName(String),
+    /// The name is a configured repository, the upstream's, a user's or
+    /// another organization's.
+    #[error("the name {name:?} is taken ({by}); choose another")]
+    Taken {
+        /// The name.
+        name: String,
+        /// What has it.
+        by: &'static str,
+    },
+    /// No such organization.
+    #[error("no organization {0:?}")]
+    NoOrg(String),
+    /// No such user.
+    #[error("no user {0:?}: create it with `hexmirror user create {0}`")]
+    NoUser(String),
+    /// An organization with packages cannot be deleted.
+    #[error("organization {0:?} still has packages; revert or move them first")]
+    NotEmpty(String),
+    /// The last admin of an organization cannot leave or be demoted.
+    #[error("{user:?} is the last admin of {org:?}; make another member admin first")]
+    LastAdmin {
+        /// The organization.
+        org: String,
+        /// The member.
+        user: String,
+    },
+    /// Not a role.
+    #[error("{0:?} is not a role: admin, write or read")]
+    BadRole(String),
+    /// The state database.
+    #[error(transparent)]
+    Db(#[from] crate::store::DbError),
+    /// A query failed.
+    #[error("state database: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// A user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// The user name.
+    pub name: String,
+    /// A server administrator.
+    pub admin: bool,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// An organization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Org {
+    /// Its name, also its repository's.
+    pub name: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A member of an organization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The organization.
+    pub org: String,
+    /// The user.
+    pub username: String,
+    /// What the member may do in it.
+    pub role: Access,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds of the last role change.
+    pub updated_at: i64,
+}
+
+fn checked_name(name: &str) -> Result<(), AccountError> {
+    PackageName::parse(name)
+        .map(|_| ())
+        .map_err(|_| AccountError::BadName(name.to_owned()))
+}
+
+/// Creates user `name`.
+pub fn create_user(
+    c: &Connection,
+    name: &str,
+    admin: bool,
+    now: i64,
+) -> Result<User, AccountError> {
+    checked_name(name)?;
+    if org(c, name)?.is_some() {
+        return Err(AccountError::Taken {
+            name: name.into(),
+            by: "an organization",
+        });
+    }
+    if user(c, name)?.is_some() {
+        return Err(AccountError::Taken {
+            name: name.into(),
+            by: "a user",
+        });
+    }
+    c.execute(
+        "INSERT INTO users (name, admin, created_at) VALUES (?1, ?2, ?3)",
+        params![name, admin, now],
+    )?;
+    Ok(User {
+        name: name.into(),
+        admin,
+        created_at: now,
+    })
+}
+
+/// User `name`.
+pub fn user(c: &Connection, name: &str) -> rusqlite::Result<Option<User>> {
+    c.query_row(
+        "SELECT name, admin, created_at FROM users WHERE name = ?1",
+        [name],
+        |r| {
+            Ok(User {
+                name: r.get(0)?,
+                admin: r.get(1)?,
+                created_at: r.get(2)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// Creates organization `name`, with `admin` (a user) as its first admin.
+/// `taken` names what the name may not be (configured repositories, the
+/// upstream's name).
+pub fn create_org(
+    c: &mut Connection,
+    name: &str,
+    admin: Option<&str>,
+    taken: &[String],
+    now: i64,
+) -> Result<Org, AccountError> {
+    checked_name(name)?;
+    if taken.iter().any(|t| t == name) {
+        return Err(AccountError::Taken {
+            name: name.into(),
+            by: "a configured repository",
+        });
+    }
+    let tx = c.transaction()?;
+    if org(&tx, name)?.is_some() {
+        return Err(AccountError::Taken {
+            name: name.into(),
+            by: "an organization",
+        });
+    }
+    if user(&tx, name)?.is_some() {
+        return Err(AccountError::Taken {
+            name: name.into(),
+            by: "a user",
+        });
+    }
+    tx.execute(
+        "INSERT INTO orgs (name, created_at) VALUES (?1, ?2)",
+        params![name, now],
+    )?;
+    if let Some(admin) = admin {
+        if user(&tx, admin)?.is_none() {
+            return Err(AccountError::NoUser(admin.into()));
+        }
+        tx.execute(
+            "INSERT INTO org_members (org, username, role, created_at, updated_at)
+             VALUES (?1, ?2, 'admin', ?3, ?3)",
+            params![name, admin, now],
+        )?;
+    }
+    tx.commit()?;
+    Ok(Org {
+        name: name.into(),
+        created_at: now,
+    })
+}
+
+/// Every organization, by name.
+pub fn orgs(c: &Connection) -> rusqlite::Result<Vec<Org>> {
+    c.prepare("SELECT name, created_at FROM orgs ORDER BY name")?
+        .query_map([], |r| {
+            Ok(Org {
+                name: r.get(0)?,
+                created_at: r.get(1)?,
+            })
+        })?
+        .collect()
+}
+
+/// Organization `name`.
+pub fn org(c: &Connection, name: &str) -> rusqlite::Result<Option<Org>> {
+    c.query_row(
+        "SELECT name, created_at FROM orgs WHERE name = ?1",
+        [name],
+        |r| {
+            Ok(Org {
+                name: r.get(0)?,
+                created_at: r.get(1)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// Deletes organization `name`, which must have no hosted release.
+pub fn delete_org(c: &mut Connection, name: &str) -> Result<(), AccountError> {
+    let tx = c.transaction()?;
+    if org(&tx, name)?.is_none() {
+        return Err(AccountError::NoOrg(name.into()));
+    }
+    let releases: i64 = tx.query_row(
+        "SELECT count(*) FROM hosted_releases WHERE repository = ?1",
+        [name],
+        |r| r.get(0),
+    )?;
+    if releases > 0 {
+        return Err(AccountError::NotEmpty(name.into()));
+    }
+    tx.execute("DELETE FROM org_members WHERE org = ?1", [name])?;
+    tx.execute("DELETE FROM orgs WHERE name = ?1", [name])?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn member_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Member> {
+    let role: String = r.get(2)?;
+    Ok(Member {
+        org: r.get(0)?,
+        username: r.get(1)?,
+        // Written only through `set_member`, which takes an `Access`.
+        role: Access::parse(&role).unwrap_or(Access::Read),
+        created_at: r.get(3)?,
+        updated_at: r.get(4)?,
+    })
+}
+
+const MEMBER_COLUMNS: &str = "org, username, role, created_at, updated_at";
+
+/// The members of `org`, by name.
+pub fn members(c: &Connection, org: &str) -> rusqlite::Result<Vec<Member>> {
+    c.prepare(&format!(
+        "SELECT {MEMBER_COLUMNS} FROM org_members WHERE org = ?1 ORDER BY username"
+    ))?
+    .query_map([org], member_row)?
+    .collect()
+}
+
+/// `user`'s membership of `org`.
+pub fn member(c: &Connection, org: &str, user: &str) -> rusqlite::Result<Option<Member>> {
+    c.query_row(
+        &format!("SELECT {MEMBER_COLUMNS} FROM org_members WHERE org = ?1 AND username = ?2"),
+        [org, user],
+        member_row,
+    )
+    .optional()
+}
+
+/// Every organization `user` belongs to.
+pub fn memberships(c: &Connection, user: &str) -> rusqlite::Result<Vec<Member>> {
+    c.prepare_cached(&format!(
+        "SELECT {MEMBER_COLUMNS} FROM org_members WHERE username = ?1 ORDER BY org"
+    ))?
+    .query_map([user], member_row)?
+    .collect()
+}
+
+/// Makes `user` a member of `org` with `role` (or changes the role).
+pub fn set_member(
+    c: &mut Connection,
+    org: &str,
+    user: &str,
+    role: Access,
+    now: i64,
+) -> Result<Member, AccountError> {
+    let tx = c.transaction()?;
+    if self::org(&tx, org)?.is_none() {
+        return Err(AccountError::NoOrg(org.into()));
+    }
+    if self::user(&tx, user)?.is_none() {
+        return Err(AccountError::NoUser(user.into()));
+    }
+    if role != Access::Admin {
+        last_admin_check(&tx, org, user)?;
+    }
+    tx.execute(
+        "INSERT INTO org_members (org, username, role, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?4)
+         ON CONFLICT (org, username) DO UPDATE SET role = ?3, updated_at = ?4",
+        params![org, user, role.as_str(), now],
+    )?;
+    let m = member(&tx, org, user)?.ok_or_else(|| AccountError::NoUser(user.into()))?;
+    tx.commit()?;
+    Ok(m)
+}
+
+/// Removes `user` from `org`; `false` when it was no member.
+pub fn remove_member(c: &mut Connection, org: &str, user: &str) -> Result<bool, AccountError> {
+    let tx = c.transaction()?;
+    last_admin_check(&tx, org, user)?;
+    let n = tx.execute(
+        "DELETE FROM org_members WHERE org = ?1 AND username = ?2",
+        [org, user],
+    )?;
+    tx.commit()?;
+    Ok(n > 0)
+}
+
+/// Refuses to leave `org` without an admin by taking `user`'s role away.
+fn last_admin_check(c: &Connection, org: &str, user: &str) -> Result<(), AccountError> {
+    let admins: Vec<String> = c
+        .prepare("SELECT username FROM org_members WHERE org = ?1 AND role = 'admin'")?
+        .query_map([org], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if admins.len() == 1 && admins[0] == user {
+        return Err(AccountError::LastAdmin {
+            org: org.into(),
+            user: user.into(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(
+            "CREATE TABLE tokens (username TEXT, created_at INTEGER);
+             CREATE TABLE hosted_owners (username TEXT);
+             CREATE TABLE hosted_releases (repository TEXT);",
+        )
+        .unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        c
+    }
+
+    #[test]
+    fn names_are_one_namespace_and_an_org_keeps_an_admin() {
+        let mut c = db();
+        create_user(&c, "alice", false, 1).unwrap();
+        create_user(&c, "bob", false, 1).unwrap();
+        assert!(matches!(
+            create_user(&c, "Alice", false, 1),
+            Err(AccountError::BadName(_))
+        ));
+        assert!(matches!(
+            create_org(&mut c, "alice", None, &[], 1),
+            Err(AccountError::Taken { .. })
+        ));
+        assert!(matches!(
+            create_org(&mut c, "acme", None, &["acme".into()], 1),
+            Err(AccountError::Taken { .. })
+        ));
+        assert!(matches!(
+            create_org(&mut c, "acme", Some("nobody"), &[], 1),
+            Err(AccountError::NoUser(_))
+        ));
+        assert!(
+            org(&c, "acme").unwrap().is_none(),
+            "a refused create leaves nothing"
+        );
+        create_org(&mut c, "acme", Some("alice"), &[], 2).unwrap();
+        assert!(matches!(
+            create_user(&c, "acme", false, 1),
+            Err(AccountError::Taken { .. })
+        ));
+        // The last admin can neither leave nor be demoted.
+        assert!(matches!(
+            set_member(&mut c, "acme", "alice", Access::Read, 3),
+            Err(AccountError::LastAdmin { .. })
+        ));
+        assert!(matches!(
+            remove_member(&mut c, "acme", "alice"),
+            Err(AccountError::LastAdmin { .. })
+        ));
+        set_member(&mut c, "acme", "bob", Access::Admin, 3).unwrap();
+        assert_eq!(
+            set_member(&mut c, "acme", "alice", Access::Read, 4)
+                .unwrap()
+                .role,
+            Access::Read
+        );
+        assert_eq!(memberships(&c, "alice").unwrap()[0].role, Access::Read);
+        assert!(remove_member(&mut c, "acme", "alice").unwrap());
+        assert!(memberships(&c, "alice").unwrap().is_empty());
+        c.execute("INSERT INTO hosted_releases VALUES ('acme')", [])
+            .unwrap();
+        assert!(matches!(
+            delete_org(&mut c, "acme"),
+            Err(AccountError::NotEmpty(_))
+        ));
+        c.execute("DELETE FROM hosted_releases", []).unwrap();
+        delete_org(&mut c, "acme").unwrap();
+        assert!(orgs(&c).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,428 @@
+//! Organizations (seed 000's `/orgs`): the organization, its members with
+//! their roles, and its keys. A caller who may not read an organization
+//! gets the same 404 as for one that does not exist.
+
+use super::*;
+use crate::accounts::{self, AccountError, db as adb};
+
+/// The answer to an account change the database refused.
+fn account_error(e: AccountError) -> Reply {
+    let status = match &e {
+        AccountError::NoOrg(_) | AccountError::NoUser(_) => StatusCode::NOT_FOUND,
+        AccountError::Db(_) | AccountError::Sql(_) => return internal_error(&e),
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    Reply::error(status, e.to_string())
+}
+
+impl Request {
+    /// Organization `org`, if the caller may `access` it: 404 when it does
+    /// not exist or the caller may not read it, 403 when it may read but
+    /// not `access`.
+    fn org(&self, org: &str, access: Access) -> Result<(), Reply> {
+        let token = self.token()?;
+        let exists = self
+            .config
+            .repositories
+            .iter()
+            .any(|r| r.org && r.name == org);
+        if !exists || !auth::allows(&token.scopes, org, None, Access::Read) {
+            return Err(Reply::error(
+                StatusCode::NOT_FOUND,
+                format!("no organization {org:?} that this key may read"),
+            ));
+        }
+        if !auth::allows(&token.scopes, org, None, access) {
+            return Err(Reply::error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "this needs the {access} role in organization {org}; API key {} has less",
+                    token.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A server administrator: every right on every repository.
+    fn server_admin(&self) -> Result<(), Reply> {
+        let token = self.token()?;
+        if auth::allows(&token.scopes, "*", None, Access::Admin) {
+            Ok(())
+        } else {
+            Err(Reply::error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "only a server administrator may do this; API key {} is not one",
+                    token.name
+                ),
+            ))
+        }
+    }
+
+    fn org_json(&self, o: &adb::Org) -> Value {
+        json!({
+            "name": o.name,
+            "inserted_at": iso(o.created_at),
+            "updated_at": iso(o.created_at),
+            "url": format!("{}/api/orgs/{}", self.base, o.name),
+        })
+    }
+
+    fn member_json(&self, m: &adb::Member) -> Value {
+        json!({
+            "username": m.username,
+            "role": m.role.as_str(),
+            "url": format!("{}/api/users/{}", self.base, m.username),
+            "inserted_at": iso(m.created_at),
+            "updated_at": iso(m.updated_at),
+        })
+    }
+}
+
+pub(in crate::api) async fn list_orgs(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let scopes = req.token()?.scopes.clone();
+        let orgs = req.db(|c| adb::orgs(c)).await?;
+        Ok(Reply::ok(Value::Array(
+            orgs.iter()
+                .filter(|o| auth::allows(&scopes, &o.name, None, Access::Read))
+                .map(|o| req.org_json(o))
+                .collect(),
+        )))
+    })
+    .await
+}
+
+pub(in crate::api) async fn create_org(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(Arc::clone(&state), &headers, client, &p).await?;
+        req.server_admin()?;
+        if req.config.signing.key.is_none() {
+            return Err(Reply::error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "an organization is a repository of ours, signed with our key: set [signing] key",
+            ));
+        }
+        let body = wire::decode_body(&headers, &body)?;
+        let name = text_field(&body, "name");
+        let admin = body.get("admin").and_then(Value::as_str).map(str::to_owned);
+        let taken = accounts::taken_names(&req.config);
+        let entry = req.audit_entry("org.create", name.clone(), json!({"admin": admin}));
+        let made = req
+            .db(move |c| {
+                let made = adb::create_org(c, &name, admin.as_deref(), &taken, entry.at);
+                if made.is_ok() {
+                    hdb::audit(c, &entry)?;
+                }
+                Ok(made)
+            })
+            .await?
+            .map_err(account_error)?;
+        state.update_config(|config| accounts::add_org(config, &made.name));
+        Ok(Reply::new(StatusCode::CREATED, req.org_json(&made)))
+    })
+    .await
+}
+
+pub(in crate::api) async fn get_org(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let org = param(&p, "org").to_owned();
+        req.org(&org, Access::Read)?;
+        let found = req.db(move |c| adb::org(c, &org)).await?;
+        let found =
+            found.ok_or_else(|| account_error(AccountError::NoOrg(param(&p, "org").into())))?;
+        Ok(Reply::ok(req.org_json(&found)))
+    })
+    .await
+}
+
+pub(in crate::api) async fn delete_org(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(Arc::clone(&state), &headers, client, &p).await?;
+        req.server_admin()?;
+        let org = param(&p, "org").to_owned();
+        let entry = req.audit_entry("org.delete", org.clone(), json!({}));
+        let name = org.clone();
+        req.db(move |c| {
+            let done = adb::delete_org(c, &name);
+            if done.is_ok() {
+                hdb::audit(c, &entry)?;
+            }
+            Ok(done)
+        })
+        .await?
+        .map_err(account_error)?;
+        state.update_config(|config| config.repositories.retain(|r| !(r.org && r.name == org)));
+        Ok(Reply::empty(StatusCode::NO_CONTENT))
+    })
+    .await
+}
+
+pub(in crate::api) async fn list_members(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let org = param(&p, "org").to_owned();
+        req.org(&org, Access::Read)?;
+        let members = req.db(move |c| adb::members(c, &org)).await?;
+        Ok(Reply::ok(Value::Array(
+            members.iter().map(|m| req.member_json(m)).collect(),
+        )))
+    })
+    .await
+}
+
+pub(in crate::api) async fn get_member(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let (org, user) = (param(&p, "org").to_owned(), param(&p, "user").to_owned());
+        req.org(&org, Access::Read)?;
+        let (o, u) = (org.clone(), user.clone());
+        let found = req.db(move |c| adb::member(c, &o, &u)).await?;
+        let m = found.ok_or_else(|| {
+            Reply::error(
+                StatusCode::NOT_FOUND,
+                format!("{user:?} is no member of {org}"),
+            )
+        })?;
+        Ok(Reply::ok(req.member_json(&m)))
+    })
+    .await
+}
+
+/// `POST /orgs/ORG/members` with `{name, role}`, and `POST
+/// /orgs/ORG/members/NAME` with `{role}`: adds a member or changes a role.
+pub(in crate::api) async fn put_member(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let org = param(&p, "org").to_owned();
+        req.org(&org, Access::Admin)?;
+        let body = wire::decode_body(&headers, &body)?;
+        let user = match p.get("user") {
+            Some(u) => u.clone(),
+            None => text_field(&body, "name"),
+        };
+        let role_text = body.get("role").and_then(Value::as_str).unwrap_or("read");
+        let role = Access::parse(role_text)
+            .ok_or_else(|| account_error(AccountError::BadRole(role_text.to_owned())))?;
+        let entry = req.audit_entry(
+            "org.member.set",
+            format!("{org}/{user}"),
+            json!({"role": role.as_str()}),
+        );
+        let m = req
+            .db(move |c| {
+                let done = adb::set_member(c, &org, &user, role, entry.at);
+                if done.is_ok() {
+                    hdb::audit(c, &entry)?;
+                }
+                Ok(done)
+            })
+            .await?
+            .map_err(account_error)?;
+        Ok(Reply::ok(req.member_json(&m)))
+    })
+    .await
+}
+
+pub(in crate::api) async fn remove_member(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let (org, user) = (param(&p, "org").to_owned(), param(&p, "user").to_owned());
+        req.org(&org, Access::Admin)?;
+        let entry = req.audit_entry("org.member.remove", format!("{org}/{user}"), json!({}));
+        let (o, u) = (org.clone(), user.clone());
+        let removed = req
+            .db(move |c| {
+                let done = adb::remove_member(c, &o, &u);
+                if let Ok(true) = done {
+                    hdb::audit(c, &entry)?;
+                }
+                Ok(done)
+            })
+            .await?
+            .map_err(account_error)?;
+        if !removed {
+            return Err(Reply::error(
+                StatusCode::NOT_FOUND,
+                format!("{user:?} is no member of {org}"),
+            ));
+        }
+        Ok(Reply::empty(StatusCode::NO_CONTENT))
+    })
+    .await
+}
+
+/// The organization's keys: tokens whose user is the organization.
+async fn org_keys(req: &Request, org: &str) -> Result<Vec<TokenRow>, Reply> {
+    let org = org.to_owned();
+    let all = req.db(|c| hdb::live_tokens(c)).await?;
+    Ok(all.into_iter().filter(|t| t.username == org).collect())
+}
+
+pub(in crate::api) async fn list_org_keys(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let org = param(&p, "org");
+        req.org(org, Access::Write)?;
+        let keys = org_keys(&req, org).await?;
+        Ok(Reply::ok(Value::Array(
+            keys.iter()
+                .map(|t| super::account::key_json(&req.base, t, None))
+                .collect(),
+        )))
+    })
+    .await
+}
+
+/// `POST /orgs/ORG/keys`: a key of the organization (it outlives the member
+/// who made it), granting only within the organization: `*` repositories
+/// in its permissions mean this one.
+pub(in crate::api) async fn create_org_key(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let org = param(&p, "org").to_owned();
+        req.org(&org, Access::Write)?;
+        let caller = req.token()?.clone();
+        let body = wire::decode_body(&headers, &body)?;
+        let name = text_field(&body, "name");
+        let default = HexPermission {
+            domain: "repository".into(),
+            resource: Some(org.clone()),
+            access: None,
+            versions: None,
+        };
+        let (_, mut scopes) = body_permissions(&body, default)?;
+        for s in &mut scopes {
+            if s.repository == "*" {
+                s.repository = org.clone();
+            }
+            if s.repository != org {
+                return Err(Reply::error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "a key of organization {org} grants only within it, not in {}",
+                        s.repository
+                    ),
+                ));
+            }
+        }
+        if !auth::within(&scopes, &caller.scopes) {
+            return Err(Reply::error(
+                StatusCode::FORBIDDEN,
+                format!("API key {} cannot grant more than it has", caller.name),
+            ));
+        }
+        let entry = req.audit_entry(
+            "org.key.generate",
+            format!("{org}/{name}"),
+            json!({"scopes": scopes}),
+        );
+        let created = req
+            .db(move |c| {
+                let created = create_token(c, &name, &org, scopes, None, None);
+                if created.is_ok() {
+                    hdb::audit(c, &entry)?;
+                }
+                Ok(created)
+            })
+            .await?;
+        let (secret, row) = created.map_err(token_error)?;
+        Ok(Reply::new(
+            StatusCode::CREATED,
+            super::account::key_json(&req.base, &row, Some(&secret)),
+        ))
+    })
+    .await
+}
+
+pub(in crate::api) async fn delete_org_key(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let (org, name) = (param(&p, "org").to_owned(), param(&p, "key").to_owned());
+        req.org(&org, Access::Write)?;
+        let key = org_keys(&req, &org)
+            .await?
+            .into_iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| {
+                Reply::error(
+                    StatusCode::NOT_FOUND,
+                    format!("organization {org} has no key {name:?}"),
+                )
+            })?;
+        let entry = req.audit_entry(
+            "org.key.revoke",
+            format!("{org}/{name}"),
+            json!({"id": key.id}),
+        );
+        let id = key.id.clone();
+        req.db(move |c| {
+            hdb::revoke_token(c, &id, entry.at)?;
+            hdb::audit(c, &entry)
+        })
+        .await?;
+        Ok(Reply::ok(super::account::key_json(&req.base, &key, None)))
+    })
+    .await
+}

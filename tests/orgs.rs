@@ -1,0 +1,424 @@
+//! Organizations: private repositories of ours held in the state database,
+//! with members and roles, organization keys, and the OAuth exchange stock
+//! Hex does before fetching from one (`client_credentials`). Shown with the
+//! stock Hex 2.5.1 client (`mix hex.organization key ... generate`, `mix
+//! hex.organization auth`, `mix deps.get` of an organization's package) and
+//! over HTTP for every role.
+
+mod common;
+
+use std::fs;
+
+use common::mix::MixClient;
+use common::*;
+use serde_json::{Value, json};
+
+const ORG: &str = "team";
+
+/// A synced mirror with users alice (admin of `team`) and bob (no
+/// member), each with a token that acts through their memberships, and a
+/// server admin token.
+struct Setup {
+    _upstream: TestUpstream,
+    mirror: Mirror,
+    admin: String,
+    alice: String,
+    bob: String,
+}
+
+fn setup() -> Setup {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let mirror = Mirror::hosting(&upstream, "name = \"acme\"\npackages = [\"beta\"]", "");
+    for args in [
+        &["user", "create", "alice"][..],
+        &["user", "create", "bob"],
+        &["org", "create", ORG, "--admin", "alice"],
+    ] {
+        let out = mirror.run(args);
+        assert!(out.ok(), "{args:?}: {out}");
+    }
+    let admin = mirror.token(&["--admin", "--name", "root", "--user", "root"]);
+    let alice = mirror.token(&[
+        "--name",
+        "alice",
+        "--user",
+        "alice",
+        "--scope",
+        "@member/*:admin",
+    ]);
+    let bob = mirror.token(&[
+        "--name",
+        "bob",
+        "--user",
+        "bob",
+        "--scope",
+        "@member/*:admin",
+    ]);
+    Setup {
+        _upstream: upstream,
+        mirror,
+        admin,
+        alice,
+        bob,
+    }
+}
+
+fn call(url: &str, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    let mut headers = vec![
+        ("accept", "application/json"),
+        ("content-type", "application/json"),
+    ];
+    if !token.is_empty() {
+        headers.push(("authorization", token));
+    }
+    let res = http_body(
+        method,
+        &format!("{url}{path}"),
+        &headers,
+        body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+    );
+    let value = serde_json::from_slice(&res.body).unwrap_or(Value::Null);
+    (res.status, value)
+}
+
+fn publish(url: &str, token: &str, name: &str, version: &str) -> (u16, String) {
+    let work = tempfile::TempDir::new().unwrap();
+    let path = work.path().join(format!("{name}-{version}.tar"));
+    Oracle::tarball(name, version, &path, &[]);
+    Oracle::api(
+        &format!("{url}/api/repos/{ORG}"),
+        token,
+        &["publish", &path.to_string_lossy()],
+    )
+}
+
+#[test]
+fn members_roles_and_keys_decide_who_reads_and_writes_an_organization() {
+    let s = setup();
+    let served = s.mirror.serve();
+    let url = served.url();
+    let (status, body) = publish(&url, &s.alice, "team_lib", "1.0.0");
+    assert_eq!(status, 201, "{body}");
+
+    // bob is no member: the organization does not exist for him.
+    assert_eq!(call(&url, "GET", "/api/orgs/team", &s.bob, None).0, 404);
+    assert_eq!(call(&url, "GET", "/api/orgs", &s.bob, None).1, json!([]));
+    assert_eq!(
+        http(
+            "GET",
+            &format!("{url}/repos/team/names"),
+            &[("authorization", &s.bob)]
+        )
+        .status,
+        403
+    );
+    let (status, _) = publish(&url, &s.bob, "team_other", "1.0.0");
+    assert_eq!(status, 403);
+    // Only an admin manages members.
+    let add_bob = json!({"name": "bob", "role": "read"});
+    assert_eq!(
+        call(
+            &url,
+            "POST",
+            "/api/orgs/team/members",
+            &s.bob,
+            Some(add_bob.clone())
+        )
+        .0,
+        404
+    );
+    let (status, body) = call(
+        &url,
+        "POST",
+        "/api/orgs/team/members",
+        &s.alice,
+        Some(add_bob),
+    );
+    assert_eq!(
+        (status, body["role"].clone()),
+        (200, json!("read")),
+        "{body}"
+    );
+
+    // A read member reads, and is refused writes with a message that says why.
+    assert_eq!(
+        http(
+            "GET",
+            &format!("{url}/repos/team/names"),
+            &[("authorization", &s.bob)]
+        )
+        .status,
+        200
+    );
+    let (_, orgs) = call(&url, "GET", "/api/orgs", &s.bob, None);
+    assert_eq!(orgs[0]["name"], ORG, "{orgs}");
+    let (status, body) = publish(&url, &s.bob, "team_other", "1.0.0");
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = call(
+        &url,
+        "POST",
+        "/api/orgs/team/keys",
+        &s.bob,
+        Some(json!({"name": "k"})),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("write role"),
+        "{body}"
+    );
+    let (_, members) = call(&url, "GET", "/api/orgs/team/members", &s.bob, None);
+    assert_eq!(
+        members,
+        json!([
+            {"username": "alice", "role": "admin", "url": format!("{url}/api/users/alice"),
+             "inserted_at": members[0]["inserted_at"], "updated_at": members[0]["updated_at"]},
+            {"username": "bob", "role": "read", "url": format!("{url}/api/users/bob"),
+             "inserted_at": members[1]["inserted_at"], "updated_at": members[1]["updated_at"]},
+        ])
+    );
+
+    // An organization key, shown once, reads the organization only.
+    let (status, key) = call(
+        &url,
+        "POST",
+        "/api/orgs/team/keys",
+        &s.alice,
+        Some(json!({"name": "ci"})),
+    );
+    assert_eq!(status, 201, "{key}");
+    let secret = key["secret"].as_str().unwrap().to_owned();
+    assert_eq!(
+        key["permissions"],
+        json!([{"domain": "repository", "resource": "team"}]),
+        "{key}"
+    );
+    assert_eq!(
+        http(
+            "GET",
+            &format!("{url}/repos/team/names"),
+            &[("authorization", &secret)]
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        publish(&url, &secret, "team_other", "1.0.0").0,
+        403,
+        "a read key publishes"
+    );
+    let (_, keys) = call(&url, "GET", "/api/orgs/team/keys", &s.alice, None);
+    assert!(keys[0]["secret"].is_null(), "{keys}");
+
+    // The OAuth exchange: a short-lived token that reads as the key does.
+    let form = json!({"grant_type": "client_credentials", "client_secret": secret, "scope": "repositories"});
+    let (status, tok) = call(&url, "POST", "/api/oauth/token", "", Some(form));
+    assert_eq!(status, 200, "{tok}");
+    assert_eq!(
+        (tok["token_type"].clone(), tok["scope"].clone()),
+        (json!("bearer"), json!("repositories"))
+    );
+    assert!(tok["expires_in"].as_i64().unwrap() <= 3600, "{tok}");
+    let bearer = format!("Bearer {}", tok["access_token"].as_str().unwrap());
+    assert_eq!(
+        http(
+            "GET",
+            &format!("{url}/repos/team/packages/team_lib"),
+            &[("authorization", &bearer)]
+        )
+        .status,
+        200
+    );
+    // Revoking the key ends its access token at once.
+    assert_eq!(
+        call(&url, "DELETE", "/api/orgs/team/keys/ci", &s.alice, None).0,
+        200
+    );
+    assert_eq!(
+        http(
+            "GET",
+            &format!("{url}/repos/team/names"),
+            &[("authorization", &bearer)]
+        )
+        .status,
+        401
+    );
+    let bad = json!({"grant_type": "client_credentials", "client_secret": "nope"});
+    assert_eq!(call(&url, "POST", "/api/oauth/token", "", Some(bad)).0, 401);
+    let grant = json!({"grant_type": "password"});
+    assert_eq!(
+        call(&url, "POST", "/api/oauth/token", "", Some(grant)).1["error"],
+        "unsupported_grant_type"
+    );
+
+    // A key bob makes (POST /api/keys) acts through his memberships too.
+    let (status, child) = call(
+        &url,
+        "POST",
+        "/api/keys",
+        &s.bob,
+        Some(json!({"name": "bob-ci"})),
+    );
+    assert_eq!(status, 201, "{child}");
+    let child = child["secret"].as_str().unwrap().to_owned();
+    let names = format!("{url}/repos/team/names");
+    assert_eq!(
+        http("GET", &names, &[("authorization", &child)]).status,
+        200
+    );
+    // Removing a member takes effect on the next request, for the keys he
+    // made too.
+    assert_eq!(
+        call(&url, "DELETE", "/api/orgs/team/members/bob", &s.alice, None).0,
+        204
+    );
+    assert_eq!(
+        http("GET", &names, &[("authorization", &child)]).status,
+        403
+    );
+    assert_eq!(
+        http(
+            "GET",
+            &format!("{url}/repos/team/names"),
+            &[("authorization", &s.bob)]
+        )
+        .status,
+        403
+    );
+    // The last admin stays.
+    let (status, body) = call(
+        &url,
+        "DELETE",
+        "/api/orgs/team/members/alice",
+        &s.alice,
+        None,
+    );
+    assert_eq!(status, 422, "{body}");
+
+    // Creating and deleting organizations is a server admin's; a new one
+    // is served at once, and one with packages cannot be deleted.
+    let new = json!({"name": "other", "admin": "bob"});
+    assert_eq!(
+        call(&url, "POST", "/api/orgs", &s.alice, Some(new.clone())).0,
+        403
+    );
+    let (status, body) = call(&url, "POST", "/api/orgs", &s.admin, Some(new));
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = call(
+        &url,
+        "POST",
+        "/api/orgs",
+        &s.admin,
+        Some(json!({"name": "acme"})),
+    );
+    assert_eq!(status, 422, "a configured repository's name");
+    assert_eq!(
+        call(&url, "DELETE", "/api/orgs/team", &s.admin, None).0,
+        422
+    );
+    assert_eq!(
+        call(&url, "DELETE", "/api/orgs/other", &s.admin, None).0,
+        204
+    );
+    assert_eq!(call(&url, "GET", "/api/orgs/other", &s.admin, None).0, 404);
+
+    // Every access change is in the audit log.
+    let (_, log) = call(&url, "GET", "/api/audit-logs", &s.admin, None);
+    let actions: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for action in [
+        "org.create",
+        "org.delete",
+        "org.member.set",
+        "org.member.remove",
+        "org.key.generate",
+        "org.key.revoke",
+    ] {
+        assert!(actions.contains(&action), "{action} not in {actions:?}");
+    }
+}
+
+#[test]
+fn stock_mix_generates_an_org_key_authenticates_with_it_and_fetches_an_org_package() {
+    let s = setup();
+    let served = s.mirror.serve();
+    let url = served.url();
+    let (status, body) = publish(&url, &s.alice, "team_lib", "1.0.0");
+    assert_eq!(status, 201, "{body}");
+
+    let mix = MixClient::new("client", "0.1.0");
+    let api = format!("{url}/api");
+    // alice makes a key for the organization, as a CI setup would.
+    let out = mix.run_ok(
+        &[
+            "hex.organization",
+            "key",
+            ORG,
+            "generate",
+            "--key-name",
+            "ci",
+        ],
+        &[("HEX_API_URL", &api), ("HEX_API_KEY", &s.alice)],
+    );
+    let key = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("hxm_"))
+        .unwrap_or_else(|| panic!("no key in:\n{out}"))
+        .to_owned();
+    // The client: hexpm is the mirror's root (its key is the upstream's),
+    // and the organization's files are signed with ours.
+    let upstream_key = fixture_key("upstream.pub.pem");
+    let ours = fixture_key("other.pub.pem");
+    mix.run_ok(
+        &[
+            "hex.repo",
+            "set",
+            "hexpm",
+            "--url",
+            &url,
+            "--public-key",
+            &upstream_key.to_string_lossy(),
+        ],
+        &[],
+    );
+    let out = mix.run_ok(
+        &["hex.organization", "auth", ORG, "--key", &key],
+        &[("HEX_API_URL", &api)],
+    );
+    assert!(!out.contains("rror"), "{out}");
+    mix.run_ok(
+        &[
+            "hex.repo",
+            "set",
+            &format!("hexpm:{ORG}"),
+            "--public-key",
+            &ours.to_string_lossy(),
+        ],
+        &[],
+    );
+    fs::write(
+        mix.project().join("mix.exs"),
+        "defmodule Client.MixProject do\n  use Mix.Project\n  def project do\n    \
+         [app: :client, version: \"0.1.0\", deps: [{:team_lib, \"~> 1.0\", organization: \"team\"}]]\n  \
+         end\nend\n",
+    )
+    .unwrap();
+    let out = mix.run_ok(&["deps.get"], &[("HEX_API_URL", &api)]);
+    assert!(out.contains("team_lib"), "{out}");
+    assert!(
+        mix.project()
+            .join("deps/team_lib/hex_metadata.config")
+            .exists(),
+        "{out}"
+    );
+    // It exchanged the key for an access token, as Hex does by default.
+    let tokens = s.mirror.run(&["token", "list"]);
+    assert!(
+        tokens.stdout.contains("oauth."),
+        "no access token was made:\n{tokens}"
+    );
+}
