@@ -116,6 +116,21 @@ CREATE INDEX IF NOT EXISTS requirement_of ON requirement (package_id, version);
 CREATE INDEX IF NOT EXISTS requirement_on ON requirement (name);
 ";
 
+/// Tarball metadata a sync noted and has not merged yet: appended without
+/// an index (a random-key insert per tarball was most of what the catalog
+/// cost a full sync), merged into `tarball_meta` in key order by
+/// [`NoteBatch::flush`]. Nothing reads it.
+const PENDING: &str = "
+CREATE TABLE IF NOT EXISTS tarball_meta_pending (sha256 TEXT NOT NULL, meta TEXT NOT NULL);
+";
+
+/// Moves the pending tarball metadata into `tarball_meta`.
+const MERGE_PENDING: &str = "
+INSERT OR IGNORE INTO tarball_meta (sha256, meta)
+    SELECT sha256, meta FROM tarball_meta_pending ORDER BY sha256;
+DELETE FROM tarball_meta_pending;
+";
+
 /// Drops [`PACKAGE_INDEXES`] (for a bulk load).
 pub(crate) const DROP_PACKAGE_INDEXES: &str = "
 DROP INDEX IF EXISTS release_tarball;
@@ -131,7 +146,7 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tarball_meta (
     sha256 TEXT PRIMARY KEY,
     meta TEXT NOT NULL
-) WITHOUT ROWID;
+);
 ";
 
 /// Version 2: download counts (and the log lines already imported).
@@ -163,8 +178,7 @@ CREATE TABLE IF NOT EXISTS member_source (
 );
 ";
 
-/// Version 4: `package.hosted`, and `tarball_meta` without a rowid.
-/// Versions 1 to 3 keyed packages by
+/// Version 4: `package.hosted`. Versions 1 to 3 keyed packages by
 /// repository name alone, which mixed a hosted package into the mirror's
 /// rows when a repository of ours has the upstream's name; those rows
 /// cannot be told apart, so they go, and the next fill makes them again
@@ -174,12 +188,6 @@ DROP TABLE IF EXISTS package_text;
 DROP TABLE IF EXISTS requirement;
 DROP TABLE IF EXISTS release;
 DROP TABLE IF EXISTS package;
--- One B-tree, keyed by the hash, instead of a table and its index: a full
--- sync writes a row per tarball.
-CREATE TABLE tarball_meta_v4 (sha256 TEXT PRIMARY KEY, meta TEXT NOT NULL) WITHOUT ROWID;
-INSERT INTO tarball_meta_v4 SELECT sha256, meta FROM tarball_meta;
-DROP TABLE tarball_meta;
-ALTER TABLE tarball_meta_v4 RENAME TO tarball_meta;
 ";
 
 impl Catalog {
@@ -221,6 +229,7 @@ impl Catalog {
         // rollback brings them back; made here as well, at no cost when
         // present, so that no path can leave a catalog without them.
         conn.execute_batch(PACKAGE_INDEXES).map_err(fail)?;
+        conn.execute_batch(PENDING).map_err(fail)?;
         if version < SCHEMA_VERSION {
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(fail)?;
@@ -308,11 +317,27 @@ impl NoteBatch {
         }
     }
 
-    /// Writes whatever is pending.
+    /// Writes whatever is pending, and merges it into what the catalog
+    /// reads.
     pub async fn flush(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
         let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         if !batch.is_empty() {
             self.write(batch).await;
+        }
+        let started = std::time::Instant::now();
+        let merged = self
+            .catalog
+            .call(|c| {
+                let tx = c.transaction()?;
+                tx.execute_batch(MERGE_PENDING)?;
+                tx.commit()
+            })
+            .await;
+        self.micros
+            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        if let Err(e) = merged {
+            tracing::warn!("catalog: tarball metadata not merged ({e}); the next sync merges it");
         }
     }
 
@@ -341,7 +366,7 @@ impl NoteBatch {
                 let tx = c.transaction()?;
                 {
                     let mut insert = tx.prepare_cached(
-                        "INSERT OR IGNORE INTO tarball_meta (sha256, meta) VALUES (?1, ?2)",
+                        "INSERT INTO tarball_meta_pending (sha256, meta) VALUES (?1, ?2)",
                     )?;
                     for (sha, meta) in &batch {
                         insert.execute(rusqlite::params![sha, meta.to_string()])?;
@@ -636,8 +661,7 @@ mod tests {
                     ),
             )
             .unwrap();
-            c.execute_batch(&SCHEMA.replace(") WITHOUT ROWID;", ");"))
-                .unwrap();
+            c.execute_batch(SCHEMA).unwrap();
             c.execute_batch(SCHEMA_2).unwrap();
             c.execute_batch(SCHEMA_3).unwrap();
             c.execute_batch(
@@ -677,4 +701,36 @@ mod tests {
             .unwrap();
         assert_eq!(n, 1);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn noted_metadata_is_read_once_flushed_and_a_full_batch_goes_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        let count = |table: &'static str| {
+            catalog
+                .call_blocking(move |c| {
+                    c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                })
+                .unwrap()
+        };
+        let notes = catalog.batch();
+        for i in 0..NOTE_BATCH + 2 {
+            let mut sha = [0u8; 32];
+            sha[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            notes.note(sha, &metadata("d", &["mix"])).await;
+        }
+        // A full batch was written, unread until the merge; the rest waits.
+        assert_eq!(
+            (count("tarball_meta"), count("tarball_meta_pending")),
+            (0, NOTE_BATCH as i64)
+        );
+        notes.flush().await;
+        assert_eq!(
+            (count("tarball_meta"), count("tarball_meta_pending")),
+            (NOTE_BATCH as i64 + 2, 0)
+        );
+    }
+
 }
