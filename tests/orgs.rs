@@ -321,6 +321,61 @@ fn members_roles_and_keys_decide_who_reads_and_writes_an_organization() {
     );
     assert_eq!(call(&url, "GET", "/api/orgs/other", &s.admin, None).0, 404);
 
+    // Users: /users/me lists the caller's organizations; /users/NAME.
+    let (_, me) = call(&url, "GET", "/api/users/me", &s.alice, None);
+    assert_eq!(
+        me["organizations"],
+        json!([{"name": "team", "role": "admin"}]),
+        "{me}"
+    );
+    assert_eq!(
+        call(&url, "GET", "/api/users/bob", &s.alice, None).1["username"],
+        "bob"
+    );
+    assert_eq!(
+        call(&url, "GET", "/api/users/nobody", &s.alice, None).0,
+        404
+    );
+    // A token's user from before accounts (`token create --user root`,
+    // never `user create`) is a user.
+    assert_eq!(call(&url, "GET", "/api/users/root", &s.alice, None).0, 200);
+    // Audit logs: the user's own, and the organization's for its admins.
+    let actions = |log: &Value| -> Vec<String> {
+        log.as_array()
+            .unwrap_or_else(|| panic!("not a list: {log}"))
+            .iter()
+            .map(|e| e["action"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, mine) = call(&url, "GET", "/api/users/me/audit-logs", &s.alice, None);
+    assert!(
+        actions(&mine).contains(&"org.member.set".to_owned()),
+        "{mine}"
+    );
+    assert!(
+        mine.as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["actor"] == "alice"),
+        "{mine}"
+    );
+    let (status, team) = call(&url, "GET", "/api/orgs/team/audit-logs", &s.alice, None);
+    assert_eq!(status, 200, "{team}");
+    let team_actions = actions(&team);
+    for action in ["release.publish", "org.member.set", "org.key.generate"] {
+        assert!(
+            team_actions.contains(&action.to_owned()),
+            "{action}: {team}"
+        );
+    }
+    assert!(
+        team.as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["target"].as_str().unwrap().starts_with("team")),
+        "{team}"
+    );
+
     // Every access change is in the audit log.
     let (_, log) = call(&url, "GET", "/api/audit-logs", &s.admin, None);
     let actions: Vec<&str> = log
@@ -421,4 +476,291 @@ fn stock_mix_generates_an_org_key_authenticates_with_it_and_fetches_an_org_packa
         tokens.stdout.contains("oauth."),
         "no access token was made:\n{tokens}"
     );
+}
+
+#[test]
+fn stock_mix_publishes_into_an_organization_and_a_read_member_is_told_why_not() {
+    let s = setup();
+    let served = s.mirror.serve();
+    let url = served.url();
+    let (status, body) = call(
+        &url,
+        "POST",
+        "/api/orgs/team/members",
+        &s.alice,
+        Some(json!({"name": "bob", "role": "read"})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let api = format!("{url}/api");
+    let mix = MixClient::new("team_app", "1.0.0");
+    let publish = |key: &str| {
+        mix.run(
+            &["hex.publish", "package", "--organization", ORG, "--yes"],
+            &[("HEX_API_URL", &api), ("HEX_API_KEY", key)],
+        )
+    };
+    let refused = publish(&s.bob);
+    assert!(!refused.success, "{}", refused.output);
+    assert!(
+        refused.output.contains("no write access to team/team_app"),
+        "{}",
+        refused.output
+    );
+    let published = publish(&s.alice);
+    assert!(published.success, "{}", published.output);
+    let got = http(
+        "GET",
+        &format!("{url}/repos/team/packages/team_app"),
+        &[("authorization", &s.bob)],
+    );
+    assert_eq!(got.status, 200);
+    // hex_core accepts it as repository `team`'s, signed with our key.
+    let work = tempfile::TempDir::new().unwrap();
+    let file = work.path().join("team_app");
+    fs::write(&file, &got.body).unwrap();
+    Oracle::verify_file(
+        &file,
+        RegistryFile::Package("team_app"),
+        ORG,
+        &fixture_key("other.pub.pem"),
+    )
+    .unwrap();
+}
+
+/// A matrix row's request body for column `i`: content type and bytes.
+type Body = Box<dyn Fn(usize) -> (Option<&'static str>, Vec<u8>)>;
+
+/// No body (a GET).
+fn no_body() -> Body {
+    Box::new(|_| (None, Vec::new()))
+}
+
+/// The columns of the organization matrix.
+const COLUMNS: [&str; 9] = [
+    "none",
+    "non-member",
+    "read",
+    "write",
+    "org-admin",
+    "org-key",
+    "expired",
+    "revoked",
+    "server-admin",
+];
+
+#[test]
+fn the_organization_permission_matrix() {
+    let s = setup();
+    for user in ["rita", "walt", "carl"] {
+        let out = s.mirror.run(&["user", "create", user]);
+        assert!(out.ok(), "{out}");
+    }
+    for (user, role) in [("rita", "read"), ("walt", "write")] {
+        let out = s.mirror.run(&["org", "member", ORG, user, "--role", role]);
+        assert!(out.ok(), "{out}");
+    }
+    let member = |name: &str, extra: &[&str]| {
+        let mut args = vec!["--name", name, "--user", name, "--scope", "@member/*:admin"];
+        args.extend_from_slice(extra);
+        s.mirror.token(&args)
+    };
+    let rita = member("rita", &[]);
+    let walt = member("walt", &[]);
+    let expired = s.mirror.token(&[
+        "--name",
+        "alice-old",
+        "--user",
+        "alice",
+        "--scope",
+        "@member/*:admin",
+        "--expires-days",
+        "0",
+    ]);
+    let revoked = s.mirror.token(&[
+        "--name",
+        "alice-gone",
+        "--user",
+        "alice",
+        "--scope",
+        "@member/*:admin",
+    ]);
+    let out = s.mirror.run(&["token", "revoke", "alice-gone"]);
+    assert!(out.ok(), "{out}");
+    let served = s.mirror.serve();
+    let url = served.url();
+    let (status, body) = publish(&url, &s.alice, "team_lib", "1.0.0");
+    assert_eq!(status, 201, "{body}");
+    let (status, key) = call(
+        &url,
+        "POST",
+        "/api/orgs/team/keys",
+        &s.alice,
+        Some(json!({"name": "ci"})),
+    );
+    assert_eq!(status, 201, "{key}");
+    let org_key = key["secret"].as_str().unwrap().to_owned();
+    let tokens: [Option<&str>; 9] = [
+        None,
+        Some(&s.bob),
+        Some(&rita),
+        Some(&walt),
+        Some(&s.alice),
+        Some(&org_key),
+        Some(&expired),
+        Some(&revoked),
+        Some(&s.admin),
+    ];
+    let work = tempfile::TempDir::new().unwrap();
+
+    // (label, method, path, body for column i, wanted statuses)
+    let json_body = |v: Value| -> Body {
+        Box::new(move |_| (Some("application/json"), v.to_string().into_bytes()))
+    };
+    let key_body: Body = Box::new(|i| {
+        (
+            Some("application/json"),
+            json!({"name": format!("k{i}")}).to_string().into_bytes(),
+        )
+    });
+    let dir = work.path().to_owned();
+    let tarball: Body = Box::new(move |i| {
+        let path = dir.join(format!("team_lib-2.0.{i}.tar"));
+        Oracle::tarball("team_lib", &format!("2.0.{i}"), &path, &[]);
+        (Some("application/octet-stream"), fs::read(&path).unwrap())
+    });
+    let read_files = [401, 403, 200, 200, 200, 200, 401, 401, 200];
+    let org_read = [401, 404, 200, 200, 200, 200, 401, 401, 200];
+    let rows: Vec<(&str, &str, String, Body, [u16; 9])> = vec![
+        (
+            "names",
+            "GET",
+            "/repos/team/names".into(),
+            no_body(),
+            read_files,
+        ),
+        (
+            "versions",
+            "GET",
+            "/repos/team/versions".into(),
+            no_body(),
+            read_files,
+        ),
+        (
+            "record",
+            "GET",
+            "/repos/team/packages/team_lib".into(),
+            no_body(),
+            read_files,
+        ),
+        (
+            "tarball",
+            "GET",
+            "/repos/team/tarballs/team_lib-1.0.0.tar".into(),
+            no_body(),
+            read_files,
+        ),
+        ("org", "GET", "/api/orgs/team".into(), no_body(), org_read),
+        (
+            "members",
+            "GET",
+            "/api/orgs/team/members".into(),
+            no_body(),
+            org_read,
+        ),
+        (
+            "member",
+            "GET",
+            "/api/orgs/team/members/alice".into(),
+            no_body(),
+            org_read,
+        ),
+        (
+            "add member",
+            "POST",
+            "/api/orgs/team/members".into(),
+            json_body(json!({"name": "carl", "role": "read"})),
+            [401, 404, 403, 403, 200, 403, 401, 401, 200],
+        ),
+        (
+            "keys",
+            "GET",
+            "/api/orgs/team/keys".into(),
+            no_body(),
+            [401, 404, 403, 200, 200, 403, 401, 401, 200],
+        ),
+        (
+            "new key",
+            "POST",
+            "/api/orgs/team/keys".into(),
+            key_body,
+            [401, 404, 403, 201, 201, 403, 401, 401, 201],
+        ),
+        (
+            "audit",
+            "GET",
+            "/api/orgs/team/audit-logs".into(),
+            no_body(),
+            [401, 404, 403, 403, 200, 403, 401, 401, 200],
+        ),
+        (
+            "publish",
+            "POST",
+            "/api/repos/team/publish".into(),
+            tarball,
+            [401, 403, 403, 201, 201, 403, 401, 401, 201],
+        ),
+        (
+            "create org",
+            "POST",
+            "/api/orgs".into(),
+            Box::new(|i| {
+                (
+                    Some("application/json"),
+                    json!({"name": format!("o{i}")}).to_string().into_bytes(),
+                )
+            }),
+            [401, 403, 403, 403, 403, 403, 401, 401, 201],
+        ),
+    ];
+    // A revoked key is a failed authentication, and a server blocks a
+    // client after 10 within 5 minutes: the revoked column goes to fresh
+    // `serve` processes (each has its own limiter), 9 cells each.
+    let mut revoked_servers: Vec<Served> = Vec::new();
+    let mut revoked_cells = 0;
+    let mut wrong = String::new();
+    for (label, method, path, body, want) in &rows {
+        for (i, token) in tokens.iter().enumerate() {
+            let url = if COLUMNS[i] == "revoked" {
+                if revoked_cells % 9 == 0 {
+                    revoked_servers.push(s.mirror.serve());
+                }
+                revoked_cells += 1;
+                revoked_servers.last().unwrap().url()
+            } else {
+                url.clone()
+            };
+            let (ctype, bytes) = body(i);
+            let mut headers = vec![("accept", "application/json")];
+            if let Some(t) = token {
+                headers.push(("authorization", t));
+            }
+            if let Some(c) = ctype {
+                headers.push(("content-type", c));
+            }
+            let got = http_body(method, &format!("{url}{path}"), &headers, bytes);
+            if got.status != want[i] {
+                wrong.push_str(&format!(
+                    "{label} ({method} {path}) as {}: {} (wanted {}) {}\n",
+                    COLUMNS[i],
+                    got.status,
+                    want[i],
+                    String::from_utf8_lossy(&got.body)
+                        .chars()
+                        .take(160)
+                        .collect::<String>()
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "wrong cells:\n{wrong}");
 }

@@ -337,7 +337,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .saturating_add(64 * 1024);
     let mut r = Router::new();
     for prefix in ["/api", "/api/repos/{repo}"] {
-        let routes: [(&str, MethodRouter<Arc<ApiState>>); 24] = [
+        let routes: [(&str, MethodRouter<Arc<ApiState>>); 27] = [
             ("/publish", post(h::publish)),
             ("/packages", get(h::list_packages)),
             ("/packages/{name}", get(h::get_package)),
@@ -363,6 +363,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
             ),
             ("/auth", get(h::auth_test)),
             ("/users/me", get(h::me)),
+            ("/users/me/audit-logs", get(h::my_audit_logs)),
+            ("/users/{user}", get(h::get_user)),
             ("/keys", get(h::list_keys).post(h::create_key)),
             ("/keys/{key}", get(h::get_key).delete(h::delete_key)),
             ("/audit-logs", get(h::audit_logs)),
@@ -383,6 +385,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
                 get(h::list_org_keys).post(h::create_org_key),
             ),
             ("/orgs/{org}/keys/{key}", delete(h::delete_org_key)),
+            ("/orgs/{org}/audit-logs", get(h::org_audit_logs)),
             ("/oauth/token", post(h::oauth_token)),
             // Last, so every route above wins over it.
             ("/{*rest}", any(h::not_found)),

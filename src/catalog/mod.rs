@@ -732,5 +732,4 @@ mod tests {
             (NOTE_BATCH as i64 + 2, 0)
         );
     }
-
 }

@@ -336,12 +336,40 @@ pub fn audit(conn: &Connection, e: &AuditEntry) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The newest `limit` audit entries, newest first, skipping `offset`.
-pub fn audit_log(conn: &Connection, limit: u32, offset: u32) -> rusqlite::Result<Vec<AuditEntry>> {
-    let mut stmt = conn.prepare(
-        "SELECT at, actor, token, action, target, detail, client FROM audit_log ORDER BY id DESC LIMIT ?1 OFFSET ?2",
-    )?;
-    stmt.query_map(params![limit, offset], |r| {
+/// Which audit entries a reader may see.
+#[derive(Debug, Clone, Copy)]
+pub enum AuditScope<'a> {
+    /// Every entry (a server administrator).
+    All,
+    /// What this user did.
+    Actor(&'a str),
+    /// What was done to this repository (an organization) or in it.
+    Repository(&'a str),
+}
+
+/// The newest `limit` audit entries of `scope`, newest first, skipping
+/// `offset`.
+pub fn audit_log(
+    conn: &Connection,
+    scope: AuditScope<'_>,
+    limit: u32,
+    offset: u32,
+) -> rusqlite::Result<Vec<AuditEntry>> {
+    // Targets are `REPO`, `REPO/...` or `REPO/NAME VERSION`; a prefix
+    // compare, not LIKE, since `_` in a name is a LIKE wildcard.
+    let (filter, value) = match scope {
+        AuditScope::All => ("1 = 1 OR ?3 IS NULL", ""),
+        AuditScope::Actor(user) => ("actor = ?3", user),
+        AuditScope::Repository(repo) => (
+            "(target = ?3 OR substr(target, 1, length(?3) + 1) = ?3 || '/')",
+            repo,
+        ),
+    };
+    let mut stmt = conn.prepare(&format!(
+        "SELECT at, actor, token, action, target, detail, client FROM audit_log WHERE {filter}
+         ORDER BY id DESC LIMIT ?1 OFFSET ?2"
+    ))?;
+    stmt.query_map(params![limit, offset, value], |r| {
         Ok(AuditEntry {
             at: r.get(0)?,
             actor: r.get(1)?,

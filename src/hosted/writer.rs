@@ -711,10 +711,13 @@ impl Ctx<'_> {
         Window(self.config.api.revert_window.as_secs())
     }
 
-    fn asker<'a>(actor: &'a Actor) -> Asker<'a> {
+    /// The caller as the ownership rule sees it. An organization owns
+    /// its packages: a member the API let write may change any of them, as
+    /// on hex.pm.
+    fn asker<'a>(&self, actor: &'a Actor) -> Asker<'a> {
         Asker {
             user: &actor.user,
-            admin: actor.admin,
+            admin: actor.admin || self.repo.org,
         }
     }
 
@@ -735,7 +738,7 @@ impl Ctx<'_> {
         version: &str,
         actor: &Actor,
     ) -> Result<(Vec<ReleaseRow>, ReleaseRow), HostedError> {
-        rules::may_change(name, &self.owners(name)?, Self::asker(actor))?;
+        rules::may_change(name, &self.owners(name)?, self.asker(actor))?;
         let rows = self.rows(name)?;
         let row = rules::release(&rows, &self.repo.name, name, version)?.clone();
         Ok((rows, row))
@@ -834,7 +837,7 @@ impl Ctx<'_> {
             self.repo.reserves(&name),
             upstream_has,
         )?;
-        let new_package = rules::may_change(&name, &self.owners(&name)?, Self::asker(actor))?;
+        let new_package = rules::may_change(&name, &self.owners(&name)?, self.asker(actor))?;
         let rows = self.rows(&name)?;
         let previous = rows.iter().find(|r| r.version == version);
         let inserted_at =

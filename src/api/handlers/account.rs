@@ -47,7 +47,18 @@ pub(in crate::api) async fn me(
         let req = request(state, &headers, client, &BTreeMap::new()).await?;
         let token = req.token()?;
         let user = token.username.clone();
-        let owned = req.db(move |c| hdb::owned_packages(c, &user)).await?;
+        let (owned, memberships) = req
+            .db(move |c| {
+                Ok((
+                    hdb::owned_packages(c, &user)?,
+                    crate::accounts::db::memberships(c, &user)?,
+                ))
+            })
+            .await?;
+        let orgs: Vec<Value> = memberships
+            .iter()
+            .map(|m| json!({"name": m.org, "role": m.role.as_str()}))
+            .collect();
         let packages: Vec<Value> = owned
             .iter()
             .map(|(repo, name)| {
@@ -61,11 +72,37 @@ pub(in crate::api) async fn me(
             "full_name": null,
             // Hex crashes on a 200 without these two lists
             // (`hex.publish`, `hex.owner packages`).
-            "organizations": [],
+            "organizations": orgs,
             "packages": packages,
             "url": format!("{}/api/users/{}", req.base, token.username),
             "inserted_at": iso(token.created_at),
             "updated_at": iso(token.created_at),
+        })))
+    })
+    .await
+}
+
+/// `GET /users/NAME`: a user as hex.pm shows one (no email is kept); any
+/// key may ask.
+pub(in crate::api) async fn get_user(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        req.token()?;
+        let name = param(&p, "user").to_owned();
+        let n = name.clone();
+        let found = req.db(move |c| crate::accounts::db::user(c, &n)).await?;
+        let user = found
+            .ok_or_else(|| Reply::error(StatusCode::NOT_FOUND, format!("no user {name:?}")))?;
+        Ok(Reply::ok(json!({
+            "username": user.name,
+            "inserted_at": iso(user.created_at),
+            "updated_at": iso(user.created_at),
+            "url": format!("{}/api/users/{}", req.base, user.name),
         })))
     })
     .await
@@ -227,24 +264,62 @@ pub(in crate::api) async fn audit_logs(
     answer(&headers, async {
         let req = request(state, &headers, client, &BTreeMap::new()).await?;
         req.need("*", None, Access::Admin)?;
-        let page: u32 = q
-            .get("page")
-            .and_then(|p| p.parse().ok())
-            .filter(|p| *p >= 1)
-            .unwrap_or(1);
-        let entries = req
-            .db(move |c| hdb::audit_log(c, 100, (page - 1).saturating_mul(100)))
-            .await?;
-        Ok(Reply::ok(Value::Array(
-            entries
-                .iter()
-                .map(|e| {
-                    json!({"action": e.action, "target": e.target, "actor": e.actor,
-                    "token": e.token, "client": e.client, "inserted_at": iso(e.at),
-                    "params": serde_json::from_str::<Value>(&e.detail).unwrap_or(Value::Null)})
-                })
-                .collect(),
-        )))
+        audit_page(&req, &q, AuditOf::All).await
     })
     .await
+}
+
+/// `GET /users/me/audit-logs`: what the caller's user did.
+pub(in crate::api) async fn my_audit_logs(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Query(q): QueryMap,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &BTreeMap::new()).await?;
+        let user = req.token()?.username.clone();
+        audit_page(&req, &q, AuditOf::Actor(user)).await
+    })
+    .await
+}
+
+/// Whose audit entries a page shows.
+pub(super) enum AuditOf {
+    /// Everything.
+    All,
+    /// One user's actions.
+    Actor(String),
+    /// One repository's (an organization's) changes.
+    Repository(String),
+}
+
+/// Page `?page=` (100 entries each, newest first) of the audit log.
+pub(super) async fn audit_page(req: &Request, q: &BTreeMap<String, String>, of: AuditOf) -> Answer {
+    let page: u32 = q
+        .get("page")
+        .and_then(|p| p.parse().ok())
+        .filter(|p| *p >= 1)
+        .unwrap_or(1);
+    let offset = (page - 1).saturating_mul(100);
+    let entries = req
+        .db(move |c| {
+            let scope = match &of {
+                AuditOf::All => hdb::AuditScope::All,
+                AuditOf::Actor(u) => hdb::AuditScope::Actor(u),
+                AuditOf::Repository(r) => hdb::AuditScope::Repository(r),
+            };
+            hdb::audit_log(c, scope, 100, offset)
+        })
+        .await?;
+    Ok(Reply::ok(Value::Array(
+        entries
+            .iter()
+            .map(|e| {
+                json!({"action": e.action, "target": e.target, "actor": e.actor,
+                "token": e.token, "client": e.client, "inserted_at": iso(e.at),
+                "params": serde_json::from_str::<Value>(&e.detail).unwrap_or(Value::Null)})
+            })
+            .collect(),
+    )))
 }

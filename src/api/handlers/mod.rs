@@ -10,11 +10,13 @@ mod orgs;
 mod packages;
 mod releases;
 
-pub(super) use account::{audit_logs, auth_test, create_key, delete_key, get_key, list_keys, me};
+pub(super) use account::{
+    audit_logs, auth_test, create_key, delete_key, get_key, get_user, list_keys, me, my_audit_logs,
+};
 pub(super) use oauth::oauth_token;
 pub(super) use orgs::{
     create_org, create_org_key, delete_org, delete_org_key, get_member, get_org, list_members,
-    list_org_keys, list_orgs, put_member, remove_member,
+    list_org_keys, list_orgs, org_audit_logs, put_member, remove_member,
 };
 pub(super) use packages::{
     add_owner, dependents, get_owner, get_package, get_repo, list_owners, list_packages,

@@ -297,6 +297,24 @@ pub(in crate::api) async fn remove_member(
     .await
 }
 
+/// `GET /orgs/ORG/audit-logs`: every change made to or in the
+/// organization (members, keys, packages), for its admins.
+pub(in crate::api) async fn org_audit_logs(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    Query(q): QueryMap,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let org = param(&p, "org").to_owned();
+        req.org(&org, Access::Admin)?;
+        super::account::audit_page(&req, &q, super::account::AuditOf::Repository(org)).await
+    })
+    .await
+}
+
 /// The organization's keys: tokens whose user is the organization.
 async fn org_keys(req: &Request, org: &str) -> Result<Vec<TokenRow>, Reply> {
     let org = org.to_owned();
