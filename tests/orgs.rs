@@ -764,3 +764,190 @@ fn the_organization_permission_matrix() {
     }
     assert!(wrong.is_empty(), "wrong cells:\n{wrong}");
 }
+
+#[test]
+fn stock_mix_user_auth_runs_the_device_flow_approved_on_the_web_page() {
+    let s = setup();
+    let served = s.mirror.serve();
+    let url = served.url();
+    let api = format!("{url}/api");
+    let mix = MixClient::new("client", "0.1.0");
+    let (child, log) = mix.spawn(&["hex.user", "auth"], &[("HEX_API_URL", &api)]);
+    // The code the terminal shows, as `ABCD-EFGH`.
+    let mut code = None;
+    for _ in 0..200 {
+        let out = fs::read_to_string(&log).unwrap_or_default();
+        code = out
+            .lines()
+            .skip_while(|l| !l.contains("Your verification code"))
+            .map(str::trim)
+            .find(|l| l.len() == 9 && l.as_bytes()[4] == b'-')
+            .map(str::to_owned);
+        if code.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let code = code.unwrap_or_else(|| {
+        panic!(
+            "no code in:\n{}",
+            fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    // alice signs in on the web UI and approves it there.
+    let login = http_body(
+        "POST",
+        &format!("{url}/ui/login"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        format!("token={}", s.alice).into_bytes(),
+    );
+    let cookie = login
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("no session: {}", login.status))
+        .to_owned();
+    let page = http(
+        "GET",
+        &format!("{url}/ui/device?user_code={code}"),
+        &[("cookie", &cookie)],
+    );
+    assert_eq!(page.status, 200);
+    assert!(String::from_utf8_lossy(&page.body).contains("api repositories"));
+    let wrong = http(
+        "GET",
+        &format!("{url}/ui/device?user_code=BBBB-BBBB"),
+        &[("cookie", &cookie)],
+    );
+    assert_eq!(wrong.status, 404);
+    let decided = http_body(
+        "POST",
+        &format!("{url}/ui/device"),
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("cookie", &cookie),
+        ],
+        format!("user_code={code}&decision=approve").into_bytes(),
+    );
+    assert_eq!(
+        decided.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&decided.body)
+    );
+    let run = mix.wait(child, &log);
+    assert!(
+        run.success && run.output.contains("You are authenticated"),
+        "{}",
+        run.output
+    );
+    // The client now acts as alice, with an access token.
+    let out = mix.run_ok(&["hex.user", "whoami"], &[("HEX_API_URL", &api)]);
+    assert!(out.contains("alice"), "{out}");
+    // The code was single-use.
+    let again = http_body(
+        "POST",
+        &format!("{url}/api/oauth/device"),
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &s.alice),
+        ],
+        json!({"user_code": code, "approve": true})
+            .to_string()
+            .into_bytes(),
+    );
+    assert_eq!(again.status, 404);
+}
+
+#[test]
+fn refresh_tokens_rotate_and_revoke_over_http() {
+    let s = setup();
+    let served = s.mirror.serve();
+    let url = served.url();
+    let (status, dev) = call(
+        &url,
+        "POST",
+        "/api/oauth/device_authorization",
+        "",
+        Some(json!({"client_id": "x", "scope": "api repositories"})),
+    );
+    assert_eq!(status, 200, "{dev}");
+    let device = json!({"grant_type": "urn:ietf:params:oauth:grant-type:device_code", "device_code": dev["device_code"]});
+    let (status, pending) = call(&url, "POST", "/api/oauth/token", "", Some(device.clone()));
+    assert_eq!(
+        (status, pending["error"].clone()),
+        (400, json!("authorization_pending"))
+    );
+    // Polled again at once: slow down.
+    let (_, slow) = call(&url, "POST", "/api/oauth/token", "", Some(device.clone()));
+    assert_eq!(slow["error"], "slow_down", "{slow}");
+    let (status, _) = call(
+        &url,
+        "POST",
+        "/api/oauth/device",
+        &s.alice,
+        Some(json!({"user_code": dev["user_code"], "approve": true})),
+    );
+    assert_eq!(status, 204);
+    let (status, tokens) = call(&url, "POST", "/api/oauth/token", "", Some(device.clone()));
+    assert_eq!(status, 200, "{tokens}");
+    let access = format!("Bearer {}", tokens["access_token"].as_str().unwrap());
+    assert_eq!(
+        call(&url, "GET", "/api/users/me", &access, None).1["username"],
+        "alice"
+    );
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    // A refresh token is no API key.
+    assert_eq!(call(&url, "GET", "/api/users/me", &refresh, None).0, 401);
+    let grant = json!({"grant_type": "refresh_token", "refresh_token": refresh});
+    let (status, renewed) = call(&url, "POST", "/api/oauth/token", "", Some(grant.clone()));
+    assert_eq!(status, 200, "{renewed}");
+    // Rotated: the old one is spent.
+    assert_eq!(
+        call(&url, "POST", "/api/oauth/token", "", Some(grant)).1["error"],
+        "invalid_grant"
+    );
+    // Revoking the new access token ends it; revoking is 200 whatever.
+    let new_access = renewed["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        call(
+            &url,
+            "POST",
+            "/api/oauth/revoke",
+            "",
+            Some(json!({"token": new_access}))
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        call(
+            &url,
+            "GET",
+            "/api/users/me",
+            &format!("Bearer {new_access}"),
+            None
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        call(
+            &url,
+            "POST",
+            "/api/oauth/revoke",
+            "",
+            Some(json!({"token": "nonsense"}))
+        )
+        .0,
+        200
+    );
+    // Revoking the key that approved the device ends its refresh tokens.
+    let out = s.mirror.run(&["token", "revoke", "alice"]);
+    assert!(out.ok(), "{out}");
+    let grant = json!({"grant_type": "refresh_token", "refresh_token": renewed["refresh_token"]});
+    assert_eq!(
+        call(&url, "POST", "/api/oauth/token", "", Some(grant)).1["error"],
+        "invalid_grant"
+    );
+    assert_eq!(call(&url, "GET", "/api/users/me", &access, None).0, 401);
+}

@@ -13,6 +13,7 @@
 //! each authentication: removing a member takes effect on the next request.
 
 pub mod db;
+pub mod oauth;
 
 use crate::config::{Config, RepositoryConfig};
 

@@ -90,6 +90,17 @@ impl ApiState {
         Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Counts a failed authentication-like guess (a wrong device user
+    /// code) from `client` towards the same limit as a wrong key.
+    pub fn note_failure(&self, client: Option<IpAddr>) {
+        if let Some(ip) = client {
+            self.limiter
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record_failure(&ip, unix_now());
+        }
+    }
+
     /// Changes the configuration in force (for the writer too), atomically
     /// with any other change: an organization created or deleted.
     pub fn update_config(&self, change: impl FnOnce(&mut Config)) {
@@ -337,7 +348,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .saturating_add(64 * 1024);
     let mut r = Router::new();
     for prefix in ["/api", "/api/repos/{repo}"] {
-        let routes: [(&str, MethodRouter<Arc<ApiState>>); 27] = [
+        let routes: [(&str, MethodRouter<Arc<ApiState>>); 30] = [
             ("/publish", post(h::publish)),
             ("/packages", get(h::list_packages)),
             ("/packages/{name}", get(h::get_package)),
@@ -387,6 +398,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
             ("/orgs/{org}/keys/{key}", delete(h::delete_org_key)),
             ("/orgs/{org}/audit-logs", get(h::org_audit_logs)),
             ("/oauth/token", post(h::oauth_token)),
+            ("/oauth/device_authorization", post(h::device_authorization)),
+            ("/oauth/device", get(h::device_show).post(h::device_decide)),
+            ("/oauth/revoke", post(h::oauth_revoke)),
             // Last, so every route above wins over it.
             ("/{*rest}", any(h::not_found)),
         ];

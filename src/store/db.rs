@@ -118,6 +118,18 @@ CREATE TABLE IF NOT EXISTS org_members (
     org TEXT NOT NULL, username TEXT NOT NULL,
     role TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
     PRIMARY KEY (org, username));
+-- The OAuth device flow: a code a client polls with (stored hashed), the
+-- short code a signed-in user approves, and the key that approved it.
+CREATE TABLE IF NOT EXISTS oauth_devices (
+    device_hash BLOB PRIMARY KEY, user_code TEXT NOT NULL UNIQUE, client_name TEXT,
+    scope TEXT NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+    last_poll INTEGER, approved_by TEXT, denied INTEGER NOT NULL DEFAULT 0,
+    done INTEGER NOT NULL DEFAULT 0);
+-- Refresh tokens (hashed; not API keys): each makes access tokens as
+-- children of the key that approved the device.
+CREATE TABLE IF NOT EXISTS oauth_refresh (
+    id TEXT PRIMARY KEY, hash BLOB NOT NULL, parent TEXT NOT NULL, scope TEXT NOT NULL,
+    created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, revoked_at INTEGER);
 -- Users from before accounts: every token's user and every owner of a
 -- hosted package becomes a user (idempotent; an organization's keys are
 -- tokens of the organization, not of a user).

@@ -110,6 +110,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ),
     ("status.html", include_str!("templates/status.html")),
     ("login.html", include_str!("templates/login.html")),
+    ("device.html", include_str!("templates/device.html")),
     ("error.html", include_str!("templates/error.html")),
 ];
 const STYLE: &str = include_str!("templates/style.css");
@@ -149,6 +150,7 @@ pub fn router(settings: &Settings, app: Router, status: StatusFn) -> Router {
         .route(&at("/status"), get(status_page))
         .route(&at("/login"), get(login_form).post(login))
         .route(&at("/logout"), post(logout))
+        .route(&at("/device"), get(device_form).post(device_decide))
         .with_state(ui)
 }
 
@@ -233,13 +235,41 @@ impl Ui {
         path: &str,
         token: Option<&str>,
     ) -> Result<Value, UiError> {
+        self.api_request(caller, axum::http::Method::GET, path, token, None)
+            .await
+    }
+
+    /// `POST path` with a JSON body on the API in-process, as `caller`.
+    async fn api_post(&self, caller: &Caller, path: &str, body: Value) -> Result<Value, UiError> {
+        let token = caller.token.clone();
+        self.api_request(
+            caller,
+            axum::http::Method::POST,
+            path,
+            token.as_deref(),
+            Some(body),
+        )
+        .await
+    }
+
+    async fn api_request(
+        &self,
+        caller: &Caller,
+        method: axum::http::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<Value, UiError> {
         let body_error = |why: String| UiError::Body {
             path: path.to_owned(),
             why,
         };
-        let mut req = axum::http::Request::get(path)
+        let mut req = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
             .header(header::ACCEPT, "application/json")
-            .body(Body::empty())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
             .map_err(|e| body_error(e.to_string()))?;
         let h = req.headers_mut();
         if let Some(host) = &caller.host {
@@ -627,6 +657,76 @@ async fn logout(State(ui): State<Arc<Ui>>, Peer(peer): Peer, headers: HeaderMap)
         ui.sessions.close(id);
     }
     ui.home_setting_cookie("", 0)
+}
+
+/// The device page: a signed-in user confirms the code `mix hex.user auth`
+/// shows, and approves (the device gets this session key's rights for an
+/// hour at a time, renewable) or denies.
+async fn device_form(
+    State(ui): State<Arc<Ui>>,
+    Peer(peer): Peer,
+    Query(q): Params,
+    headers: HeaderMap,
+) -> Response {
+    let caller = ui.caller(&headers, peer);
+    let code = q.get("user_code").cloned().unwrap_or_default();
+    if caller.token.is_none() {
+        let mut res = ui.render(
+            "device.html",
+            &caller,
+            json!({"user_code": code, "error": "sign in first, with your API key, then open this page again"}),
+        );
+        *res.status_mut() = StatusCode::UNAUTHORIZED;
+        return res;
+    }
+    if code.is_empty() {
+        return ui.render("device.html", &caller, json!({"user_code": ""}));
+    }
+    let path = format!(
+        "/api/oauth/device?user_code={}",
+        percent_encoding::utf8_percent_encode(&code, percent_encoding::NON_ALPHANUMERIC)
+    );
+    match ui.api(&caller, &path).await {
+        Ok(pending) => ui.render(
+            "device.html",
+            &caller,
+            json!({"user_code": code, "pending": pending}),
+        ),
+        Err(e) => ui.error_page(&caller, &e),
+    }
+}
+
+/// The device form's body.
+#[derive(serde::Deserialize)]
+struct DeviceForm {
+    user_code: String,
+    decision: String,
+}
+
+async fn device_decide(
+    State(ui): State<Arc<Ui>>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    Form(form): Form<DeviceForm>,
+) -> Response {
+    let caller = ui.caller(&headers, peer);
+    if !same_origin(&headers) || caller.token.is_none() {
+        let e = UiError::Api {
+            status: StatusCode::FORBIDDEN,
+            message: "refused: sign in on this site, then decide here".into(),
+        };
+        return ui.error_page(&caller, &e);
+    }
+    let approve = form.decision == "approve";
+    let body = json!({"user_code": form.user_code, "approve": approve});
+    match ui.api_post(&caller, "/api/oauth/device", body).await {
+        Ok(_) => ui.render(
+            "device.html",
+            &caller,
+            json!({"done": if approve { "approved" } else { "denied" }}),
+        ),
+        Err(e) => ui.error_page(&caller, &e),
+    }
 }
 
 /// `http://host` as the browser addressed us, for install lines.

@@ -151,6 +151,13 @@ impl MixClient {
     /// Runs `mix ARGS...` in the project with `env` on top of a clean
     /// environment. Panics only if mix hangs; a failed task is in the result.
     pub fn run(&self, args: &[&str], env: &[(&str, &str)]) -> MixRun {
+        let (child, log_path) = self.spawn(args, env);
+        self.wait(child, &log_path)
+    }
+
+    /// Starts `mix ARGS...` as [`MixClient::run`] does, without waiting:
+    /// the child, and the log its output goes to (to read as it runs).
+    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, PathBuf) {
         let root = self.dir.path();
         let log_path = root.join(format!("mix-{}.log", next_log_id()));
         let log = File::create(&log_path).expect("create mix log");
@@ -172,15 +179,19 @@ impl MixClient {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn mix");
+        (cmd.spawn().expect("spawn mix"), log_path)
+    }
+
+    /// Waits for a child of [`MixClient::spawn`] to end.
+    pub fn wait(&self, mut child: std::process::Child, log: &std::path::Path) -> MixRun {
         let status = wait_timeout(&mut child, MIX_TIMEOUT);
-        let output = fs::read_to_string(&log_path).unwrap_or_default();
+        let output = fs::read_to_string(log).unwrap_or_default();
         match status {
             Some(status) => MixRun {
                 success: status.success(),
                 output,
             },
-            None => panic!("mix {args:?} did not finish within {MIX_TIMEOUT:?}:\n{output}"),
+            None => panic!("mix did not finish within {MIX_TIMEOUT:?}:\n{output}"),
         }
     }
 

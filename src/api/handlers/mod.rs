@@ -13,7 +13,9 @@ mod releases;
 pub(super) use account::{
     audit_logs, auth_test, create_key, delete_key, get_key, get_user, list_keys, me, my_audit_logs,
 };
-pub(super) use oauth::oauth_token;
+pub(super) use oauth::{
+    device_authorization, device_decide, device_show, oauth_revoke, oauth_token,
+};
 pub(super) use orgs::{
     create_org, create_org_key, delete_org, delete_org_key, get_member, get_org, list_members,
     list_org_keys, list_orgs, org_audit_logs, put_member, remove_member,
@@ -79,6 +81,18 @@ async fn request(
     params: &BTreeMap<String, String>,
 ) -> Result<Request, Reply> {
     let token = state.authenticate(headers, client).await?;
+    Ok(request_as(state, headers, client, params, token))
+}
+
+/// A request the caller makes without a key (OAuth's own endpoints, where
+/// the credential is in the body), or with the token already checked.
+fn request_as(
+    state: Arc<ApiState>,
+    headers: &HeaderMap,
+    client: Option<std::net::IpAddr>,
+    params: &BTreeMap<String, String>,
+    token: Option<TokenRow>,
+) -> Request {
     let config = state.config();
     let host = headers
         .get(header::HOST)
@@ -92,7 +106,7 @@ async fn request(
         Some(r) => (Some(r.clone()), format!("/api/repos/{r}")),
         None => (config.api.default_repository.clone(), "/api".to_owned()),
     };
-    Ok(Request {
+    Request {
         state,
         config,
         token,
@@ -100,7 +114,7 @@ async fn request(
         base: format!("http://{host}"),
         repo,
         prefix,
-    })
+    }
 }
 
 impl Request {
