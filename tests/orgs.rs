@@ -951,3 +951,126 @@ fn refresh_tokens_rotate_and_revoke_over_http() {
     );
     assert_eq!(call(&url, "GET", "/api/users/me", &access, None).0, 401);
 }
+
+#[test]
+fn an_invitation_makes_a_member_only_when_the_user_accepts() {
+    let s = setup();
+    let out = s.mirror.run(&["user", "create", "carl"]);
+    assert!(out.ok(), "{out}");
+    let carl = s.mirror.token(&[
+        "--name",
+        "carl",
+        "--user",
+        "carl",
+        "--scope",
+        "@member/*:admin",
+    ]);
+    let bob_ci = s.mirror.token(&[
+        "--name",
+        "bob-ci",
+        "--user",
+        "bob",
+        "--scope",
+        "acme/*:read",
+    ]);
+    let served = s.mirror.serve();
+    let url = served.url();
+    let invite = |who: &str| json!({"name": who, "role": "write"});
+    assert_eq!(
+        call(
+            &url,
+            "POST",
+            "/api/orgs/team/invites",
+            &s.bob,
+            Some(invite("carl"))
+        )
+        .0,
+        404
+    );
+    let (status, inv) = call(
+        &url,
+        "POST",
+        "/api/orgs/team/invites",
+        &s.alice,
+        Some(invite("bob")),
+    );
+    assert_eq!(status, 201, "{inv}");
+    assert_eq!(
+        call(
+            &url,
+            "POST",
+            "/api/orgs/team/invites",
+            &s.alice,
+            Some(invite("alice"))
+        )
+        .0,
+        422
+    );
+    let (_, mine) = call(&url, "GET", "/api/users/me/invites", &s.bob, None);
+    assert_eq!(mine[0]["organization"], ORG, "{mine}");
+    // Invited is not a member yet.
+    assert_eq!(call(&url, "GET", "/api/orgs/team", &s.bob, None).0, 404);
+    // Only a key that acts for bob in organizations may answer.
+    let (status, body) = call(&url, "POST", "/api/users/me/invites/team", &bob_ci, None);
+    assert_eq!(status, 403, "{body}");
+    let (status, m) = call(&url, "POST", "/api/users/me/invites/team", &s.bob, None);
+    assert_eq!((status, m["role"].clone()), (200, json!("write")), "{m}");
+    assert_eq!(call(&url, "GET", "/api/orgs/team", &s.bob, None).0, 200);
+    assert_eq!(
+        call(&url, "POST", "/api/users/me/invites/team", &s.bob, None).0,
+        404,
+        "used"
+    );
+    // Declined and withdrawn invitations leave no member.
+    call(
+        &url,
+        "POST",
+        "/api/orgs/team/invites",
+        &s.alice,
+        Some(invite("carl")),
+    );
+    assert_eq!(
+        call(&url, "DELETE", "/api/users/me/invites/team", &carl, None).0,
+        204
+    );
+    assert_eq!(call(&url, "GET", "/api/orgs/team", &carl, None).0, 404);
+    call(
+        &url,
+        "POST",
+        "/api/orgs/team/invites",
+        &s.alice,
+        Some(invite("carl")),
+    );
+    let (_, waiting) = call(&url, "GET", "/api/orgs/team/invites", &s.alice, None);
+    assert_eq!(waiting.as_array().unwrap().len(), 1, "{waiting}");
+    assert_eq!(
+        call(
+            &url,
+            "DELETE",
+            "/api/orgs/team/invites/carl",
+            &s.alice,
+            None
+        )
+        .0,
+        204
+    );
+    assert_eq!(
+        call(&url, "POST", "/api/users/me/invites/team", &carl, None).0,
+        404
+    );
+    let (_, log) = call(&url, "GET", "/api/orgs/team/audit-logs", &s.alice, None);
+    let actions: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for a in [
+        "org.invite",
+        "org.invite.accept",
+        "org.invite.decline",
+        "org.invite.cancel",
+    ] {
+        assert!(actions.contains(&a), "{a}: {actions:?}");
+    }
+}

@@ -336,6 +336,118 @@ fn last_admin_check(c: &Connection, org: &str, user: &str) -> Result<(), Account
     Ok(())
 }
 
+/// How long an invitation waits for an answer.
+pub const INVITE_SECS: i64 = 7 * 86_400;
+
+/// An invitation to an organization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invite {
+    /// The organization.
+    pub org: String,
+    /// The user invited.
+    pub username: String,
+    /// The role they get on accepting.
+    pub role: Access,
+    /// Who invited them.
+    pub invited_by: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds after which it is void.
+    pub expires_at: i64,
+}
+
+const INVITE_COLUMNS: &str = "org, username, role, invited_by, created_at, expires_at";
+
+fn invite_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Invite> {
+    let role: String = r.get(2)?;
+    Ok(Invite {
+        org: r.get(0)?,
+        username: r.get(1)?,
+        role: Access::parse(&role).unwrap_or(Access::Read),
+        invited_by: r.get(3)?,
+        created_at: r.get(4)?,
+        expires_at: r.get(5)?,
+    })
+}
+
+/// Invites `user` to `org` with `role` (again: a new expiry and role).
+pub fn invite(
+    c: &Connection,
+    org: &str,
+    user: &str,
+    role: Access,
+    by: &str,
+    now: i64,
+) -> Result<Invite, AccountError> {
+    if self::org(c, org)?.is_none() {
+        return Err(AccountError::NoOrg(org.into()));
+    }
+    if self::user(c, user)?.is_none() {
+        return Err(AccountError::NoUser(user.into()));
+    }
+    if member(c, org, user)?.is_some() {
+        return Err(AccountError::Taken {
+            name: user.into(),
+            by: "a member already",
+        });
+    }
+    c.execute(
+        "INSERT INTO org_invites (org, username, role, invited_by, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (org, username) DO UPDATE SET role = ?3, invited_by = ?4, created_at = ?5,
+             expires_at = ?6",
+        params![org, user, role.as_str(), by, now, now + INVITE_SECS],
+    )?;
+    Ok(Invite {
+        org: org.into(),
+        username: user.into(),
+        role,
+        invited_by: by.into(),
+        created_at: now,
+        expires_at: now + INVITE_SECS,
+    })
+}
+
+/// The live invitations of `org`, or (with `user`) of that user.
+pub fn invites(
+    c: &Connection,
+    org: Option<&str>,
+    user: Option<&str>,
+    now: i64,
+) -> rusqlite::Result<Vec<Invite>> {
+    c.prepare(&format!(
+        "SELECT {INVITE_COLUMNS} FROM org_invites WHERE expires_at >= ?1
+         AND (?2 IS NULL OR org = ?2) AND (?3 IS NULL OR username = ?3) ORDER BY org, username"
+    ))?
+    .query_map(params![now, org, user], invite_row)?
+    .collect()
+}
+
+/// Removes `user`'s invitation to `org` (declined or cancelled); `false`
+/// when there was none.
+pub fn drop_invite(c: &Connection, org: &str, user: &str) -> rusqlite::Result<bool> {
+    Ok(c.execute(
+        "DELETE FROM org_invites WHERE org = ?1 AND username = ?2",
+        [org, user],
+    )? > 0)
+}
+
+/// `user` accepts the live invitation to `org`: a member with its role.
+pub fn accept(
+    c: &mut Connection,
+    org: &str,
+    user: &str,
+    now: i64,
+) -> Result<Option<Member>, AccountError> {
+    let found = invites(c, Some(org), Some(user), now)?.into_iter().next();
+    let Some(inv) = found else {
+        return Ok(None);
+    };
+    let m = set_member(c, org, user, inv.role, now)?;
+    drop_invite(c, org, user)?;
+    Ok(Some(m))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,5 +522,35 @@ mod tests {
         c.execute("DELETE FROM hosted_releases", []).unwrap();
         delete_org(&mut c, "acme").unwrap();
         assert!(orgs(&c).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_invitation_is_accepted_once_and_expires() {
+        let mut c = db();
+        create_user(&c, "alice", false, 1).unwrap();
+        create_user(&c, "bob", false, 1).unwrap();
+        create_org(&mut c, "acme", Some("alice"), &[], 1).unwrap();
+        assert!(matches!(
+            invite(&c, "acme", "alice", Access::Read, "alice", 2),
+            Err(AccountError::Taken { .. })
+        ));
+        invite(&c, "acme", "bob", Access::Write, "alice", 2).unwrap();
+        assert_eq!(invites(&c, None, Some("bob"), 3).unwrap().len(), 1);
+        assert!(
+            invites(&c, None, Some("bob"), 3 + INVITE_SECS)
+                .unwrap()
+                .is_empty(),
+            "expired"
+        );
+        assert!(
+            accept(&mut c, "acme", "bob", 3 + INVITE_SECS)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            accept(&mut c, "acme", "bob", 3).unwrap().unwrap().role,
+            Access::Write
+        );
+        assert!(accept(&mut c, "acme", "bob", 3).unwrap().is_none(), "once");
     }
 }

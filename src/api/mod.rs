@@ -348,7 +348,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .saturating_add(64 * 1024);
     let mut r = Router::new();
     for prefix in ["/api", "/api/repos/{repo}"] {
-        let routes: [(&str, MethodRouter<Arc<ApiState>>); 30] = [
+        let routes: [(&str, MethodRouter<Arc<ApiState>>); 34] = [
             ("/publish", post(h::publish)),
             ("/packages", get(h::list_packages)),
             ("/packages/{name}", get(h::get_package)),
@@ -397,6 +397,16 @@ pub fn router(state: Arc<ApiState>) -> Router {
             ),
             ("/orgs/{org}/keys/{key}", delete(h::delete_org_key)),
             ("/orgs/{org}/audit-logs", get(h::org_audit_logs)),
+            (
+                "/orgs/{org}/invites",
+                get(h::list_invites).post(h::create_invite),
+            ),
+            ("/orgs/{org}/invites/{user}", delete(h::cancel_invite)),
+            ("/users/me/invites", get(h::my_invites)),
+            (
+                "/users/me/invites/{org}",
+                post(h::accept_invite).delete(h::decline_invite),
+            ),
             ("/oauth/token", post(h::oauth_token)),
             ("/oauth/device_authorization", post(h::device_authorization)),
             ("/oauth/device", get(h::device_show).post(h::device_decide)),

@@ -118,6 +118,10 @@ CREATE TABLE IF NOT EXISTS org_members (
     org TEXT NOT NULL, username TEXT NOT NULL,
     role TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
     PRIMARY KEY (org, username));
+-- Invitations to organizations (JSR's): the user accepts or declines.
+CREATE TABLE IF NOT EXISTS org_invites (
+    org TEXT NOT NULL, username TEXT NOT NULL, role TEXT NOT NULL, invited_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, PRIMARY KEY (org, username));
 -- The OAuth device flow: a code a client polls with (stored hashed), the
 -- short code a signed-in user approves, and the key that approved it.
 CREATE TABLE IF NOT EXISTS oauth_devices (

@@ -17,8 +17,9 @@ pub(super) use oauth::{
     device_authorization, device_decide, device_show, oauth_revoke, oauth_token,
 };
 pub(super) use orgs::{
-    create_org, create_org_key, delete_org, delete_org_key, get_member, get_org, list_members,
-    list_org_keys, list_orgs, org_audit_logs, put_member, remove_member,
+    accept_invite, cancel_invite, create_invite, create_org, create_org_key, decline_invite,
+    delete_org, delete_org_key, get_member, get_org, list_invites, list_members, list_org_keys,
+    list_orgs, my_invites, org_audit_logs, put_member, remove_member,
 };
 pub(super) use packages::{
     add_owner, dependents, get_owner, get_package, get_repo, list_owners, list_packages,

@@ -444,3 +444,209 @@ pub(in crate::api) async fn delete_org_key(
     })
     .await
 }
+
+fn invite_json(i: &adb::Invite) -> Value {
+    json!({
+        "organization": i.org,
+        "username": i.username,
+        "role": i.role.as_str(),
+        "invited_by": i.invited_by,
+        "inserted_at": iso(i.created_at),
+        "expires_at": iso(i.expires_at),
+    })
+}
+
+/// `GET /orgs/ORG/invites`: the invitations waiting, for its admins.
+pub(in crate::api) async fn list_invites(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let org = param(&p, "org").to_owned();
+        req.org(&org, Access::Admin)?;
+        let now = unix_now() as i64;
+        let list = req
+            .db(move |c| adb::invites(c, Some(&org), None, now))
+            .await?;
+        Ok(Reply::ok(Value::Array(
+            list.iter().map(invite_json).collect(),
+        )))
+    })
+    .await
+}
+
+/// `POST /orgs/ORG/invites` `{name, role}`: an admin invites a user, who
+/// becomes a member only on accepting.
+pub(in crate::api) async fn create_invite(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let org = param(&p, "org").to_owned();
+        req.org(&org, Access::Admin)?;
+        let body = wire::decode_body(&headers, &body)?;
+        let user = text_field(&body, "name");
+        let role_text = body.get("role").and_then(Value::as_str).unwrap_or("read");
+        let role = Access::parse(role_text)
+            .ok_or_else(|| account_error(AccountError::BadRole(role_text.to_owned())))?;
+        let by = req.token()?.username.clone();
+        let entry = req.audit_entry(
+            "org.invite",
+            format!("{org}/{user}"),
+            json!({"role": role.as_str()}),
+        );
+        let made = req
+            .db(move |c| {
+                let made = adb::invite(c, &org, &user, role, &by, entry.at);
+                if made.is_ok() {
+                    hdb::audit(c, &entry)?;
+                }
+                Ok(made)
+            })
+            .await?
+            .map_err(account_error)?;
+        Ok(Reply::new(StatusCode::CREATED, invite_json(&made)))
+    })
+    .await
+}
+
+/// `DELETE /orgs/ORG/invites/NAME`: an admin withdraws an invitation.
+pub(in crate::api) async fn cancel_invite(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let (org, user) = (param(&p, "org").to_owned(), param(&p, "user").to_owned());
+        req.org(&org, Access::Admin)?;
+        let entry = req.audit_entry("org.invite.cancel", format!("{org}/{user}"), json!({}));
+        drop_invite(&req, org, user, entry).await
+    })
+    .await
+}
+
+/// Removes an invitation and records why; 404 when there was none.
+async fn drop_invite(req: &Request, org: String, user: String, entry: AuditEntry) -> Answer {
+    let (o, u) = (org.clone(), user.clone());
+    let dropped = req
+        .db(move |c| {
+            let done = adb::drop_invite(c, &o, &u)?;
+            if done {
+                hdb::audit(c, &entry)?;
+            }
+            Ok(done)
+        })
+        .await?;
+    if dropped {
+        Ok(Reply::empty(StatusCode::NO_CONTENT))
+    } else {
+        Err(Reply::error(
+            StatusCode::NOT_FOUND,
+            format!("no invitation of {user:?} to {org}"),
+        ))
+    }
+}
+
+impl Request {
+    /// The caller's user, if its key acts as that user in organizations
+    /// (an `@member` scope): only such a key answers invitations.
+    async fn acting_user(&self) -> Result<String, Reply> {
+        let key = self.stored_token().await?;
+        if key
+            .scopes
+            .iter()
+            .any(|s| s.repository == auth::scope::MEMBER)
+        {
+            Ok(key.username)
+        } else {
+            Err(Reply::error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "API key {} does not act for user {} in organizations (it has no @member scope)",
+                    key.name, key.username
+                ),
+            ))
+        }
+    }
+}
+
+/// `GET /users/me/invites`: the caller's user's invitations.
+pub(in crate::api) async fn my_invites(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let user = req.token()?.username.clone();
+        let now = unix_now() as i64;
+        let list = req
+            .db(move |c| adb::invites(c, None, Some(&user), now))
+            .await?;
+        Ok(Reply::ok(Value::Array(
+            list.iter().map(invite_json).collect(),
+        )))
+    })
+    .await
+}
+
+/// `POST /users/me/invites/ORG`: accept (a member with the invited role).
+pub(in crate::api) async fn accept_invite(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let user = req.acting_user().await?;
+        let org = param(&p, "org").to_owned();
+        let entry = req.audit_entry("org.invite.accept", format!("{org}/{user}"), json!({}));
+        let (o, u) = (org.clone(), user.clone());
+        let accepted = req
+            .db(move |c| {
+                let done = adb::accept(c, &o, &u, entry.at);
+                if let Ok(Some(_)) = done {
+                    hdb::audit(c, &entry)?;
+                }
+                Ok(done)
+            })
+            .await?
+            .map_err(account_error)?;
+        let m = accepted.ok_or_else(|| {
+            Reply::error(
+                StatusCode::NOT_FOUND,
+                format!("no invitation of {user:?} to {org} (it may have expired)"),
+            )
+        })?;
+        Ok(Reply::ok(req.member_json(&m)))
+    })
+    .await
+}
+
+/// `DELETE /users/me/invites/ORG`: decline.
+pub(in crate::api) async fn decline_invite(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let user = req.acting_user().await?;
+        let org = param(&p, "org").to_owned();
+        let entry = req.audit_entry("org.invite.decline", format!("{org}/{user}"), json!({}));
+        drop_invite(&req, org, user, entry).await
+    })
+    .await
+}
