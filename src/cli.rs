@@ -198,6 +198,19 @@ pub enum UserCommand {
         /// A server administrator.
         #[arg(long)]
         admin: bool,
+        /// Read a password (at least 12 characters) from the first line of
+        /// standard input, for signing in to the web UI.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Set a user's password from the first line of standard input (the
+    /// admin's reset: hexmirror keeps no email), or remove it.
+    Password {
+        /// The user.
+        name: String,
+        /// Make the account token-only again.
+        #[arg(long)]
+        remove: bool,
     },
 }
 
@@ -682,24 +695,80 @@ fn open_state_db(config: &Config) -> anyhow::Result<crate::store::Db> {
 }
 
 async fn run_user(config: &Config, command: UserCommand) -> anyhow::Result<ExitCode> {
+    use crate::accounts::{db as adb, password};
     let db = open_state_db(config)?;
-    let UserCommand::Create { name, admin } = command;
     let now = crate::clock::unix_now() as i64;
-    let created = db
-        .call(move |c| {
-            let made = crate::accounts::db::create_user(c, &name, admin, now);
-            if let Ok(u) = &made {
-                cli_audit(
-                    c,
-                    "user.create",
-                    &u.name,
-                    serde_json::json!({"admin": admin}),
-                )?;
+    // The password's hash, made off the async threads (argon2 is slow by
+    // design); the password itself goes nowhere else.
+    let read_password = || async {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
+        let line = line.trim_end_matches(['\n', '\r']).to_owned();
+        let phc = tokio::task::spawn_blocking(move || password::hash(&line)).await??;
+        anyhow::Ok(phc)
+    };
+    match command {
+        UserCommand::Create {
+            name,
+            admin,
+            password_stdin,
+        } => {
+            let phc = if password_stdin {
+                Some(read_password().await?)
+            } else {
+                None
+            };
+            let created = db
+                .call(move |c| {
+                    let made = adb::create_user(c, &name, admin, now);
+                    if let Ok(u) = &made {
+                        if let Some(phc) = &phc {
+                            adb::set_password(c, &u.name, Some(phc))?;
+                        }
+                        cli_audit(
+                            c,
+                            "user.create",
+                            &u.name,
+                            serde_json::json!({"admin": admin, "password": phc.is_some()}),
+                        )?;
+                    }
+                    Ok(made)
+                })
+                .await??;
+            eprintln!("created user {:?}", created.name);
+        }
+        UserCommand::Password { name, remove } => {
+            let phc = if remove {
+                None
+            } else {
+                Some(read_password().await?)
+            };
+            let n = name.clone();
+            let set = db
+                .call(move |c| {
+                    let set = adb::set_password(c, &n, phc.as_deref())?;
+                    if set {
+                        cli_audit(
+                            c,
+                            "user.password",
+                            &n,
+                            serde_json::json!({"removed": remove}),
+                        )?;
+                    }
+                    Ok(set)
+                })
+                .await?;
+            if !set {
+                anyhow::bail!("no user {name:?}: create it with `hexmirror user create {name}`");
             }
-            Ok(made)
-        })
-        .await??;
-    eprintln!("created user {:?}", created.name);
+            eprintln!(
+                "password of {name:?} {}",
+                if remove { "removed" } else { "set" }
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

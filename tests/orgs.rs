@@ -1074,3 +1074,71 @@ fn an_invitation_makes_a_member_only_when_the_user_accepts() {
         assert!(actions.contains(&a), "{a}: {actions:?}");
     }
 }
+
+#[test]
+fn a_user_signs_in_to_the_web_ui_with_a_password_that_is_stored_hashed() {
+    let s = setup();
+    let out = s.mirror.run_with_stdin(
+        &["user", "create", "pat", "--password-stdin"],
+        Some("a long enough password\n"),
+    );
+    assert!(out.ok(), "{out}");
+    let out = s
+        .mirror
+        .run_with_stdin(&["user", "password", "pat"], Some("short\n"));
+    assert!(!out.ok() && out.stderr.contains("at least 12"), "{out}");
+    let out = s
+        .mirror
+        .run(&["org", "member", ORG, "pat", "--role", "read"]);
+    assert!(out.ok(), "{out}");
+    // At rest: an argon2id hash, not the password.
+    // The database and its write-ahead log, wherever the row is now.
+    let mut db = fs::read(s.mirror.data_dir().join("hexmirror.db")).unwrap();
+    db.extend(fs::read(s.mirror.data_dir().join("hexmirror.db-wal")).unwrap_or_default());
+    let text = String::from_utf8_lossy(&db);
+    assert!(text.contains("$argon2id$"));
+    assert!(!text.contains("a long enough password"));
+    let served = s.mirror.serve();
+    let url = served.url();
+    let sign_in = |user: &str, password: &str| {
+        http_body(
+            "POST",
+            &format!("{url}/ui/login"),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            format!("username={user}&password={}", password.replace(' ', "+")).into_bytes(),
+        )
+    };
+    assert_eq!(sign_in("pat", "not the password!").status, 401);
+    assert_eq!(sign_in("nobody", "a long enough password").status, 401);
+    let ok = sign_in("pat", "a long enough password");
+    assert_eq!(ok.status, 303);
+    let cookie = ok
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    // The session reads what pat's membership allows: team's package list.
+    let (status, body) = publish(&url, &s.alice, "team_lib", "1.0.0");
+    assert_eq!(status, 201, "{body}");
+    let page = http(
+        "GET",
+        &format!("{url}/ui/?repo=team"),
+        &[("cookie", &cookie)],
+    );
+    assert_eq!(page.status, 200);
+    assert!(String::from_utf8_lossy(&page.body).contains("team_lib"));
+    let live = s.mirror.run(&["token", "list"]);
+    assert!(live.stdout.contains("session."), "{live}");
+    // Signing out revokes the key the password made.
+    let out = http("POST", &format!("{url}/ui/logout"), &[("cookie", &cookie)]);
+    assert_eq!(out.status, 303);
+    let live = s.mirror.run(&["token", "list"]);
+    assert!(!live.stdout.contains("session."), "{live}");
+    // Guessing is limited like keys are.
+    for _ in 0..10 {
+        sign_in("pat", "wrong wrong wrong");
+    }
+    assert_eq!(sign_in("pat", "a long enough password").status, 429);
+}

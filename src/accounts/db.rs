@@ -124,6 +124,26 @@ pub fn create_user(
     })
 }
 
+/// Sets (or, with `None`, removes) `name`'s password hash; `false` when
+/// there is no such user.
+pub fn set_password(c: &Connection, name: &str, phc: Option<&str>) -> rusqlite::Result<bool> {
+    Ok(c.execute(
+        "UPDATE users SET password_hash = ?2 WHERE name = ?1",
+        params![name, phc],
+    )? > 0)
+}
+
+/// `name`'s password hash, if the user exists and has a password.
+pub fn password_hash(c: &Connection, name: &str) -> rusqlite::Result<Option<String>> {
+    Ok(c.query_row(
+        "SELECT password_hash FROM users WHERE name = ?1",
+        [name],
+        |r| r.get::<_, Option<String>>(0),
+    )
+    .optional()?
+    .flatten())
+}
+
 /// User `name`.
 pub fn user(c: &Connection, name: &str) -> rusqlite::Result<Option<User>> {
     c.query_row(

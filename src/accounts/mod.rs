@@ -14,6 +14,7 @@
 
 pub mod db;
 pub mod oauth;
+pub mod password;
 
 use crate::config::{Config, RepositoryConfig};
 

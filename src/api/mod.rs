@@ -90,6 +90,17 @@ impl ApiState {
         Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Whether `client` is blocked for too many failures now.
+    pub fn is_blocked(&self, client: Option<IpAddr>) -> bool {
+        client.is_some_and(|ip| {
+            self.limiter
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .blocked(&ip, unix_now())
+                .is_some()
+        })
+    }
+
     /// Counts a failed authentication-like guess (a wrong device user
     /// code) from `client` towards the same limit as a wrong key.
     pub fn note_failure(&self, client: Option<IpAddr>) {
@@ -348,7 +359,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .saturating_add(64 * 1024);
     let mut r = Router::new();
     for prefix in ["/api", "/api/repos/{repo}"] {
-        let routes: [(&str, MethodRouter<Arc<ApiState>>); 34] = [
+        let routes: [(&str, MethodRouter<Arc<ApiState>>); 35] = [
             ("/publish", post(h::publish)),
             ("/packages", get(h::list_packages)),
             ("/packages/{name}", get(h::get_package)),
@@ -411,6 +422,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
             ("/oauth/device_authorization", post(h::device_authorization)),
             ("/oauth/device", get(h::device_show).post(h::device_decide)),
             ("/oauth/revoke", post(h::oauth_revoke)),
+            (
+                "/sessions",
+                post(h::create_session).delete(h::delete_session),
+            ),
             // Last, so every route above wins over it.
             ("/{*rest}", any(h::not_found)),
         ];

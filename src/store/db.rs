@@ -112,7 +112,9 @@ fn now() -> i64 {
 /// Users, organizations and members (queried by `accounts::db`).
 pub const ACCOUNTS_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
-    name TEXT PRIMARY KEY, admin INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL);
+    name TEXT PRIMARY KEY, admin INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL,
+    -- argon2id PHC string; NULL: a token-only account.
+    password_hash TEXT);
 CREATE TABLE IF NOT EXISTS orgs (name TEXT PRIMARY KEY, created_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS org_members (
     org TEXT NOT NULL, username TEXT NOT NULL,

@@ -591,10 +591,15 @@ async fn login_form(State(ui): State<Arc<Ui>>, Peer(peer): Peer, headers: Header
     ui.render("login.html", &caller, json!({}))
 }
 
-/// The sign-in form's body.
+/// The sign-in form's body: an API key, or a user name and password.
 #[derive(serde::Deserialize)]
 struct LoginForm {
+    #[serde(default)]
     token: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
 }
 
 /// Whether a form post comes from this site: a browser sends `Origin` on
@@ -626,10 +631,35 @@ async fn login(
         };
         return ui.error_page(&caller, &e);
     }
-    let token = form.token.trim().to_owned();
-    // The API decides whether the key is good (and counts failures by
-    // client address, as it does for every client).
-    let checked = ui.api_with(&caller, "/api/auth", Some(&token)).await;
+    // The API decides whether the key or password is good (and counts
+    // failures by client address, as it does for every client). A
+    // password gets a key for 12 hours, revoked when the user signs out.
+    let (token, checked) = if form.username.trim().is_empty() {
+        let token = form.token.trim().to_owned();
+        let checked = ui.api_with(&caller, "/api/auth", Some(&token)).await;
+        (token, checked)
+    } else {
+        let body = json!({"username": form.username.trim(), "password": form.password});
+        match ui
+            .api_request(
+                &caller,
+                axum::http::Method::POST,
+                "/api/sessions",
+                None,
+                Some(body),
+            )
+            .await
+        {
+            Ok(key) => (
+                key.get("secret")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+                Ok(Value::Null),
+            ),
+            Err(e) => (String::new(), Err(e)),
+        }
+    };
     if let Err(e) = checked {
         let mut res = ui.render(
             "login.html",
@@ -653,6 +683,19 @@ async fn login(
 
 async fn logout(State(ui): State<Arc<Ui>>, Peer(peer): Peer, headers: HeaderMap) -> Response {
     let caller = ui.caller(&headers, peer);
+    if caller.token.is_some() {
+        // A key made by a password sign-in ends with the session; the API
+        // leaves any other key alone.
+        let _ = ui
+            .api_request(
+                &caller,
+                axum::http::Method::DELETE,
+                "/api/sessions",
+                caller.token.as_deref(),
+                None,
+            )
+            .await;
+    }
     if let Some(id) = &caller.session {
         ui.sessions.close(id);
     }

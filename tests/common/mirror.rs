@@ -317,9 +317,14 @@ impl Mirror {
 
     /// Runs `hexmirror ARGS... --config CONFIG` to the end.
     pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with_stdin(args, None)
+    }
+
+    /// Like [`Mirror::run`], with `input` on standard input.
+    pub fn run_with_stdin(&self, args: &[&str], input: Option<&str>) -> Output {
         let mut cmd = super::hexmirror();
         cmd.args(args).arg("--config").arg(&self.config);
-        let out = run_with_timeout(cmd, COMMAND_TIMEOUT);
+        let out = super::run_with_input(cmd, COMMAND_TIMEOUT, input.map(str::as_bytes));
         Output {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

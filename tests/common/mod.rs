@@ -170,14 +170,26 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 /// Runs `cmd` to completion with piped stdout and stderr, panicking if it
 /// takes longer than `timeout`. The pipes are drained on their own threads so
 /// a chatty child cannot block on a full pipe.
-fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
+fn run_with_timeout(cmd: Command, timeout: Duration) -> Output {
+    run_with_input(cmd, timeout, None)
+}
+
+/// Like [`run_with_timeout`], with `input` written to the child's stdin.
+pub fn run_with_input(mut cmd: Command, timeout: Duration, input: Option<&[u8]>) -> Output {
     let shown = format!("{cmd:?}");
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {shown}: {e}"));
+    if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+        std::io::Write::write_all(&mut stdin, bytes).expect("write the child's stdin");
+    }
     let drain = |mut pipe: Box<dyn Read + Send>| {
         thread::spawn(move || {
             let mut buf = Vec::new();

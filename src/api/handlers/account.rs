@@ -323,3 +323,119 @@ pub(super) async fn audit_page(req: &Request, q: &BTreeMap<String, String>, of: 
             .collect(),
     )))
 }
+
+/// How long a key made by signing in with a password lives.
+const SESSION_SECS: i64 = 12 * 3600;
+
+/// `POST /sessions` `{username, password}`: signing in with a password
+/// makes a key for 12 hours with the user's own rights (its memberships,
+/// and every right for a server administrator). A wrong name or password
+/// counts as a failed sign-in, and both take the same time.
+pub(in crate::api) async fn create_session(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request_as(state, &headers, client, &p, None);
+        req.publisher()?;
+        if req.state.is_blocked(client) {
+            return Err(Reply::error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed sign-ins from this address; try again later",
+            ));
+        }
+        let form = wire::decode_body(&headers, &body)?;
+        let (name, password) = (text_field(&form, "username"), text_field(&form, "password"));
+        let n = name.clone();
+        let stored = req
+            .db(move |c| {
+                Ok(crate::accounts::db::password_hash(c, &n)?
+                    .zip(crate::accounts::db::user(c, &n)?))
+            })
+            .await?;
+        let (phc, user) = match stored {
+            Some((phc, user)) => (phc, Some(user)),
+            None => (crate::accounts::password::decoy().to_owned(), None),
+        };
+        let ok =
+            tokio::task::spawn_blocking(move || crate::accounts::password::verify(&password, &phc))
+                .await
+                .unwrap_or(false);
+        let Some(user) = user.filter(|_| ok) else {
+            req.state.note_failure(client);
+            tracing::info!(client = ?client, "refused sign-in for {name:?}");
+            return Err(Reply::error(
+                StatusCode::UNAUTHORIZED,
+                "wrong user name or password",
+            ));
+        };
+        let mut scopes = vec![Scope {
+            repository: auth::scope::MEMBER.to_owned(),
+            package: "*".to_owned(),
+            access: Access::Admin,
+            versions: None,
+        }];
+        if user.admin {
+            scopes.extend(auth::admin_scopes());
+        }
+        let now = unix_now() as i64;
+        let key_name = format!("session.{}", hex::encode(rand::random::<[u8; 6]>()));
+        let entry = AuditEntry {
+            actor: user.name.clone(),
+            ..req.audit_entry("user.sign_in", user.name.clone(), json!({"key": key_name}))
+        };
+        let created = req
+            .db(move |c| {
+                let made = create_token(
+                    c,
+                    &key_name,
+                    &user.name,
+                    scopes,
+                    Some(now + SESSION_SECS),
+                    None,
+                );
+                if made.is_ok() {
+                    hdb::audit(c, &entry)?;
+                }
+                Ok(made)
+            })
+            .await?;
+        let (secret, row) = created.map_err(token_error)?;
+        Ok(Reply::new(
+            StatusCode::CREATED,
+            key_json(&req.base, &row, Some(&secret)),
+        ))
+    })
+    .await
+}
+
+/// `DELETE /sessions`: signs out a key made by [`create_session`] (it is
+/// revoked); any other key is left alone (204 either way).
+pub(in crate::api) async fn delete_session(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let key = req.token()?.clone();
+        if key.name.starts_with("session.") {
+            let entry = req.audit_entry(
+                "user.sign_out",
+                key.username.clone(),
+                json!({"key": key.name}),
+            );
+            req.db(move |c| {
+                hdb::revoke_token(c, &key.id, entry.at)?;
+                hdb::audit(c, &entry)
+            })
+            .await?;
+        }
+        Ok(Reply::empty(StatusCode::NO_CONTENT))
+    })
+    .await
+}
