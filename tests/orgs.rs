@@ -27,8 +27,13 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with("name = \"acme\"\npackages = [\"beta\"]")
+}
+
+/// [`setup`] with `repository` as the configured `[[repository]]`.
+fn setup_with(repository: &str) -> Setup {
     let upstream = TestUpstream::build(SPEC_SMALL);
-    let mirror = Mirror::hosting(&upstream, "name = \"acme\"\npackages = [\"beta\"]", "");
+    let mirror = Mirror::hosting(&upstream, repository, "");
     for args in [
         &["user", "create", "alice"][..],
         &["user", "create", "bob"],
@@ -1141,4 +1146,60 @@ fn a_user_signs_in_to_the_web_ui_with_a_password_that_is_stored_hashed() {
         sign_in("pat", "wrong wrong wrong");
     }
     assert_eq!(sign_in("pat", "a long enough password").status, 429);
+}
+
+#[test]
+fn stock_mix_fetches_an_org_package_with_hexpm_at_a_repository_of_ours() {
+    // hexpm is our re-signed `/repos/hexpm`: Hex asks for the organization
+    // at /repos/hexpm/repos/team/..., with hexpm's key, which is ours.
+    let s = setup_with("name = \"hexpm\"\npackages = [\"beta\"]");
+    let served = s.mirror.serve();
+    let url = served.url();
+    let (status, body) = publish(&url, &s.alice, "team_lib", "1.0.0");
+    assert_eq!(status, 201, "{body}");
+    let (status, key) = call(
+        &url,
+        "POST",
+        "/api/orgs/team/keys",
+        &s.alice,
+        Some(json!({"name": "ci"})),
+    );
+    assert_eq!(status, 201, "{key}");
+    let key = key["secret"].as_str().unwrap().to_owned();
+    let mix = MixClient::new("client", "0.1.0");
+    let api = format!("{url}/api");
+    let ours = fixture_key("other.pub.pem");
+    mix.run_ok(
+        &[
+            "hex.repo",
+            "set",
+            "hexpm",
+            "--url",
+            &format!("{url}/repos/hexpm"),
+            "--public-key",
+            &ours.to_string_lossy(),
+        ],
+        &[],
+    );
+    mix.run_ok(
+        &["hex.organization", "auth", ORG, "--key", &key],
+        &[("HEX_API_URL", &api)],
+    );
+    fs::write(
+        mix.project().join("mix.exs"),
+        "defmodule Client.MixProject do\n  use Mix.Project\n  def project do\n    \
+         [app: :client, version: \"0.1.0\", deps: [{:team_lib, \"~> 1.0\", organization: \"team\"}]]\n  \
+         end\nend\n",
+    )
+    .unwrap();
+    let out = mix.run_ok(&["deps.get"], &[("HEX_API_URL", &api)]);
+    assert!(
+        mix.project()
+            .join("deps/team_lib/hex_metadata.config")
+            .exists(),
+        "{out}"
+    );
+    // Without a key the nested path is as private as the direct one.
+    let got = http("GET", &format!("{url}/repos/hexpm/repos/team/names"), &[]);
+    assert_eq!(got.status, 401);
 }

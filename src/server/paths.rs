@@ -90,11 +90,12 @@ pub fn parse(raw_path: &str) -> Result<Target, PathError> {
         check_org(org)?;
         segments.drain(..2);
     }
-    // `/repos/ONE/repos/ORG/docs/FILE`: Hex fetches an organisation's docs
-    // at its hexpm URL + `/repos/ORG/docs/`, and when that URL is one of our
-    // repositories (`mix hex.repo set hexpm --url http://HOST/repos/hexpm`)
-    // this is where it looks; the docs are ORG's.
-    if let ["repos", one, "repos", _, "docs", _] = segments.as_slice() {
+    // `/repos/ONE/repos/ORG/...`: Hex fetches an organisation's files (its
+    // index, packages, tarballs and docs) at its hexpm URL + `/repos/ORG/`,
+    // and when that URL is one of our repositories (`mix hex.repo set hexpm
+    // --url http://HOST/repos/hexpm`) this is where it looks; the files are
+    // ORG's, behind ORG's gate.
+    if let ["repos", one, "repos", _, _, ..] = segments.as_slice() {
         check_org(one)?;
         segments.drain(..2);
     }
@@ -327,8 +328,17 @@ mod tests {
         );
         assert_eq!(
             parse("/repos/hexpm/repos/acme/names"),
-            Err(PathError::Unknown)
+            file(Some("acme"), Kind::Registry, "repos/acme/names")
         );
+        assert_eq!(
+            parse("/repos/hexpm/repos/acme/tarballs/x-1.0.0.tar"),
+            file(
+                Some("acme"),
+                Kind::Tarball,
+                "repos/acme/tarballs/x-1.0.0.tar"
+            )
+        );
+        assert!(is_bad("/repos/hexpm/repos/../names"));
         assert_eq!(parse("/installs/a/b/c"), Err(PathError::Unknown));
         assert!(is_bad("/installs/.hidden"));
         assert!(is_bad("/installs/a%20b"));
@@ -390,7 +400,8 @@ mod tests {
             "/packages/foo/extra",
             "/repos/acme",
             "/repos/acme/nope",
-            "/repos/acme/repos/x/names",
+            "/repos/acme/repos/x/nope",
+            "/repos/acme/repos/x/repos/y/names",
             "/repos/acme/installs",
             "/registry.ets.gz",
         ] {
