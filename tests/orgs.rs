@@ -1203,3 +1203,75 @@ fn stock_mix_fetches_an_org_package_with_hexpm_at_a_repository_of_ours() {
     let got = http("GET", &format!("{url}/repos/hexpm/repos/team/names"), &[]);
     assert_eq!(got.status, 401);
 }
+
+#[test]
+fn an_admin_registers_a_consumer_key_limited_to_a_package_and_its_major_version() {
+    // Seed 002 (register, fetch, prune a token for someone) and seed 003 (a
+    // consumer allowed `9.*` of one package), as hexmirror answers them.
+    let s = setup();
+    let out = s.mirror.run(&["user", "create", "carl"]);
+    assert!(out.ok(), "{out}");
+    let served = s.mirror.serve();
+    let url = served.url();
+    for version in ["1.0.0", "9.1.0"] {
+        let (status, body) = publish(&url, &s.alice, "team_lib", version);
+        assert_eq!(status, 201, "{body}");
+    }
+    let consumer = json!({
+        "name": "carl-ci",
+        "username": "carl",
+        "permissions": [{"domain": "package", "resource": "team/team_lib", "access": "read", "versions": "~> 9.0"}],
+    });
+    // Only a server admin registers keys for others, and only for users.
+    assert_eq!(
+        call(&url, "POST", "/api/keys", &s.alice, Some(consumer.clone())).0,
+        403
+    );
+    let mut nobody = consumer.clone();
+    nobody["username"] = json!("nobody");
+    assert_eq!(
+        call(&url, "POST", "/api/keys", &s.admin, Some(nobody)).0,
+        404
+    );
+    let (status, key) = call(&url, "POST", "/api/keys", &s.admin, Some(consumer));
+    assert_eq!(status, 201, "{key}");
+    assert_eq!(key["username"], "carl", "{key}");
+    let secret = key["secret"].as_str().unwrap().to_owned();
+    // carl reads 9.x of team_lib, and nothing else.
+    let (_, pkg) = call(
+        &url,
+        "GET",
+        "/api/repos/team/packages/team_lib",
+        &secret,
+        None,
+    );
+    let versions: Vec<&str> = pkg["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["9.1.0"], "{pkg}");
+    let tarball = |v: &str| {
+        http(
+            "GET",
+            &format!("{url}/repos/team/tarballs/team_lib-{v}.tar"),
+            &[("authorization", &secret)],
+        )
+        .status
+    };
+    assert_eq!(tarball("9.1.0"), 200);
+    assert_ne!(tarball("1.0.0"), 200);
+    // Fetch and prune, by the admin.
+    let (status, fetched) = call(&url, "GET", "/api/keys/carl-ci", &s.admin, None);
+    assert_eq!(
+        (status, fetched["secret"].clone()),
+        (200, Value::Null),
+        "{fetched}"
+    );
+    assert_eq!(
+        call(&url, "DELETE", "/api/keys/carl-ci", &s.admin, None).0,
+        200
+    );
+    assert_eq!(tarball("9.1.0"), 401);
+}

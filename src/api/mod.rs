@@ -312,6 +312,9 @@ pub enum TokenError {
     /// A longer life than the creator has.
     #[error("a key cannot outlive its creator, which expires at {}", wire::iso(*.0))]
     OutlivesCreator(i64),
+    /// A key for a user that does not exist.
+    #[error("no user {0:?}: create it first (`hexmirror user create {0}`)")]
+    NoUser(String),
     /// Database trouble.
     #[error("state database: {0}")]
     Db(#[from] rusqlite::Error),
@@ -325,6 +328,7 @@ impl TokenError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             Self::BeyondCreator | Self::OutlivesCreator(_) => StatusCode::FORBIDDEN,
+            Self::NoUser(_) => StatusCode::NOT_FOUND,
             Self::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

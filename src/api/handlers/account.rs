@@ -219,12 +219,24 @@ pub(in crate::api) async fn create_key(
             versions: None,
         };
         let (perms, mut scopes) = body_permissions(&body, default)?;
-        // `api` (full access on hex.pm) means "everything I have" here.
+        let on_behalf =
+            Some(text_field(&body, "username")).filter(|u| !u.is_empty() && *u != parent.username);
+        // `api` (full access on hex.pm) means "everything I have" here; for
+        // another user's key, everything that user has (their memberships),
+        // never the admin's rights.
         if perms
             .iter()
             .any(|p| p.domain == "api" && p.resource.is_none())
         {
-            scopes = parent.scopes.clone();
+            scopes = match on_behalf {
+                None => parent.scopes.clone(),
+                Some(_) => vec![Scope {
+                    repository: auth::scope::MEMBER.to_owned(),
+                    package: "*".to_owned(),
+                    access: Access::Admin,
+                    versions: None,
+                }],
+            };
         }
         let expires_at = match body.get("expires_at") {
             None | Some(Value::Null) => parent.expires_at,
@@ -235,10 +247,31 @@ pub(in crate::api) async fn create_key(
                 )
             })?),
         };
-        let user = parent.username.clone();
+        // A server admin registers keys for other users (seed 002's
+        // `register`, seed 003's consumers): the key is theirs, not a
+        // child of the admin's, so it outlives the admin's key.
+        if on_behalf.is_some() && !auth::allows(&parent.scopes, "*", None, Access::Admin) {
+            return Err(Reply::error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "only a server admin makes keys for other users; API key {} is not one",
+                    parent.name
+                ),
+            ));
+        }
+        let user = on_behalf.clone().unwrap_or_else(|| parent.username.clone());
         let p2 = parent.clone();
         let created = req
-            .db(move |c| Ok(create_token(c, &name, &user, scopes, expires_at, Some(&p2))))
+            .db(move |c| {
+                if on_behalf.is_some() && crate::accounts::db::user(c, &user)?.is_none() {
+                    return Ok(Err(TokenError::NoUser(user.clone())));
+                }
+                let parent = on_behalf.is_none().then_some(&p2);
+                if parent.is_none() && !auth::within(&scopes, &p2.scopes) {
+                    return Ok(Err(TokenError::BeyondCreator));
+                }
+                Ok(create_token(c, &name, &user, scopes, expires_at, parent))
+            })
             .await?;
         let (secret, row) = created.map_err(token_error)?;
         req.audit(
