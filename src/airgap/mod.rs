@@ -137,6 +137,19 @@ pub enum AirgapError {
         /// Size found.
         found: u64,
     },
+    /// A volume longer than the manifest lists: something was appended to
+    /// it, or another file took its name. Read no further than the listed
+    /// size, so such a file costs no more memory or time than the real one.
+    #[error(
+        "{}: data past the {expected} bytes the bundle manifest lists for this volume: it was appended to or replaced; carry this volume again",
+        path.display()
+    )]
+    TrailingData {
+        /// The volume file.
+        path: PathBuf,
+        /// Size listed.
+        expected: u64,
+    },
     /// A volume whose bytes are not what the manifest lists.
     #[error(
         "volume {volume} does not match its SHA-256 (found {found}): it is damaged; carry this volume again"

@@ -121,6 +121,12 @@ pub(super) fn check_present(dir: &Path, bundle: &BundleManifest) -> Result<(), A
                 });
             }
         };
+        if found > volume.size {
+            return Err(AirgapError::TrailingData {
+                path,
+                expected: volume.size,
+            });
+        }
         if found != volume.size {
             return Err(AirgapError::VolumeSize {
                 volume: volume.name.clone(),
@@ -263,18 +269,33 @@ fn check_volume(
             }];
         }
     };
+    let found = file.metadata().map(|m| m.len()).ok();
+    let r = BufReader::with_capacity(1 << 20, file);
+    check_stream(r, &path, found, bundle, index, volume)
+}
+
+/// [`check_volume`] on the volume's bytes `r` (`found`: its length, if
+/// known). Reads at most the size the manifest lists plus one byte, so a
+/// volume with gigabytes appended costs no more than the genuine one.
+fn check_stream(
+    mut r: impl Read,
+    path: &Path,
+    found: Option<u64>,
+    bundle: &BundleManifest,
+    index: usize,
+    volume: &Volume,
+) -> Vec<AirgapError> {
     let mut problems = Vec::new();
-    let mut r = BufReader::with_capacity(1 << 20, file);
     let mut whole = Sha256::new();
     let mut pos = 0u64;
     let mut buf = vec![0u8; 1 << 16];
     // Feeds `n` bytes to the volume's hash (and `blob`'s); false at EOF.
     let mut feed =
-        |r: &mut BufReader<File>, n: u64, mut blob: Option<&mut Sha256>| -> std::io::Result<bool> {
+        |r: &mut dyn Read, n: u64, mut blob: Option<&mut Sha256>| -> std::io::Result<bool> {
             let mut left = n;
             while left > 0 {
                 let want = left.min(buf.len() as u64) as usize;
-                let got = r.read(&mut buf[..want])?;
+                let got = read_some(r, &mut buf[..want])?;
                 if got == 0 {
                     return Ok(false);
                 }
@@ -298,11 +319,13 @@ fn check_volume(
                 break;
             }
             Err(e) => {
-                problems.push(io("read", &path)(e));
+                problems.push(io("read", path)(e));
                 return problems;
             }
         }
-        pos = place.offset + place.size;
+        // No overflow: the manifest's consistency check keeps every blob
+        // inside its volume.
+        pos = place.offset.saturating_add(place.size);
         let found = hex::encode(blob.finalize());
         if found != sha {
             problems.push(AirgapError::BlobHash {
@@ -313,22 +336,36 @@ fn check_volume(
             });
         }
     }
-    // The rest: padding and trailer, to the end of the file.
-    let mut rest = Vec::new();
-    if let Err(e) = r.read_to_end(&mut rest) {
-        problems.push(io("read", &path)(e));
-        return problems;
-    }
-    whole.update(&rest);
-    let actual = std::fs::metadata(&path)
-        .map(|m| m.len())
-        .unwrap_or(pos + rest.len() as u64);
-    if short || actual != volume.size {
-        problems.push(AirgapError::VolumeSize {
+    // The rest: padding and trailer, up to the size the manifest lists and
+    // no further; then one byte more tells whether anything was appended.
+    let tail = if short {
+        Ok(false)
+    } else {
+        feed(&mut r, volume.size.saturating_sub(pos), None)
+    };
+    let trailing = match tail {
+        Ok(true) => read_some(&mut r, &mut [0u8; 1]).map(|n| n > 0),
+        Ok(false) => {
+            short = true;
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    };
+    match trailing {
+        Ok(true) => problems.push(AirgapError::TrailingData {
+            path: path.to_owned(),
+            expected: volume.size,
+        }),
+        Ok(false) if short => problems.push(AirgapError::VolumeSize {
             volume: volume.name.clone(),
             expected: volume.size,
-            found: actual,
-        });
+            found: found.unwrap_or(pos),
+        }),
+        Ok(false) => {}
+        Err(e) => {
+            problems.push(io("read", path)(e));
+            return problems;
+        }
     }
     let found = hex::encode(whole.finalize());
     if found != volume.sha256 {
@@ -338,4 +375,174 @@ fn check_volume(
         });
     }
     problems
+}
+
+/// One `read`, retried when a signal interrupted it.
+fn read_some(r: &mut (impl Read + ?Sized), buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::BundleKind;
+    use crate::manifest::{FileEntry, UpstreamState};
+
+    /// A bundle of two small blobs in one volume, written into a temp dir.
+    fn written() -> (tempfile::TempDir, BundleManifest) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sizes = std::collections::BTreeMap::new();
+        let mut tree = std::collections::BTreeMap::new();
+        for (name, bytes) in [("a", vec![1u8; 700]), ("b", vec![2u8; 1500])] {
+            let sha = hex::encode(Sha256::digest(&bytes));
+            std::fs::write(dir.path().join(&sha), &bytes).unwrap();
+            sizes.insert(sha.clone(), bytes.len() as u64);
+            let entry = FileEntry {
+                sha256: sha,
+                size: bytes.len() as u64,
+            };
+            tree.insert(format!("tarballs/{name}-1.0.0.tar"), Some(entry));
+        }
+        let layout = bundle::layout(&sizes, None).unwrap();
+        let blobs = dir.path().to_owned();
+        let volumes = write_volumes(
+            dir.path(),
+            &layout,
+            |sha| Some(blobs.join(sha)),
+            |sha| panic!("blob {sha} missing"),
+        )
+        .unwrap();
+        let manifest = BundleManifest {
+            blobs: layout.places,
+            created_at: 0,
+            expires_at: 0,
+            generation: "g1".into(),
+            kind: BundleKind::Full,
+            manifest_version: 1,
+            previous: None,
+            sequence: 1,
+            tree,
+            upstream: UpstreamState {
+                names_etag: None,
+                synced_at: 0,
+                url: "http://upstream".into(),
+                versions_etag: None,
+            },
+            volumes,
+        };
+        (dir, manifest)
+    }
+
+    /// Counts the bytes read through it.
+    struct Counting<R> {
+        inner: R,
+        read: u64,
+    }
+
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read += n as u64;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_whole_volume_has_no_problem() {
+        let (dir, bundle) = written();
+        let problems = check_volume(dir.path(), &bundle, 0, &bundle.volumes[0]);
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    #[test]
+    fn data_appended_to_a_volume_is_named_with_its_path_and_not_read() {
+        let (dir, bundle) = written();
+        let volume = &bundle.volumes[0];
+        let path = dir.path().join(&volume.name);
+        let genuine = std::fs::read(&path).unwrap();
+        // Endless data after the genuine bytes: reading it to the end (as a
+        // `read_to_end` of the rest would) never finishes and fills memory.
+        let mut r = Counting {
+            inner: genuine.as_slice().chain(std::io::repeat(0x41)),
+            read: 0,
+        };
+        let problems = check_stream(&mut r, &path, None, &bundle, 0, volume);
+        assert!(
+            r.read <= volume.size + 1,
+            "read {} bytes of a {}-byte volume",
+            r.read,
+            volume.size
+        );
+        assert!(
+            matches!(
+                problems.as_slice(),
+                [AirgapError::TrailingData { path: p, expected }]
+                    if *p == path && *expected == volume.size
+            ),
+            "{problems:?}"
+        );
+        let message = problems[0].to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+
+        // The same through the file, and the import's presence check too.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(&[0u8; 4096]))
+            .unwrap();
+        let problems = check_volume(dir.path(), &bundle, 0, volume);
+        assert!(
+            matches!(problems.as_slice(), [AirgapError::TrailingData { path: p, .. }] if *p == path),
+            "{problems:?}"
+        );
+        assert!(matches!(
+            check_present(dir.path(), &bundle),
+            Err(AirgapError::TrailingData { path: p, .. }) if p == path
+        ));
+    }
+
+    /// The problems [`check_volume`] finds once the volume's length is
+    /// set to `len(listed size)`, and the listed size.
+    fn checked_at_length(len: impl Fn(u64) -> u64) -> (Vec<AirgapError>, u64) {
+        let (dir, bundle) = written();
+        let volume = &bundle.volumes[0];
+        File::options()
+            .write(true)
+            .open(dir.path().join(&volume.name))
+            .and_then(|f| f.set_len(len(volume.size)))
+            .unwrap();
+        (check_volume(dir.path(), &bundle, 0, volume), volume.size)
+    }
+
+    #[test]
+    fn a_huge_sparse_tail_is_refused_without_reading_it() {
+        // 64 GiB more, as a hole: no disk used, but more than memory holds.
+        let (problems, _) = checked_at_length(|size| size + (64 << 30));
+        assert!(
+            matches!(problems.as_slice(), [AirgapError::TrailingData { .. }]),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_truncated_volume_is_short_not_trailing() {
+        let (problems, size) = checked_at_length(|size| size - 100);
+        assert!(
+            problems.iter().any(
+                |p| matches!(p, AirgapError::VolumeSize { found, .. } if *found == size - 100)
+            ),
+            "{problems:?}"
+        );
+        assert!(
+            !problems
+                .iter()
+                .any(|p| matches!(p, AirgapError::TrailingData { .. })),
+            "{problems:?}"
+        );
+    }
 }
