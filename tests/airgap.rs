@@ -787,3 +787,65 @@ fn a_far_side_that_lost_content_the_chain_assumes_is_told_to_rebase() {
         "refused before reading anything"
     );
 }
+
+#[test]
+fn a_proxied_tarball_no_served_record_lists_is_left_out_and_the_bundle_imports() {
+    let with_epsilon =
+        |version: &str| format!("{SPEC_SMALL}{{\"epsilon\", \"{version}\", [], []}}.\n");
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let near = Mirror::new(&upstream, "\n[proxy]\nenabled = true\n");
+    assert!(near.run(&["keygen", "--bundle"]).ok());
+    near.sync_ok();
+    // A package newer than the last sync: the proxy fetches its record and
+    // a tarball the record lists.
+    rebuild_upstream(&upstream, &with_epsilon("0.1.0"));
+    {
+        let served = near.serve();
+        for path in ["packages/epsilon", "tarballs/epsilon-0.1.0.tar"] {
+            let got = http("GET", &format!("{}/{path}", served.url()), &[]);
+            assert_eq!(got.status, 200, "{path}");
+        }
+    }
+    // Then that release is reverted upstream; the next sync serves the
+    // package's record, which no longer lists the tarball the proxy keeps.
+    rebuild_upstream(&upstream, &with_epsilon("0.2.0"));
+    near.sync_ok();
+    let stray = "tarballs/epsilon-0.1.0.tar";
+    assert!(near.data_dir().join("proxy").join(stray).is_file());
+
+    let bundles = TempDir::new().unwrap();
+    let far = Mirror::new(
+        &upstream,
+        &far_sections(&near.data_dir().join("keys/bundle.pub.pem")),
+    );
+    let export = |name: &str| {
+        let dir = bundles.path().join(name);
+        let out = near.run(&["bundle", "export", "--out", dir.to_str().unwrap()]);
+        assert!(out.ok(), "{out}");
+        (dir, out)
+    };
+    let (b1, out) = export("b1");
+    assert!(
+        out.stderr.contains(stray) && out.stderr.contains("left out of the bundle"),
+        "the export says what it left out and why: {out}"
+    );
+    let out = far.run(&["bundle", "import", b1.to_str().unwrap()]);
+    assert!(out.ok(), "{out}");
+    let tree = contents(&far.tree(), "");
+    assert!(!tree.contains_key(stray), "{tree:?}");
+    assert_eq!(tree, contents(&near.tree(), ""));
+
+    // The chain goes on past it.
+    rebuild_upstream(
+        &upstream,
+        &format!(
+            "{}{{\"zeta\", \"1.0.0\", [], []}}.\n",
+            with_epsilon("0.2.0")
+        ),
+    );
+    near.sync_ok();
+    let (b2, _) = export("b2");
+    let out = far.run(&["bundle", "import", b2.to_str().unwrap()]);
+    assert!(out.ok(), "{out}");
+    assert_eq!(contents(&far.tree(), ""), contents(&near.tree(), ""));
+}

@@ -1,18 +1,20 @@
 //! `hexmirror bundle export`: the next bundle of this exporter's chain,
 //! holding what the far side lacks to reproduce the current generation.
 
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AirgapError, bundles_dir, check_space, io, kept_name, paths_text, sha_bytes, volumes,
-    write_atomic,
+    AirgapError, UpstreamCheck, bundles_dir, check_space, checks, io, kept_name, paths_text,
+    sha_bytes, volumes, write_atomic,
 };
 use crate::bundle::{self, BUNDLE_MANIFEST_FILE, BundleKind, BundleManifest, Layout, Tree};
-use crate::config::Config;
-use crate::store::Store;
+use crate::config::{Config, UpstreamConfig};
+use crate::registry::proto::package::Package;
+use crate::store::{FileMap, FileRef, Store};
 
 /// What `bundle export` was asked for.
 #[derive(Debug, Clone)]
@@ -50,6 +52,10 @@ pub struct ExportReport {
     pub volumes: usize,
     /// True when it is an earlier bundle written again (same content).
     pub again: bool,
+    /// Files of the proxy's cache left out because the importer would
+    /// refuse them (each logged with the reason); a later bundle carries
+    /// them once the served record lists them.
+    pub left_out: Vec<String>,
 }
 
 /// What the exporter remembers after each bundle: its place in the chain
@@ -102,10 +108,25 @@ pub fn export(config: &Config, opts: &ExportOptions) -> Result<ExportReport, Air
     if let Some(sequence) = opts.sequence {
         return write_again(&store, &dir, &opts.out, sequence, &key, state.as_ref());
     }
-    let source = exported_tree(config, &store, opts.heartbeat)?;
-    let tree = source.tree;
+    let mut source = exported_tree(config, &store, opts.heartbeat)?;
     let empty = Tree::new();
-    let (kind, sequence, previous, base) = match (&state, opts.full) {
+    let base = match (&state, opts.full) {
+        (Some(s), false) => &s.tree,
+        _ => &empty,
+    };
+    let left_out = leave_out_refused(
+        &config.upstream,
+        &store,
+        &mut source.files,
+        &source.proxied,
+        base,
+    )?;
+    let tree: Tree = source
+        .files
+        .iter()
+        .map(|(p, f)| (p.clone(), f.entry()))
+        .collect();
+    let (kind, sequence, previous) = match (&state, opts.full) {
         (Some(s), false) => {
             let kind = if bundle::changes(&s.tree, &tree).is_empty() {
                 if source.version <= s.manifest_version && !opts.heartbeat {
@@ -116,13 +137,12 @@ pub fn export(config: &Config, opts: &ExportOptions) -> Result<ExportReport, Air
             } else {
                 BundleKind::Incremental
             };
-            (kind, s.sequence + 1, Some(s.hash.clone()), &s.tree)
+            (kind, s.sequence + 1, Some(s.hash.clone()))
         }
         (s, _) => (
             BundleKind::Full,
             s.as_ref().map_or(1, |s| s.sequence + 1),
             s.as_ref().map(|s| s.hash.clone()),
-            &empty,
         ),
     };
     let changes = bundle::changes(base, &tree);
@@ -178,12 +198,15 @@ pub fn export(config: &Config, opts: &ExportOptions) -> Result<ExportReport, Air
         bytes: total,
         volumes: manifest.volumes.len(),
         again: false,
+        left_out,
     })
 }
 
 /// What an export reproduces: the served tree and what vouches for it.
 struct Source {
-    tree: Tree,
+    files: FileMap,
+    /// The paths of `files` that come from the proxy's cache.
+    proxied: BTreeSet<String>,
     version: u64,
     expires_at: u64,
     generation: String,
@@ -207,10 +230,8 @@ fn exported_tree(config: &Config, store: &Store, heartbeat: bool) -> Result<Sour
         }
         let now = crate::clock::unix_now();
         return Ok(Source {
-            tree: proxied
-                .iter()
-                .map(|(p, f)| (p.clone(), f.entry()))
-                .collect(),
+            proxied: proxied.keys().cloned().collect(),
+            files: proxied,
             version: 0,
             expires_at: now + config.signing.manifest_expiry.as_secs(),
             generation: "proxy".into(),
@@ -239,17 +260,18 @@ fn exported_tree(config: &Config, store: &Store, heartbeat: bool) -> Result<Sour
     if !current.signed_by_key {
         return Err(AirgapError::NotSignedByKey);
     }
-    let mut tree: Tree = current
-        .files
-        .iter()
-        .map(|(p, f)| (p.clone(), f.entry()))
-        .collect();
+    let mut files = current.files.clone();
+    let mut from_proxy = BTreeSet::new();
     // The generation wins where both have a path.
     for (path, file) in proxied {
-        tree.entry(path).or_insert_with(|| file.entry());
+        if let std::collections::btree_map::Entry::Vacant(e) = files.entry(path) {
+            from_proxy.insert(e.key().clone());
+            e.insert(file);
+        }
     }
     Ok(Source {
-        tree,
+        files,
+        proxied: from_proxy,
         version: current.version,
         expires_at: current.expires_at,
         generation: generation_dir
@@ -259,6 +281,99 @@ fn exported_tree(config: &Config, store: &Store, heartbeat: bool) -> Result<Sour
             .into_owned(),
         upstream,
     })
+}
+
+/// Takes out of `files` each file of the proxy's cache (`proxied`) that
+/// the importer's upstream checks would refuse, and returns their paths,
+/// each logged with the reason. A proxied tarball outlives the record it
+/// was checked against (a later sync serves the package's record, which may
+/// not list that release), and the importer refuses a whole bundle for one
+/// such tarball, then every bundle chained after it: so the tree exported is
+/// only what passes. The generation's own files need no check here: a sync
+/// published them after the same checks, each tarball with its record.
+/// Like the importer, a tarball is read and verified whole only when it is
+/// new to the far side (not in `base`); one the far side holds must still
+/// be listed, with its checksum, by the record the tree serves.
+fn leave_out_refused(
+    upstream: &UpstreamConfig,
+    store: &Store,
+    files: &mut FileMap,
+    proxied: &BTreeSet<String>,
+    base: &Tree,
+) -> Result<Vec<String>, AirgapError> {
+    let is_new = |path: &str, file: &FileRef| base.get(path) != Some(&file.entry());
+    let mut refused: Vec<(String, UpstreamCheck)> = Vec::new();
+    // Index files and records first: a tarball is judged by the record
+    // the exported tree keeps.
+    for path in proxied {
+        let Some(file) = files.get(path).filter(|f| is_new(path, f)) else {
+            continue;
+        };
+        let checked = if let Some(name) = path.strip_prefix("packages/") {
+            checks::verify_record(upstream, name, &store.read_blob(&file.sha256)?).map(drop)
+        } else if checks::is_index(path) {
+            checks::verify_index(upstream, path, &store.read_blob(&file.sha256)?)
+        } else {
+            continue;
+        };
+        if let Err(reason) = checked {
+            refused.push((path.clone(), reason));
+        }
+    }
+    for (path, _) in &refused {
+        files.remove(path);
+    }
+    let mut records: HashMap<&str, Option<Package>> = HashMap::new();
+    // Tarballs new to the far side, to verify whole: (path, name, version,
+    // sums, content).
+    let mut whole = Vec::new();
+    for path in proxied.iter().filter(|p| p.starts_with("tarballs/")) {
+        let Some(file) = files.get(path).copied() else {
+            continue;
+        };
+        let Some((name, version)) = checks::tarball_release(path) else {
+            refused.push((path.clone(), UpstreamCheck::NoRecord(path.clone())));
+            continue;
+        };
+        let record_path = format!("packages/{name}");
+        if !records.contains_key(name) {
+            let record = match files.get(&record_path) {
+                Some(r) => checks::verify_record(upstream, name, &store.read_blob(&r.sha256)?)
+                    .inspect_err(|e| tracing::warn!(path = record_path, "does not verify: {e}"))
+                    .ok(),
+                None => None,
+            };
+            records.insert(name, record);
+        }
+        let Some(record) = records.get(name).and_then(Option::as_ref) else {
+            refused.push((path.clone(), UpstreamCheck::NoRecord(record_path)));
+            continue;
+        };
+        match checks::listed_sums(record, version, &hex::encode(file.sha256)) {
+            Err(reason) => refused.push((path.clone(), reason)),
+            Ok(sums) if is_new(path, &file) => whole.push((path, name, version, sums, file)),
+            Ok(_) => {}
+        }
+    }
+    let verdicts = crate::parallel::map(&whole, |(_, name, version, sums, file)| {
+        let bytes = store.read_blob(&file.sha256)?;
+        Ok::<_, AirgapError>(checks::verify_tarball(name, version, sums, &bytes).err())
+    });
+    for ((path, ..), verdict) in whole.iter().zip(verdicts) {
+        if let Some(reason) = verdict? {
+            refused.push(((*path).clone(), reason));
+        }
+    }
+    let mut left_out = Vec::with_capacity(refused.len());
+    for (path, reason) in refused {
+        files.remove(&path);
+        tracing::warn!(
+            path,
+            "left out of the bundle: {reason}; the importer would refuse the bundle with it (a later bundle carries it once the served record lists it)"
+        );
+        left_out.push(path);
+    }
+    Ok(left_out)
 }
 
 /// Writes bundle `sequence` again from its kept manifest: the same
@@ -314,5 +429,6 @@ fn write_again(
         bytes: bundle.volumes.iter().map(|v| v.size).sum(),
         volumes: bundle.volumes.len(),
         again: true,
+        left_out: Vec::new(),
     })
 }

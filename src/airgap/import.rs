@@ -16,12 +16,12 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::{
-    AirgapError, UpstreamCheck, bundles_dir, check_space, io, kept_name, sha_bytes, sync_tree,
-    volumes, write_atomic, write_file,
+    AirgapError, UpstreamCheck, bundles_dir, check_space, checks, io, kept_name, sha_bytes,
+    sync_tree, volumes, write_atomic, write_file,
 };
 use crate::bundle::{self, BundleKind, BundleManifest, ChainPosition, Tree};
 use crate::config::Config;
-use crate::registry::{self, PackageName};
+use crate::registry;
 use crate::store::{self, Db, FileMap, FileRef, Store, db};
 
 /// What an import did.
@@ -280,9 +280,7 @@ fn check_upstream(
     content: &(dyn Fn(&str) -> Option<PathBuf> + Sync),
     catalog: Option<&crate::catalog::Catalog>,
 ) -> Result<(), AirgapError> {
-    let key = &config.upstream.public_key;
-    let repo = config.upstream.repository.as_str();
-    let max = config.upstream.max_registry_bytes;
+    let upstream = &config.upstream;
     let volume_of = |sha: &str| {
         bundle
             .blobs
@@ -312,12 +310,8 @@ fn check_upstream(
     let mut tarballs: Vec<(&str, &str, &str, &str)> = Vec::new();
     for (path, entry) in &changed {
         let sha = entry.sha256.as_str();
-        if let Some(file) = path.strip_prefix("tarballs/") {
-            let parsed = file
-                .strip_suffix(".tar")
-                .and_then(|f| f.split_once('-'))
-                .filter(|(name, _)| PackageName::parse(name).is_ok());
-            let Some((name, version)) = parsed else {
+        if path.starts_with("tarballs/") {
+            let Some((name, version)) = checks::tarball_release(path) else {
                 return Err(refuse(path, sha, UpstreamCheck::NoRecord(path.to_string())));
             };
             tarballs.push((path, sha, name, version));
@@ -337,9 +331,8 @@ fn check_upstream(
             continue;
         };
         let bytes = read(&path, &entry.sha256)?;
-        let package = registry::verify_package_within(&bytes, key, repo, name, max)
-            .map_err(|e| refuse(&path, &entry.sha256, e.into()))?
-            .into_inner();
+        let package = checks::verify_record(upstream, name, &bytes)
+            .map_err(|e| refuse(&path, &entry.sha256, e))?;
         // A record must agree with every tarball the tree serves for it.
         for release in &package.releases {
             let tarball = format!("tarballs/{name}-{}.tar", release.version);
@@ -352,42 +345,23 @@ fn check_upstream(
         }
         records.insert(name, package);
     }
-    for (path, entry) in &changed {
+    // Our repositories (`repos/*`, re-signed by the exporter) and docs rest
+    // on the bundle's signature; records were checked above.
+    for (path, entry) in changed.iter().filter(|(p, _)| checks::is_index(p)) {
         let sha = entry.sha256.as_str();
-        let checked = match *path {
-            "names" => registry::verify_names_within(&read(path, sha)?, key, repo, max).map(drop),
-            "versions" => {
-                registry::verify_versions_within(&read(path, sha)?, key, repo, max).map(drop)
-            }
-            // Our repositories (`repos/*`, re-signed by the exporter) and
-            // docs rest on the bundle's signature; records were checked above.
-            _ => Ok(()),
-        };
-        checked.map_err(|e| refuse(path, sha, e.into()))?;
+        checks::verify_index(upstream, path, &read(path, sha)?)
+            .map_err(|e| refuse(path, sha, e))?;
     }
-    let limits = crate::tarball::Limits::default();
     let check =
         |&(path, sha, name, version): &(&str, &str, &str, &str)| -> Result<(), AirgapError> {
             let record_path = format!("packages/{name}");
             let package = records
                 .get(name)
                 .ok_or_else(|| refuse(path, sha, UpstreamCheck::NoRecord(record_path)))?;
-            let release = package
-                .releases
-                .iter()
-                .find(|r| r.version == version)
-                .ok_or_else(|| refuse(path, sha, UpstreamCheck::NotInRecord))?;
-            let sums = crate::upstream::release::Sums::of(release)
-                .filter(|s| hex::encode(s.outer) == sha)
-                .ok_or_else(|| refuse(path, sha, UpstreamCheck::Checksum))?;
-            let expected = crate::tarball::Expected {
-                name,
-                version,
-                outer_checksum: &sums.outer,
-                inner_checksum: Some(&sums.inner),
-            };
-            let verified = crate::tarball::verify(&read(path, sha)?, &expected, &limits)
-                .map_err(|e| refuse(path, sha, e.into()))?;
+            let sums =
+                checks::listed_sums(package, version, sha).map_err(|e| refuse(path, sha, e))?;
+            let verified = checks::verify_tarball(name, version, &sums, &read(path, sha)?)
+                .map_err(|e| refuse(path, sha, e))?;
             if let Some(catalog) = catalog
                 && let Err(e) = catalog
                     .call_blocking(|c| crate::catalog::put_tarball_meta(c, sha, &verified.metadata))

@@ -10,6 +10,7 @@
 //! and blobs read but not yet published under `DATA_DIR/bundles/staging/`
 //! (what makes an interrupted import resume).
 
+mod checks;
 mod export;
 mod import;
 mod volumes;
