@@ -125,7 +125,8 @@ fn far_state(gap: &Gap) -> (Vec<u8>, PathBuf) {
 }
 
 /// The upstream after change `n` (1: [`SPEC_SMALL`]): 2 adds a release,
-/// 3 a package, 4 retires a release and removes a package.
+/// 3 a package, 4 retires a release and removes a package, 5 adds another
+/// package and 6 and 7 releases of it.
 fn spec(n: usize) -> String {
     let mut spec = SPEC_SMALL.to_owned();
     if n >= 2 {
@@ -145,6 +146,15 @@ fn spec(n: usize) -> String {
             !spec.contains("delta") && spec.contains("RETIRED_OTHER"),
             "{spec}"
         );
+    }
+    if n >= 5 {
+        spec.push_str("{\"zeta\", \"1.0.0\", [], []}.\n");
+    }
+    if n >= 6 {
+        spec.push_str("{\"zeta\", \"1.1.0\", [], []}.\n");
+    }
+    if n >= 7 {
+        spec.push_str("{\"zeta\", \"1.2.0\", [], []}.\n");
     }
     spec
 }
@@ -848,4 +858,102 @@ fn a_proxied_tarball_no_served_record_lists_is_left_out_and_the_bundle_imports()
     let out = far.run(&["bundle", "import", b2.to_str().unwrap()]);
     assert!(out.ok(), "{out}");
     assert_eq!(contents(&far.tree(), ""), contents(&near.tree(), ""));
+}
+
+/// `bundle export --out DIR` on the near side, killed (SIGKILL) at fault
+/// point `point` of the export; the directory.
+fn export_killed_at(gap: &Gap, name: &str, point: &str) -> PathBuf {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = gap.dir(name);
+    let mut cmd = hexmirror();
+    cmd.args([
+        "bundle",
+        "export",
+        "--out",
+        dir.to_str().unwrap(),
+        "--config",
+    ])
+    .arg(gap.near.config())
+    .env("HEXMIRROR_FAULT_EXPORT_KILL", point);
+    let out = run_with_input(cmd, std::time::Duration::from_secs(60), None);
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "the export was not killed at {point}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+#[test]
+fn an_export_killed_at_any_point_then_run_again_gives_bundles_the_far_side_chains() {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let gap = Gap::new(&upstream);
+    gap.import_ok(&gap.export("b1", &[]));
+    let manifest = |dir: &Path| dir.join("hexmirror-bundle.json");
+    let advance = |n: usize| {
+        rebuild_upstream(&upstream, &spec(n));
+        gap.near.sync_ok();
+    };
+    // Imports `dir`, which must be increment `n` of the chain.
+    let imports_as = |dir: &Path, n: usize| {
+        let out = gap.import_ok(dir);
+        let said = format!("bundle {n} (Incremental) imported");
+        assert!(out.stdout.contains(&said), "{out}");
+    };
+
+    // Killed with the volumes and the kept copy written, before the state
+    // names bundle 2: the output is no bundle, the kept copy is no bundle
+    // of the chain, and the rerun into the output makes bundle 2 of what
+    // is served then.
+    advance(2);
+    let b2 = export_killed_at(&gap, "b2", "kept");
+    assert!(!manifest(&b2).exists());
+    let elsewhere = gap.dir("b2-kept");
+    let out = gap.near.run(&[
+        "bundle",
+        "export",
+        "--out",
+        elsewhere.to_str().unwrap(),
+        "--sequence",
+        "2",
+    ]);
+    assert!(out.stderr.contains("there is no bundle 2"), "{out}");
+    advance(3);
+    gap.export("b2", &[]);
+    imports_as(&b2, 2);
+    gap.assert_reproduced();
+
+    // Killed once bundle 3 is recorded, before its manifest is in the
+    // output: the rerun writes bundle 3 though more changed since, since
+    // the far side takes nothing later before it; the next export carries
+    // the rest.
+    advance(4);
+    let b3 = export_killed_at(&gap, "b3", "record");
+    assert!(!manifest(&b3).exists());
+    advance(5);
+    let rerun = gap.dir("b3-again");
+    let out = gap
+        .near
+        .run(&["bundle", "export", "--out", rerun.to_str().unwrap()]);
+    assert!(
+        out.stdout.contains("bundle 3 (Incremental) written again"),
+        "{out}"
+    );
+    imports_as(&rerun, 3);
+    imports_as(&gap.export("b4", &[]), 4);
+    gap.assert_reproduced();
+
+    // Killed once bundle 5's manifest is in the output: that copy is
+    // whole and imports; the rerun into the same directory finishes the
+    // export with the same bytes, and the chain goes on from it.
+    advance(6);
+    let b5 = export_killed_at(&gap, "b5", "output");
+    let carried = fs::read(manifest(&b5)).unwrap();
+    imports_as(&b5, 5);
+    gap.export("b5", &[]);
+    assert_eq!(fs::read(manifest(&b5)).unwrap(), carried);
+    advance(7);
+    imports_as(&gap.export("b6", &[]), 6);
+    gap.assert_reproduced();
 }

@@ -60,13 +60,22 @@ pub struct ExportReport {
 
 /// What the exporter remembers after each bundle: its place in the chain
 /// and the tree the far side holds once the bundle is imported.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ExportState {
     sequence: u64,
     hash: String,
     manifest_version: u64,
     tree: Tree,
+    /// The bundle is recorded but its manifest may not have reached the
+    /// output (the export was interrupted): the next export writes it
+    /// again. Absent when false, so a finished state reads as before.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pending: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 const STATE_FILE: &str = "state.json";
@@ -86,6 +95,33 @@ fn read_state(dir: &Path) -> Result<Option<ExportState>, AirgapError> {
     }
 }
 
+/// Replaces the state file whole (fsynced, renamed, directory fsynced).
+fn write_state(dir: &Path, state: &ExportState) -> Result<(), AirgapError> {
+    let bytes = serde_json::to_vec(state).unwrap_or_else(|_| unreachable!("state serialises"));
+    write_atomic(&dir.join(STATE_FILE), &bytes)
+}
+
+/// Fault injection for the crash tests: `HEXMIRROR_FAULT_EXPORT_KILL=POINT`
+/// kills the export with SIGKILL at POINT (`kept`, `record`, `output`),
+/// leaving the disk as a `kill -9` there would. Unset, it costs one
+/// environment read per point.
+fn fault_point(point: &str) {
+    if std::env::var("HEXMIRROR_FAULT_EXPORT_KILL").is_ok_and(|p| p == point) {
+        // SAFETY: kill(2) on this process; no memory is involved.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
+/// Whether the files at `a` and `b` both read and hold the same bytes.
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    match (std::fs::read(a), std::fs::read(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// Writes the next bundle of the chain (or bundle `sequence` again) into
 /// `opts.out`. Blocking.
 pub fn export(config: &Config, opts: &ExportOptions) -> Result<ExportReport, AirgapError> {
@@ -101,11 +137,28 @@ pub fn export(config: &Config, opts: &ExportOptions) -> Result<ExportReport, Air
     let key = crate::keyfiles::bundle_key(&opts.key)?;
     std::fs::create_dir_all(&opts.out).map_err(io("create directory", &opts.out))?;
     let out_manifest = opts.out.join(BUNDLE_MANIFEST_FILE);
-    if out_manifest.exists() {
-        return Err(AirgapError::Exists(out_manifest));
-    }
     let state = read_state(&dir)?;
+    let pending = state.as_ref().filter(|s| s.pending).map(|s| s.sequence);
+    // A bundle is never overwritten, but for the one an interrupted export
+    // was writing here: its manifest there is the kept one, byte for byte,
+    // and writing it again finishes that export.
+    if out_manifest.exists() {
+        let finishing = pending.filter(|n| opts.sequence.is_none_or(|s| s == *n));
+        if !finishing.is_some_and(|n| same_bytes(&out_manifest, &dir.join(kept_name(n)))) {
+            return Err(AirgapError::Exists(out_manifest));
+        }
+    }
     if let Some(sequence) = opts.sequence {
+        return write_again(&store, &dir, &opts.out, sequence, &key, state.as_ref());
+    }
+    if let Some(sequence) = pending {
+        // The medium may lack bundle N (see the order below), and the
+        // importer takes nothing after N before N, a full bundle included:
+        // so N first, whatever was asked.
+        tracing::warn!(
+            sequence,
+            "the export of bundle {sequence} was interrupted: writing it again (the far side needs it before any later bundle); export again for what changed since"
+        );
         return write_again(&store, &dir, &opts.out, sequence, &key, state.as_ref());
     }
     let mut source = exported_tree(config, &store, opts.heartbeat)?;
@@ -177,19 +230,40 @@ pub fn export(config: &Config, opts: &ExportOptions) -> Result<ExportReport, Air
         volumes,
     };
     let file = bundle::sign_bundle(&manifest, &key);
-    write_atomic(&out_manifest, &file)?;
-    // Remembered only once the bundle is whole: a failed export does not
-    // advance the chain.
+    // The exporter's record first, the output's manifest last, so that
+    // running the export again after a crash at any point gives the far
+    // side a bundle it accepts. The other order left a bundle on the medium
+    // that the state did not know: the next export wrote another bundle N,
+    // and the far side refused it, and everything chained after it, as a
+    // fork of the N it had imported.
+    // - Killed before the state names N (volumes or the kept copy written):
+    //   the chain is still at N-1, and the output, without a manifest, is
+    //   no bundle; the rerun makes N afresh over the same names.
+    // - Killed after the state names N, pending, and before N's manifest is
+    //   in the output: the medium holds no N; the rerun writes N again from
+    //   the kept copy (same bytes, same hash) whatever changed since, and
+    //   the next export chains from it.
+    // - Killed after N's manifest is in the output, before `pending` is
+    //   cleared: the medium holds N; the rerun writes it again, byte for
+    //   byte (into the same directory too), so either copy is the same step.
+    // The kept copy precedes the state because the state's rename is the
+    // one commit point: a kept copy no state names is never written again
+    // (`write_again` refuses a sequence past the state's).
     write_atomic(&dir.join(kept_name(sequence)), &file)?;
-    let next = ExportState {
+    fault_point("kept");
+    let mut next = ExportState {
         sequence,
         hash: bundle::bundle_hash(&file),
         manifest_version: source.version,
         tree,
+        pending: true,
     };
-    let state_bytes =
-        serde_json::to_vec(&next).unwrap_or_else(|_| unreachable!("state serialises"));
-    write_atomic(&dir.join(super::export::STATE_FILE), &state_bytes)?;
+    write_state(&dir, &next)?;
+    fault_point("record");
+    write_atomic(&out_manifest, &file)?;
+    fault_point("output");
+    next.pending = false;
+    write_state(&dir, &next)?;
     Ok(ExportReport {
         sequence,
         kind,
@@ -388,6 +462,9 @@ fn write_again(
     state: Option<&ExportState>,
 ) -> Result<ExportReport, AirgapError> {
     let last = state.map_or(0, |s| s.sequence);
+    if sequence > last {
+        return Err(AirgapError::NoSuchBundle { sequence, last });
+    }
     let path = dir.join(kept_name(sequence));
     let file = match std::fs::read(&path) {
         Ok(f) => f,
@@ -421,6 +498,15 @@ fn write_again(
         }
     }
     write_atomic(&out.join(BUNDLE_MANIFEST_FILE), &file)?;
+    if let Some(s) = state.filter(|s| s.pending && s.sequence == sequence) {
+        write_state(
+            dir,
+            &ExportState {
+                pending: false,
+                ..s.clone()
+            },
+        )?;
+    }
     Ok(ExportReport {
         sequence,
         kind: bundle.kind,
@@ -431,4 +517,24 @@ fn write_again(
         again: true,
         left_out: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_finished_state_is_written_and_read_as_before_pending_existed() {
+        let old = br#"{"sequence":3,"hash":"ab","manifest_version":7,"tree":{}}"#;
+        let state: ExportState = serde_json::from_slice(old).unwrap();
+        assert!(!state.pending);
+        assert_eq!(serde_json::to_vec(&state).unwrap(), old);
+        let pending = ExportState {
+            pending: true,
+            ..state
+        };
+        let bytes = serde_json::to_vec(&pending).unwrap();
+        let read: ExportState = serde_json::from_slice(&bytes).unwrap();
+        assert!(read.pending, "{}", String::from_utf8_lossy(&bytes));
+    }
 }
