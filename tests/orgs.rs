@@ -119,6 +119,17 @@ fn members_roles_and_keys_decide_who_reads_and_writes_an_organization() {
     );
     let (status, _) = publish(&url, &s.bob, "team_other", "1.0.0");
     assert_eq!(status, 403);
+    // Publishing to a name that is no repository answers the same, so
+    // publish does not tell which organizations exist.
+    let work = tempfile::TempDir::new().unwrap();
+    let path = work.path().join("x-1.0.0.tar");
+    Oracle::tarball("x", "1.0.0", &path, &[]);
+    let (status, _) = Oracle::api(
+        &format!("{url}/api/repos/nosuch"),
+        &s.bob,
+        &["publish", &path.to_string_lossy()],
+    );
+    assert_eq!(status, 403);
     // Only an admin manages members.
     let add_bob = json!({"name": "bob", "role": "read"});
     assert_eq!(

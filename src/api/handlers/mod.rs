@@ -130,6 +130,12 @@ impl Request {
             ));
         };
         if !self.config.repositories.iter().any(|r| &r.name == name) {
+            // As in `source`: while a repository is private, an unknown name
+            // is refused as a private one would be, so that no answer tells
+            // which private names exist.
+            if self.config.repositories.iter().any(|r| r.private) {
+                self.need(name, None, Access::Read)?;
+            }
             return Err(Reply::error(
                 StatusCode::NOT_FOUND,
                 format!("repository {name:?} is not configured on this server"),
