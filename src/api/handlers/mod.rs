@@ -130,18 +130,25 @@ impl Request {
             ));
         };
         if !self.config.repositories.iter().any(|r| &r.name == name) {
-            // As in `source`: while a repository is private, an unknown name
-            // is refused as a private one would be, so that no answer tells
-            // which private names exist.
-            if self.config.repositories.iter().any(|r| r.private) {
-                self.need(name, None, Access::Read)?;
-            }
-            return Err(Reply::error(
-                StatusCode::NOT_FOUND,
-                format!("repository {name:?} is not configured on this server"),
-            ));
+            return Err(self.unknown_repository(name, "is not configured on this server"));
         }
         Ok(name.clone())
+    }
+
+    /// The answer for `name`, which is no repository here. While a
+    /// repository is private, a caller who could not read one by this name
+    /// gets what it would get for a private one, so no answer tells which
+    /// private names exist (the gate does the same for `/repos/NAME`).
+    fn unknown_repository(&self, name: &str, not_found: &str) -> Reply {
+        if self.config.repositories.iter().any(|r| r.private)
+            && let Err(refused) = self.need(name, None, Access::Read)
+        {
+            return refused;
+        }
+        Reply::error(
+            StatusCode::NOT_FOUND,
+            format!("repository {name:?} {not_found}"),
+        )
     }
 
     fn token(&self) -> Result<&TokenRow, Reply> {
@@ -359,18 +366,7 @@ impl Request {
                 Ok(Source::Ours(name.clone()))
             }
             Some(name) if name == upstream => Ok(Source::Upstream(name.clone())),
-            Some(name) => {
-                // While a repository is private, a caller who could not read
-                // one by this name is refused as for a private one: the
-                // answer does not say which names exist.
-                if self.config.repositories.iter().any(|r| r.private) {
-                    self.need(name, None, Access::Read)?;
-                }
-                Err(Reply::error(
-                    StatusCode::NOT_FOUND,
-                    format!("repository {name:?} is not served here"),
-                ))
-            }
+            Some(name) => Err(self.unknown_repository(name, "is not served here")),
             None => Ok(Source::Upstream(upstream.clone())),
         }
     }
@@ -704,6 +700,20 @@ fn body_permissions(
     };
     let scopes = auth::scopes_from_permissions(&perms).map_err(|e| unprocessable(e.to_string()))?;
     Ok((perms, scopes))
+}
+
+/// `done`, with `entry` written to the audit log in the same transaction
+/// when `changed` says the change was made.
+fn audit_if<T, E>(
+    done: Result<T, E>,
+    c: &rusqlite::Connection,
+    entry: &AuditEntry,
+    changed: impl FnOnce(&T) -> bool,
+) -> rusqlite::Result<Result<T, E>> {
+    if done.as_ref().is_ok_and(changed) {
+        hdb::audit(c, entry)?;
+    }
+    Ok(done)
 }
 
 /// Text field `key` of a request body, empty when absent or not text.

@@ -178,7 +178,7 @@ pub(in crate::api) async fn oauth_token(
                 let stored = found.as_ref().map_or([0u8; 32], |f| f.0);
                 let matches = auth::TokenSecret::verify(&secret, &stored);
                 let Some((_, parent, scope)) = found.filter(|_| matches) else {
-                    state_failure(&req, client);
+                    req.state.note_failure(client);
                     return Err(invalid());
                 };
                 let Some(key) = live_key(&req, parent).await? else {
@@ -196,10 +196,6 @@ pub(in crate::api) async fn oauth_token(
         }
     })
     .await
-}
-
-fn state_failure(req: &Request, client: Option<std::net::IpAddr>) {
-    req.state.note_failure(client);
 }
 
 /// `POST /oauth/device_authorization`: no key needed; at most
@@ -266,7 +262,7 @@ pub(in crate::api) async fn device_show(
         let now = unix_now() as i64;
         let found = req.db(move |c| dev::pending(c, &code, now)).await?;
         let Some(found) = found else {
-            state_failure(&req, client);
+            req.state.note_failure(client);
             return Err(Reply::error(StatusCode::NOT_FOUND, NO_DEVICE));
         };
         Ok(Reply::ok(
@@ -315,7 +311,7 @@ pub(in crate::api) async fn device_decide(
             })
             .await?;
         if !decided {
-            state_failure(&req, client);
+            req.state.note_failure(client);
             return Err(Reply::error(StatusCode::NOT_FOUND, NO_DEVICE));
         }
         Ok(Reply::empty(StatusCode::NO_CONTENT))

@@ -123,11 +123,12 @@ pub(in crate::api) async fn create_org(
         let entry = req.audit_entry("org.create", name.clone(), json!({"admin": admin}));
         let made = req
             .db(move |c| {
-                let made = adb::create_org(c, &name, admin.as_deref(), &taken, entry.at);
-                if made.is_ok() {
-                    hdb::audit(c, &entry)?;
-                }
-                Ok(made)
+                audit_if(
+                    adb::create_org(c, &name, admin.as_deref(), &taken, entry.at),
+                    c,
+                    &entry,
+                    |_| true,
+                )
             })
             .await?
             .map_err(account_error)?;
@@ -167,15 +168,9 @@ pub(in crate::api) async fn delete_org(
         let org = param(&p, "org").to_owned();
         let entry = req.audit_entry("org.delete", org.clone(), json!({}));
         let name = org.clone();
-        req.db(move |c| {
-            let done = adb::delete_org(c, &name);
-            if done.is_ok() {
-                hdb::audit(c, &entry)?;
-            }
-            Ok(done)
-        })
-        .await?
-        .map_err(account_error)?;
+        req.db(move |c| audit_if(adb::delete_org(c, &name), c, &entry, |_| true))
+            .await?
+            .map_err(account_error)?;
         state.update_config(|config| config.repositories.retain(|r| !(r.org && r.name == org)));
         Ok(Reply::empty(StatusCode::NO_CONTENT))
     })
@@ -251,11 +246,12 @@ pub(in crate::api) async fn put_member(
         );
         let m = req
             .db(move |c| {
-                let done = adb::set_member(c, &org, &user, role, entry.at);
-                if done.is_ok() {
-                    hdb::audit(c, &entry)?;
-                }
-                Ok(done)
+                audit_if(
+                    adb::set_member(c, &org, &user, role, entry.at),
+                    c,
+                    &entry,
+                    |_| true,
+                )
             })
             .await?
             .map_err(account_error)?;
@@ -277,13 +273,7 @@ pub(in crate::api) async fn remove_member(
         let entry = req.audit_entry("org.member.remove", format!("{org}/{user}"), json!({}));
         let (o, u) = (org.clone(), user.clone());
         let removed = req
-            .db(move |c| {
-                let done = adb::remove_member(c, &o, &u);
-                if let Ok(true) = done {
-                    hdb::audit(c, &entry)?;
-                }
-                Ok(done)
-            })
+            .db(move |c| audit_if(adb::remove_member(c, &o, &u), c, &entry, |d| *d))
             .await?
             .map_err(account_error)?;
         if !removed {
@@ -393,11 +383,12 @@ pub(in crate::api) async fn create_org_key(
         );
         let created = req
             .db(move |c| {
-                let created = create_token(c, &name, &org, scopes, None, None);
-                if created.is_ok() {
-                    hdb::audit(c, &entry)?;
-                }
-                Ok(created)
+                audit_if(
+                    create_token(c, &name, &org, scopes, None, None),
+                    c,
+                    &entry,
+                    |_| true,
+                )
             })
             .await?;
         let (secret, row) = created.map_err(token_error)?;
@@ -504,11 +495,12 @@ pub(in crate::api) async fn create_invite(
         );
         let made = req
             .db(move |c| {
-                let made = adb::invite(c, &org, &user, role, &by, entry.at);
-                if made.is_ok() {
-                    hdb::audit(c, &entry)?;
-                }
-                Ok(made)
+                audit_if(
+                    adb::invite(c, &org, &user, role, &by, entry.at),
+                    c,
+                    &entry,
+                    |_| true,
+                )
             })
             .await?
             .map_err(account_error)?;
@@ -614,13 +606,7 @@ pub(in crate::api) async fn accept_invite(
         let entry = req.audit_entry("org.invite.accept", format!("{org}/{user}"), json!({}));
         let (o, u) = (org.clone(), user.clone());
         let accepted = req
-            .db(move |c| {
-                let done = adb::accept(c, &o, &u, entry.at);
-                if let Ok(Some(_)) = done {
-                    hdb::audit(c, &entry)?;
-                }
-                Ok(done)
-            })
+            .db(move |c| audit_if(adb::accept(c, &o, &u, entry.at), c, &entry, Option::is_some))
             .await?
             .map_err(account_error)?;
         let m = accepted.ok_or_else(|| {
