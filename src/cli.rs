@@ -234,6 +234,16 @@ pub enum OrgCommand {
         /// The organization.
         name: String,
     },
+    /// Rename an organization: its files are re-signed with the new name,
+    /// its members, keys and packages move with it (a running `serve`
+    /// follows on SIGHUP; over the API, at once).
+    Rename {
+        /// The organization.
+        name: String,
+        /// Its new name: not a repository's, a user's or another
+        /// organization's.
+        new_name: String,
+    },
     /// Add a member, or change a member's role.
     Member {
         /// The organization.
@@ -674,18 +684,24 @@ fn cli_audit(
     target: &str,
     detail: serde_json::Value,
 ) -> rusqlite::Result<()> {
-    crate::hosted::db::audit(
-        c,
-        &crate::hosted::db::AuditEntry {
-            at: crate::clock::unix_now() as i64,
-            actor: "cli".into(),
-            token: None,
-            action: action.into(),
-            target: target.into(),
-            detail: detail.to_string(),
-            client: None,
-        },
-    )
+    crate::hosted::db::audit(c, &cli_audit_entry(action, target, detail))
+}
+
+/// An audit entry for a change made from the command line.
+fn cli_audit_entry(
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) -> crate::hosted::db::AuditEntry {
+    crate::hosted::db::AuditEntry {
+        at: crate::clock::unix_now() as i64,
+        actor: "cli".into(),
+        token: None,
+        action: action.into(),
+        target: target.into(),
+        detail: detail.to_string(),
+        client: None,
+    }
 }
 
 fn open_state_db(config: &Config) -> anyhow::Result<crate::store::Db> {
@@ -830,6 +846,34 @@ async fn run_org(config: &Config, command: OrgCommand) -> anyhow::Result<ExitCod
                 Ok(done)
             })
             .await??;
+        }
+        OrgCommand::Rename { name, new_name } => {
+            // The catalog moves the organization's packages and counts with
+            // it (derived data: without it, `catalog rebuild` catches up).
+            let publisher = tokio::task::spawn_blocking({
+                let config = config.clone();
+                move || -> anyhow::Result<_> {
+                    let publisher = crate::hosted::service::Publisher::open(config.clone())?;
+                    match crate::catalog::Catalog::open(&config.data_dir) {
+                        Ok(catalog) => {
+                            publisher.follow_into(catalog)?;
+                        }
+                        Err(e) => tracing::warn!(
+                            "catalog unavailable: {e}; run `hexmirror catalog rebuild` later"
+                        ),
+                    }
+                    Ok(publisher)
+                }
+            })
+            .await??;
+            let entry = cli_audit_entry("org.rename", &new_name, serde_json::json!({"from": name}));
+            let generation = publisher
+                .rename_repository(std::sync::Arc::new(config.clone()), &name, &new_name, entry)
+                .await?;
+            eprintln!(
+                "renamed organization {name:?} to {new_name:?} (generation {generation}); a \
+                 running `serve` follows on SIGHUP, and clients must use the new name"
+            );
         }
         OrgCommand::Member { org, user, role } => {
             let role = crate::auth::Access::parse(&role)

@@ -44,6 +44,9 @@ pub enum AccountError {
     /// Not a role.
     #[error("{0:?} is not a role: admin, write or read")]
     BadRole(String),
+    /// Not an email address.
+    #[error("{0:?} is not an email address (NAME@DOMAIN, at most 254 bytes)")]
+    BadEmail(String),
     /// The state database.
     #[error(transparent)]
     Db(#[from] crate::store::DbError),
@@ -70,6 +73,22 @@ pub struct Org {
     pub name: String,
     /// Unix seconds.
     pub created_at: i64,
+    /// Unix seconds of the last change (creation, update or rename).
+    pub updated_at: i64,
+    /// Where billing mail would go (seed 000's one updatable field; kept
+    /// and shown, never used to send anything).
+    pub billing_email: Option<String>,
+}
+
+const ORG_COLUMNS: &str = "name, created_at, coalesce(updated_at, created_at), billing_email";
+
+fn org_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Org> {
+    Ok(Org {
+        name: r.get(0)?,
+        created_at: r.get(1)?,
+        updated_at: r.get(2)?,
+        billing_email: r.get(3)?,
+    })
 }
 
 /// A member of an organization.
@@ -191,7 +210,7 @@ pub fn create_org(
         });
     }
     tx.execute(
-        "INSERT INTO orgs (name, created_at) VALUES (?1, ?2)",
+        "INSERT INTO orgs (name, created_at, updated_at) VALUES (?1, ?2, ?2)",
         params![name, now],
     )?;
     if let Some(admin) = admin {
@@ -208,34 +227,139 @@ pub fn create_org(
     Ok(Org {
         name: name.into(),
         created_at: now,
+        updated_at: now,
+        billing_email: None,
     })
 }
 
 /// Every organization, by name.
 pub fn orgs(c: &Connection) -> rusqlite::Result<Vec<Org>> {
-    c.prepare("SELECT name, created_at FROM orgs ORDER BY name")?
-        .query_map([], |r| {
-            Ok(Org {
-                name: r.get(0)?,
-                created_at: r.get(1)?,
-            })
-        })?
+    c.prepare(&format!("SELECT {ORG_COLUMNS} FROM orgs ORDER BY name"))?
+        .query_map([], org_row)?
         .collect()
 }
 
 /// Organization `name`.
 pub fn org(c: &Connection, name: &str) -> rusqlite::Result<Option<Org>> {
     c.query_row(
-        "SELECT name, created_at FROM orgs WHERE name = ?1",
+        &format!("SELECT {ORG_COLUMNS} FROM orgs WHERE name = ?1"),
         [name],
-        |r| {
-            Ok(Org {
-                name: r.get(0)?,
-                created_at: r.get(1)?,
-            })
-        },
+        org_row,
     )
     .optional()
+}
+
+/// Sets organization `name`'s billing email (`None` clears it).
+pub fn update_org(
+    c: &Connection,
+    name: &str,
+    billing_email: Option<&str>,
+    now: i64,
+) -> Result<Org, AccountError> {
+    if let Some(e) = billing_email
+        && (e.len() > 254
+            || e.split_once('@')
+                .is_none_or(|(l, d)| l.is_empty() || d.is_empty()))
+    {
+        return Err(AccountError::BadEmail(e.to_owned()));
+    }
+    let changed = c.execute(
+        "UPDATE orgs SET billing_email = ?2, updated_at = ?3 WHERE name = ?1",
+        params![name, billing_email, now],
+    )?;
+    if changed == 0 {
+        return Err(AccountError::NoOrg(name.into()));
+    }
+    org(c, name)?.ok_or_else(|| AccountError::NoOrg(name.into()))
+}
+
+/// Whether organization `old` may become `new`: `old` exists and `new` is
+/// a valid name that no configured repository (`taken`), organization or
+/// user has.
+pub fn check_rename(
+    c: &Connection,
+    old: &str,
+    new: &str,
+    taken: &[String],
+) -> Result<(), AccountError> {
+    if org(c, old)?.is_none() {
+        return Err(AccountError::NoOrg(old.into()));
+    }
+    checked_name(new)?;
+    let by = if taken.iter().any(|t| t == new) {
+        Some("a configured repository")
+    } else if org(c, new)?.is_some() {
+        Some("an organization")
+    } else if user(c, new)?.is_some() {
+        Some("a user")
+    } else {
+        None
+    };
+    match by {
+        Some(by) => Err(AccountError::Taken {
+            name: new.into(),
+            by,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Renames organization `old` to `new` in the account tables: the
+/// organization, its members and invitations, its keys (tokens of the
+/// organization) and every token scope naming it, and the audit entries
+/// about it, so its history stays its own. The caller moves the hosted
+/// rows and commits.
+pub fn rename_org(
+    tx: &rusqlite::Transaction<'_>,
+    old: &str,
+    new: &str,
+    taken: &[String],
+    now: i64,
+) -> Result<(), AccountError> {
+    check_rename(tx, old, new, taken)?;
+    tx.execute(
+        "UPDATE orgs SET name = ?2, updated_at = ?3 WHERE name = ?1",
+        params![old, new, now],
+    )?;
+    for table in ["org_members", "org_invites"] {
+        tx.execute(
+            &format!("UPDATE {table} SET org = ?2 WHERE org = ?1"),
+            params![old, new],
+        )?;
+    }
+    tx.execute(
+        "UPDATE tokens SET username = ?2 WHERE username = ?1",
+        params![old, new],
+    )?;
+    let scoped: Vec<(String, String)> = tx
+        .prepare("SELECT id, scopes FROM tokens")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (id, text) in scoped {
+        let Ok(mut scopes) = serde_json::from_str::<Vec<crate::auth::Scope>>(&text) else {
+            continue;
+        };
+        let mut moved = false;
+        for s in scopes.iter_mut().filter(|s| s.repository == old) {
+            s.repository = new.to_owned();
+            moved = true;
+        }
+        if moved {
+            let text = serde_json::to_string(&scopes)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            tx.execute(
+                "UPDATE tokens SET scopes = ?2 WHERE id = ?1",
+                params![id, text],
+            )?;
+        }
+    }
+    // Targets are `ORG` or `ORG/...` (see `hosted::db::audit_log`).
+    tx.execute(
+        "UPDATE audit_log SET target = ?2 || substr(target, length(?1) + 1)
+         WHERE target = ?1 OR substr(target, 1, length(?1) + 1) = ?1 || '/'",
+        params![old, new],
+    )?;
+    Ok(())
 }
 
 /// Deletes organization `name`, which must have no hosted release.
@@ -475,9 +599,10 @@ mod tests {
     fn db() -> Connection {
         let c = Connection::open_in_memory().unwrap();
         c.execute_batch(
-            "CREATE TABLE tokens (username TEXT, created_at INTEGER);
+            "CREATE TABLE tokens (id TEXT, username TEXT, scopes TEXT, created_at INTEGER);
              CREATE TABLE hosted_owners (username TEXT);
-             CREATE TABLE hosted_releases (repository TEXT);",
+             CREATE TABLE hosted_releases (repository TEXT);
+             CREATE TABLE audit_log (target TEXT);",
         )
         .unwrap();
         c.execute_batch(SCHEMA).unwrap();
@@ -542,6 +667,79 @@ mod tests {
         c.execute("DELETE FROM hosted_releases", []).unwrap();
         delete_org(&mut c, "acme").unwrap();
         assert!(orgs(&c).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_rename_moves_members_invites_keys_scopes_and_history() {
+        let mut c = db();
+        create_user(&c, "alice", false, 1).unwrap();
+        create_user(&c, "bob", false, 1).unwrap();
+        create_org(&mut c, "acme", Some("alice"), &[], 1).unwrap();
+        create_org(&mut c, "other", None, &[], 1).unwrap();
+        invite(&c, "acme", "bob", Access::Read, "alice", 2).unwrap();
+        c.execute_batch(
+            r#"INSERT INTO tokens VALUES ('k1', 'acme', '[{"repository":"acme","package":"*","access":"read"}]', 1);
+               INSERT INTO tokens VALUES ('k2', 'bob', '[{"repository":"acme","package":"x","access":"read"},{"repository":"acme_two","package":"*","access":"read"}]', 1);
+               INSERT INTO audit_log VALUES ('acme'), ('acme/alice'), ('acme_two/x'), ('acmex');"#,
+        )
+        .unwrap();
+        for (new, why) in [
+            ("other", "an organization"),
+            ("bob", "a user"),
+            ("cfg", "a configured repository"),
+        ] {
+            match check_rename(&c, "acme", new, &["cfg".into()]) {
+                Err(AccountError::Taken { by, .. }) => assert_eq!(by, why),
+                other => panic!("{new}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            check_rename(&c, "acme", "Bad", &[]),
+            Err(AccountError::BadName(_))
+        ));
+        assert!(matches!(
+            check_rename(&c, "nope", "fine", &[]),
+            Err(AccountError::NoOrg(_))
+        ));
+        let tx = c.transaction().unwrap();
+        rename_org(&tx, "acme", "team", &[], 5).unwrap();
+        tx.commit().unwrap();
+        assert!(org(&c, "acme").unwrap().is_none());
+        let team = org(&c, "team").unwrap().unwrap();
+        assert_eq!((team.created_at, team.updated_at), (1, 5));
+        assert_eq!(members(&c, "team").unwrap()[0].username, "alice");
+        assert_eq!(invites(&c, Some("team"), None, 3).unwrap().len(), 1);
+        let tokens: Vec<(String, String)> = c
+            .prepare("SELECT username, scopes FROM tokens ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0).unwrap(), r.get(1).unwrap())))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(tokens[0].0, "team", "the organization's key");
+        assert!(tokens[0].1.contains(r#""repository":"team""#), "{tokens:?}");
+        assert!(tokens[1].1.contains(r#""repository":"team""#), "{tokens:?}");
+        assert!(
+            tokens[1].1.contains(r#""repository":"acme_two""#),
+            "{tokens:?}"
+        );
+        let targets: Vec<String> = c
+            .prepare("SELECT target FROM audit_log")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(targets, ["team", "team/alice", "acme_two/x", "acmex"]);
+        let updated = update_org(&c, "team", Some("billing@example.com"), 6).unwrap();
+        assert_eq!(
+            updated.billing_email.as_deref(),
+            Some("billing@example.com")
+        );
+        assert!(matches!(
+            update_org(&c, "team", Some("nobody"), 7),
+            Err(AccountError::BadEmail(_))
+        ));
     }
 
     #[test]

@@ -395,7 +395,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
             ("/keys/{key}", get(h::get_key).delete(h::delete_key)),
             ("/audit-logs", get(h::audit_logs)),
             ("/orgs", get(h::list_orgs).post(h::create_org)),
-            ("/orgs/{org}", get(h::get_org).delete(h::delete_org)),
+            (
+                "/orgs/{org}",
+                get(h::get_org).post(h::update_org).delete(h::delete_org),
+            ),
             (
                 "/orgs/{org}/members",
                 get(h::list_members).post(h::put_member),
@@ -410,7 +413,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
                 "/orgs/{org}/keys",
                 get(h::list_org_keys).post(h::create_org_key),
             ),
-            ("/orgs/{org}/keys/{key}", delete(h::delete_org_key)),
+            (
+                "/orgs/{org}/keys/{key}",
+                get(h::get_org_key).delete(h::delete_org_key),
+            ),
             ("/orgs/{org}/audit-logs", get(h::org_audit_logs)),
             (
                 "/orgs/{org}/invites",

@@ -29,7 +29,7 @@ pub use read::{
     stats,
 };
 pub use rebuild::{RebuildError, RebuildReport, rebuild};
-pub use write::{Entry, Origin, put, put_api_meta, put_tarball_meta, remove};
+pub use write::{Entry, Origin, put, put_api_meta, put_tarball_meta, remove, rename_repository};
 
 /// The catalog database, one connection behind a mutex: one writer at a
 /// time, and reads are short.

@@ -185,6 +185,29 @@ pub fn put(tx: &Transaction<'_>, entry: &Entry<'_>, now: u64) -> rusqlite::Resul
     refresh_text(tx, id)
 }
 
+/// Moves repository `old`'s hosted packages, their download counts and
+/// the requirements naming it to `new` (an organization renamed).
+pub fn rename_repository(tx: &Transaction<'_>, old: &str, new: &str) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE package SET repository = ?2 WHERE repository = ?1 AND hosted = 1",
+        params![old, new],
+    )?;
+    // Counts left by an earlier organization of the new name (deleted
+    // while empty) give way.
+    tx.execute(
+        "UPDATE OR REPLACE download SET repository = ?2 WHERE repository = ?1",
+        params![old, new],
+    )?;
+    tx.execute(
+        "UPDATE requirement SET repository = ?2 WHERE repository = ?1",
+        params![old, new],
+    )?;
+    for table in ["member", "member_source"] {
+        tx.execute(&format!("DELETE FROM {table} WHERE repository = ?1"), [old])?;
+    }
+    Ok(())
+}
+
 /// Removes a package (it left the mirror, or its repository of ours).
 pub fn remove(
     tx: &Transaction<'_>,

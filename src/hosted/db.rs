@@ -157,6 +157,54 @@ pub fn delete_release(
     Ok(())
 }
 
+/// Every release of repository `repository`.
+pub fn repository_releases(
+    conn: &Connection,
+    repository: &str,
+) -> rusqlite::Result<Vec<ReleaseRow>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {RELEASE_COLUMNS} FROM hosted_releases WHERE repository = ?1 ORDER BY package"
+    ))?;
+    stmt.query_map([repository], release_row)?.collect()
+}
+
+/// `rows` of repository `old` as rows of `new`: a requirement that named
+/// `old` names `new`.
+pub fn moved_rows(rows: &[ReleaseRow], old: &str, new: &str) -> Vec<ReleaseRow> {
+    rows.iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.repository = new.to_owned();
+            for req in &mut r.requirements {
+                if req.repository.as_deref() == Some(old) {
+                    req.repository = Some(new.to_owned());
+                }
+            }
+            r
+        })
+        .collect()
+}
+
+/// Moves repository `old`'s releases (`moved`, from [`moved_rows`]) and
+/// owners to `new`, and forgets `old`'s signed-record cache.
+pub fn move_repository(
+    conn: &Connection,
+    old: &str,
+    new: &str,
+    moved: &[ReleaseRow],
+) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM hosted_releases WHERE repository = ?1", [old])?;
+    for row in moved {
+        put_release(conn, row)?;
+    }
+    conn.execute(
+        "UPDATE hosted_owners SET repository = ?2 WHERE repository = ?1",
+        params![old, new],
+    )?;
+    conn.execute("DELETE FROM signed_cache WHERE repository = ?1", [old])?;
+    Ok(())
+}
+
 /// Names of the hosted packages of `repository`, sorted.
 pub fn package_names(conn: &Connection, repository: &str) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(

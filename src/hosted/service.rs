@@ -86,6 +86,44 @@ impl Publisher {
         .await?
     }
 
+    /// Renames organization `old` to `new` (see
+    /// [`Writer::rename_repository`]) after every change asked for before
+    /// it, and moves its packages and counts in the catalog. Returns the
+    /// generation that shows it.
+    pub async fn rename_repository(
+        &self,
+        config: Arc<Config>,
+        old: &str,
+        new: &str,
+        audit: hdb::AuditEntry,
+    ) -> Result<u64, HostedError> {
+        let _turn = self.turn.lock().await;
+        let writer = Arc::clone(&self.writer);
+        let (old, new) = (old.to_owned(), new.to_owned());
+        let (catalog, db) = (self.catalog.get().cloned(), self.db.clone());
+        tokio::task::spawn_blocking(move || {
+            let generation = writer.rename_repository(&config, &old, &new, &audit)?;
+            if let Some(catalog) = catalog {
+                let mut renamed = (*config).clone();
+                renamed.repositories.retain(|r| r.name != old);
+                crate::accounts::add_org(&mut renamed, &new);
+                let moved = catalog
+                    .call_blocking(|c| {
+                        let tx = c.transaction()?;
+                        crate::catalog::rename_repository(&tx, &old, &new)?;
+                        tx.commit()
+                    })
+                    .map_err(super::catalog::HostedCatalogError::from)
+                    .and_then(|()| super::catalog::refill(&catalog, &db, &renamed));
+                if let Err(e) = moved {
+                    tracing::warn!(from = %old, to = %new, "catalog not updated: {e}; `hexmirror catalog rebuild` catches up");
+                }
+            }
+            Ok(generation)
+        })
+        .await?
+    }
+
     /// Puts every later change into `catalog`, and fills it with every
     /// hosted package now (blocking; at start).
     pub fn follow_into(

@@ -98,6 +98,9 @@ pub enum HostedError {
     /// The writer's blocking task stopped before it finished (a bug).
     #[error("the writer task stopped before finishing: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// An account change (an organization's rename) was refused.
+    #[error(transparent)]
+    Account(#[from] crate::accounts::AccountError),
 }
 
 impl From<Rejection> for HostedError {
@@ -117,6 +120,11 @@ impl HostedError {
             },
             Self::Tarball(_) => ErrorKind::Invalid,
             Self::Busy => ErrorKind::Busy,
+            Self::Account(crate::accounts::AccountError::NoOrg(_)) => ErrorKind::NotFound,
+            Self::Account(
+                crate::accounts::AccountError::Db(_) | crate::accounts::AccountError::Sql(_),
+            ) => ErrorKind::Internal,
+            Self::Account(_) => ErrorKind::Invalid,
             _ => ErrorKind::Internal,
         }
     }
@@ -474,6 +482,15 @@ impl Writer {
         let manifest_key = load_manifest_key(config)?;
         let public = manifest_key.public();
         let _lock = self.lock()?;
+        // A configuration older than an organization's rename or deletion
+        // (the CLI changed the database) must not write under the old name.
+        if repo_cfg.org
+            && self
+                .db_call(|c| crate::accounts::db::org(c, repo))?
+                .is_none()
+        {
+            return Err(Rejection::UnknownRepository(repo.to_owned()).into());
+        }
         let began = Instant::now();
         // The usual case patches the served generation in place and signs a
         // delta; no current generation, a delta grown too large or an
@@ -529,12 +546,7 @@ impl Writer {
                     };
                 }
                 let version = current.version.max(last_version) + 1;
-                let upstream = current.upstream.clone().unwrap_or_else(|| UpstreamState {
-                    url: config.upstream.url.clone(),
-                    names_etag: None,
-                    versions_etag: None,
-                    synced_at: 0,
-                });
+                let upstream = upstream_state(&current, config);
                 let removes = |path: &str| changes.iter().any(|(p, f)| p == path && f.is_none());
                 self.store.publish_signed(
                     version,
@@ -628,6 +640,110 @@ impl Writer {
         })
     }
 
+    /// Renames organization `old` to `new`. First a complete generation
+    /// goes live in which `repos/OLD/` is gone and `repos/NEW/` holds the
+    /// same packages, re-signed with `repository = "NEW"` (tarballs and
+    /// docs are the same blobs). Then one transaction moves the rows
+    /// ([`crate::accounts::db::rename_org`], the hosted releases and owners)
+    /// and records `audit`. A refused name changes nothing; a failed
+    /// transaction publishes the previous files again. Returns the
+    /// generation. Blocking.
+    pub fn rename_repository(
+        &self,
+        config: &Config,
+        old: &str,
+        new: &str,
+        audit: &AuditEntry,
+    ) -> Result<u64, HostedError> {
+        use crate::accounts::{self, db as adb};
+        let key = config
+            .signing
+            .key
+            .clone()
+            .ok_or(HostedError::NoSigningKey)?;
+        let taken = accounts::taken_names(config);
+        let manifest_key = load_manifest_key(config)?;
+        let public = manifest_key.public();
+        let _lock = self.lock()?;
+        self.db_call(|c| Ok(adb::check_rename(c, old, new, &taken)))??;
+        let (rows, last_version) = self.db_call(|c| {
+            Ok((
+                hdb::repository_releases(c, old)?,
+                db::meta(c, "manifest_version")?.and_then(|v| v.parse::<u64>().ok()),
+            ))
+        })?;
+        let moved = hdb::moved_rows(&rows, old, new);
+        let ours = crate::sync::hosted_repository_files(
+            &self.store,
+            &key,
+            &accounts::org_repository(new),
+            &config.upstream.repository,
+            &moved,
+        )?;
+        let current = self.store.load_current(&public)?;
+        let (was, now_at) = (format!("repos/{old}/"), format!("repos/{new}/"));
+        let mut files: FileMap = current
+            .files
+            .iter()
+            .filter(|(path, _)| !path.starts_with(&was))
+            .map(|(path, file)| (path.clone(), *file))
+            .collect();
+        files.extend(ours);
+        let version = current.version.max(last_version.unwrap_or(0)) + 1;
+        let upstream = upstream_state(&current, config);
+        let expiry = crate::store::manifest_lifetime(&self.db, config.signing.manifest_expiry)?;
+        let gone = |path: &str| path.starts_with(&was);
+        self.store.publish_signed(
+            version,
+            &files,
+            &gone,
+            upstream.clone(),
+            expiry,
+            &manifest_key,
+        )?;
+        let recorded = self.db_call(|c| {
+            let tx = c.transaction()?;
+            if let Err(e) = adb::rename_org(&tx, old, new, &taken, audit.at) {
+                return Ok(Err(e));
+            }
+            hdb::move_repository(&tx, old, new, &moved)?;
+            hdb::audit(&tx, audit)?;
+            db::set_meta(&tx, "manifest_version", &version.to_string())?;
+            tx.commit()?;
+            Ok(Ok(()))
+        });
+        let failed: Option<HostedError> = match recorded {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.into()),
+            Err(e) => Some(e),
+        };
+        if let Some(e) = failed {
+            tracing::error!(
+                from = old,
+                to = new,
+                "recording the rename failed, reverting the tree: {e}"
+            );
+            let added = |path: &str| path.starts_with(&now_at);
+            self.store.publish_signed(
+                version + 1,
+                &current.files,
+                &added,
+                upstream,
+                expiry,
+                &manifest_key,
+            )?;
+            return Err(e);
+        }
+        tracing::info!(
+            from = old,
+            to = new,
+            releases = moved.len(),
+            generation = version,
+            "organization renamed"
+        );
+        Ok(version)
+    }
+
     /// Takes the data directory's writer lock, waiting for a running sync.
     fn lock(&self) -> Result<std::fs::File, HostedError> {
         let deadline = Instant::now() + LOCK_WAIT;
@@ -676,6 +792,17 @@ impl Writer {
                 .collect())
         })
     }
+}
+
+/// The upstream state a generation published by the writer records: the
+/// current one's, or none synced yet.
+fn upstream_state(current: &crate::store::Current, config: &Config) -> UpstreamState {
+    current.upstream.clone().unwrap_or_else(|| UpstreamState {
+        url: config.upstream.url.clone(),
+        names_etag: None,
+        versions_etag: None,
+        synced_at: 0,
+    })
 }
 
 fn load_manifest_key(config: &Config) -> Result<ManifestKey, HostedError> {

@@ -105,6 +105,28 @@ CREATE TABLE IF NOT EXISTS audit_log (
     client TEXT);
 ";
 
+/// Columns `orgs` gained after it was first created: a data directory from
+/// before them gets them on open.
+const ORGS_ADDED: &[(&str, &str)] = &[("billing_email", "TEXT"), ("updated_at", "INTEGER")];
+
+/// Adds each of `columns` (name, declaration) that `table` lacks.
+fn add_missing_columns(
+    conn: &Connection,
+    table: &str,
+    columns: &[(&str, &str)],
+) -> rusqlite::Result<()> {
+    let have: Vec<String> = conn
+        .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, decl) in columns {
+        if !have.iter().any(|h| h == name) {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {name} {decl}"))?;
+        }
+    }
+    Ok(())
+}
+
 fn now() -> i64 {
     crate::clock::unix_now() as i64
 }
@@ -115,7 +137,9 @@ CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY, admin INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL,
     -- argon2id PHC string; NULL: a token-only account.
     password_hash TEXT);
-CREATE TABLE IF NOT EXISTS orgs (name TEXT PRIMARY KEY, created_at INTEGER NOT NULL);
+-- `add_missing_columns` gives an older `orgs` its later columns.
+CREATE TABLE IF NOT EXISTS orgs (
+    name TEXT PRIMARY KEY, created_at INTEGER NOT NULL, billing_email TEXT, updated_at INTEGER);
 CREATE TABLE IF NOT EXISTS org_members (
     org TEXT NOT NULL, username TEXT NOT NULL,
     role TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
@@ -159,6 +183,7 @@ impl Db {
             .map_err(wrap)?;
         conn.execute_batch(SCHEMA).map_err(wrap)?;
         conn.execute_batch(ACCOUNTS_SCHEMA).map_err(wrap)?;
+        add_missing_columns(&conn, "orgs", ORGS_ADDED).map_err(wrap)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             path,

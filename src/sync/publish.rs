@@ -359,6 +359,29 @@ fn repository_files(
     Ok(files)
 }
 
+/// The files of repository `repo` of ours that serves hosted packages only
+/// (an organization's), built from `hosted` as a sync builds them. Blocking:
+/// it signs every record.
+pub fn hosted_repository_files(
+    store: &Store,
+    key: &SigningKey,
+    repo: &RepositoryConfig,
+    upstream_repository: &str,
+    hosted: &[ReleaseRow],
+) -> Result<FileMap, StoreError> {
+    let sources = Sources {
+        store,
+        key,
+        upstream: &FileMap::new(),
+        records: &BTreeMap::new(),
+        upstream_names: &proto::names::Names::default(),
+        upstream_repository,
+        cache: &[],
+        hosted,
+    };
+    repository_files(&sources, repo, &mut Vec::new())
+}
+
 /// Builds the next generation and switches it in, unless it would equal the
 /// current one and the current manifest is not due for re-signing.
 pub(super) fn publish(

@@ -63,8 +63,9 @@ impl Request {
     fn org_json(&self, o: &adb::Org) -> Value {
         json!({
             "name": o.name,
+            "billing_email": o.billing_email,
             "inserted_at": iso(o.created_at),
-            "updated_at": iso(o.created_at),
+            "updated_at": iso(o.updated_at),
             "url": format!("{}/api/orgs/{}", self.base, o.name),
         })
     }
@@ -151,6 +152,80 @@ pub(in crate::api) async fn get_org(
         let found = req.db(move |c| adb::org(c, &org)).await?;
         let found =
             found.ok_or_else(|| account_error(AccountError::NoOrg(param(&p, "org").into())))?;
+        Ok(Reply::ok(req.org_json(&found)))
+    })
+    .await
+}
+
+/// `POST /orgs/ORG`: seed 000's update of `billing_email`, for the
+/// organization's admins, and our rename with `name`, for server admins
+/// (it re-signs the organization's files under the new name).
+pub(in crate::api) async fn update_org(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(Arc::clone(&state), &headers, client, &p).await?;
+        let org = param(&p, "org").to_owned();
+        let body = wire::decode_body(&headers, &body)?;
+        let rename = match body.get("name") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(n)) if *n == org => None,
+            Some(Value::String(n)) => Some(n.clone()),
+            Some(_) => {
+                return Err(Reply::error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "name is the organization's new name, as text",
+                ));
+            }
+        };
+        let email = match body.get("billing_email") {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(Value::String(e)) => Some(Some(e.clone())),
+            Some(_) => {
+                return Err(Reply::error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "billing_email is an email address as text, or null to clear it",
+                ));
+            }
+        };
+        req.org(&org, Access::Admin)?;
+        let mut name = org.clone();
+        if let Some(new) = rename {
+            req.server_admin()?;
+            let entry = req.audit_entry("org.rename", new.clone(), json!({"from": org}));
+            req.publisher()?
+                .rename_repository(Arc::clone(&req.config), &org, &new, entry)
+                .await
+                .map_err(hosted_error)?;
+            state.update_config(|config| {
+                config.repositories.retain(|r| !(r.org && r.name == org));
+                accounts::add_org(config, &new);
+            });
+            name = new;
+        }
+        if let Some(email) = email {
+            let entry =
+                req.audit_entry("org.update", name.clone(), json!({"billing_email": email}));
+            let n = name.clone();
+            req.db(move |c| {
+                audit_if(
+                    adb::update_org(c, &n, email.as_deref(), entry.at),
+                    c,
+                    &entry,
+                    |_| true,
+                )
+            })
+            .await?
+            .map_err(account_error)?;
+        }
+        let n = name.clone();
+        let found = req.db(move |c| adb::org(c, &n)).await?;
+        let found = found.ok_or_else(|| account_error(AccountError::NoOrg(name)))?;
         Ok(Reply::ok(req.org_json(&found)))
     })
     .await
@@ -400,6 +475,36 @@ pub(in crate::api) async fn create_org_key(
     .await
 }
 
+/// Organization `org`'s live key `name`.
+async fn org_key(req: &Request, org: &str, name: &str) -> Result<TokenRow, Reply> {
+    org_keys(req, org)
+        .await?
+        .into_iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| {
+            Reply::error(
+                StatusCode::NOT_FOUND,
+                format!("organization {org} has no key {name:?}"),
+            )
+        })
+}
+
+pub(in crate::api) async fn get_org_key(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let (org, name) = (param(&p, "org"), param(&p, "key"));
+        req.org(org, Access::Write)?;
+        let key = org_key(&req, org, name).await?;
+        Ok(Reply::ok(super::account::key_json(&req.base, &key, None)))
+    })
+    .await
+}
+
 pub(in crate::api) async fn delete_org_key(
     State(state): State<Arc<ApiState>>,
     ClientAddr(client): ClientAddr,
@@ -410,16 +515,7 @@ pub(in crate::api) async fn delete_org_key(
         let req = request(state, &headers, client, &p).await?;
         let (org, name) = (param(&p, "org").to_owned(), param(&p, "key").to_owned());
         req.org(&org, Access::Write)?;
-        let key = org_keys(&req, &org)
-            .await?
-            .into_iter()
-            .find(|t| t.name == name)
-            .ok_or_else(|| {
-                Reply::error(
-                    StatusCode::NOT_FOUND,
-                    format!("organization {org} has no key {name:?}"),
-                )
-            })?;
+        let key = org_key(&req, &org, &name).await?;
         let entry = req.audit_entry(
             "org.key.revoke",
             format!("{org}/{name}"),
