@@ -79,6 +79,18 @@ WORK=${WORK:-/tmp/hexmirror-bench}
 PORT_BASE=${PORT_BASE:-18400}
 SEED=${SEED:-42}
 SERVE_SCALE=${SERVE_SCALE:-${SCALES##* }}
+NPROC=$(nproc)
+# Server core counts for the serving runs: 1 here; 1 and 4 where wrk keeps 4+ cores.
+if [ -z "${SERVE_CORES:-}" ]; then
+  SERVE_CORES=1
+  [ "$NPROC" -ge 8 ] && SERVE_CORES="1 4"
+fi
+# BIN_DIR: take hexmirror, gen_upstream, delay_proxy, nginx and wrk (and the
+# shared libraries in BIN_DIR/lib) from one folder made by bench/pack.sh, for
+# a machine without a package registry or a Rust toolchain.
+BIN_DIR=${BIN_DIR:-}
+TIME_BIN=/usr/bin/time
+[ -n "$BIN_DIR" ] && [ -x "$BIN_DIR/time" ] && TIME_BIN=$BIN_DIR/time
 PUBLISH=${PUBLISH:-1}
 PUBLISH_N=${PUBLISH_N:-40}
 PUBLISH_SCALES=${PUBLISH_SCALES:-${SCALES##* }}
@@ -89,6 +101,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HEXMIRROR=$ROOT/target/release/hexmirror
 GEN=$ROOT/target/release/examples/gen_upstream
 DELAY_PROXY=$ROOT/target/release/examples/delay_proxy
+if [ -n "$BIN_DIR" ]; then
+  HEXMIRROR=$BIN_DIR/hexmirror GEN=$BIN_DIR/gen_upstream DELAY_PROXY=$BIN_DIR/delay_proxy
+  export PATH="$BIN_DIR:$PATH" LD_LIBRARY_PATH="$BIN_DIR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
 UPKEY=$ROOT/tests/fixtures/keys/upstream.pem
 UPPUB=$ROOT/tests/fixtures/keys/upstream.pub.pem
 PUBLISH_KEY=${PUBLISH_KEY:-$ROOT/tests/fixtures/keys/other.pem}
@@ -103,7 +119,7 @@ TSV=$WORK/results-$STAMP.tsv
 
 PORT_UP=$PORT_BASE            # nginx: the upstream
 PORT_NG1=$((PORT_BASE + 1))   # nginx (single process): DATA_DIR/current
-PORT_NG2=$((PORT_BASE + 2))   # nginx (one worker per core): DATA_DIR/current
+PORT_NG2=$((PORT_BASE + 2))   # nginx pinned beside hexmirror serve (serving runs): DATA_DIR/current
 PORT_HM=$((PORT_BASE + 3))    # hexmirror serve
 PORT_NET=$((PORT_BASE + 4))   # nginx on the veth address (netem run)
 # (the publish section's `hexmirror serve` listens on a free port: listen = 127.0.0.1:0)
@@ -160,14 +176,19 @@ stop_pid() {
 need=()
 command -v nginx >/dev/null || need+=(nginx-light)
 command -v wrk >/dev/null || need+=(wrk)
-command -v aria2c >/dev/null || need+=(aria2)
-command -v hyperfine >/dev/null || need+=(hyperfine)
-[ -x /usr/bin/time ] || need+=(time)
+[ "$ARIA_RUNS" -gt 0 ] && ! command -v aria2c >/dev/null && need+=(aria2)
+want incremental && ! command -v hyperfine >/dev/null && need+=(hyperfine)
+[ -x "$TIME_BIN" ] || need+=(time)
 command -v curl >/dev/null || need+=(curl)
 if [ "$PUBLISH" = 1 ] && want publish; then
   command -v jq >/dev/null || need+=(jq)
   command -v python3 >/dev/null || need+=(python3)
   command -v escript >/dev/null && [ -e /usr/bin/rebar3 ] || need+=(rebar3) # hex_core, for hexcore.escript
+fi
+command -v taskset >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ] && [ -n "$BIN_DIR" ]; then
+  log "missing: ${need[*]} (BIN_DIR is set: no apt-get; run ONLY=serve ARIA_RUNS=0 or install them)"
+  exit 2
 fi
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
@@ -177,8 +198,10 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 NGINX=$(command -v nginx)
 
-log "building (release)"
-(cd "$ROOT" && timeout 1800 cargo build --release --example gen_upstream --example delay_proxy --bin hexmirror) 2>&1 | tail -3 | raw
+if [ -z "$BIN_DIR" ]; then
+  log "building (release)"
+  (cd "$ROOT" && timeout 1800 cargo build --release --example gen_upstream --example delay_proxy --bin hexmirror) 2>&1 | tail -3 | raw
+fi
 
 {
   echo "== machine"
@@ -189,11 +212,11 @@ log "building (release)"
   echo "kernel: $(uname -r)"
   echo "nginx: $($NGINX -v 2>&1)"
   echo "curl: $(curl --version | head -1)"
-  echo "aria2: $(aria2c --version | head -1)"
+  echo "aria2: $(aria2c --version 2>/dev/null | head -1)"
   echo "wrk: $(wrk -v 2>&1 | head -1)"
-  echo "hyperfine: $(hyperfine --version)"
+  echo "hyperfine: $(hyperfine --version 2>/dev/null)"
   echo "hexmirror: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null)$(cd "$ROOT" && git diff --quiet HEAD -- src 2>/dev/null || echo '+dirty')"
-  echo "rustc: $(rustc --version)"
+  echo "rustc: $(rustc --version 2>/dev/null || echo "none (BIN_DIR=$BIN_DIR)")"
   echo "config: SCALES='$SCALES' RUNS=$RUNS PAR=$PAR WRK_SECS=$WRK_SECS WRK_CONNS='$WRK_CONNS' NETEM=$NETEM MUTATE=$MUTATE RESIGN=$RESIGN SERVE=$SERVE PUBLISH=$PUBLISH PUBLISH_N=$PUBLISH_N PUBLISH_SCALES='$PUBLISH_SCALES' ONLY='$ONLY'"
   echo "load before start: $(cat /proc/loadavg)"
 } | tee -a "$RAW" >&2
@@ -203,7 +226,8 @@ ulimit -n 65536 2>/dev/null || ulimit -n 8192 2>/dev/null || true
 # ---------------------------------------------------------------------------
 # nginx
 # ---------------------------------------------------------------------------
-# nginx_conf NAME MULTI(0|1) "LISTEN ROOT" ...   -> writes $WORK/nginx-NAME.conf
+# nginx_conf NAME WORKERS "LISTEN ROOT" ...   -> writes $WORK/nginx-NAME.conf
+# (WORKERS 0 or 1: one process without a master)
 nginx_conf() {
   local name=$1 multi=$2
   shift 2
@@ -212,9 +236,9 @@ nginx_conf() {
   local conf=$WORK/nginx-$name.conf
   {
     echo "daemon off;"
-    if [ "$multi" = 1 ]; then
+    if [ "$multi" -gt 1 ]; then
       [ "$(id -u)" = 0 ] && echo "user root;"
-      echo "master_process on; worker_processes $(nproc);"
+      echo "master_process on; worker_processes $multi;"
     else
       echo "master_process off; worker_processes 1;"
     fi
@@ -262,7 +286,7 @@ timed() {
   shift
   local t0 t1 rc=0
   t0=$(now)
-  /usr/bin/time -v -o "$out.time" "$@" >"$out.stdout" 2>"$out.stderr" || rc=$?
+  "$TIME_BIN" -v -o "$out.time" "$@" >"$out.stdout" 2>"$out.stderr" || rc=$?
   t1=$(now)
   local user sys rss
   user=$(awk -F': ' '/User time/{print $2}' "$out.time")
@@ -462,9 +486,12 @@ name = \"hexpm\""
     record "$SCALE" resign records hexmirror "$(ls "$DATA/current/repos/hexpm/packages" 2>/dev/null | wc -l)"
   fi
 
-  # d. serving (on the last scale)
+  # d. serving (on the last scale), pinned: for each C in SERVE_CORES, the
+  # server on cores 0..C-1 (hexmirror serve; nginx with C workers, or one
+  # process without a master at C=1) and wrk on the other cores, so the load
+  # generator never starves the server. Both servers serve DATA_DIR/current;
+  # they alternate within each run so that both see the same noise.
   if [ "$SERVE" = 1 ] && want serve && [ "$SCALE" = "$SERVE_SCALE" ]; then
-    log "serving: wrk against hexmirror serve, nginx (1 process), nginx ($(nproc) workers)"
     CUR=$DATA/current
     SMALL=$(cd "$CUR" && ls -l packages | awk 'NR>1{print $5, $9}' | sort -n | awk '{a[NR]=$2} END{print a[int(NR/2)+1]}')
     MID=$(cd "$CUR" && ls -l tarballs | awk 'NR>1{print $5, $9}' | sort -n | awk '{a[NR]=$2} END{print a[int(NR*0.75)+1]}')
@@ -472,18 +499,12 @@ name = \"hexpm\""
     echo "small: /packages/$SMALL ($SMALL_SIZE bytes); mid: /tarballs/$MID ($MID_SIZE bytes)" | raw
     record "$SCALE" serve small_bytes file "$SMALL_SIZE"
     record "$SCALE" serve mid_bytes file "$MID_SIZE"
-    CONF2=$(nginx_conf "multi" 1 "127.0.0.1:$PORT_NG2 $CUR")
-    start_nginx "$CONF2" "127.0.0.1:$PORT_NG2"
-    MULTI_NGINX=$NGINX_PID
-    "$HEXMIRROR" serve --config "$HMCONF" >>"$RAW" 2>&1 &
-    SERVE_PID=$!
-    PIDS+=("$SERVE_PID")
-    for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT_HM/names" && break; sleep 0.1; done
-    # wrk_one TARGET PORT PATH CONNS -> "rps p50_ms p99_ms errors"
+    # wrk_one PORT PATH CONNS WRK_CPUS -> "rps p50_ms p99_ms errors"
     wrk_one() {
-      local t=2 out
-      [ "$4" -lt 2 ] && t=1
-      out=$(timeout $((WRK_SECS + 30)) wrk -t"$t" -c"$4" -d"${WRK_SECS}s" --latency "http://127.0.0.1:$2$3" 2>&1)
+      local t out
+      t=$(taskset -c "$4" nproc)
+      [ "$3" -lt "$t" ] && t=$3
+      out=$(timeout $((WRK_SECS + 30)) taskset -c "$4" wrk -t"$t" -c"$3" -d"${WRK_SECS}s" --latency "http://127.0.0.1:$1$2" 2>&1)
       echo "$out" | raw
       awk '
         function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /m$/) return v*60000; if (v ~ /s$/) return v*1000; return v }
@@ -492,34 +513,50 @@ name = \"hexpm\""
         /Non-2xx|Socket errors/ {err=err $0 ";"}
         END {printf "%s %s %s %s\n", rps, p50, p99, (err==""?"none":"yes")}' <<<"$out"
     }
-    for kind in small mid; do
-      if [ $kind = small ]; then path=/packages/$SMALL; else path=/tarballs/$MID; fi
-      for conns in $WRK_CONNS; do
-        for target in hexmirror nginx1 nginx${NPROC:=$(nproc)}; do
-          case $target in hexmirror) port=$PORT_HM ;; nginx1) port=$PORT_NG1 ;; *) port=$PORT_NG2 ;; esac
-          rps=(); p50=(); p99=()
+    for cores in $SERVE_CORES; do
+      [ "$cores" -lt "$NPROC" ] || { log "skipped: serving on $cores cores needs more than $NPROC"; continue; }
+      SRV_CPUS="0-$((cores - 1))"; WRK_CPUS="$cores-$((NPROC - 1))"
+      log "serving on cores $SRV_CPUS, wrk on cores $WRK_CPUS: hexmirror serve and nginx ($cores worker(s))"
+      CONFN=$(nginx_conf "serve-$cores" "$cores" "127.0.0.1:$PORT_NG2 $CUR")
+      taskset -c "$SRV_CPUS" "$NGINX" -p "$(dirname "$CONFN")" -c "$CONFN" -e stderr >>"$RAW" 2>&1 &
+      NG_PID=$!
+      PIDS+=("$NG_PID")
+      taskset -c "$SRV_CPUS" "$HEXMIRROR" serve --config "$HMCONF" >>"$RAW" 2>&1 &
+      SERVE_PID=$!
+      PIDS+=("$SERVE_PID")
+      for port in $PORT_HM $PORT_NG2; do
+        for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/names" && break; sleep 0.1; done
+      done
+      for kind in small mid; do
+        if [ $kind = small ]; then path=/packages/$SMALL; else path=/tarballs/$MID; fi
+        for conns in $WRK_CONNS; do
+          declare -A rps=() p50=() p99=()
           for r in $(seq "$RUNS"); do
-            echo "-- wrk $target $kind c=$conns run $r" | raw
-            read -r a b c e < <(wrk_one "$target" "$port" "$path" "$conns")
-            [ "$e" = none ] || log "WARNING: wrk reported errors for $target $kind c=$conns"
-            rps+=("$a"); p50+=("$b"); p99+=("$c")
+            for target in hexmirror nginx; do
+              port=$PORT_HM; [ $target = nginx ] && port=$PORT_NG2
+              echo "-- wrk $target $kind c=$conns cores=$cores run $r" | raw
+              read -r a b c e < <(wrk_one "$port" "$path" "$conns" "$WRK_CPUS")
+              [ "$e" = none ] || log "WARNING: wrk reported errors for $target $kind c=$conns cores=$cores"
+              rps[$target]+="$a "; p50[$target]+="$b "; p99[$target]+="$c "
+            done
           done
-          record "$SCALE" "serve-$kind-c$conns" rps "$target" "$(printf '%s\n' "${rps[@]}" | median)"
-          record "$SCALE" "serve-$kind-c$conns" p50_ms "$target" "$(printf '%s\n' "${p50[@]}" | median)"
-          record "$SCALE" "serve-$kind-c$conns" p99_ms "$target" "$(printf '%s\n' "${p99[@]}" | median)"
+          for target in hexmirror nginx; do
+            sec="serve-$kind-c$conns-s$cores"
+            record "$SCALE" "$sec" rps "$target" "$(printf '%s\n' ${rps[$target]} | median)"
+            record "$SCALE" "$sec" p50_ms "$target" "$(printf '%s\n' ${p50[$target]} | median)"
+            record "$SCALE" "$sec" p99_ms "$target" "$(printf '%s\n' ${p99[$target]} | median)"
+          done
         done
       done
+      rss=$(awk '/VmRSS/{print $2}' /proc/$SERVE_PID/status)
+      hwm=$(awk '/VmHWM/{print $2}' /proc/$SERVE_PID/status)
+      record "$SCALE" "serve-s$cores" rss_mb hexmirror "$(awk -v k="$rss" 'BEGIN{printf "%.1f", k/1024}')"
+      record "$SCALE" "serve-s$cores" hwm_mb hexmirror "$(awk -v k="$hwm" 'BEGIN{printf "%.1f", k/1024}')"
+      ngrss=$(for p in $NG_PID $(pgrep -P "$NG_PID"); do awk '/VmRSS/{print $2}' /proc/$p/status; done | awk '{s+=$1} END{printf "%.1f", s/1024}')
+      record "$SCALE" "serve-s$cores" rss_mb nginx "$ngrss"
+      stop_pid "$SERVE_PID"
+      stop_pid "$NG_PID"
     done
-    rss=$(awk '/VmRSS/{print $2}' /proc/$SERVE_PID/status)
-    hwm=$(awk '/VmHWM/{print $2}' /proc/$SERVE_PID/status)
-    record "$SCALE" serve rss_mb hexmirror "$(awk -v k="$rss" 'BEGIN{printf "%.1f", k/1024}')"
-    record "$SCALE" serve hwm_mb hexmirror "$(awk -v k="$hwm" 'BEGIN{printf "%.1f", k/1024}')"
-    ngrss=$(for p in $MAIN_NGINX; do awk '/VmRSS/{print $2}' /proc/$p/status; done | awk '{s+=$1} END{printf "%.1f", s/1024}')
-    record "$SCALE" serve rss_mb nginx1 "$ngrss"
-    ngrss=$(for p in $MULTI_NGINX $(pgrep -P "$MULTI_NGINX"); do awk '/VmRSS/{print $2}' /proc/$p/status; done | awk '{s+=$1} END{printf "%.1f", s/1024}')
-    record "$SCALE" serve rss_mb "nginx$NPROC" "$ngrss"
-    stop_pid "$SERVE_PID"
-    stop_pid "$MULTI_NGINX"
   fi
 
   # e. netem run
@@ -710,7 +747,7 @@ done
 # 4. tables
 # ---------------------------------------------------------------------------
 report() {
-  awk -F'\t' -v nproc="$(nproc)" -v conns="$WRK_CONNS" -v runs="$RUNS" -v par="$PAR" '
+  awk -F'\t' -v nproc="$(nproc)" -v conns="$WRK_CONNS" -v runs="$RUNS" -v par="$PAR" -v score="$SERVE_CORES" '
     { v[$1 SUBSEP $2 SUBSEP $3 SUBSEP $4] = $5; if (!($1 in seen)) { seen[$1]=1; order[++ns]=$1 } }
     function g(s, sec, m, t,   key) { key = s SUBSEP sec SUBSEP m SUBSEP t; return (key in v) ? v[key] : "" }
     function r(a, b) { return (a == "" || b == "" || b + 0 == 0) ? "–" : sprintf("%.2f×", a / b) }
@@ -770,23 +807,32 @@ report() {
             sp, g(s, "publish", "publish_p99_ms", "server"), g(s, "publish", "cpu_ms_per_publish", "server"), (sp + 0 > 0 ? sprintf("%.0f", fl / (sp / 1000)) : "–"), r(p99, 100) }
       }
       nc = split(conns, cs, " ")
+      nk = split(score, ks2, " ")
       for (i = 1; i <= ns; i++) { s = order[i]
         if (g(s, "serve", "small_bytes", "file") == "") continue
-        printf "\n### Serving at scale %s (wrk -t2, median of %s runs; small = /packages/NAME, %s bytes; mid = a tarball, %s bytes)\n\n", s, runs,
+        printf "\n### Serving at scale %s (pinned: server on cores 0..C-1, wrk on the others; median of %s runs; small = /packages/NAME, %s bytes; mid = a tarball, %s bytes)\n\n", s, runs,
           g(s, "serve", "small_bytes", "file"), g(s, "serve", "mid_bytes", "file")
-        ng = "nginx" nproc
-        printf "| file | conns | req/s hexmirror | req/s nginx (1 proc) | req/s nginx (%s workers) | hexmirror / nginx 1 proc | hexmirror / nginx %s | p50 ms hm / ng1 / ng%s | p99 ms hm / ng1 / ng%s |\n", nproc, nproc, nproc, nproc
-        print "|---|---|---|---|---|---|---|---|---|"
+        print "| server cores | file | conns | req/s hexmirror | req/s nginx | **hexmirror / nginx** | p50 ms hm / nginx | p99 ms hm / nginx |"
+        print "|---|---|---|---|---|---|---|---|"
         split("small mid", ks, " ")
-        for (k = 1; k <= 2; k++) for (c = 1; c <= nc; c++) {
-          sec = "serve-" ks[k] "-c" cs[c]
-          h = g(s, sec, "rps", "hexmirror"); n1 = g(s, sec, "rps", "nginx1"); n2 = g(s, sec, "rps", ng)
-          printf "| %s | %s | %.0f | %.0f | %.0f | **%s** | **%s** | %s / %s / %s | %s / %s / %s |\n", ks[k], cs[c], h, n1, n2, r(h, n1), r(h, n2),
-            f2(g(s,sec,"p50_ms","hexmirror")), f2(g(s,sec,"p50_ms","nginx1")), f2(g(s,sec,"p50_ms",ng)),
-            f2(g(s,sec,"p99_ms","hexmirror")), f2(g(s,sec,"p99_ms","nginx1")), f2(g(s,sec,"p99_ms",ng))
+        for (q = 1; q <= nk; q++) for (k = 1; k <= 2; k++) for (c = 1; c <= nc; c++) {
+          sec = "serve-" ks[k] "-c" cs[c] "-s" ks2[q]
+          h = g(s, sec, "rps", "hexmirror"); n1 = g(s, sec, "rps", "nginx")
+          if (h == "") continue
+          printf "| %s | %s | %s | %.0f | %.0f | **%s** | %s / %s | %s / %s |\n", ks2[q], ks[k], cs[c], h, n1, r(h, n1),
+            f2(g(s,sec,"p50_ms","hexmirror")), f2(g(s,sec,"p50_ms","nginx")), f2(g(s,sec,"p99_ms","hexmirror")), f2(g(s,sec,"p99_ms","nginx"))
         }
-        printf "\nRSS under load (end of the last wrk run): hexmirror serve %s MB (peak %s MB); nginx 1 proc %s MB; nginx %s workers + master %s MB.\n",
-          g(s,"serve","rss_mb","hexmirror"), g(s,"serve","hwm_mb","hexmirror"), g(s,"serve","rss_mb","nginx1"), nproc, g(s,"serve","rss_mb",ng)
+        if (nk > 1) {
+          lo = ks2[1]; hi = ks2[nk]
+          printf "\nScaling from %s to %s server cores (req/s ratio):\n\n| file | conns | hexmirror | nginx |\n|---|---|---|---|\n", lo, hi
+          for (k = 1; k <= 2; k++) for (c = 1; c <= nc; c++) {
+            a = "serve-" ks[k] "-c" cs[c] "-s"
+            printf "| %s | %s | %s | %s |\n", ks[k], cs[c], r(g(s, a hi, "rps", "hexmirror"), g(s, a lo, "rps", "hexmirror")), r(g(s, a hi, "rps", "nginx"), g(s, a lo, "rps", "nginx"))
+          }
+        }
+        for (q = 1; q <= nk; q++)
+          printf "\nRSS under load on %s core(s) (end of the last wrk run): hexmirror serve %s MB (peak %s MB); nginx %s MB.\n", ks2[q],
+            g(s,"serve-s" ks2[q],"rss_mb","hexmirror"), g(s,"serve-s" ks2[q],"hwm_mb","hexmirror"), g(s,"serve-s" ks2[q],"rss_mb","nginx")
       }
     }' "$TSV"
 }

@@ -1238,7 +1238,16 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
         .as_ref()
         .filter(|_| config.server.count_downloads)
         .map(|_| std::sync::Arc::new(crate::catalog::downloads::Counter::default()));
+    // Ready responses of small files, bracketed by each in-place hosted change.
+    let cache = std::sync::Arc::new(server::cache::ResponseCache::new(
+        tree.clone(),
+        config.server.cache_bytes,
+    ));
+    if let Some(publisher) = &publisher {
+        publisher.watch_changes(cache.clone());
+    }
     let options = server::Options {
+        cache: Some(cache),
         public_repos: server::PublicRepos::new(public_repos(config)),
         data_dir: Some(config.data_dir.clone()),
         api: api.clone(),

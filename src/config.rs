@@ -82,6 +82,7 @@ struct RawServer {
     max_connections: Option<usize>,
     header_timeout_secs: Option<u64>,
     count_downloads: Option<bool>,
+    cache_mb: Option<u64>,
     ui: Option<bool>,
     ui_prefix: Option<String>,
 }
@@ -217,6 +218,8 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// Count tarball downloads (in memory, written to the catalog in batches).
     pub count_downloads: bool,
+    /// Bytes of small files kept in memory per served generation (0: none).
+    pub cache_bytes: u64,
     /// Where the web UI is served (`/ui` by default); `None`: no UI.
     pub ui_prefix: Option<String>,
 }
@@ -608,8 +611,16 @@ impl Config {
                 format!("{header_timeout_secs} is outside 1..=3600 (seconds)"),
             ));
         }
+        let cache_mb = raw.server.cache_mb.unwrap_or(256);
+        if cache_mb > 1 << 20 {
+            return Err(invalid(
+                "server.cache_mb",
+                format!("{cache_mb} is above 1048576 (MiB); 0 turns the cache off"),
+            ));
+        }
         let server = ServerConfig {
             max_connections,
+            cache_bytes: cache_mb << 20,
             header_timeout: Duration::from_secs(header_timeout_secs),
             count_downloads: raw.server.count_downloads.unwrap_or(true),
             ui_prefix: match raw.server.ui {

@@ -15,6 +15,8 @@
 //! - [`hosted`]: private packages published through the API: state, records, the writer.
 //! - [`accounts`]: users, organizations (repositories held in the database) and members.
 //! - [`index`]: PURE. Builds the curated, re-signed files of our own repositories.
+//! - [`repo_files`]: signs and stores a repository of ours (`repos/NAME/`), for
+//!   the sync and for the hosted writer's organization rename.
 //! - [`keyfiles`]: key files on disk (mode 0600, never overwritten).
 //! - [`server`]: the read-only HTTP server over the served tree.
 //! - [`manifest`]: PURE. The Ed25519-signed snapshot manifest of a generation.
@@ -53,6 +55,7 @@ pub mod proxy;
 #[cfg(test)]
 mod purity;
 pub mod registry;
+pub mod repo_files;
 pub mod server;
 pub mod store;
 pub mod sync;

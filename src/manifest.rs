@@ -466,6 +466,35 @@ pub(crate) fn sign_envelope<T: Serialize>(signed: &T, key: &ManifestKey) -> Vec<
     out
 }
 
+/// A manifest file's `expires_at` and `version` read from its first and
+/// last bytes, as [`sign_envelope`] lays it out (`{"signed":{"expires_at":N,`
+/// ... `"version":N},"signatures":[...]}`), without reading the file list
+/// between them (90 MB at hex.pm's size). `None` when the ends are not laid
+/// out so; the caller then parses the whole file. Never a basis for trust.
+pub fn peek_ends(head: &[u8], tail: &[u8]) -> Option<(u64, u64)> {
+    fn number(digits: &[u8]) -> Option<u64> {
+        if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(digits).ok()?.parse().ok()
+    }
+    const OPEN: &[u8] = b"{\"signed\":{\"expires_at\":";
+    let rest = head.strip_prefix(OPEN)?;
+    let end = rest.iter().position(|b| !b.is_ascii_digit())?;
+    if rest[end] != b',' {
+        return None;
+    }
+    let expires_at = number(&rest[..end])?;
+    const CLOSE: &[u8] = b"},\"signatures\":[";
+    let close = tail.windows(CLOSE.len()).rposition(|w| w == CLOSE)?;
+    let before = &tail[..close];
+    let start = before.iter().rposition(|b| !b.is_ascii_digit())? + 1;
+    let version = number(&before[start..])?;
+    before[..start]
+        .ends_with(b"\"version\":")
+        .then_some((expires_at, version))
+}
+
 /// Verifies a manifest file and returns its content.
 ///
 /// Checks, in order: the format (strict), a signature by `key` over the
@@ -1529,5 +1558,44 @@ mod tests {
         assert_eq!(human_duration(90), "90 seconds");
         assert_eq!(human_duration(120), "2 minutes");
         assert_eq!(human_duration(0), "0 seconds");
+    }
+    #[test]
+    fn the_ends_of_a_signed_manifest_give_its_expiry_and_version() {
+        let key = ManifestKey::generate();
+        let mut files = BTreeMap::new();
+        files.insert(
+            "names".to_owned(),
+            FileEntry {
+                sha256: "a".repeat(64),
+                size: 3,
+            },
+        );
+        let manifest = Manifest {
+            expires_at: 1_900_000_000,
+            files,
+            generation: "g".into(),
+            signed_at: 1,
+            upstream: UpstreamState {
+                names_etag: None,
+                synced_at: 0,
+                url: "http://u".into(),
+                versions_etag: Some("\"version\":7},\"signatures\":[".into()),
+            },
+            version: 42,
+        };
+        let file = sign_envelope(&manifest, &key);
+        let split = file.len() / 2;
+        assert_eq!(
+            peek_ends(&file[..split], &file[split..]),
+            Some((1_900_000_000, 42))
+        );
+        assert_eq!(peek_ends(&file[..10], &file[split..]), None);
+        assert_eq!(
+            peek_ends(
+                b"{\"signed\":{\"expires_at\":12,",
+                b"\"version\":x},\"signatures\":["
+            ),
+            None
+        );
     }
 }

@@ -528,3 +528,42 @@ fn a_generation_is_published_only_for_a_change_or_a_manifest_due_for_resigning()
     assert_eq!(rebuilt.version, resigned.version + 1);
     assert_eq!(rebuilt.files, first.files);
 }
+
+#[test]
+fn files_answered_from_memory_follow_a_switch_at_the_next_request() {
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let with_delta = prepared(&spec_with(DELTA_1_1));
+    let mirror = Mirror::new(&upstream, &grace(3600));
+    sync_ok(&mirror);
+    let served = mirror.serve();
+    let url = served.url();
+    let get = |path: &str| http("GET", &format!("{url}{path}"), &[]);
+    let before = get("/versions");
+    assert_eq!(before.status, 200);
+    // The second answer comes from memory, byte for byte the same.
+    assert_eq!(get("/versions").body, before.body);
+    let metrics = String::from_utf8(get("/metrics").body).unwrap();
+    let hits: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hexmirror_cache_hits_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no cache hits counted:\n{metrics}"));
+    assert!(hits >= 1, "{metrics}");
+
+    // A sync by another process switches `current`: the very next request
+    // gets the new generation's file, not the one held in memory.
+    serve_tree(&upstream, with_delta.path());
+    assert!(sync_ok(&mirror).contains("published generation"));
+    let after = get("/versions");
+    assert_eq!(
+        after.body,
+        fs::read(mirror.tree().join("versions")).unwrap()
+    );
+    assert_ne!(after.body, before.body);
+    assert_ne!(after.header("etag"), before.header("etag"));
+    let record = get("/packages/delta");
+    assert_eq!(
+        record.body,
+        fs::read(mirror.tree().join("packages/delta")).unwrap()
+    );
+}

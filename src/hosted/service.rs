@@ -10,6 +10,37 @@ use super::writer::{Actor, Change, HostedError, Outcome, Writer};
 use crate::config::Config;
 use crate::store::{Db, Store};
 
+/// Told before and after a change patches the served generation in place:
+/// `serve`'s response cache, which must not keep a file the change is
+/// replacing (see `server::cache`).
+pub trait ChangeWatch: Send + Sync + std::fmt::Debug {
+    /// A change is about to begin.
+    fn begin_change(&self);
+    /// The change ended, done or failed.
+    fn end_change(&self);
+}
+
+/// [`ChangeWatch::begin_change`] now, [`ChangeWatch::end_change`] when
+/// dropped, so a failed or panicking change ends too.
+struct Bracket(Option<Arc<dyn ChangeWatch>>);
+
+impl Bracket {
+    fn new(watch: Option<Arc<dyn ChangeWatch>>) -> Self {
+        if let Some(w) = &watch {
+            w.begin_change();
+        }
+        Self(watch)
+    }
+}
+
+impl Drop for Bracket {
+    fn drop(&mut self) {
+        if let Some(w) = &self.0 {
+            w.end_change();
+        }
+    }
+}
+
 /// The writer with its queue and the configuration in force.
 #[derive(Debug)]
 pub struct Publisher {
@@ -20,6 +51,8 @@ pub struct Publisher {
     turn: tokio::sync::Mutex<()>,
     /// The catalog each change is put into, once `serve` has opened it.
     catalog: std::sync::OnceLock<crate::catalog::Catalog>,
+    /// Who is told about each change, once `serve` has set it up.
+    watch: std::sync::OnceLock<Arc<dyn ChangeWatch>>,
 }
 
 impl Publisher {
@@ -41,7 +74,13 @@ impl Publisher {
             config: RwLock::new(Arc::new(config)),
             turn: tokio::sync::Mutex::new(()),
             catalog: std::sync::OnceLock::new(),
+            watch: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Tells `watch` about every later change (once; `serve` does it).
+    pub fn watch_changes(&self, watch: Arc<dyn ChangeWatch>) {
+        let _ = self.watch.set(watch);
     }
 
     /// The configuration now in force.
@@ -71,9 +110,13 @@ impl Publisher {
         let _turn = self.turn.lock().await;
         let (writer, repo) = (Arc::clone(&self.writer), repo.to_owned());
         let (catalog, db) = (self.catalog.get().cloned(), self.db.clone());
+        let watch = self.watch.get().cloned();
         tokio::task::spawn_blocking(move || {
             let name = change.package().to_owned();
-            let outcome = writer.apply(&config, &repo, change, &actor)?;
+            let bracket = Bracket::new(watch);
+            let outcome = writer.apply(&config, &repo, change, &actor);
+            drop(bracket);
+            let outcome = outcome?;
             // Under the same turn, so the catalog takes changes in order;
             // it is derived data: a failure is logged, the change stands.
             if let Some(catalog) = catalog
@@ -101,8 +144,12 @@ impl Publisher {
         let writer = Arc::clone(&self.writer);
         let (old, new) = (old.to_owned(), new.to_owned());
         let (catalog, db) = (self.catalog.get().cloned(), self.db.clone());
+        let watch = self.watch.get().cloned();
         tokio::task::spawn_blocking(move || {
-            let generation = writer.rename_repository(&config, &old, &new, &audit)?;
+            let bracket = Bracket::new(watch);
+            let generation = writer.rename_repository(&config, &old, &new, &audit);
+            drop(bracket);
+            let generation = generation?;
             if let Some(catalog) = catalog {
                 let mut renamed = (*config).clone();
                 renamed.repositories.retain(|r| r.name != old);

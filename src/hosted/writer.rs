@@ -673,7 +673,7 @@ impl Writer {
             ))
         })?;
         let moved = hdb::moved_rows(&rows, old, new);
-        let ours = crate::sync::hosted_repository_files(
+        let ours = crate::repo_files::hosted_repository_files(
             &self.store,
             &key,
             &accounts::org_repository(new),

@@ -17,6 +17,7 @@
 //! honoured for GET only (RFC 9110 defines it for GET), so HEAD answers as a
 //! full GET would.
 
+pub mod cache;
 pub mod paths;
 mod status;
 
@@ -34,25 +35,29 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
+use self::cache::ResponseCache;
 use self::etag::EtagCache;
 use self::http::{Conditions, Outcome, Validators};
 use self::paths::{FileTarget, Kind, PathError, Target};
 
 /// Read size for streaming files to the socket.
 const STREAM_CHUNK: usize = 64 * 1024;
-/// Files up to this size are read whole and sent from memory.
-const SMALL_FILE: u64 = 256 * 1024;
+/// Files up to this size are read whole and sent from memory (and kept in
+/// the response cache).
+const SMALL_FILE: u64 = cache::MAX_ENTRY;
 
 /// What every request handler shares: the root and the ETag memo.
 #[derive(Debug)]
 struct ServerState {
     root: PathBuf,
     etags: EtagCache,
+    /// Ready responses of the served generation's small files.
+    cache: Arc<ResponseCache>,
     /// Repositories under `/repos/` that are public (ours); any other is
     /// treated as an organisation repository and cached privately.
     public_repos: PublicRepos,
@@ -106,6 +111,9 @@ pub struct Options {
     pub downloads: Option<Arc<crate::catalog::downloads::Counter>>,
     /// The web UI; `None`: no UI.
     pub ui: Option<crate::ui::Settings>,
+    /// The response cache, shared with the hosted writer that brackets its
+    /// in-place changes; `None`: one of [`cache::DEFAULT_BUDGET`] of its own.
+    pub cache: Option<Arc<ResponseCache>>,
 }
 
 /// Builds the router that serves the Hex tree rooted at `root`; everything
@@ -117,9 +125,13 @@ pub fn router(root: PathBuf) -> Router {
 /// Like [`router`], with [`Options`]: our public repositories and the data
 /// directory behind `/health` and `/metrics`.
 pub fn router_with(root: PathBuf, options: Options) -> Router {
+    let cache = options
+        .cache
+        .unwrap_or_else(|| Arc::new(ResponseCache::new(root.clone(), cache::DEFAULT_BUDGET)));
     let state = Arc::new(ServerState {
         root,
         etags: EtagCache::default(),
+        cache,
         public_repos: options.public_repos,
         data_dir: options.data_dir,
         metrics: status::Metrics::default(),
@@ -167,6 +179,7 @@ async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
     on_blocking_pool("/metrics", state, |s| {
         status::metrics(
             &s.metrics,
+            &s.cache,
             &s.root,
             s.data_dir.as_deref(),
             s.proxy.as_deref(),
@@ -279,11 +292,19 @@ impl IntoResponse for ServeError {
 async fn handle(
     State(state): State<Arc<ServerState>>,
     crate::api::ClientAddr(client): crate::api::ClientAddr,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    request: axum::extract::Request,
 ) -> Response {
-    respond(&state, &method, uri.path(), &headers, client).await
+    // The request's own parts, not extracted copies: its headers are
+    // borrowed rather than cloned for every file served.
+    let (parts, _) = request.into_parts();
+    respond(
+        &state,
+        &parts.method,
+        parts.uri.path(),
+        &parts.headers,
+        client,
+    )
+    .await
 }
 
 async fn respond(
@@ -469,6 +490,24 @@ fn installs_type(rel: &str) -> HeaderValue {
     }
 }
 
+/// The body of a file response: kept bytes, or a handle to stream from.
+enum Source {
+    Memory(Bytes),
+    File(std::fs::File, PathBuf),
+    /// HEAD: no body is sent, none was read.
+    Nothing,
+}
+
+/// What a file response is built from.
+struct FileAnswer<'a> {
+    etag: &'a str,
+    etag_header: HeaderValue,
+    last_modified: Option<SystemTime>,
+    last_modified_header: Option<HeaderValue>,
+    len: u64,
+    source: Source,
+}
+
 async fn serve_file(
     state: &Arc<ServerState>,
     root: &std::path::Path,
@@ -476,7 +515,32 @@ async fn serve_file(
     target: &FileTarget,
     headers: &HeaderMap,
 ) -> Result<Response, ServeError> {
-    let path = root.join(&target.relative);
+    // Only the tree's own files are kept: not the proxy's, and not the
+    // manifest, which re-signing rewrites in place.
+    let epoch = (root == state.root && target.kind != Kind::Manifest)
+        .then(|| state.cache.epoch())
+        .flatten();
+    if let Some(epoch) = &epoch {
+        let hit = epoch.get(&target.relative);
+        state.cache.note(hit.is_some());
+        if let Some(entry) = hit {
+            let answer = FileAnswer {
+                etag: &entry.etag,
+                etag_header: entry.etag_header.clone(),
+                last_modified: entry.last_modified,
+                last_modified_header: entry.last_modified_header.clone(),
+                len: entry.body.len() as u64,
+                source: Source::Memory(entry.body.clone()),
+            };
+            return file_response(state, method, target, headers, answer).await;
+        }
+    }
+    // A miss reads from the epoch's generation, never through the link, so
+    // what it keeps belongs to that epoch.
+    let path = epoch
+        .as_ref()
+        .map_or(root, |e| e.dir())
+        .join(&target.relative);
     let wants_body = method == Method::GET;
     let (opened, content) = {
         let state = Arc::clone(state);
@@ -513,6 +577,56 @@ async fn serve_file(
     let last_modified = opened
         .modified
         .map(|m| http::truncate_to_secs(m.min(SystemTime::now())));
+    let last_modified_header =
+        last_modified.and_then(|lm| HeaderValue::from_str(&httpdate::fmt_http_date(lm)).ok());
+    let Ok(etag_header) = HeaderValue::from_str(&opened.etag) else {
+        return Err(ServeError::Io {
+            path,
+            source: io::Error::other("ETag is not a header value"),
+        });
+    };
+    let source = match content {
+        Some(bytes) => {
+            // The bytes read are the ones hashed: same handle, no seek since.
+            if let Some(epoch) = &epoch
+                && bytes.len() as u64 == opened.len
+            {
+                epoch.put(
+                    &target.relative,
+                    cache::Entry {
+                        body: bytes.clone(),
+                        etag: opened.etag.clone(),
+                        etag_header: etag_header.clone(),
+                        last_modified,
+                        last_modified_header: last_modified_header.clone(),
+                    },
+                );
+            }
+            Source::Memory(bytes)
+        }
+        None if wants_body => Source::File(opened.file, path),
+        None => Source::Nothing,
+    };
+    let answer = FileAnswer {
+        etag: &opened.etag,
+        etag_header,
+        last_modified,
+        last_modified_header,
+        len: opened.len,
+        source,
+    };
+    file_response(state, method, target, headers, answer).await
+}
+
+/// The response for a file: 200, 206, 304 or 416 as the request's
+/// conditions and range decide, with its validators and cache headers.
+async fn file_response(
+    state: &ServerState,
+    method: &Method,
+    target: &FileTarget,
+    headers: &HeaderMap,
+    answer: FileAnswer<'_>,
+) -> Result<Response, ServeError> {
     let if_none_match = joined(headers, &header::IF_NONE_MATCH);
     let conditions = Conditions {
         if_none_match: if_none_match.as_deref(),
@@ -521,21 +635,21 @@ async fn serve_file(
         if_range: single(headers, &header::IF_RANGE),
     };
     let validators = Validators {
-        etag: &opened.etag,
-        last_modified,
-        len: opened.len,
+        etag: answer.etag,
+        last_modified: answer.last_modified,
+        len: answer.len,
     };
     let outcome = http::evaluate(&conditions, &validators, method == Method::GET);
 
     let mut res = Response::new(Body::empty());
     let h = res.headers_mut();
-    set(h, header::ETAG, &opened.etag);
+    h.insert(header::ETAG, answer.etag_header);
     h.insert(
         header::CACHE_CONTROL,
         cache_control(target, &state.public_repos),
     );
-    if let Some(lm) = last_modified {
-        set(h, header::LAST_MODIFIED, &httpdate::fmt_http_date(lm));
+    if let Some(lm) = answer.last_modified_header {
+        h.insert(header::LAST_MODIFIED, lm);
     }
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(
@@ -543,7 +657,7 @@ async fn serve_file(
         HeaderValue::from_static("nosniff"),
     );
 
-    let len = opened.len;
+    let len = answer.len;
     let (status, body_range) = match outcome {
         Outcome::NotModified => {
             // A 304 may carry Content-Length only if it equals the 200's; set it
@@ -585,19 +699,22 @@ async fn serve_file(
         };
         h.insert(header::CONTENT_TYPE, ctype);
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
-        if let Some(content) = content {
-            // The bytes read are the ones hashed: same handle, no seek since.
-            let end = (start + count).min(content.len() as u64) as usize;
-            *res.body_mut() = Body::from(content.slice(start.min(end as u64) as usize..end));
-        } else if method == Method::GET {
-            let mut file = tokio::fs::File::from_std(opened.file);
-            if start > 0 {
-                file.seek(SeekFrom::Start(start))
-                    .await
-                    .map_err(|source| ServeError::Io { path, source })?;
+        match answer.source {
+            Source::Memory(content) => {
+                let end = (start + count).min(content.len() as u64) as usize;
+                *res.body_mut() = Body::from(content.slice(start.min(end as u64) as usize..end));
             }
-            let stream = ReaderStream::with_capacity(file.take(count), STREAM_CHUNK);
-            *res.body_mut() = Body::from_stream(stream);
+            Source::File(file, path) if method == Method::GET => {
+                let mut file = tokio::fs::File::from_std(file);
+                if start > 0 {
+                    file.seek(SeekFrom::Start(start))
+                        .await
+                        .map_err(|source| ServeError::Io { path, source })?;
+                }
+                let stream = ReaderStream::with_capacity(file.take(count), STREAM_CHUNK);
+                *res.body_mut() = Body::from_stream(stream);
+            }
+            Source::File(..) | Source::Nothing => {}
         }
     }
     Ok(res)

@@ -13,28 +13,76 @@ use axum::response::Response;
 use crate::clock::unix_now;
 use crate::store::{MANIFEST_DELTA_FILE, MANIFEST_FILE};
 
-/// Request counters kept by the server.
+/// The routes requests are counted under ([`route_label`]).
+const ROUTES: [&str; 6] = [
+    "registry",
+    "tarball",
+    "docs",
+    "public_key",
+    "manifest",
+    "other",
+];
+/// Statuses counted without a lock; any other goes to `rare`.
+const STATUSES: [u16; 12] = [200, 206, 304, 400, 401, 403, 404, 405, 416, 500, 502, 503];
+
+/// Request counters kept by the server: per-route, per-status atomics, so
+/// counting takes no lock that every request shares.
 #[derive(Debug, Default)]
 pub(super) struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
-    bytes: Mutex<BTreeMap<&'static str, u64>>,
+    requests: [[AtomicU64; STATUSES.len()]; ROUTES.len()],
+    bytes: [AtomicU64; ROUTES.len()],
+    /// Statuses outside [`STATUSES`] (not expected from the file server).
+    rare: Mutex<BTreeMap<(&'static str, u16), u64>>,
     started: AtomicU64,
 }
 
 impl Metrics {
     /// Counts one answered request.
     pub(super) fn record(&self, route: &'static str, status: u16, body_bytes: u64) {
-        let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        *requests.entry((route, status)).or_default() += 1;
-        drop(requests);
+        let r = ROUTES
+            .iter()
+            .position(|x| *x == route)
+            .unwrap_or(ROUTES.len() - 1);
+        match STATUSES.iter().position(|x| *x == status) {
+            Some(i) => {
+                self.requests[r][i].fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                let mut rare = self.rare.lock().unwrap_or_else(|p| p.into_inner());
+                *rare.entry((ROUTES[r], status)).or_default() += 1;
+            }
+        }
         if body_bytes > 0 {
-            let mut bytes = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
-            *bytes.entry(route).or_default() += body_bytes;
+            self.bytes[r].fetch_add(body_bytes, Ordering::Relaxed);
         }
     }
 
     pub(super) fn mark_started(&self) {
         self.started.store(unix_now(), Ordering::Relaxed);
+    }
+
+    /// Every non-zero request count by (route, status), in order.
+    fn request_counts(&self) -> BTreeMap<(&'static str, u16), u64> {
+        let mut out = self.rare.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (r, row) in self.requests.iter().enumerate() {
+            for (i, n) in row.iter().enumerate() {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    *out.entry((ROUTES[r], STATUSES[i])).or_default() += n;
+                }
+            }
+        }
+        out
+    }
+
+    /// Every non-zero byte count by route.
+    fn byte_counts(&self) -> BTreeMap<&'static str, u64> {
+        ROUTES
+            .iter()
+            .zip(&self.bytes)
+            .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 }
 
@@ -495,6 +543,7 @@ fn health_body(
 /// `GET /metrics`.
 pub(super) fn metrics(
     metrics: &Metrics,
+    cache: &super::cache::ResponseCache,
     root: &Path,
     data_dir: Option<&Path>,
     proxy: Option<&crate::proxy::Proxy>,
@@ -510,12 +559,7 @@ pub(super) fn metrics(
         "counter",
         "Requests answered, by route and status.",
     );
-    for ((route, status), n) in metrics
-        .requests
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-    {
+    for ((route, status), n) in &metrics.request_counts() {
         let _ = writeln!(
             out,
             "hexmirror_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
@@ -527,12 +571,7 @@ pub(super) fn metrics(
         "counter",
         "Body bytes sent, by route.",
     );
-    for (route, n) in metrics
-        .bytes
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-    {
+    for (route, n) in &metrics.byte_counts() {
         let _ = writeln!(
             out,
             "hexmirror_http_response_bytes_total{{route=\"{route}\"}} {n}"
@@ -547,6 +586,28 @@ pub(super) fn metrics(
         "hexmirror_start_time_seconds",
         "When this server started (Unix time).",
         metrics.started.load(Ordering::Relaxed),
+    );
+    let (hits, misses, held) = cache.stats();
+    for (name, help, n) in [
+        (
+            "hexmirror_cache_hits_total",
+            "Files answered from the response cache.",
+            hits,
+        ),
+        (
+            "hexmirror_cache_misses_total",
+            "Cacheable files read from disk.",
+            misses,
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {n}");
+    }
+    gauge(
+        &mut out,
+        "hexmirror_cache_bytes",
+        "Bytes held by the response cache for the served generation.",
+        held,
     );
     let tree = tree_state(root);
     if let Some(v) = tree.version {
@@ -793,7 +854,8 @@ mod tests {
         let m = Metrics::default();
         m.record("registry", 200, 10);
         m.record("registry", 200, 5);
-        let res = metrics(&m, dir.path(), Some(dir.path()), None);
+        let cache = super::super::cache::ResponseCache::new(dir.path().into(), 0);
+        let res = metrics(&m, &cache, dir.path(), Some(dir.path()), None);
         assert_eq!(res.status(), StatusCode::OK);
     }
 }

@@ -27,6 +27,7 @@ impl Tree {
             state: Arc::new(ServerState {
                 root: root.clone(),
                 etags: EtagCache::default(),
+                cache: Arc::new(ResponseCache::new(root.clone(), cache::DEFAULT_BUDGET)),
                 public_repos: PublicRepos::new(public.iter().map(|s| s.to_string()).collect()),
                 data_dir: None,
                 metrics: Default::default(),
@@ -455,6 +456,7 @@ async fn root_symlink_switch_is_seen_at_once() {
     let state = Arc::new(ServerState {
         root: current.clone(),
         etags: EtagCache::default(),
+        cache: Arc::new(ResponseCache::new(current.clone(), cache::DEFAULT_BUDGET)),
         public_repos: Default::default(),
         data_dir: None,
         metrics: Default::default(),
@@ -476,6 +478,9 @@ async fn root_symlink_switch_is_seen_at_once() {
             .unwrap()
     };
     assert_eq!(&body(Arc::clone(&state)).await[..], b"first");
+    // Again, from memory this time.
+    assert_eq!(&body(Arc::clone(&state)).await[..], b"first");
+    assert_eq!(state.cache.stats().0, 1, "one hit");
     let next = dir.path().join("next");
     std::os::unix::fs::symlink("gen2", &next).unwrap();
     std::fs::rename(&next, &current).unwrap();

@@ -390,6 +390,12 @@ pub struct Quarantined {
     pub tries: i64,
 }
 
+/// How many packages the mirror holds.
+pub fn package_count(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT count(*) FROM packages", [], |r| r.get::<_, i64>(0))
+        .map(|n| n.max(0) as u64)
+}
+
 /// Every quarantined package, by name.
 pub fn quarantine(conn: &Connection) -> rusqlite::Result<Vec<Quarantined>> {
     let mut stmt = conn.prepare(

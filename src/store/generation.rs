@@ -53,28 +53,14 @@ pub struct Peek {
 /// enough for health reports and to decide whether re-signing is due, never
 /// to trust. Parses only those two fields (a full-scale manifest is 90 MB).
 pub fn peek_manifest(root: &Path) -> Result<Peek, GenerationError> {
-    #[derive(serde::Deserialize)]
-    struct Signed {
-        expires_at: u64,
-        version: u64,
-    }
-    #[derive(serde::Deserialize)]
-    struct File {
-        signed: Signed,
+    if let Some(quick) = peek_quick(root)? {
+        return Ok(quick);
     }
     let (base, delta) = read_manifest(root)?;
-    let parse = |bytes: &[u8], name: &str| {
-        serde_json::from_slice::<File>(bytes)
-            .map(|f| f.signed)
-            .map_err(|source| GenerationError::Malformed {
-                path: root.join(name),
-                source,
-            })
-    };
-    let base = parse(&base, MANIFEST_FILE)?;
+    let base = signed_fields(&base, &root.join(MANIFEST_FILE))?;
     Ok(match delta {
         Some(d) => {
-            let delta = parse(&d, MANIFEST_DELTA_FILE)?;
+            let delta = signed_fields(&d, &root.join(MANIFEST_DELTA_FILE))?;
             Peek {
                 version: delta.version,
                 expires_at: base.expires_at.min(delta.expires_at),
@@ -85,6 +71,64 @@ pub fn peek_manifest(root: &Path) -> Result<Peek, GenerationError> {
             expires_at: base.expires_at,
         },
     })
+}
+
+/// [`peek_manifest`] from the manifest's first and last bytes (and the
+/// small delta), without reading its file list; `None` when its ends are
+/// not laid out as ours are.
+fn peek_quick(root: &Path) -> Result<Option<Peek>, GenerationError> {
+    use std::io::{Read, Seek, SeekFrom};
+    const END: u64 = 4096;
+    let path = root.join(MANIFEST_FILE);
+    let mut file = fs::File::open(&path).map_err(err("open", &path))?;
+    let len = file.metadata().map_err(err("stat", &path))?.len();
+    let mut head = vec![0; END.min(len) as usize];
+    file.read_exact(&mut head).map_err(err("read", &path))?;
+    let mut tail = Vec::new();
+    file.seek(SeekFrom::Start(len.saturating_sub(END)))
+        .and_then(|_| file.read_to_end(&mut tail))
+        .map_err(err("read", &path))?;
+    let Some((expires_at, version)) = crate::manifest::peek_ends(&head, &tail) else {
+        return Ok(None);
+    };
+    let path = root.join(MANIFEST_DELTA_FILE);
+    let delta = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Some(Peek {
+                version,
+                expires_at,
+            }));
+        }
+        Err(e) => return Err(err("read", &path)(e).into()),
+    };
+    // The delta lists only what hosted changes touched: parse it whole.
+    let signed = signed_fields(&delta, &path)?;
+    Ok(Some(Peek {
+        version: signed.version,
+        expires_at: expires_at.min(signed.expires_at),
+    }))
+}
+
+/// The two fields every signed file has that a peek wants.
+#[derive(serde::Deserialize)]
+struct SignedFields {
+    expires_at: u64,
+    version: u64,
+}
+
+/// [`SignedFields`] of a manifest or delta file (`path`, for errors).
+fn signed_fields(bytes: &[u8], path: &Path) -> Result<SignedFields, GenerationError> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        signed: SignedFields,
+    }
+    serde_json::from_slice::<File>(bytes)
+        .map(|f| f.signed)
+        .map_err(|source| GenerationError::Malformed {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// The current generation, as a hosted change patches it in place.

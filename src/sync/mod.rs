@@ -9,5 +9,5 @@ mod publish;
 mod run;
 
 pub use progress::Progress;
-pub use publish::{PublishError, hosted_repository_files};
+pub use publish::PublishError;
 pub use run::{Failure, Summary, SyncError, Unreachable, run};

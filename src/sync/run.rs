@@ -263,24 +263,35 @@ struct IndexFile {
     fresh: Option<Validators>,
 }
 
-async fn fetch_index(
+/// Asks the upstream for index file `what`, conditionally on `validators`
+/// when the served tree holds the file (`held`).
+async fn ask_index(
     ctx: &Ctx,
     what: &'static str,
-    prev: Option<FileRef>,
+    held: bool,
     validators: &Validators,
-) -> Result<IndexFile, SyncError> {
-    let validators = if prev.is_some() {
+) -> Result<Fetched, SyncError> {
+    let validators = if held {
         validators.clone()
     } else {
         Validators::default()
     };
-    match ctx
-        .upstream
+    ctx.upstream
         // gzip never grows a body much: the gunzipped cap bounds it too.
         .get(what, &validators, ctx.max_registry + (1 << 20))
         .await
-        .map_err(SyncError::IndexFetch)?
-    {
+        .map_err(SyncError::IndexFetch)
+}
+
+/// The index file an answer stands for: its new body, or on a 304 the copy
+/// the current generation (`prev`) serves.
+async fn index_file(
+    ctx: &Ctx,
+    what: &'static str,
+    prev: Option<FileRef>,
+    fetched: Fetched,
+) -> Result<IndexFile, SyncError> {
+    match fetched {
         Fetched::Body { body, validators } => Ok(IndexFile {
             value: body,
             fresh: Some(validators),
@@ -301,6 +312,73 @@ async fn fetch_index(
 
 async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary, SyncError> {
     let mut summary = Summary::default();
+    let fp = fingerprint(config);
+    let (names_v, versions_v, last_fp, last_version, quarantined_before) = ctx
+        .db
+        .call(|c| {
+            Ok((
+                db::validators(c, "names")?,
+                db::validators(c, "versions")?,
+                db::meta(c, "complete_selection")?,
+                db::meta(c, "manifest_version")?,
+                db::quarantine(c)?,
+            ))
+        })
+        .await?;
+    let last_version = last_version
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    // Ask first, load later: when the upstream answers 304 to both index
+    // files, nothing of the current generation is needed but its expiry,
+    // read from the manifest's ends (the whole manifest is 90 MB at hex.pm's
+    // size and took a no-change sync a second to load and verify).
+    let link = ctx.store.current_link();
+    let held = blocking(move || {
+        (
+            link.join("names").is_file(),
+            link.join("versions").is_file(),
+        )
+    })
+    .await?;
+    let (names_f, versions_f) = tokio::try_join!(
+        ask_index(ctx, "names", held.0, &names_v),
+        ask_index(ctx, "versions", held.1, &versions_v),
+    )?;
+    // Quarantined packages are asked again on every sync: a full pass asks
+    // only for what changed, which is little more than them.
+    let unchanged = matches!(names_f, Fetched::NotModified)
+        && matches!(versions_f, Fetched::NotModified)
+        && last_fp.as_deref() == Some(&fp)
+        && quarantined_before.is_empty();
+    let due = |expires_at: u64| {
+        expires_at.saturating_sub(unix_now()) < config.signing.manifest_expiry.as_secs() / 2
+    };
+    if unchanged {
+        let link = ctx.store.current_link();
+        let peek = blocking(move || store::peek_manifest(&link)).await?;
+        if let Ok(peek) = peek
+            && !due(peek.expires_at)
+        {
+            tracing::info!("upstream unchanged since the last complete sync");
+            summary.up_to_date = true;
+            summary.generation = peek.version.max(last_version);
+            summary.packages = ctx.db.call(|c| db::package_count(c)).await?;
+            // A catalog new beside an unchanged tree is built from the tree.
+            if let Some(catalog) = &ctx.catalog {
+                let (store, catalog, cfg) = (ctx.store.clone(), catalog.clone(), config.clone());
+                let filled = blocking(move || {
+                    crate::catalog::follow(&catalog, &store, &cfg, &[], &[], &HashMap::new())
+                })
+                .await?;
+                if let Err(e) = filled {
+                    tracing::warn!("catalog not built ({e}); `hexmirror catalog rebuild` makes it");
+                }
+            }
+            return Ok(summary);
+        }
+    }
+
+    // Something to do (or only a re-signing): the current file list.
     let cfg = config.clone();
     let manifest_key = blocking(move || crate::keyfiles::manifest_key(&cfg.signing.manifest_key))
         .await?
@@ -310,61 +388,18 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
     let prev = blocking(move || store.load_current(&public))
         .await?
         .map_err(PublishError::from)?;
-    let fp = fingerprint(config);
-    let (names_v, versions_v, last_fp, last_version) = ctx
-        .db
-        .call(|c| {
-            Ok((
-                db::validators(c, "names")?,
-                db::validators(c, "versions")?,
-                db::meta(c, "complete_selection")?,
-                db::meta(c, "manifest_version")?,
-            ))
-        })
-        .await?;
-    let prev_version = prev
-        .version
-        .max(last_version.and_then(|v| v.parse().ok()).unwrap_or(0));
+    let prev_version = prev.version.max(last_version);
     summary.generation = prev_version;
     let (names, versions) = tokio::try_join!(
-        fetch_index(ctx, "names", prev.files.get("names").copied(), &names_v),
-        fetch_index(
+        index_file(ctx, "names", prev.files.get("names").copied(), names_f),
+        index_file(
             ctx,
             "versions",
             prev.files.get("versions").copied(),
-            &versions_v
+            versions_f
         )
     )?;
-    let manifest_due = prev.files.is_empty()
-        || prev.expires_at.saturating_sub(unix_now())
-            < config.signing.manifest_expiry.as_secs() / 2;
-    let unchanged =
-        names.fresh.is_none() && versions.fresh.is_none() && last_fp.as_deref() == Some(&fp);
-    let quarantined_before = ctx.db.call(|c| db::quarantine(c)).await?;
-    // Quarantined packages are asked again on every sync: a full pass asks
-    // only for what changed, which is little more than them.
-    let unchanged = unchanged && quarantined_before.is_empty();
-    if unchanged && !manifest_due {
-        tracing::info!("upstream unchanged since the last complete sync");
-        summary.up_to_date = true;
-        summary.packages = prev
-            .files
-            .keys()
-            .filter(|p| p.starts_with("packages/"))
-            .count() as u64;
-        // A catalog new beside an unchanged tree is built from the tree.
-        if let Some(catalog) = &ctx.catalog {
-            let (store, catalog, cfg) = (ctx.store.clone(), catalog.clone(), config.clone());
-            let filled = blocking(move || {
-                crate::catalog::follow(&catalog, &store, &cfg, &[], &[], &HashMap::new())
-            })
-            .await?;
-            if let Err(e) = filled {
-                tracing::warn!("catalog not built ({e}); `hexmirror catalog rebuild` makes it");
-            }
-        }
-        return Ok(summary);
-    }
+    let manifest_due = prev.files.is_empty() || due(prev.expires_at);
 
     let (key, repo, max) = (ctx.key.clone(), ctx.repository.clone(), ctx.max_registry);
     let (names_bytes, versions_bytes) = (names.value.clone(), versions.value.clone());
