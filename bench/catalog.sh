@@ -10,11 +10,10 @@
 #      the catalog took (the records: "catalog built from the tree" /
 #      "catalog updated"; the tarball metadata written during the fetches:
 #      "catalog: tarball metadata in"; ms=... each), reported against the
-#      sync's wall time; with SYNC_AB=1 (the default), the same full sync
-#      into another fresh data dir with the catalog unavailable (a directory
-#      where catalog.db would be; the sync goes on without it), once before
-#      and once after, so the difference in wall time is the catalog's
-#      whole cost, waits included;
+#      sync's wall time; with SYNC_AB=1 (the default), full syncs without
+#      and with the catalog alternating, twice each, every one after the
+#      same deletion of a data directory and a settle (see part 1), so the
+#      difference in wall time is the catalog's whole cost, waits included;
 #   2. `hexmirror serve` pinned to core 0 (taskset), and QUERIES searches per
 #      kind (free text, name:, depends:, build_tool:, and free text sorted by
 #      downloads) sent one at a time by curl pinned to core 1, each timed
@@ -26,9 +25,9 @@
 # Writes the raw output to bench/results/catalog-<timestamp>.txt and a
 # Markdown summary to stdout and bench/results/catalog-<timestamp>.md.
 #
-# Knobs: SCALE (1.0), QUERIES (200), RUNS (3), WRK_SECS (10), PORT (18490), SYNC_AB (1),
+# Knobs: SCALE (1.0), QUERIES (200), RUNS (3), WRK_SECS (10), PORT (18490), SYNC_AB (1), SETTLE_S (30),
 # WORK (/tmp/hexmirror-catalog-bench, deleted on exit unless KEEP=1; needs
-# about 3x the upstream: ~38 GB at 1.0).
+# about 2x the upstream: ~26 GB at 1.0, with one data directory at a time).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -59,9 +58,13 @@ write_config bench
 # JSON logs: the catalog's timing is read from the sync's log.
 printf '\n[log]\nformat = "json"\n' >>"$CONF"
 
-# 1. A full sync; the catalog's share from its log. With SYNC_AB=1, a full
-# sync without the catalog before it and after it (each into a fresh data
-# dir, deleted after), so that neither mode has the page cache to itself.
+# 1. A full sync; the catalog's share from its log. With SYNC_AB=1, the same
+# full sync with and without the catalog, alternating (without, with,
+# without, with), each into a fresh data directory. Deleting a 12.5 GB data
+# directory slows the next sync on this VM by itself (bench/sync_after_delete.sh
+# measured 1.38x), so every timed sync, the first included, follows the
+# same deletion of a previous one's directory, then writeback to finish and
+# SETTLE_S seconds. The last sync (with the catalog) is kept for parts 2-3.
 timed_sync() { # CONFIG LOGPREFIX -> seconds on stdout
   local t0 t1
   t0=$(date +%s.%N)
@@ -69,31 +72,61 @@ timed_sync() { # CONFIG LOGPREFIX -> seconds on stdout
   t1=$(date +%s.%N)
   echo "$t1 - $t0" | bc -l
 }
-sync_off() { # LOGPREFIX -> seconds
-  sed "s#^data_dir = .*#data_dir = \"$WORK/data-off\"#" "$CONF" >"$WORK/off.toml"
-  rm -rf "$WORK/data-off" && mkdir -p "$WORK/data-off/catalog.db"
-  local s
-  s=$(timed_sync "$WORK/off.toml" "$1")
-  grep -q 'catalog unavailable' "$WORK/$1.err" || { echo "the sync without a catalog had one" >&2; exit 1; }
-  rm -rf "$WORK/data-off"
+settle() { # waits for dirty pages to reach the disk, then SETTLE_S seconds
+  sync
+  while awk '/^(Dirty|Writeback):/ {s += $2} END {exit !(s > 65536)}' /proc/meminfo; do sleep 1; done
+  sleep "${SETTLE_S:-30}"
+}
+with_data_dir() { # DIR -> a config like $CONF with that data dir, on stdout
+  sed "s#^data_dir = .*#data_dir = \"$1\"#" "$CONF"
+}
+catalog_ms() { # LOGPREFIX -> "total records metadata" from the sync's log
+  local r n
+  r=$(grep -E 'catalog (built from the tree|updated)' "$WORK/$1.err" | sed -nE 's/.*"ms":([0-9]+).*/\1/p' | tail -1)
+  n=$(grep -E 'catalog: tarball metadata in' "$WORK/$1.err" | sed -nE 's/.*"ms":([0-9]+).*/\1/p' | tail -1)
+  echo "$((${r:-0} + ${n:-0})) ${r:-?} ${n:-?}"
+}
+ab_sync() { # MODE(on|off) RUN DIR -> seconds; DIR is deleted first, and after unless it is $WORK/data
+  local mode=$1 run=$2 dir=$3 s
+  rm -rf "$dir"
+  settle
+  mkdir -p "$dir"
+  # Without a catalog: a directory where catalog.db would be; the sync goes on without it.
+  [ "$mode" = off ] && mkdir -p "$dir/catalog.db"
+  with_data_dir "$dir" >"$WORK/$mode$run.toml"
+  s=$(timed_sync "$WORK/$mode$run.toml" "sync-$mode$run")
+  if [ "$mode" = off ]; then
+    grep -q 'catalog unavailable' "$WORK/sync-$mode$run.err" || { echo "the sync without a catalog had one" >&2; exit 1; }
+  fi
   echo "$s"
 }
-OFF_S=""
+declare -a AB_ON AB_OFF AB_SHARE
 if [ "${SYNC_AB:-1}" = 1 ]; then
-  OFF1=$(sync_off sync-off1)
-  echo "sync without the catalog (before): ${OFF1}s"
+  # A first deletion of the same size, so that run 1 follows one too.
+  mkdir -p "$WORK/data-warm" && with_data_dir "$WORK/data-warm" >"$WORK/warm.toml"
+  "$BIN" sync --config "$WORK/warm.toml" >"$WORK/warm.out" 2>"$WORK/warm.err"
+  prev="$WORK/data-warm"
+  for run in 1 2; do
+    rm -rf "$prev"
+    AB_OFF+=("$(ab_sync off "$run" "$WORK/data-off")")
+    echo "run $run: sync without the catalog: ${AB_OFF[-1]}s"
+    rm -rf "$WORK/data-off"
+    dir="$WORK/data-on"; [ "$run" = 2 ] && dir="$WORK/data"
+    AB_ON+=("$(ab_sync on "$run" "$dir")")
+    read -r ms _ _ < <(catalog_ms "sync-on$run")
+    AB_SHARE+=("$(echo "$ms / 10 / ${AB_ON[-1]}" | bc -l)")
+    echo "run $run: sync with the catalog: ${AB_ON[-1]}s (catalog ${ms} ms)"
+    prev=$dir
+  done
+  rm -rf "$WORK/data-on"
+  cp "$WORK/sync-on2.err" "$WORK/sync.err"
+  SYNC_S=${AB_ON[1]}
+else
+  SYNC_S=$(timed_sync "$CONF" sync)
 fi
-SYNC_S=$(timed_sync "$CONF" sync)
-RECORDS_MS=$(grep -E 'catalog (built from the tree|updated)' "$WORK/sync.err" | sed -nE 's/.*"ms":([0-9]+).*/\1/p' | tail -1)
-NOTES_MS=$(grep -E 'catalog: tarball metadata in' "$WORK/sync.err" | sed -nE 's/.*"ms":([0-9]+).*/\1/p' | tail -1)
-CATALOG_MS=$((${RECORDS_MS:-0} + ${NOTES_MS:-0}))
+read -r CATALOG_MS RECORDS_MS NOTES_MS < <(catalog_ms sync)
 PACKAGES=$(grep -cE '' <(ls "$WORK/data/current/packages"))
-echo "sync: ${SYNC_S}s; catalog: ${CATALOG_MS} ms (records ${RECORDS_MS:-?}, tarball metadata ${NOTES_MS:-?}); packages: $PACKAGES"
-if [ "${SYNC_AB:-1}" = 1 ]; then
-  OFF2=$(sync_off sync-off2)
-  echo "sync without the catalog (after): ${OFF2}s"
-  OFF_S=$(echo "($OFF1 + $OFF2) / 2" | bc -l)
-fi
+echo "sync: ${SYNC_S}s; catalog: ${CATALOG_MS} ms (records ${RECORDS_MS}, tarball metadata ${NOTES_MS}); packages: $PACKAGES"
 
 # 2. Search latency: serve on core 0, curl on core 1.
 start_serve_pinned() {
@@ -164,11 +197,22 @@ RATIO=$(echo "$ON_M / $OFF_M" | bc -l)
   echo
   echo "SCALE=$SCALE ($PACKAGES packages), QUERIES=$QUERIES per kind, RUNS=$RUNS, wrk -t1 -c64 ${WRK_SECS}s; serve on core 0, clients on core 1; hexmirror $(git -C "$ROOT" rev-parse --short HEAD)."
   echo
-  echo "| full sync s | catalog ms (records + tarball metadata) | catalog share | full sync without catalog s | with / without |"
-  echo "|---|---|---|---|---|"
-  printf '| %.1f | %s (%s + %s) | %.1f%% | %s | %s |\n' "$SYNC_S" "$CATALOG_MS" "${RECORDS_MS:-?}" "${NOTES_MS:-?}" \
-    "$(echo "$CATALOG_MS / 10 / $SYNC_S" | bc -l)" "$([ -n "$OFF_S" ] && printf '%.1f (%.1f, %.1f)' "$OFF_S" "$OFF1" "$OFF2" || echo 'not run')" \
-    "$([ -n "$OFF_S" ] && printf '%.3f' "$(echo "$SYNC_S / $OFF_S" | bc -l)" || echo -)"
+  echo "| full sync s | catalog ms (records + tarball metadata) | catalog share of its sync |"
+  echo "|---|---|---|"
+  printf '| %.1f | %s (%s + %s) | %.1f%% |\n' "$SYNC_S" "$CATALOG_MS" "$RECORDS_MS" "$NOTES_MS" \
+    "$(echo "$CATALOG_MS / 10 / $SYNC_S" | bc -l)"
+  if [ "${SYNC_AB:-1}" = 1 ]; then
+    echo
+    echo "| A/B run (each after the same delete and settle) | without catalog s | with catalog s | with / without | catalog's logged share |"
+    echo "|---|---|---|---|---|"
+    for i in 0 1; do
+      printf '| %d | %.1f | %.1f | %.3f | %.1f%% |\n' "$((i + 1))" "${AB_OFF[$i]}" "${AB_ON[$i]}" \
+        "$(echo "${AB_ON[$i]} / ${AB_OFF[$i]}" | bc -l)" "${AB_SHARE[$i]}"
+    done
+    printf '| both | %.1f | %.1f | %.3f | |\n' "$(echo "${AB_OFF[0]} + ${AB_OFF[1]}" | bc -l)" \
+      "$(echo "${AB_ON[0]} + ${AB_ON[1]}" | bc -l)" \
+      "$(echo "(${AB_ON[0]} + ${AB_ON[1]}) / (${AB_OFF[0]} + ${AB_OFF[1]})" | bc -l)"
+  fi
   echo
   echo "| search | p50 ms | p99 ms |"
   echo "|---|---|---|"

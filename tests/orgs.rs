@@ -86,6 +86,19 @@ fn call(url: &str, method: &str, path: &str, token: &str, body: Option<Value>) -
     (res.status, value)
 }
 
+/// Starts the OAuth device flow for `scope`: the device authorization.
+fn start_device(url: &str, scope: &str) -> Value {
+    let (status, dev) = call(
+        url,
+        "POST",
+        "/api/oauth/device_authorization",
+        "",
+        Some(json!({"client_id": "x", "scope": scope})),
+    );
+    assert_eq!(status, 200, "{dev}");
+    dev
+}
+
 fn publish(url: &str, token: &str, name: &str, version: &str) -> (u16, String) {
     let work = tempfile::TempDir::new().unwrap();
     let path = work.path().join(format!("{name}-{version}.tar"));
@@ -719,6 +732,28 @@ fn the_organization_permission_matrix() {
             [401, 404, 403, 403, 200, 403, 401, 401, 200],
         ),
         (
+            "key",
+            "GET",
+            "/api/orgs/team/keys/ci".into(),
+            no_body(),
+            [401, 404, 403, 200, 200, 403, 401, 401, 200],
+        ),
+        (
+            "update org",
+            "POST",
+            "/api/orgs/team".into(),
+            json_body(json!({"billing_email": "pay@team.example"})),
+            [401, 404, 403, 403, 200, 403, 401, 401, 200],
+        ),
+        (
+            // Only a server admin renames; a taken name then changes nothing.
+            "rename org",
+            "POST",
+            "/api/orgs/team".into(),
+            json_body(json!({"name": "acme"})),
+            [401, 404, 403, 403, 403, 403, 401, 401, 422],
+        ),
+        (
             "publish",
             "POST",
             "/api/repos/team/publish".into(),
@@ -764,6 +799,15 @@ fn the_organization_permission_matrix() {
                 )
             }),
             [401, 403, 403, 403, 403, 403, 401, 401, 201],
+        ),
+        (
+            // Last: walt's call revokes every key of the organization, the
+            // organization key's column included.
+            "revoke all keys",
+            "DELETE",
+            "/api/orgs/team/keys".into(),
+            no_body(),
+            [401, 404, 403, 200, 200, 401, 401, 401, 200],
         ),
     ];
     // A revoked key is a failed authentication, and a server blocks a
@@ -907,14 +951,7 @@ fn refresh_tokens_rotate_and_revoke_over_http() {
     let s = setup();
     let served = s.mirror.serve();
     let url = served.url();
-    let (status, dev) = call(
-        &url,
-        "POST",
-        "/api/oauth/device_authorization",
-        "",
-        Some(json!({"client_id": "x", "scope": "api repositories"})),
-    );
-    assert_eq!(status, 200, "{dev}");
+    let dev = start_device(&url, "api repositories");
     let device = json!({"grant_type": "urn:ietf:params:oauth:grant-type:device_code", "device_code": dev["device_code"]});
     let (status, pending) = call(&url, "POST", "/api/oauth/token", "", Some(device.clone()));
     assert_eq!(
@@ -1313,4 +1350,398 @@ fn an_admin_registers_a_consumer_key_limited_to_a_package_and_its_major_version(
         200
     );
     assert_eq!(tarball("9.1.0"), 401);
+}
+
+#[test]
+fn hex_core_manages_org_keys_reads_the_organization_and_fetches_its_repository() {
+    // Issue 16: the requests the stock mix tests above make, from Erlang,
+    // through the hex_core inside Debian's rebar3 (see hexcore.escript).
+    let s = setup();
+    let served = s.mirror.serve();
+    let url = served.url();
+    let api = format!("{url}/api");
+    let (status, body) = publish(&url, &s.alice, "team_lib", "1.0.0");
+    assert_eq!(status, 201, "{body}");
+    // hex_core's tarballs are reproducible: these are the published bytes'.
+    let work = tempfile::TempDir::new().unwrap();
+    let published = Oracle::tarball("team_lib", "1.0.0", &work.path().join("t.tar"), &[]);
+    // The org-* commands print the status, then the body as JSON.
+    let oracle = |base: &str, key: &str, call: &[&str]| -> (u16, Value) {
+        let (status, body) = Oracle::api(base, key, call);
+        let body = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("hexcore {call:?}: {e} in {body:?}"));
+        (status, body)
+    };
+    let hex_core = |key: &str, call: &[&str]| oracle(&api, key, call);
+    let key_names = |keys: &Value| -> Vec<String> {
+        let keys = keys
+            .as_array()
+            .unwrap_or_else(|| panic!("not a list: {keys}"));
+        assert!(keys.iter().all(|k| k["secret"].is_null()), "{keys:?}");
+        let mut names: Vec<String> = keys
+            .iter()
+            .map(|k| k["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let ours = fixture_key("other.pub.pem");
+    let ours = ours.to_string_lossy();
+    let repo = |key: &str| oracle(&url, key, &["org-repo", ORG, &ours, "team_lib"]);
+
+    // r3_hex_api_key with api_organization: POST/GET/DELETE /api/orgs/team/keys.
+    let read_team = "repository:team";
+    let (status, ci) = hex_core(&s.alice, &["org-key-add", ORG, "ci", read_team]);
+    assert_eq!(status, 201, "{ci}");
+    assert_eq!(
+        (ci["name"].clone(), ci["permissions"].clone()),
+        (
+            json!("ci"),
+            json!([{"domain": "repository", "resource": "team"}])
+        ),
+        "{ci}"
+    );
+    let ci = ci["secret"].as_str().unwrap().to_owned();
+    assert!(ci.starts_with("hxm_"), "{ci}");
+    let (status, spare) = hex_core(&s.alice, &["org-key-add", ORG, "spare", read_team]);
+    assert_eq!(status, 201, "{spare}");
+    let spare = spare["secret"].as_str().unwrap().to_owned();
+    let (status, keys) = hex_core(&s.alice, &["org-key-list", ORG]);
+    assert_eq!(
+        (status, key_names(&keys)),
+        (200, vec!["ci".into(), "spare".into()])
+    );
+    let (status, got) = hex_core(&s.alice, &["org-key-get", ORG, "ci"]);
+    assert_eq!(
+        (status, got["name"].clone(), got["secret"].clone()),
+        (200, json!("ci"), Value::Null),
+        "{got}"
+    );
+    // bob is no member: the organization and its keys do not exist for him.
+    assert_eq!(hex_core(&s.bob, &["org-key-list", ORG]).0, 404);
+    assert_eq!(
+        hex_core(&s.bob, &["org-key-add", ORG, "mine", read_team]).0,
+        404
+    );
+
+    // The organization itself: GET /api/orgs, GET and POST /api/orgs/team.
+    let (status, orgs) = hex_core(&s.alice, &["org-list"]);
+    assert_eq!(status, 200, "{orgs}");
+    assert_eq!(orgs[0]["name"], ORG, "{orgs}");
+    assert_eq!(orgs.as_array().map(Vec::len), Some(1), "{orgs}");
+    assert_eq!(hex_core(&s.bob, &["org-list"]), (200, json!([])));
+    let (status, org) = hex_core(&s.alice, &["org-get", ORG]);
+    assert_eq!(
+        (status, org["name"].clone(), org["url"].clone()),
+        (200, json!(ORG), json!(format!("{url}/api/orgs/team"))),
+        "{org}"
+    );
+    assert_eq!(hex_core(&s.bob, &["org-get", ORG]).0, 404);
+    let email = "billing@team.example";
+    let (status, org) = hex_core(&s.alice, &["org-update", ORG, email]);
+    assert_eq!(
+        (status, org["billing_email"].clone()),
+        (200, json!(email)),
+        "{org}"
+    );
+    assert_eq!(
+        hex_core(&s.alice, &["org-get", ORG]).1["billing_email"],
+        email
+    );
+    assert_eq!(hex_core(&s.bob, &["org-update", ORG, "x@y.example"]).0, 404);
+
+    // r3_hex_repo with repo_organization = team and the key as repo_key:
+    // /repos/team/{names,versions,packages/team_lib,tarballs/...} verify
+    // (signature, repository = team, checksums).
+    let (status, got) = repo(&ci);
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["names"], json!(["team_lib"]), "{got}");
+    assert_eq!(got["versions"], json!({"team_lib": ["1.0.0"]}), "{got}");
+    assert_eq!(
+        got["package"],
+        json!([{"version": "1.0.0", "inner_checksum": published.inner, "outer_checksum": published.outer}])
+    );
+    assert_eq!(
+        got["tarballs"],
+        json!([{"version": "1.0.0", "sha256": published.outer}])
+    );
+    // A non-member's key is refused at the first request.
+    assert_eq!(repo(&s.bob), (403, json!({"refused": "names"})));
+
+    // Deleting a key ends its reads; the other key still reads.
+    let (status, gone) = hex_core(&s.alice, &["org-key-delete", ORG, "ci"]);
+    assert_eq!((status, gone["name"].clone()), (200, json!("ci")), "{gone}");
+    let (_, keys) = hex_core(&s.alice, &["org-key-list", ORG]);
+    assert_eq!(key_names(&keys), ["spare"]);
+    assert_eq!(hex_core(&s.alice, &["org-key-get", ORG, "ci"]).0, 404);
+    assert_eq!(repo(&ci), (401, json!({"refused": "names"})));
+    assert_eq!(repo(&spare).0, 200);
+    // r3_hex_api_key:delete_all: DELETE /api/orgs/team/keys revokes every
+    // key of the organization (as hex.pm does), none of alice's own.
+    let (status, body) = hex_core(&s.alice, &["org-key-delete-all", ORG]);
+    assert_eq!(status, 200, "{body}");
+    let (status, keys) = hex_core(&s.alice, &["org-key-list", ORG]);
+    assert_eq!((status, key_names(&keys)), (200, Vec::<String>::new()));
+    assert_eq!(repo(&spare), (401, json!({"refused": "names"})));
+}
+
+/// Fetches `path` from `url` with `token` and checks it with hex_core as
+/// repository `repo`'s file, signed with our key. Returns the bytes.
+fn verified(url: &str, token: &str, path: &str, file: RegistryFile<'_>, repo: &str) -> Vec<u8> {
+    let got = http("GET", &format!("{url}{path}"), &[("authorization", token)]);
+    assert_eq!(got.status, 200, "{path}");
+    let work = tempfile::TempDir::new().unwrap();
+    let saved = work.path().join("file");
+    fs::write(&saved, &got.body).unwrap();
+    Oracle::verify_file(&saved, file, repo, &fixture_key("other.pub.pem"))
+        .unwrap_or_else(|e| panic!("{path} as {repo}'s: {e}"));
+    got.body
+}
+
+#[test]
+fn a_renamed_organization_is_served_re_signed_under_its_new_name_with_everything_it_had() {
+    let s = setup();
+    let served = s.mirror.serve();
+    let url = served.url();
+    let (status, body) = publish(&url, &s.alice, "team_lib", "1.0.0");
+    assert_eq!(status, 201, "{body}");
+    let tarball_path = "/repos/team/tarballs/team_lib-1.0.0.tar";
+    let tarball = http(
+        "GET",
+        &format!("{url}{tarball_path}"),
+        &[("authorization", &s.alice)],
+    );
+    assert_eq!(tarball.status, 200);
+    let (status, key) = call(
+        &url,
+        "POST",
+        "/api/orgs/team/keys",
+        &s.alice,
+        Some(json!({"name": "ci"})),
+    );
+    assert_eq!(status, 201, "{key}");
+    let org_key = key["secret"].as_str().unwrap().to_owned();
+
+    // Seed 000's update: an org admin sets the billing email.
+    let (status, org) = call(
+        &url,
+        "POST",
+        "/api/orgs/team",
+        &s.alice,
+        Some(json!({"billing_email": "pay@example.com"})),
+    );
+    assert_eq!(
+        (status, &org["billing_email"]),
+        (200, &json!("pay@example.com")),
+        "{org}"
+    );
+    let (status, _) = call(
+        &url,
+        "POST",
+        "/api/orgs/team",
+        &s.alice,
+        Some(json!({"billing_email": "nobody"})),
+    );
+    assert_eq!(status, 422);
+    // Renaming is for server admins; a taken name changes nothing.
+    let (status, body) = call(
+        &url,
+        "POST",
+        "/api/orgs/team",
+        &s.alice,
+        Some(json!({"name": "crew"})),
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = call(
+        &url,
+        "POST",
+        "/api/orgs/team",
+        &s.admin,
+        Some(json!({"name": "acme"})),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("taken"),
+        "{body}"
+    );
+    let (status, body) = call(
+        &url,
+        "POST",
+        "/api/orgs/team",
+        &s.admin,
+        Some(json!({"name": "Crew!"})),
+    );
+    assert_eq!(status, 422, "{body}");
+    verified(
+        &url,
+        &s.alice,
+        "/repos/team/names",
+        RegistryFile::Names,
+        ORG,
+    );
+
+    let (status, org) = call(
+        &url,
+        "POST",
+        "/api/orgs/team",
+        &s.admin,
+        Some(json!({"name": "crew"})),
+    );
+    assert_eq!(status, 200, "{org}");
+    assert_eq!(
+        (&org["name"], &org["billing_email"]),
+        (&json!("crew"), &json!("pay@example.com"))
+    );
+
+    // The old name is gone everywhere; the new one serves the same
+    // packages, re-signed as `crew`'s, and the same tarball bytes.
+    assert_ne!(
+        http(
+            "GET",
+            &format!("{url}/repos/team/names"),
+            &[("authorization", &s.alice)]
+        )
+        .status,
+        200
+    );
+    assert_eq!(call(&url, "GET", "/api/orgs/team", &s.alice, None).0, 404);
+    verified(
+        &url,
+        &s.alice,
+        "/repos/crew/names",
+        RegistryFile::Names,
+        "crew",
+    );
+    verified(
+        &url,
+        &s.alice,
+        "/repos/crew/versions",
+        RegistryFile::Versions,
+        "crew",
+    );
+    verified(
+        &url,
+        &s.alice,
+        "/repos/crew/packages/team_lib",
+        RegistryFile::Package("team_lib"),
+        "crew",
+    );
+    let moved = http(
+        "GET",
+        &format!("{url}/repos/crew/tarballs/team_lib-1.0.0.tar"),
+        &[("authorization", &s.alice)],
+    );
+    assert_eq!((moved.status, &moved.body), (200, &tarball.body));
+    // Members, keys and packages came along.
+    assert_eq!(
+        http(
+            "GET",
+            &format!("{url}/repos/crew/names"),
+            &[("authorization", &org_key)]
+        )
+        .status,
+        200,
+        "the organization's key reads the renamed organization"
+    );
+    let (_, members) = call(&url, "GET", "/api/orgs/crew/members", &s.alice, None);
+    assert_eq!(members[0]["username"], "alice", "{members}");
+    let (_, keys) = call(&url, "GET", "/api/orgs/crew/keys", &s.alice, None);
+    assert_eq!(keys[0]["name"], "ci", "{keys}");
+    let (status, body) = call(
+        &url,
+        "GET",
+        "/api/repos/crew/packages/team_lib",
+        &s.alice,
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let work = tempfile::TempDir::new().unwrap();
+    let path = work.path().join("team_lib-1.1.0.tar");
+    Oracle::tarball("team_lib", "1.1.0", &path, &[]);
+    let (status, body) = Oracle::api(
+        &format!("{url}/api/repos/crew"),
+        &s.alice,
+        &["publish", &path.to_string_lossy()],
+    );
+    assert_eq!(status, 201, "{body}");
+    let (_, log) = call(&url, "GET", "/api/orgs/crew/audit-logs", &s.alice, None);
+    let actions: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for action in [
+        "org.rename",
+        "org.update",
+        "org.key.generate",
+        "release.publish",
+    ] {
+        assert!(actions.contains(&action), "{action} in {actions:?}");
+    }
+    drop(served);
+    let out = s.mirror.run(&["verify"]);
+    assert!(out.ok(), "{out}");
+
+    // From the command line, and back: a restarted serve follows.
+    let out = s.mirror.run(&["org", "rename", "crew", "team"]);
+    assert!(out.ok(), "{out}");
+    let served = s.mirror.serve();
+    let url = served.url();
+    let record = verified(
+        &url,
+        &s.alice,
+        "/repos/team/packages/team_lib",
+        RegistryFile::Package("team_lib"),
+        ORG,
+    );
+    assert!(!record.is_empty());
+    let (status, body) = call(
+        &url,
+        "GET",
+        "/api/repos/team/packages/team_lib",
+        &s.alice,
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["releases"].as_array().map(Vec::len), Some(2), "{body}");
+    let out = s.mirror.run(&["org", "rename", "team", "acme"]);
+    assert!(!out.ok() && out.to_string().contains("taken"), "{out}");
+}
+
+#[test]
+fn guessing_device_user_codes_is_limited_as_guessing_keys_is() {
+    let s = setup();
+    let served = s.mirror.serve();
+    let url = served.url();
+    let dev = start_device(&url, "api");
+    let guess = |code: &Value| {
+        call(
+            &url,
+            "POST",
+            "/api/oauth/device",
+            &s.alice,
+            Some(json!({"user_code": code, "approve": true})),
+        )
+        .0
+    };
+    let mut limited_after = None;
+    for i in 0..30 {
+        match guess(&json!(format!("WXYZ-{:04}", i))) {
+            404 => {}
+            429 => {
+                limited_after = Some(i);
+                break;
+            }
+            other => panic!("guess {i}: {other}"),
+        }
+    }
+    let after = limited_after.expect("wrong user codes were never limited");
+    assert!(after <= 10, "limited only after {after} wrong codes");
+    // While the limit holds, even the right code gets nothing: a guesser
+    // cannot tell when it found one.
+    assert_eq!(guess(&dev["user_code"]), 429);
+    let device = json!({"grant_type": "urn:ietf:params:oauth:grant-type:device_code", "device_code": dev["device_code"]});
+    let (_, pending) = call(&url, "POST", "/api/oauth/token", "", Some(device));
+    assert_eq!(pending["error"], "authorization_pending", "{pending}");
 }

@@ -411,7 +411,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
             ),
             (
                 "/orgs/{org}/keys",
-                get(h::list_org_keys).post(h::create_org_key),
+                get(h::list_org_keys)
+                    .post(h::create_org_key)
+                    .delete(h::delete_org_keys),
             ),
             (
                 "/orgs/{org}/keys/{key}",

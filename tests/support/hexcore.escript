@@ -44,6 +44,36 @@
 %%       publish/3 posts to API_URL/publish) and prints the HTTP status, then
 %%       the decoded body (`nil` unless it was application/vnd.hex+erlang).
 %%       Exits 0 whatever the status, so tests can assert refusals.
+%%   org-key-add API_URL API_KEY ORG NAME [DOMAIN:RESOURCE ...]
+%%   org-key-list API_URL API_KEY ORG
+%%   org-key-get API_URL API_KEY ORG NAME
+%%   org-key-delete API_URL API_KEY ORG NAME
+%%   org-key-delete-all API_URL API_KEY ORG
+%%       r3_hex_api_key's add/3, list/1, get/2, delete/2 and delete_all/1 with
+%%       api_organization = ORG, so they go to API_URL/orgs/ORG/keys[/NAME].
+%%       add's permissions are maps with binary keys, as rebar3_hex sends.
+%%   org-list API_URL API_KEY
+%%   org-get API_URL API_KEY ORG
+%%   org-update API_URL API_KEY ORG BILLING_EMAIL
+%%       rebar3 3.19's hex_core (0.7.1) has no r3_hex_api_organization; these
+%%       make the requests later hex_core's hex_api_organization list/1 and
+%%       get/1 make (GET API_URL/orgs, GET API_URL/orgs/ORG), with 0.7.1's own
+%%       r3_hex_api:get/2 and build_organization_path/2. org-update POSTs
+%%       #{<<"billing_email">> => ...} to API_URL/orgs/ORG with r3_hex_api:post/3
+%%       (later hex_core's update/2 posts `seats`, a hex.pm billing field).
+%%       Like the calls above these print the status, then the body, but as
+%%       JSON (`null` unless the body was Erlang terms) so tests can read
+%%       fields; exit 0 whatever the status.
+%%   org-repo REPO_URL REPO_KEY ORG PUBKEY.pem PACKAGE
+%%       Reads organization ORG's repository as rebar3 does: r3_hex_repo with
+%%       repo_organization = ORG (URLs REPO_URL/repos/ORG/...; signature checked
+%%       against PUBKEY.pem and every payload's repository must be ORG, which
+%%       takes precedence over repo_name) and repo_key = REPO_KEY (sent as
+%%       authorization). get_names, get_versions, get_package PACKAGE, then
+%%       get_tarball of each release: its SHA-256 must be the record's outer
+%%       checksum, and r3_hex_tarball:unpack its inner one. Prints 200 and a
+%%       JSON summary, or the first other status and {"refused": STEP}; a
+%%       failed signature, origin or checksum check exits 1.
 %%   unpack TARBALL
 %%       Unpacks a tarball in memory as clients do; prints "ok" and both
 %%       checksums, so tests can show a hostile tarball is refused by the
@@ -109,6 +139,28 @@ command(["get-release", Url, Key, Name, Version]) ->
     api_result(r3_hex_api_release:get(api_config(Url, Key), to_bin(Name), to_bin(Version)));
 command(["search", Url, Key, Query]) ->
     api_result(r3_hex_api_package:search(api_config(Url, Key), to_bin(Query), [{sort, <<"name">>}]));
+command(["org-key-add", Url, Key, Org, Name | Perms]) ->
+    Permissions = [parse_permission(P) || P <- Perms],
+    api_json_result(r3_hex_api_key:add(org_config(Url, Key, Org), to_bin(Name), Permissions));
+command(["org-key-list", Url, Key, Org]) ->
+    api_json_result(r3_hex_api_key:list(org_config(Url, Key, Org)));
+command(["org-key-get", Url, Key, Org, Name]) ->
+    api_json_result(r3_hex_api_key:get(org_config(Url, Key, Org), to_bin(Name)));
+command(["org-key-delete", Url, Key, Org, Name]) ->
+    api_json_result(r3_hex_api_key:delete(org_config(Url, Key, Org), to_bin(Name)));
+command(["org-key-delete-all", Url, Key, Org]) ->
+    api_json_result(r3_hex_api_key:delete_all(org_config(Url, Key, Org)));
+command(["org-list", Url, Key]) ->
+    api_json_result(r3_hex_api:get(api_config(Url, Key), ["orgs"]));
+command(["org-get", Url, Key, Org]) ->
+    Config = org_config(Url, Key, Org),
+    api_json_result(r3_hex_api:get(Config, r3_hex_api:build_organization_path(Config, [])));
+command(["org-update", Url, Key, Org, Email]) ->
+    Config = org_config(Url, Key, Org),
+    Body = #{<<"billing_email">> => to_bin(Email)},
+    api_json_result(r3_hex_api:post(Config, r3_hex_api:build_organization_path(Config, []), Body));
+command(["org-repo", Url, RepoKey, Org, KeyFile, Package]) ->
+    org_repo(org_repo_config(Url, RepoKey, Org, read_file(KeyFile)), to_bin(Package));
 command(["unpack", File]) ->
     case r3_hex_tarball:unpack(read_file(File), memory) of
         {ok, Unpacked} ->
@@ -287,6 +339,83 @@ verify_signed(File, Signed, PublicKey, Decode) ->
             {fail, io_lib:format("~s: signature check failed: ~p", [File, Reason])}
     end.
 
+%%% Organizations
+
+parse_permission(Arg) ->
+    case string:split(Arg, ":") of
+        [Domain, Resource] when Domain =/= "", Resource =/= "" ->
+            #{<<"domain">> => to_bin(Domain), <<"resource">> => to_bin(Resource)};
+        _ -> throw({usage, io_lib:format("permission ~p is not DOMAIN:RESOURCE", [Arg])})
+    end.
+
+%% Every step must answer 200 and pass hex_core's checks; the first other
+%% status is printed with the step it stopped at.
+org_repo(Config, Package) ->
+    Steps = [{names, fun() -> r3_hex_repo:get_names(Config) end},
+             {versions, fun() -> r3_hex_repo:get_versions(Config) end},
+             {package, fun() -> r3_hex_repo:get_package(Config, Package) end}],
+    case run_steps(Steps, #{}) of
+        {refused, Step, Status} ->
+            print_json_result(Status, #{<<"refused">> => Step});
+        {ok, #{names := Names, versions := Versions, package := Releases}} ->
+            case fetch_tarballs(Config, Package, Releases, []) of
+                {refused, Step, Status} ->
+                    print_json_result(Status, #{<<"refused">> => Step});
+                {ok, Tarballs} ->
+                    print_json_result(200, #{
+                        <<"names">> => [N || #{name := N} <- Names],
+                        <<"versions">> => maps:from_list([{N, Vs} || #{name := N, versions := Vs} <- Versions]),
+                        <<"package">> => [release_json(R) || R <- Releases],
+                        <<"tarballs">> => Tarballs});
+                {fail, _} = Fail -> Fail
+            end;
+        {fail, _} = Fail -> Fail
+    end.
+
+run_steps([], Acc) ->
+    {ok, Acc};
+run_steps([{Step, Call} | Rest], Acc) ->
+    case Call() of
+        {ok, {200, _Headers, Decoded}} -> run_steps(Rest, Acc#{Step => Decoded});
+        {ok, {Status, _Headers, _Body}} -> {refused, Step, Status};
+        {error, Reason} -> {fail, io_lib:format("~s refused by hex_core: ~p", [Step, Reason])}
+    end.
+
+%% What rebar3 does after a download: the tarball's SHA-256 against the
+%% record's outer checksum, then unpack (which checks the inner one) and the
+%% inner checksum against the record's.
+fetch_tarballs(_Config, _Package, [], Acc) ->
+    {ok, lists:reverse(Acc)};
+fetch_tarballs(Config, Package, [#{version := V} = Release | Rest], Acc) ->
+    case r3_hex_repo:get_tarball(Config, Package, V) of
+        {ok, {200, _Headers, Tarball}} ->
+            Outer = crypto:hash(sha256, Tarball),
+            case {Release, r3_hex_tarball:unpack(Tarball, memory)} of
+                {#{outer_checksum := Outer, inner_checksum := Inner},
+                 {ok, #{inner_checksum := Inner, outer_checksum := Outer}}} ->
+                    Entry = #{<<"version">> => V, <<"sha256">> => hex(Outer)},
+                    fetch_tarballs(Config, Package, Rest, [Entry | Acc]);
+                {_, Unpacked} ->
+                    {fail, io_lib:format("tarball ~s-~s (sha256 ~s) does not match its record ~p: ~p",
+                                         [Package, V, hex(Outer), release_json(Release), Unpacked])}
+            end;
+        {ok, {Status, _Headers, _Body}} ->
+            {refused, <<"tarball">>, Status};
+        {error, Reason} ->
+            {fail, io_lib:format("tarball ~s-~s refused by hex_core: ~p", [Package, V, Reason])}
+    end.
+
+release_json(Release) ->
+    Checksum = fun(K) ->
+                   case Release of
+                       #{K := C} -> hex(C);
+                       #{} -> nil
+                   end
+               end,
+    #{<<"version">> => maps:get(version, Release),
+      <<"inner_checksum">> => Checksum(inner_checksum),
+      <<"outer_checksum">> => Checksum(outer_checksum)}.
+
 %%% Loading hex_core out of rebar3
 
 %% rebar3 is an escript whose archive holds rebar/ebin/*.beam. hex_core's
@@ -324,6 +453,43 @@ repo_config(Url, Repo, PublicKey) ->
     maps:merge(r3_hex_core:default_config(),
                #{repo_url => list_to_binary(Url), repo_name => list_to_binary(Repo),
                  repo_public_key => PublicKey, repo_verify => true, repo_verify_origin => true}).
+
+%% API calls on behalf of organization ORG (r3_hex_api:build_organization_path).
+org_config(Url, Key, Org) ->
+    (api_config(Url, Key))#{api_organization => to_bin(Org)}.
+
+%% repo_name as rebar3 sets it for a `hexpm:ORG` repository; hex_core checks
+%% origin against repo_organization, which wins over repo_name.
+org_repo_config(Url, RepoKey, Org, PublicKey) ->
+    (repo_config(Url, Org, PublicKey))#{repo_organization => to_bin(Org),
+                                        repo_key => to_bin(RepoKey)}.
+
+api_json_result({ok, {Status, _Headers, Body}}) ->
+    print_json_result(Status, Body);
+api_json_result({error, Reason}) ->
+    api_result({error, Reason}).
+
+print_json_result(Status, Body) ->
+    io:format("~p~n~s~n", [Status, json(Body)]).
+
+%% JSON of the terms a Hex API body holds: maps (binary or atom keys), lists,
+%% binaries (UTF-8), numbers, true/false and nil/undefined as null.
+json(nil) -> "null";
+json(undefined) -> "null";
+json(true) -> "true";
+json(false) -> "false";
+json(A) when is_atom(A) -> json(atom_to_binary(A));
+json(N) when is_integer(N) -> integer_to_list(N);
+json(F) when is_float(F) -> float_to_list(F, [short]);
+json(B) when is_binary(B) -> [$", [json_char(C) || C <- unicode:characters_to_list(B)], $"];
+json(L) when is_list(L) -> [$[, lists:join($,, [json(E) || E <- L]), $]];
+json(M) when is_map(M) ->
+    [${, lists:join($,, [[json(to_bin(K)), $:, json(V)] || {K, V} <- lists:sort(maps:to_list(M))]), $}].
+
+json_char($") -> "\\\"";
+json_char($\\) -> "\\\\";
+json_char(C) when C < 16#20 -> io_lib:format("\\u~4.16.0b", [C]);
+json_char(C) -> unicode:characters_to_binary([C]).
 
 %%% SemVer ordering
 

@@ -19,8 +19,9 @@ pub(super) use oauth::{
 };
 pub(super) use orgs::{
     accept_invite, cancel_invite, create_invite, create_org, create_org_key, decline_invite,
-    delete_org, delete_org_key, get_member, get_org, get_org_key, list_invites, list_members,
-    list_org_keys, list_orgs, my_invites, org_audit_logs, put_member, remove_member, update_org,
+    delete_org, delete_org_key, delete_org_keys, get_member, get_org, get_org_key, list_invites,
+    list_members, list_org_keys, list_orgs, my_invites, org_audit_logs, put_member, remove_member,
+    update_org,
 };
 pub(super) use packages::{
     add_owner, dependents, get_owner, get_package, get_repo, list_owners, list_packages,

@@ -505,6 +505,41 @@ pub(in crate::api) async fn get_org_key(
     .await
 }
 
+/// `DELETE /orgs/ORG/keys`: revokes every key of the organization at once
+/// (hex_core's `delete_all` with `api_organization`), in one transaction;
+/// the answer lists the keys revoked.
+pub(in crate::api) async fn delete_org_keys(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    Path(p): Params,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &p).await?;
+        let org = param(&p, "org").to_owned();
+        req.org(&org, Access::Write)?;
+        let keys = org_keys(&req, &org).await?;
+        let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+        let entry = req.audit_entry("org.key.revoke_all", org.clone(), json!({"keys": names}));
+        let ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
+        req.db(move |c| {
+            let tx = c.transaction()?;
+            for id in &ids {
+                hdb::revoke_token(&tx, id, entry.at)?;
+            }
+            hdb::audit(&tx, &entry)?;
+            tx.commit()
+        })
+        .await?;
+        Ok(Reply::ok(Value::Array(
+            keys.iter()
+                .map(|t| super::account::key_json(&req.base, t, None))
+                .collect(),
+        )))
+    })
+    .await
+}
+
 pub(in crate::api) async fn delete_org_key(
     State(state): State<Arc<ApiState>>,
     ClientAddr(client): ClientAddr,
