@@ -278,7 +278,12 @@ fn remote_verify_passes_a_clean_mirror_and_reports_a_corrupt_file() {
     let client = RemoteClient::new(&mirror);
     assert_clean(&client.verify(&mirror, &served.url()));
 
+    // Damage on disk, behind the writer's back. The running server answers
+    // from what it read into memory for this generation; a restarted one
+    // reads the disk again and serves the damage, which verify must report.
     flip_byte(&mirror.tree().join(TARBALL));
+    drop(served);
+    let served = mirror.serve();
     let out = client.verify(&mirror, &served.url());
     assert_finding(&out, &format!("corrupt: {TARBALL}:"));
 }
