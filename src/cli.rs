@@ -855,9 +855,7 @@ async fn run_org(config: &Config, command: OrgCommand) -> anyhow::Result<ExitCod
                 move || -> anyhow::Result<_> {
                     let publisher = crate::hosted::service::Publisher::open(config.clone())?;
                     match crate::catalog::Catalog::open(&config.data_dir) {
-                        Ok(catalog) => {
-                            publisher.follow_into(catalog)?;
-                        }
+                        Ok(catalog) => publisher.attach_catalog(catalog),
                         Err(e) => tracing::warn!(
                             "catalog unavailable: {e}; run `hexmirror catalog rebuild` later"
                         ),

@@ -37,6 +37,11 @@ pub fn add_org(config: &mut Config, name: &str) {
     }
 }
 
+/// Takes organization `name` out of `config`'s repositories.
+pub fn drop_org(config: &mut Config, name: &str) {
+    config.repositories.retain(|r| !(r.org && r.name == name));
+}
+
 /// The repository of organization `name`: private, nothing mirrored, every
 /// name its own.
 pub fn org_repository(name: &str) -> RepositoryConfig {

@@ -113,10 +113,10 @@ impl Publisher {
         let watch = self.watch.get().cloned();
         tokio::task::spawn_blocking(move || {
             let name = change.package().to_owned();
-            let bracket = Bracket::new(watch);
-            let outcome = writer.apply(&config, &repo, change, &actor);
-            drop(bracket);
-            let outcome = outcome?;
+            let outcome = {
+                let _bracket = Bracket::new(watch);
+                writer.apply(&config, &repo, change, &actor)?
+            };
             // Under the same turn, so the catalog takes changes in order;
             // it is derived data: a failure is logged, the change stands.
             if let Some(catalog) = catalog
@@ -143,25 +143,22 @@ impl Publisher {
         let _turn = self.turn.lock().await;
         let writer = Arc::clone(&self.writer);
         let (old, new) = (old.to_owned(), new.to_owned());
-        let (catalog, db) = (self.catalog.get().cloned(), self.db.clone());
+        let catalog = self.catalog.get().cloned();
         let watch = self.watch.get().cloned();
         tokio::task::spawn_blocking(move || {
-            let bracket = Bracket::new(watch);
-            let generation = writer.rename_repository(&config, &old, &new, &audit);
-            drop(bracket);
-            let generation = generation?;
+            let generation = {
+                let _bracket = Bracket::new(watch);
+                writer.rename_repository(&config, &old, &new, &audit)?
+            };
+            // The rows are the same but for the repository's name (a
+            // dependency on the organization itself is recorded without
+            // one), so moving them is the whole of the catalog's change.
             if let Some(catalog) = catalog {
-                let mut renamed = (*config).clone();
-                renamed.repositories.retain(|r| r.name != old);
-                crate::accounts::add_org(&mut renamed, &new);
-                let moved = catalog
-                    .call_blocking(|c| {
-                        let tx = c.transaction()?;
-                        crate::catalog::rename_repository(&tx, &old, &new)?;
-                        tx.commit()
-                    })
-                    .map_err(super::catalog::HostedCatalogError::from)
-                    .and_then(|()| super::catalog::refill(&catalog, &db, &renamed));
+                let moved = catalog.call_blocking(|c| {
+                    let tx = c.transaction()?;
+                    crate::catalog::rename_repository(&tx, &old, &new)?;
+                    tx.commit()
+                });
                 if let Err(e) = moved {
                     tracing::warn!(from = %old, to = %new, "catalog not updated: {e}; `hexmirror catalog rebuild` catches up");
                 }
@@ -171,6 +168,11 @@ impl Publisher {
         .await?
     }
 
+    /// Puts every later change into `catalog`, without filling it.
+    pub fn attach_catalog(&self, catalog: crate::catalog::Catalog) {
+        let _ = self.catalog.set(catalog);
+    }
+
     /// Puts every later change into `catalog`, and fills it with every
     /// hosted package now (blocking; at start).
     pub fn follow_into(
@@ -178,8 +180,8 @@ impl Publisher {
         catalog: crate::catalog::Catalog,
     ) -> Result<usize, super::catalog::HostedCatalogError> {
         let filled = super::catalog::refill(&catalog, &self.db, &self.config());
-        // Set even when the fill failed: later changes still go in.
-        let _ = self.catalog.set(catalog);
+        // Attached even when the fill failed: later changes still go in.
+        self.attach_catalog(catalog);
         filled
     }
 

@@ -48,10 +48,8 @@ const SHARDS: usize = 64;
 pub struct Entry {
     /// The whole file.
     pub body: Bytes,
-    /// The strong ETag, quotes included.
-    pub etag: String,
-    /// The same, ready for the header.
-    pub etag_header: HeaderValue,
+    /// The strong ETag, quotes included, ready for the header.
+    pub etag: HeaderValue,
     /// Modification time, truncated to seconds and not in the future.
     pub last_modified: Option<SystemTime>,
     /// The same, formatted for the header.
@@ -192,18 +190,6 @@ impl ResponseCache {
         Some(fresh)
     }
 
-    /// A hosted change is about to patch the served generation in place.
-    pub fn begin_change(&self) {
-        self.changing.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// The change is done (or failed): every epoch begun so far is stale.
-    pub fn end_change(&self) {
-        self.changes.fetch_add(1, Ordering::SeqCst);
-        self.epoch.store(None);
-        self.changing.fetch_sub(1, Ordering::SeqCst);
-    }
-
     /// Counts a lookup.
     pub fn note(&self, hit: bool) {
         let counter = if hit { &self.hits } else { &self.misses };
@@ -222,24 +208,28 @@ impl ResponseCache {
 }
 
 impl crate::hosted::service::ChangeWatch for ResponseCache {
+    /// A hosted change is about to patch the served generation in place.
     fn begin_change(&self) {
-        ResponseCache::begin_change(self);
+        self.changing.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// The change is done (or failed): every epoch begun so far is stale.
     fn end_change(&self) {
-        ResponseCache::end_change(self);
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        self.epoch.store(None);
+        self.changing.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hosted::service::ChangeWatch;
 
     fn entry(body: &'static [u8]) -> Entry {
         Entry {
             body: Bytes::from_static(body),
-            etag: "\"x\"".into(),
-            etag_header: HeaderValue::from_static("\"x\""),
+            etag: HeaderValue::from_static("\"x\""),
             last_modified: None,
             last_modified_header: None,
         }

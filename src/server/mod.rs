@@ -499,9 +499,9 @@ enum Source {
 }
 
 /// What a file response is built from.
-struct FileAnswer<'a> {
-    etag: &'a str,
-    etag_header: HeaderValue,
+struct FileAnswer {
+    /// The strong ETag (visible ASCII, so also readable as text).
+    etag: HeaderValue,
     last_modified: Option<SystemTime>,
     last_modified_header: Option<HeaderValue>,
     len: u64,
@@ -525,8 +525,7 @@ async fn serve_file(
         state.cache.note(hit.is_some());
         if let Some(entry) = hit {
             let answer = FileAnswer {
-                etag: &entry.etag,
-                etag_header: entry.etag_header.clone(),
+                etag: entry.etag.clone(),
                 last_modified: entry.last_modified,
                 last_modified_header: entry.last_modified_header.clone(),
                 len: entry.body.len() as u64,
@@ -579,7 +578,7 @@ async fn serve_file(
         .map(|m| http::truncate_to_secs(m.min(SystemTime::now())));
     let last_modified_header =
         last_modified.and_then(|lm| HeaderValue::from_str(&httpdate::fmt_http_date(lm)).ok());
-    let Ok(etag_header) = HeaderValue::from_str(&opened.etag) else {
+    let Ok(etag) = HeaderValue::from_str(&opened.etag) else {
         return Err(ServeError::Io {
             path,
             source: io::Error::other("ETag is not a header value"),
@@ -595,8 +594,7 @@ async fn serve_file(
                     &target.relative,
                     cache::Entry {
                         body: bytes.clone(),
-                        etag: opened.etag.clone(),
-                        etag_header: etag_header.clone(),
+                        etag: etag.clone(),
                         last_modified,
                         last_modified_header: last_modified_header.clone(),
                     },
@@ -608,8 +606,7 @@ async fn serve_file(
         None => Source::Nothing,
     };
     let answer = FileAnswer {
-        etag: &opened.etag,
-        etag_header,
+        etag,
         last_modified,
         last_modified_header,
         len: opened.len,
@@ -625,7 +622,7 @@ async fn file_response(
     method: &Method,
     target: &FileTarget,
     headers: &HeaderMap,
-    answer: FileAnswer<'_>,
+    answer: FileAnswer,
 ) -> Result<Response, ServeError> {
     let if_none_match = joined(headers, &header::IF_NONE_MATCH);
     let conditions = Conditions {
@@ -635,7 +632,7 @@ async fn file_response(
         if_range: single(headers, &header::IF_RANGE),
     };
     let validators = Validators {
-        etag: answer.etag,
+        etag: answer.etag.to_str().unwrap_or_default(),
         last_modified: answer.last_modified,
         len: answer.len,
     };
@@ -643,7 +640,7 @@ async fn file_response(
 
     let mut res = Response::new(Body::empty());
     let h = res.headers_mut();
-    h.insert(header::ETAG, answer.etag_header);
+    h.insert(header::ETAG, answer.etag.clone());
     h.insert(
         header::CACHE_CONTROL,
         cache_control(target, &state.public_repos),

@@ -203,7 +203,7 @@ pub(in crate::api) async fn update_org(
                 .await
                 .map_err(hosted_error)?;
             state.update_config(|config| {
-                config.repositories.retain(|r| !(r.org && r.name == org));
+                accounts::drop_org(config, &org);
                 accounts::add_org(config, &new);
             });
             name = new;
@@ -246,7 +246,7 @@ pub(in crate::api) async fn delete_org(
         req.db(move |c| audit_if(adb::delete_org(c, &name), c, &entry, |_| true))
             .await?
             .map_err(account_error)?;
-        state.update_config(|config| config.repositories.retain(|r| !(r.org && r.name == org)));
+        state.update_config(|config| accounts::drop_org(config, &org));
         Ok(Reply::empty(StatusCode::NO_CONTENT))
     })
     .await
