@@ -379,6 +379,20 @@ fn init_logging(format: crate::config::LogFormat) {
 const EXIT_INTERRUPTED: u8 = 143;
 
 async fn run_sync(config: &Config) -> anyhow::Result<ExitCode> {
+    // With a bucket, refuse before any work while another node writes there.
+    let s3 = match &config.storage {
+        crate::config::StorageConfig::S3(s3) if s3.role == crate::config::StorageRole::Reader => {
+            anyhow::bail!(
+                "storage.role = \"reader\": a read-only node does not sync; run the sync on the \
+                 writer"
+            );
+        }
+        crate::config::StorageConfig::S3(s3) => Some(s3),
+        crate::config::StorageConfig::Local => None,
+    };
+    if let Some(s3) = s3 {
+        bucket_lease_check(config, s3).await?;
+    }
     tracing::info!(upstream = %config.upstream.url, data_dir = %config.data_dir.display(), "sync starting");
     let progress = Progress::new(std::io::stderr().is_terminal());
     // On SIGTERM the sync future is dropped at its next await: every step
@@ -394,6 +408,9 @@ async fn run_sync(config: &Config) -> anyhow::Result<ExitCode> {
         }
     };
     print_summary(&summary);
+    if let Some(s3) = s3 {
+        publish_to_bucket(config, s3).await?;
+    }
     // Only what failed anew makes the run fail: a package that stays in
     // quarantine would otherwise keep a sync unit failed for good.
     Ok(if summary.newly_failed == 0 {
@@ -1158,6 +1175,15 @@ async fn resign_manifest_when_due(
 }
 
 async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
+    let bucket_writer = match &config.storage {
+        crate::config::StorageConfig::S3(s3) if s3.role == crate::config::StorageRole::Reader => {
+            return run_serve_reader(config, s3).await;
+        }
+        crate::config::StorageConfig::S3(s3) => {
+            Some(start_bucket_writer(config, s3, OnHeld::WaitForOwnNode).await?)
+        }
+        crate::config::StorageConfig::Local => None,
+    };
     let tree = config.data_dir.join("current");
     if !config.proxy.enabled && !tree.join(crate::store::MANIFEST_FILE).is_file() {
         tracing::warn!(tree = %tree.display(), "no mirrored tree yet; run `hexmirror sync` first");
@@ -1245,6 +1271,7 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
         publisher.watch_changes(cache.clone());
     }
     let options = server::Options {
+        bucket: None,
         cache: Some(cache),
         public_repos: server::PublicRepos::new(public_repos(config)),
         data_dir: Some(config.data_dir.clone()),
@@ -1280,6 +1307,9 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
         background.spawn(scheduled_syncs(config_rx.clone(), stop.clone()));
     }
     background.spawn(resign_manifest_when_due(config_rx, stop.clone()));
+    if let Some(writer) = bucket_writer {
+        background.spawn(writer.run(stop.clone()));
+    }
     #[cfg(unix)]
     if let Some(hup) = hup {
         background.spawn(reload_on_sighup(
@@ -1296,6 +1326,19 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
     let shutdown = shutdown_signal();
     println!("hexmirror serving {} on http://{addr}", tree.display());
     let router = server::router_with(tree, options);
+    serve_until_stopped(config, listener, router, shutdown, stop, background).await
+}
+
+/// Tells the service manager we are up, serves until `shutdown`, then stops
+/// the background tasks and joins them.
+async fn serve_until_stopped(
+    config: &Config,
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    stop: CancellationToken,
+    mut background: tokio::task::JoinSet<()>,
+) -> anyhow::Result<ExitCode> {
     crate::notify::notify("READY=1");
     let served = server::run(
         listener,
@@ -1572,4 +1615,132 @@ async fn run_gc(config: &Config) -> anyhow::Result<ExitCode> {
     .await??;
     println!("removed {generations} old generations and {blobs} unused blobs ({bytes} bytes)");
     Ok(ExitCode::SUCCESS)
+}
+
+use crate::store::bucket::writer::{BucketWriter, OnHeld};
+
+/// The writer's hold on the bucket: probe, lease, for `serve` and `sync`.
+async fn start_bucket_writer(
+    config: &Config,
+    s3: &crate::config::S3Config,
+    on_held: OnHeld,
+) -> anyhow::Result<std::sync::Arc<BucketWriter>> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let store = std::sync::Arc::new(crate::store::Store::open(&config.data_dir)?);
+    let writer =
+        BucketWriter::start(store, config.signing.manifest_key.clone(), s3, on_held).await?;
+    Ok(std::sync::Arc::new(writer))
+}
+
+/// Before a sync: another node's live lease refuses it; this node's own
+/// `serve` holding it is fine (that `serve` publishes what the sync makes).
+async fn bucket_lease_check(config: &Config, s3: &crate::config::S3Config) -> anyhow::Result<()> {
+    if s3.lease == crate::config::LeaseMode::None {
+        return Ok(());
+    }
+    let bucket = crate::store::bucket::Bucket::open(s3)?;
+    let me =
+        crate::store::bucket::lease::Holder::this_process(&config.data_dir).with_context(|| {
+            format!(
+                "cannot read or create {}",
+                config.data_dir.join("node-id").display()
+            )
+        })?;
+    if let Some(lease) = crate::store::bucket::lease::current(&bucket).await?
+        && lease.expires_at > crate::clock::unix_now()
+        && lease.holder.node != me.node
+    {
+        return Err(crate::store::bucket::lease::LeaseError::Held {
+            bucket: bucket.name().to_owned(),
+            until: crate::manifest::rfc3339(lease.expires_at),
+            holder: Box::new(lease.holder),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// After a sync: publish the new generation into the bucket, unless this
+/// node's `serve` holds the lease (it publishes within its poll interval).
+async fn publish_to_bucket(config: &Config, s3: &crate::config::S3Config) -> anyhow::Result<()> {
+    let writer = match start_bucket_writer(config, s3, OnHeld::Refuse).await {
+        Ok(writer) => writer,
+        Err(e) => {
+            if let Some(crate::store::bucket::writer::StartError::Lease(
+                crate::store::bucket::lease::LeaseError::Held { holder, .. },
+            )) = e.downcast_ref()
+                && holder.node
+                    == crate::store::bucket::lease::Holder::this_process(&config.data_dir)?.node
+            {
+                println!(
+                    "bucket {}: `serve` ({holder}) holds the lease and publishes this generation",
+                    s3.bucket
+                );
+                return Ok(());
+            }
+            return Err(e);
+        }
+    };
+    let published = writer.publish().await;
+    writer.release().await;
+    match published? {
+        crate::store::bucket::upload::Uploaded::AlreadyServed { version } => {
+            println!(
+                "bucket {}: already serves manifest version {version}",
+                writer.bucket().name()
+            );
+        }
+        crate::store::bucket::upload::Uploaded::Switched {
+            version,
+            blobs,
+            bytes,
+        } => println!(
+            "bucket {}: now serves manifest version {version} ({blobs} new objects, {bytes} bytes)",
+            writer.bucket().name()
+        ),
+    }
+    Ok(())
+}
+
+/// `serve` on a read-only node: the generation the bucket's pointer names,
+/// followed every `storage.poll_ms`; no API, no sync, no writes.
+async fn run_serve_reader(
+    config: &Config,
+    s3: &crate::config::S3Config,
+) -> anyhow::Result<ExitCode> {
+    use crate::store::bucket::reader::{self, Reader};
+    let key = s3
+        .manifest_public_key
+        .clone()
+        .context("storage.manifest_public_key is required on a read-only node")?;
+    let bucket = crate::store::bucket::Bucket::open(s3)?;
+    let reader = std::sync::Arc::new(Reader::new(bucket, key, config.server.cache_bytes));
+    match reader.refresh(crate::clock::unix_now()).await {
+        Ok(outcome) => tracing::info!(?outcome, "read the bucket's pointer"),
+        Err(e) => tracing::warn!("the bucket does not answer yet ({e}); serving 503 until it does"),
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))?;
+    let addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(reader::follow(
+        std::sync::Arc::clone(&reader),
+        s3.poll,
+        stop.clone(),
+    ));
+    let options = server::Options {
+        bucket: Some(reader),
+        public_repos: server::PublicRepos::new(public_repos(config)),
+        ..server::Options::default()
+    };
+    let shutdown = shutdown_signal();
+    println!(
+        "hexmirror serving bucket {} (read-only) on http://{addr}",
+        s3.bucket
+    );
+    let router = server::router_with(config.data_dir.join("current"), options);
+    serve_until_stopped(config, listener, router, shutdown, stop, background).await
 }

@@ -14,6 +14,9 @@ use serde::Deserialize;
 
 use crate::registry::{PackageName, PublicKey};
 
+mod storage;
+pub use storage::{LeaseMode, S3Config, StorageConfig, StorageRole};
+
 /// hex.pm's repository CDN, the default upstream.
 pub const HEXPM_URL: &str = "https://repo.hex.pm";
 
@@ -74,6 +77,8 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     server: RawServer,
+    #[serde(default)]
+    storage: storage::RawStorage,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -204,6 +209,8 @@ pub struct Config {
     pub repositories: Vec<RepositoryConfig>,
     /// Connection limits of `serve`.
     pub server: ServerConfig,
+    /// Where the served tree lives (`[storage]`).
+    pub storage: StorageConfig,
 }
 
 /// Connection limits of `serve` (`[server]`).
@@ -721,7 +728,11 @@ impl Config {
                 org: false,
             });
         }
-        if !repositories.is_empty() && signing.key.is_none() {
+        let storage = storage::parse(raw.storage, &invalid, &resolve)?;
+        // A read-only node names our public repositories (to serve them) but
+        // never signs: it needs no key.
+        let reader = matches!(&storage, StorageConfig::S3(s3) if s3.role == StorageRole::Reader);
+        if !repositories.is_empty() && signing.key.is_none() && !reader {
             return Err(invalid(
                 "signing.key",
                 "a [[repository]] is configured, so hexmirror needs its RSA signing key: \
@@ -857,6 +868,7 @@ impl Config {
             }
         };
         Ok(Self {
+            storage,
             signing,
             api,
             proxy,

@@ -529,24 +529,43 @@ pub fn verify_with_delta(
 ) -> Result<Manifest, ManifestError> {
     let mut manifest = open_base(base, key)?;
     if let Some(delta) = delta {
-        let delta = verify_delta(delta, key)?;
-        let mismatch = |reason: String| Err(ManifestError::DeltaMismatch { reason });
-        if delta.base_version != manifest.version || delta.generation != manifest.generation {
-            return mismatch(format!(
-                "it applies to version {} of {}, the base is version {} of {}",
-                delta.base_version, delta.generation, manifest.version, manifest.generation
-            ));
-        }
-        if delta.version <= manifest.version {
-            return mismatch(format!(
-                "its version {} is not above the base's {}",
-                delta.version, manifest.version
-            ));
-        }
-        apply_delta(&mut manifest, delta);
+        manifest = with_delta(manifest, delta, key)?;
     }
     check_fresh(&manifest, now, last_accepted_version)?;
     Ok(manifest)
+}
+
+/// A base manifest already verified by `key` (by [`verify_base`]), with a
+/// delta file verified and applied: the pair's files, version, signing time
+/// and earlier expiry. Freshness is the caller's [`check_fresh`].
+pub fn with_delta(
+    mut manifest: Manifest,
+    delta: &[u8],
+    key: &ManifestPublicKey,
+) -> Result<Manifest, ManifestError> {
+    let delta = verify_delta(delta, key)?;
+    let mismatch = |reason: String| Err(ManifestError::DeltaMismatch { reason });
+    if delta.base_version != manifest.version || delta.generation != manifest.generation {
+        return mismatch(format!(
+            "it applies to version {} of {}, the base is version {} of {}",
+            delta.base_version, delta.generation, manifest.version, manifest.generation
+        ));
+    }
+    if delta.version <= manifest.version {
+        return mismatch(format!(
+            "its version {} is not above the base's {}",
+            delta.version, manifest.version
+        ));
+    }
+    apply_delta(&mut manifest, delta);
+    Ok(manifest)
+}
+
+/// A base manifest's format, signature and entries, without freshness: for
+/// a reader that keeps the base and checks each pair it serves with
+/// [`check_fresh`].
+pub fn verify_base(file: &[u8], key: &ManifestPublicKey) -> Result<Manifest, ManifestError> {
+    open_base(file, key)
 }
 
 /// Verifies a delta file's format, signature and entries (not freshness:
@@ -625,7 +644,8 @@ fn open_base(file: &[u8], key: &ManifestPublicKey) -> Result<Manifest, ManifestE
 }
 
 /// Rollback, then expiry.
-fn check_fresh(
+/// Rollback and expiry of a verified manifest (see [`verify`]).
+pub fn check_fresh(
     manifest: &Manifest,
     now: u64,
     last_accepted_version: Option<u64>,

@@ -17,6 +17,7 @@
 //! honoured for GET only (RFC 9110 defines it for GET), so HEAD answers as a
 //! full GET would.
 
+mod bucket;
 pub mod cache;
 pub mod paths;
 mod status;
@@ -70,6 +71,9 @@ struct ServerState {
     proxy: Option<Arc<crate::proxy::Proxy>>,
     /// Download counts.
     downloads: Option<Arc<crate::catalog::downloads::Counter>>,
+    /// A read-only node's view of the bucket: files come from there, not
+    /// from `root`.
+    bucket: Option<Arc<crate::store::bucket::reader::Reader>>,
 }
 
 /// The names of our public repositories, shared with the server so a
@@ -114,6 +118,8 @@ pub struct Options {
     /// The response cache, shared with the hosted writer that brackets its
     /// in-place changes; `None`: one of [`cache::DEFAULT_BUDGET`] of its own.
     pub cache: Option<Arc<ResponseCache>>,
+    /// A read-only node: serve the generation the bucket's pointer names.
+    pub bucket: Option<Arc<crate::store::bucket::reader::Reader>>,
 }
 
 /// Builds the router that serves the Hex tree rooted at `root`; everything
@@ -138,6 +144,7 @@ pub fn router_with(root: PathBuf, options: Options) -> Router {
         api: options.api.clone(),
         proxy: options.proxy.clone(),
         downloads: options.downloads.clone(),
+        bucket: options.bucket.clone(),
     });
     state.metrics.mark_started();
     // One fallback for the tree instead of axum routes: validation must see
@@ -169,6 +176,9 @@ pub fn router_with(root: PathBuf, options: Options) -> Router {
 }
 
 async fn health(State(state): State<Arc<ServerState>>) -> Response {
+    if let Some(reader) = &state.bucket {
+        return status::bucket_health(reader);
+    }
     on_blocking_pool("/health", state, |s| {
         status::health(&s.root, s.data_dir.as_deref(), s.proxy.as_deref())
     })
@@ -176,6 +186,9 @@ async fn health(State(state): State<Arc<ServerState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
+    if let Some(reader) = &state.bucket {
+        return status::bucket_metrics(&state.metrics, reader);
+    }
     on_blocking_pool("/metrics", state, |s| {
         status::metrics(
             &s.metrics,
@@ -233,6 +246,9 @@ enum ServeError {
     Upstream(crate::proxy::ProxyError),
     #[error(transparent)]
     Installs(crate::proxy::InstallsError),
+    /// A read-only node could not get the file from the bucket.
+    #[error(transparent)]
+    Bucket(crate::store::bucket::reader::ReaderError),
     #[error("serving {path}: {source}")]
     Io {
         path: PathBuf,
@@ -249,7 +265,7 @@ enum ServeError {
 
 impl ServeError {
     fn is_internal(&self) -> bool {
-        matches!(self, Self::Io { .. } | Self::Task { .. })
+        matches!(self, Self::Io { .. } | Self::Task { .. } | Self::Bucket(_))
     }
 }
 
@@ -273,6 +289,14 @@ impl IntoResponse for ServeError {
                 format!("not mirrored yet, and the upstream could not supply it: {e}\n"),
             ),
             Self::Installs(e) => (StatusCode::BAD_GATEWAY, format!("{e}\n")),
+            Self::Bucket(crate::store::bucket::reader::ReaderError::Corrupt { .. }) => (
+                StatusCode::BAD_GATEWAY,
+                "the stored copy of this file failed its check; the operator is told\n".to_owned(),
+            ),
+            Self::Bucket(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage unavailable; try again shortly\n".to_owned(),
+            ),
             Self::Io { .. } | Self::Task { .. } => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal server error\n".to_owned(),
@@ -282,6 +306,9 @@ impl IntoResponse for ServeError {
         let headers = res.headers_mut();
         if matches!(self, Self::MethodNotAllowed) {
             headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         // A 404 may turn into a file at the next sync; keep caches from holding it.
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -387,6 +414,9 @@ async fn serve(
                         return Ok(serve_bytes(method, target.kind, &bytes, headers));
                     }
                 }
+            }
+            if let Some(reader) = &state.bucket {
+                return bucket::serve_file(state, reader, method, &target, headers).await;
             }
             match serve_file(state, &state.root, method, &target, headers).await {
                 Err(ServeError::NotFound) => proxied(state, method, &target, headers).await,

@@ -540,19 +540,109 @@ fn health_body(
     (status, body)
 }
 
-/// `GET /metrics`.
-pub(super) fn metrics(
+/// `GET /health` of a read-only node: the generation it follows in the
+/// bucket. `degraded` while the bucket fails (cached files are still
+/// served) or the served manifest has expired; `unavailable` before the
+/// first generation was read.
+pub(super) fn bucket_health(reader: &crate::store::bucket::reader::Reader) -> Response {
+    let health = reader.health();
+    let now = unix_now();
+    let expired = health.expires_at.is_some_and(|e| e <= now);
+    let servable = health.version.is_some();
+    let degraded = health.error.is_some() || health.fetch_error.is_some() || expired;
+    let body = serde_json::json!({
+        "status": if !servable { "unavailable" } else if degraded { "degraded" } else { "ok" },
+        "role": "reader",
+        "storage": {
+            "kind": "s3",
+            "bucket": reader.bucket().name(),
+            "ok": servable,
+            "published": servable,
+            "generation": health.version,
+            "generation_name": health.generation,
+            "manifest_expires_at": health.expires_at.map(crate::manifest::rfc3339),
+            "manifest_expired": expired,
+            "last_reached_at": health.last_ok.map(crate::manifest::rfc3339),
+            "error": health.error,
+            "last_fetch_error": health.fetch_error.map(|(at, error)| serde_json::json!({
+                "at": crate::manifest::rfc3339(at),
+                "error": error,
+            })),
+        },
+        "cache": {
+            "bytes": health.cached_bytes,
+            "budget_bytes": health.budget,
+        },
+    });
+    let status = if servable {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    respond(status, "application/json", format!("{body}\n"))
+}
+
+/// `GET /metrics` of a read-only node.
+pub(super) fn bucket_metrics(
     metrics: &Metrics,
-    cache: &super::cache::ResponseCache,
-    root: &Path,
-    data_dir: Option<&Path>,
-    proxy: Option<&crate::proxy::Proxy>,
+    reader: &crate::store::bucket::reader::Reader,
 ) -> Response {
+    let health = reader.health();
+    let mut out = common_metrics(metrics, (health.hits, health.misses, health.cached_bytes));
+    if let Some(v) = health.version {
+        gauge(
+            &mut out,
+            "hexmirror_generation",
+            "Manifest version of the served generation.",
+            v,
+        );
+    }
+    if let Some(e) = health.expires_at {
+        let help = "When the served manifest expires (Unix time).";
+        gauge(
+            &mut out,
+            "hexmirror_manifest_expiry_timestamp_seconds",
+            help,
+            e,
+        );
+    }
+    let help = "1 while the bucket fails to answer (cached files are still served).";
+    gauge(
+        &mut out,
+        "hexmirror_bucket_degraded",
+        help,
+        u64::from(health.error.is_some()),
+    );
+    if let Some(t) = health.last_ok {
+        let help = "When the bucket last answered a poll (Unix time).";
+        gauge(
+            &mut out,
+            "hexmirror_bucket_last_ok_timestamp_seconds",
+            help,
+            t,
+        );
+    }
+    respond(StatusCode::OK, "text/plain; version=0.0.4", out)
+}
+
+/// One metric family's `# HELP` and `# TYPE` lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A gauge with its header.
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    use std::fmt::Write;
+    family(out, name, "gauge", help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// What every node reports first: requests, bytes, start time, and its
+/// cache's hits, misses and bytes held.
+fn common_metrics(metrics: &Metrics, (hits, misses, held): (u64, u64, u64)) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
     family(
         &mut out,
         "hexmirror_http_requests_total",
@@ -577,17 +667,12 @@ pub(super) fn metrics(
             "hexmirror_http_response_bytes_total{{route=\"{route}\"}} {n}"
         );
     }
-    let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
-        family(out, name, "gauge", help);
-        let _ = writeln!(out, "{name} {value}");
-    };
     gauge(
         &mut out,
         "hexmirror_start_time_seconds",
         "When this server started (Unix time).",
         metrics.started.load(Ordering::Relaxed),
     );
-    let (hits, misses, held) = cache.stats();
     for (name, help, n) in [
         (
             "hexmirror_cache_hits_total",
@@ -609,6 +694,19 @@ pub(super) fn metrics(
         "Bytes held by the response cache for the served generation.",
         held,
     );
+    out
+}
+
+/// `GET /metrics`.
+pub(super) fn metrics(
+    metrics: &Metrics,
+    cache: &super::cache::ResponseCache,
+    root: &Path,
+    data_dir: Option<&Path>,
+    proxy: Option<&crate::proxy::Proxy>,
+) -> Response {
+    use std::fmt::Write;
+    let mut out = common_metrics(metrics, cache.stats());
     let tree = tree_state(root);
     if let Some(v) = tree.version {
         let help = "Manifest version of the served generation.";

@@ -25,6 +25,7 @@ impl Tree {
         let root = dir.path().join("root");
         let tree = Self {
             state: Arc::new(ServerState {
+                bucket: None,
                 root: root.clone(),
                 etags: EtagCache::default(),
                 cache: Arc::new(ResponseCache::new(root.clone(), cache::DEFAULT_BUDGET)),
@@ -454,6 +455,7 @@ async fn root_symlink_switch_is_seen_at_once() {
     let current = dir.path().join("current");
     std::os::unix::fs::symlink("gen1", &current).unwrap();
     let state = Arc::new(ServerState {
+        bucket: None,
         root: current.clone(),
         etags: EtagCache::default(),
         cache: Arc::new(ResponseCache::new(current.clone(), cache::DEFAULT_BUDGET)),

@@ -14,6 +14,7 @@
 //! is stored once however many generations and repositories serve it. These
 //! functions block: call them from `spawn_blocking`.
 
+pub mod bucket;
 pub mod db;
 pub mod generation;
 

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 pub mod browser;
 mod mirror;
 pub mod mix;
+pub mod s3;
 pub mod tarballs;
 use axum::body::Body;
 use axum::extract::State;

@@ -1,0 +1,340 @@
+//! The writer's side: publish the local current generation into the bucket.
+//!
+//! Order, so that a reader following the pointer never meets a missing
+//! object and a writer killed at any step leaves the old pointer whole:
+//! 1. every blob the manifest names that the bucket lacks;
+//! 2. the base manifest and the delta, each under its own version's key
+//!    (immutable: created, never overwritten);
+//! 3. the pointer, with a conditional put on the ETag this writer read
+//!    before step 1 (fencing), and only while the lease has time left.
+//!
+//! A run after a crash finds the blobs already there and does the rest.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::{PutMode, UpdateVersion};
+
+use super::{Bucket, BucketError, POINTER, Pointer, Put, base_key, blob_key, delta_key};
+use crate::manifest::{self, ManifestError, ManifestPublicKey};
+use crate::store::{Store, StoreError, read_manifest};
+
+/// Uploads at once.
+const PARALLEL: usize = 16;
+/// A pointer is not written with less lease than this left: the write
+/// itself may take a while, and clocks differ a little.
+const LEASE_MARGIN_SECS: u64 = 2;
+
+/// Why a generation was not published into the bucket. The pointer is
+/// unchanged in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The local tree could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The local manifest does not verify with this writer's key.
+    #[error("manifest of the local generation {generation}: {source}")]
+    Manifest {
+        /// The generation directory's name.
+        generation: String,
+        /// Why.
+        #[source]
+        source: ManifestError,
+    },
+    /// The bucket could not be reached or refused.
+    #[error(transparent)]
+    Bucket(#[from] BucketError),
+    /// The bucket already serves a newer manifest than this writer has.
+    #[error(
+        "bucket {bucket} serves manifest version {theirs}, newer than this data directory's \
+         {ours}: another writer published there; this one must not go back. Take over only with \
+         the data directory that wrote it (or a copy of it)"
+    )]
+    Behind {
+        /// The bucket.
+        bucket: String,
+        /// The local version.
+        ours: u64,
+        /// The bucket's.
+        theirs: u64,
+    },
+    /// The pointer changed between this writer's read and its write.
+    #[error(
+        "bucket {bucket}: the pointer changed while this writer published (another writer?); \
+         nothing was switched"
+    )]
+    Fenced {
+        /// The bucket.
+        bucket: String,
+    },
+    /// The lease ends too soon to switch the pointer safely.
+    #[error("bucket {bucket}: the lease ends at {expires_at} (Unix time), too soon to switch")]
+    LeaseLapsing {
+        /// The bucket.
+        bucket: String,
+        /// Its expiry.
+        expires_at: u64,
+    },
+    /// There is no local generation yet.
+    #[error("no generation to publish: run a sync first")]
+    NothingLocal,
+    /// A blocking task died.
+    #[error("reading the local generation: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Uploaded {
+    /// The pointer already named this version.
+    AlreadyServed {
+        /// The version.
+        version: u64,
+    },
+    /// The pointer now names this version.
+    Switched {
+        /// The version.
+        version: u64,
+        /// Blobs uploaded.
+        blobs: usize,
+        /// Their bytes.
+        bytes: u64,
+    },
+}
+
+/// The local current generation's manifest, read for upload.
+struct Local {
+    generation: String,
+    base: Bytes,
+    base_version: u64,
+    delta: Option<(Bytes, u64)>,
+    version: u64,
+    /// Content of the whole generation (`Some`) or of the delta only.
+    blobs: Vec<([u8; 32], u64)>,
+}
+
+/// Reads and verifies the local current generation. With `base_known`, only
+/// the delta's blobs are listed (the base's are in the bucket already).
+fn read_local(
+    store: &Store,
+    key: &ManifestPublicKey,
+    base_known: &dyn Fn(u64) -> bool,
+) -> Result<Local, UploadError> {
+    let (_, dir) = store.current()?.ok_or(UploadError::NothingLocal)?;
+    let generation = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let bad = |source| UploadError::Manifest {
+        generation: generation.clone(),
+        source,
+    };
+    let (base, delta) = read_manifest(&dir)?;
+    let peeked = manifest::peek_ends(
+        &base[..base.len().min(256)],
+        &base[base.len().saturating_sub(4096)..],
+    );
+    let blobs_of = |files: &mut dyn Iterator<Item = &manifest::FileEntry>| {
+        let mut seen = HashSet::new();
+        files
+            .filter_map(crate::store::FileRef::from_entry)
+            .filter(|f| seen.insert(f.sha256))
+            .map(|f| (f.sha256, f.size))
+            .collect::<Vec<_>>()
+    };
+    match (peeked, &delta) {
+        // Patched, over a base already uploaded: only the delta is new.
+        (Some((_, base_version)), Some(d)) if base_known(base_version) => {
+            let parsed = manifest::verify_delta(d, key).map_err(bad)?;
+            if parsed.base_version != base_version || parsed.generation != generation {
+                return Err(bad(ManifestError::DeltaMismatch {
+                    reason: format!(
+                        "it applies to version {} of {}, the base is version {base_version} of \
+                         {generation}",
+                        parsed.base_version, parsed.generation
+                    ),
+                }));
+            }
+            let blobs = blobs_of(&mut parsed.files.values().flatten());
+            Ok(Local {
+                version: parsed.version,
+                delta: Some((Bytes::from(d.clone()), parsed.version)),
+                base: Bytes::from(base),
+                base_version,
+                generation,
+                blobs,
+            })
+        }
+        _ => {
+            let verified = manifest::verify_base(&base, key).map_err(bad)?;
+            let base_version = verified.version;
+            let (merged, delta) = match delta {
+                Some(d) => {
+                    let merged = manifest::with_delta(verified, &d, key).map_err(bad)?;
+                    let version = merged.version;
+                    (merged, Some((Bytes::from(d), version)))
+                }
+                None => (verified, None),
+            };
+            let blobs = blobs_of(&mut merged.files.values());
+            Ok(Local {
+                version: merged.version,
+                generation,
+                base: Bytes::from(base),
+                base_version,
+                delta,
+                blobs,
+            })
+        }
+    }
+}
+
+/// Publishes the local current generation into the bucket (see the module
+/// doc for the order). `holder` is written into the pointer;
+/// `lease_expires_at` is the lease's end (`None`: `lease = "none"`).
+pub async fn publish(
+    bucket: &Bucket,
+    store: Arc<Store>,
+    key: &ManifestPublicKey,
+    holder: &str,
+    lease_expires_at: Option<u64>,
+    now: impl Fn() -> u64,
+) -> Result<Uploaded, UploadError> {
+    let pointer = bucket.pointer().await?;
+    let served_base = pointer.as_ref().map(|(p, _)| p.base);
+    let local = {
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || {
+            read_local(&store, &key, &|v| served_base == Some(v)).map(|l| (l, store))
+        })
+        .await??
+    };
+    let (local, store) = local;
+    if let Some((served, _)) = &pointer {
+        if served.version == local.version && served.generation == local.generation {
+            return Ok(Uploaded::AlreadyServed {
+                version: local.version,
+            });
+        }
+        if served.version > local.version {
+            return Err(UploadError::Behind {
+                bucket: bucket.name().to_owned(),
+                ours: local.version,
+                theirs: served.version,
+            });
+        }
+    }
+    // What the bucket has: listed once for a whole generation; asked one by
+    // one for a delta's few files.
+    let whole = served_base != Some(local.base_version);
+    let present: HashSet<String> = if whole {
+        bucket
+            .list("blobs")
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    } else {
+        HashSet::new()
+    };
+    let missing: Vec<([u8; 32], u64)> = if whole {
+        local
+            .blobs
+            .iter()
+            .filter(|(sha, _)| !present.contains(&blob_key(sha)))
+            .copied()
+            .collect()
+    } else {
+        let mut missing = Vec::new();
+        for (sha, size) in &local.blobs {
+            if bucket.get_head(&blob_key(sha)).await?.is_none() {
+                missing.push((*sha, *size));
+            }
+        }
+        missing
+    };
+    let bytes: u64 = missing.iter().map(|(_, size)| size).sum();
+    let count = missing.len();
+    futures::stream::iter(missing)
+        .map(|(sha, _)| {
+            let store = Arc::clone(&store);
+            async move {
+                let path = store.blob_path(&sha);
+                let content = tokio::fs::read(&path).await.map_err(|source| StoreError {
+                    action: "read blob",
+                    path,
+                    source,
+                })?;
+                bucket
+                    .put(&blob_key(&sha), Bytes::from(content), PutMode::Overwrite)
+                    .await?;
+                fault_point("blob");
+                Ok::<(), UploadError>(())
+            }
+        })
+        .buffer_unordered(PARALLEL)
+        .try_collect::<()>()
+        .await?;
+    bucket
+        .put(
+            &base_key(local.base_version),
+            local.base.clone(),
+            PutMode::Create,
+        )
+        .await?;
+    if let Some((delta, version)) = &local.delta {
+        bucket
+            .put(&delta_key(*version), delta.clone(), PutMode::Create)
+            .await?;
+    }
+    if let Some(expires_at) = lease_expires_at
+        && now() + LEASE_MARGIN_SECS >= expires_at
+    {
+        return Err(UploadError::LeaseLapsing {
+            bucket: bucket.name().to_owned(),
+            expires_at,
+        });
+    }
+    fault_point("pointer");
+    let next = Pointer {
+        version: local.version,
+        generation: local.generation,
+        base: local.base_version,
+        delta: local.delta.as_ref().map(|(_, v)| *v),
+        holder: holder.to_owned(),
+        written_at: now(),
+    };
+    let mode = match pointer {
+        Some((_, etag)) => PutMode::Update(UpdateVersion {
+            e_tag: etag,
+            version: None,
+        }),
+        None => PutMode::Create,
+    };
+    let body = Bytes::from(serde_json::to_vec(&next).unwrap_or_else(|_| unreachable!()));
+    match bucket.put(POINTER, body, mode).await? {
+        Put::Written(_) => Ok(Uploaded::Switched {
+            version: next.version,
+            blobs: count,
+            bytes,
+        }),
+        Put::Exists | Put::Precondition => Err(UploadError::Fenced {
+            bucket: bucket.name().to_owned(),
+        }),
+    }
+}
+
+/// Fault injection for the crash tests: `HEXMIRROR_FAULT_BUCKET_KILL=POINT`
+/// kills the process with SIGKILL at POINT (`blob`: after the first blob
+/// uploaded; `pointer`: just before the pointer is written), leaving the
+/// bucket as a `kill -9` there would. Unset, it costs one environment read.
+fn fault_point(point: &str) {
+    if std::env::var("HEXMIRROR_FAULT_BUCKET_KILL").is_ok_and(|p| p == point) {
+        // SAFETY: kill(2) on this process; no memory is involved.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The writer node's link to the bucket: the probe and the lease at start,
+//! then every new local generation published (`upload`), the lease renewed
+//! as it goes. `serve` runs [`BucketWriter::run`] in the background; `sync`
+//! publishes once at its end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::lease::{self, Holder, Lease, LeaseError};
+use super::upload::{self, UploadError, Uploaded};
+use super::{Bucket, BucketError};
+use crate::config::{LeaseMode, S3Config};
+use crate::store::Store;
+
+/// Why the writer could not start on the bucket.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The bucket could not be opened.
+    #[error(transparent)]
+    Bucket(#[from] BucketError),
+    /// The probe failed, or the lease is held.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    /// The data directory's node id could not be read or made.
+    #[error("cannot read or create {path}: {source}")]
+    NodeId {
+        /// `DATA_DIR/node-id`.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a publish into the bucket did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The lease could not be kept.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    /// The upload failed; the pointer is unchanged.
+    #[error(transparent)]
+    Upload(#[from] UploadError),
+    /// The manifest key could not be read (no sync has made one yet?).
+    #[error(transparent)]
+    Key(#[from] crate::keyfiles::KeyFileError),
+}
+
+/// One writer's hold on the bucket.
+pub struct BucketWriter {
+    bucket: Bucket,
+    store: Arc<Store>,
+    manifest_key: std::path::PathBuf,
+    mode: LeaseMode,
+    ttl: Duration,
+    poll: Duration,
+    holder: Holder,
+    lease: tokio::sync::Mutex<Option<Lease>>,
+}
+
+impl std::fmt::Debug for BucketWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BucketWriter")
+            .field("bucket", &self.bucket.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How `start` treats a lease another process holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnHeld {
+    /// Refuse: [`LeaseError::Held`].
+    Refuse,
+    /// Refuse another node's lease, but start without the lease when this
+    /// same data directory's previous process holds it (after a crash):
+    /// [`BucketWriter::run`] takes it once it lapses.
+    WaitForOwnNode,
+}
+
+impl BucketWriter {
+    /// Opens the bucket, probes it (unless `lease = "none"`) and takes the
+    /// lease for this process.
+    pub async fn start(
+        store: Arc<Store>,
+        manifest_key: std::path::PathBuf,
+        s3: &S3Config,
+        on_held: OnHeld,
+    ) -> Result<Self, StartError> {
+        let bucket = Bucket::open(s3)?;
+        Self::start_on(bucket, store, manifest_key, s3, on_held).await
+    }
+
+    /// [`Self::start`] on a bucket already opened (tests use the memory
+    /// store).
+    pub async fn start_on(
+        bucket: Bucket,
+        store: Arc<Store>,
+        manifest_key: std::path::PathBuf,
+        s3: &S3Config,
+        on_held: OnHeld,
+    ) -> Result<Self, StartError> {
+        let holder =
+            Holder::this_process(store.data_dir()).map_err(|source| StartError::NodeId {
+                path: store.data_dir().join("node-id"),
+                source,
+            })?;
+        let writer = Self {
+            bucket,
+            store,
+            manifest_key,
+            mode: s3.lease,
+            ttl: s3.lease_ttl,
+            poll: s3.poll,
+            holder,
+            lease: tokio::sync::Mutex::new(None),
+        };
+        if writer.mode == LeaseMode::Conditional {
+            lease::probe(&writer.bucket).await?;
+            match lease::acquire(
+                &writer.bucket,
+                &writer.holder,
+                writer.ttl.as_secs(),
+                crate::clock::unix_now(),
+            )
+            .await
+            {
+                Ok(taken) => *writer.lease.lock().await = Some(taken),
+                Err(LeaseError::Held { holder, until, .. })
+                    if on_held == OnHeld::WaitForOwnNode && holder.node == writer.holder.node =>
+                {
+                    tracing::warn!(
+                        previous = %holder,
+                        until,
+                        "the bucket lease is this data directory's previous process's; \
+                         publishing waits until it lapses"
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(writer)
+    }
+
+    /// The bucket.
+    pub fn bucket(&self) -> &Bucket {
+        &self.bucket
+    }
+
+    /// Publishes the local current generation, renewing (or taking) the
+    /// lease first.
+    pub async fn publish(&self) -> Result<Uploaded, PublishError> {
+        let now = crate::clock::unix_now();
+        let expires_at = match self.mode {
+            LeaseMode::None => None,
+            LeaseMode::Conditional => Some(self.hold(now).await?),
+        };
+        let key = {
+            let path = self.manifest_key.clone();
+            tokio::task::spawn_blocking(move || crate::keyfiles::manifest_key(&path))
+                .await
+                .map_err(UploadError::Task)??
+        };
+        Ok(upload::publish(
+            &self.bucket,
+            Arc::clone(&self.store),
+            &key.public(),
+            &self.holder.instance,
+            expires_at,
+            crate::clock::unix_now,
+        )
+        .await?)
+    }
+
+    /// Renews the lease when a third of it is gone (takes it when this
+    /// process has none yet); returns its expiry.
+    async fn hold(&self, now: u64) -> Result<u64, LeaseError> {
+        let ttl = self.ttl.as_secs();
+        let mut held = self.lease.lock().await;
+        match held.as_mut() {
+            Some(lease) if lease.expires_at() > now + ttl * 2 / 3 => {}
+            Some(lease) => lease::renew(&self.bucket, lease, ttl, now)
+                .await
+                .inspect_err(|_| {
+                    *held = None;
+                })?,
+            None => *held = Some(lease::acquire(&self.bucket, &self.holder, ttl, now).await?),
+        }
+        Ok(held.as_ref().map_or(0, Lease::expires_at))
+    }
+
+    /// Until `stop`: keeps the lease and publishes each new local
+    /// generation (a sync's, a hosted change's, a re-signing's), looking
+    /// every `poll`. Failures are logged and retried; the pointer never
+    /// moves backwards.
+    pub async fn run(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let mut published: Option<u64> = None;
+        let mut failing = false;
+        loop {
+            let local = {
+                let store = Arc::clone(&self.store);
+                tokio::task::spawn_blocking(move || {
+                    let (_, dir) = store.current().ok()??;
+                    crate::store::peek_manifest(&dir).ok().map(|p| p.version)
+                })
+                .await
+                .ok()
+                .flatten()
+            };
+            let outcome = if local.is_some() && local != published {
+                self.publish().await.map(|u| {
+                    if let Uploaded::Switched {
+                        version,
+                        blobs,
+                        bytes,
+                    } = u
+                    {
+                        tracing::info!(
+                            bucket = self.bucket.name(),
+                            version,
+                            blobs,
+                            bytes,
+                            "published a generation into the bucket"
+                        );
+                    }
+                    published = local;
+                })
+            } else if self.mode == LeaseMode::Conditional {
+                self.hold(crate::clock::unix_now())
+                    .await
+                    .map(drop)
+                    .map_err(PublishError::from)
+            } else {
+                Ok(())
+            };
+            match outcome {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!(bucket = self.bucket.name(), "bucket writes work again");
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    failing = true;
+                    tracing::error!("bucket: {e}");
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(self.poll) => {}
+            }
+        }
+        self.release().await;
+    }
+
+    /// Gives the lease up, so the next writer need not wait for it to lapse.
+    pub async fn release(&self) {
+        if let Some(lease) = self.lease.lock().await.take()
+            && let Err(e) = lease::release(&self.bucket, lease).await
+        {
+            tracing::warn!("bucket lease not released ({e}); it lapses on its own");
+        }
+    }
+
+    /// Whether this process holds the lease now (or needs none).
+    pub async fn holds_lease(&self) -> bool {
+        self.mode == LeaseMode::None || self.lease.lock().await.is_some()
+    }
+}
