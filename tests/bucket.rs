@@ -160,3 +160,290 @@ fn a_read_only_node_serves_rebar3_from_the_bucket_alone_and_checks_every_object(
         200
     );
 }
+
+/// The lease object's holder, as the writer wrote it.
+fn lease_holder(s3: &S3Server) -> serde_json::Value {
+    let lease: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s3.object_path("tree/lease.json")).unwrap()).unwrap();
+    lease["holder"].clone()
+}
+
+#[test]
+fn a_publish_reaches_the_read_only_node_and_a_second_writer_waits_for_the_lease() {
+    let s3 = S3Server::start("mirror");
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let writer_dir = tempfile::TempDir::new().unwrap();
+    let storage = s3.storage_section(
+        writer_dir.path(),
+        "writer",
+        "lease_ttl_secs = 3\npoll_ms = 100",
+    );
+    let mirror = Mirror::hosting(
+        &upstream,
+        "name = \"acme\"\npackages = [\"beta\"]",
+        &storage,
+    );
+    let token = mirror.token(&["--admin", "--name", "ci", "--user", "builder"]);
+    let writer = mirror.serve();
+    let reader_dir = tempfile::TempDir::new().unwrap();
+    let config = reader_config(
+        reader_dir.path(),
+        &s3,
+        &manifest_pub(&mirror),
+        "[[repository]]\nname = \"acme\"\n",
+    );
+    let reader = Served::start(&config);
+
+    // A hosted publish on the writer reaches the read-only node.
+    let work = tempfile::TempDir::new().unwrap();
+    let path = work.path().join("shiny-1.0.0.tar");
+    Oracle::tarball("shiny", "1.0.0", &path, &[]);
+    let (status, body) = Oracle::api(
+        &format!("{}/api/repos/acme", writer.url()),
+        &token,
+        &["publish", &path.to_string_lossy()],
+    );
+    assert_eq!(status, 201, "{body}");
+    let record = http(
+        "GET",
+        &format!("{}/repos/acme/packages/shiny", writer.url()),
+        &[],
+    );
+    assert_eq!(record.status, 200);
+    wait_for(
+        "the publish on the read-only node",
+        Duration::from_secs(15),
+        || {
+            http(
+                "GET",
+                &format!("{}/repos/acme/packages/shiny", reader.url()),
+                &[],
+            )
+            .body
+                == record.body
+        },
+    );
+    // Its record verifies as the repository's, through the read-only node.
+    let releases = Oracle::fetch(
+        &format!("{}/repos/acme", reader.url()),
+        "acme",
+        &fixture_key("other.pub.pem"),
+        "shiny",
+    )
+    .expect("hex_core reads the published record from the read-only node");
+    assert_eq!(releases.len(), 1);
+
+    // A second writer on another data directory is refused, naming the first.
+    let holder = lease_holder(&s3);
+    let second_dir = tempfile::TempDir::new().unwrap();
+    let second = Mirror::new(
+        &upstream,
+        &s3.storage_section(
+            second_dir.path(),
+            "writer",
+            "lease_ttl_secs = 3\npoll_ms = 100",
+        ),
+    );
+    let refused = second.run(&["serve"]);
+    assert_eq!(refused.code, Some(2), "{refused}");
+    assert!(
+        refused.stderr.contains("another writer holds the lease")
+            && refused.stderr.contains(&format!("pid {}", writer.pid())),
+        "{refused}"
+    );
+    let refused = second.sync();
+    assert_eq!(refused.code, Some(2), "a sync is refused too: {refused}");
+
+    // The first writer dies without releasing; once its lease lapses the
+    // second takes over.
+    drop(writer);
+    let taken = Instant::now();
+    wait_for(
+        "the second writer to start",
+        Duration::from_secs(15),
+        || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_hexmirror"))
+                .args(["serve", "--config"])
+                .arg(second.config())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .map(|mut child| {
+                    std::thread::sleep(Duration::from_millis(700));
+                    let running = child.try_wait().unwrap().is_none();
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    running
+                })
+                .unwrap();
+            out
+        },
+    );
+    assert!(
+        taken.elapsed() >= Duration::from_secs(1),
+        "took the lease before it lapsed"
+    );
+    assert_ne!(lease_holder(&s3)["data_dir"], holder["data_dir"]);
+    // Nothing it could publish was older than the bucket's: the read-only
+    // node still serves the publish.
+    assert_eq!(
+        http(
+            "GET",
+            &format!("{}/repos/acme/packages/shiny", reader.url()),
+            &[]
+        )
+        .body,
+        record.body
+    );
+}
+
+#[test]
+fn a_writer_killed_mid_publish_leaves_the_pointer_whole_and_the_next_run_completes() {
+    let s3 = S3Server::start("mirror");
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let writer_dir = tempfile::TempDir::new().unwrap();
+    let mirror = Mirror::new(
+        &upstream,
+        &s3.storage_section(writer_dir.path(), "writer", "lease_ttl_secs = 30"),
+    );
+    mirror.sync_ok();
+    let reader_dir = tempfile::TempDir::new().unwrap();
+    let config = reader_config(reader_dir.path(), &s3, &manifest_pub(&mirror), "");
+    let reader = Served::start(&config);
+    let url = reader.url();
+    let names = http("GET", &format!("{url}/names"), &[]).body;
+    let pointer = std::fs::read(s3.object_path("tree/current.json")).unwrap();
+
+    rebuild_upstream(
+        &upstream,
+        &format!("{SPEC_SMALL}\n{{\"epsilon\", \"1.0.0\", [], []}}.\n"),
+    );
+    for point in ["blob", "pointer"] {
+        let mut cmd = mirror.sync_command();
+        cmd.env("HEXMIRROR_FAULT_BUCKET_KILL", point);
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), None, "not killed at {point}");
+        assert_eq!(
+            std::fs::read(s3.object_path("tree/current.json")).unwrap(),
+            pointer,
+            "the pointer moved after a kill at {point}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(http("GET", &format!("{url}/names"), &[]).body, names);
+        assert_eq!(
+            http("GET", &format!("{url}/packages/epsilon"), &[]).status,
+            404
+        );
+    }
+    // The next run takes its own dead process's lease and finishes.
+    let out = mirror.sync_ok();
+    assert!(out.stdout.contains("now serves manifest version"), "{out}");
+    wait_for(
+        "the new generation on the read-only node",
+        Duration::from_secs(10),
+        || http("GET", &format!("{url}/packages/epsilon"), &[]).status == 200,
+    );
+    assert_ne!(http("GET", &format!("{url}/names"), &[]).body, names);
+    let releases = Oracle::fetch(&url, "hexpm", &fixture_key("upstream.pub.pem"), "epsilon")
+        .expect("the new record verifies through the read-only node");
+    let tarball = http("GET", &format!("{url}/tarballs/epsilon-1.0.0.tar"), &[]);
+    assert_eq!(tarball.status, 200);
+    use sha2::Digest;
+    assert_eq!(
+        releases[0].1,
+        hex::encode(sha2::Sha256::digest(&tarball.body))
+    );
+}
+
+/// A proxy in front of the S3 server that drops `If-None-Match` and
+/// `If-Match` from every request, as garage and `rclone serve s3` ignore
+/// them. One request per connection (it sets `Connection: close`).
+fn stripping_proxy(target: u16) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut upstream = std::net::TcpStream::connect(("127.0.0.1", target)).unwrap();
+                let mut reader = BufReader::new(client.try_clone().unwrap());
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if lower.starts_with("if-none-match:")
+                        || lower.starts_with("if-match:")
+                        || lower.starts_with("connection:")
+                    {
+                        continue;
+                    }
+                    if line == "\r\n" {
+                        head.push_str("connection: close\r\n\r\n");
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                upstream.write_all(head.as_bytes()).unwrap();
+                let buffered = reader.buffer().to_vec();
+                upstream.write_all(&buffered).unwrap();
+                let mut to_upstream = upstream.try_clone().unwrap();
+                let mut from_client = client.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_client, &mut to_upstream);
+                });
+                let mut to_client = client;
+                let _ = std::io::copy(&mut upstream, &mut to_client);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_store_that_ignores_conditional_puts_is_refused_unless_told_lease_none() {
+    // Without credentials s3s-fs checks no signature (the proxy's edits would
+    // break one), so hexmirror sends none (AWS_SKIP_SIGNATURE, which
+    // object_store reads); s3s-fs still honours the conditional headers.
+    let s3 = S3Server::start_without_auth("mirror");
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let dir = tempfile::TempDir::new().unwrap();
+    let mirror = Mirror::new(&upstream, &s3.storage_section(dir.path(), "writer", ""));
+    let run = |config: &Path, args: &[&str]| {
+        let mut cmd = hexmirror();
+        cmd.args(args).arg("--config").arg(config);
+        cmd.env("AWS_SKIP_SIGNATURE", "true");
+        let out = run_with_input(cmd, Duration::from_secs(60), None);
+        let text = format!(
+            "exit {:?}\n{}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, out) = run(mirror.config(), &["sync"]);
+    assert_eq!(code, Some(0), "the probe passes on s3s-fs itself: {out}");
+
+    // The same writer through a proxy that strips the conditional headers.
+    let proxy = format!("http://127.0.0.1:{}", stripping_proxy(s3.port()));
+    let text = std::fs::read_to_string(mirror.config())
+        .unwrap()
+        .replace(&s3.endpoint(), &proxy);
+    let stripped = dir.path().join("stripped.toml");
+    std::fs::write(&stripped, &text).unwrap();
+    let (code, out) = run(&stripped, &["serve"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("ignores If-None-Match on PUT"), "{out}");
+    let (code, out) = run(&stripped, &["sync"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("ignores If-None-Match on PUT"), "{out}");
+    // The operator's explicit choice: one writer by deployment only.
+    let unleased = dir.path().join("unleased.toml");
+    std::fs::write(&unleased, format!("{text}lease = \"none\"\n")).unwrap();
+    let (code, out) = run(&unleased, &["sync"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("already serves manifest version"), "{out}");
+}

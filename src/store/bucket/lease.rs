@@ -167,7 +167,10 @@ pub async fn acquire(
             continue;
         };
         let theirs: LeaseBody = bucket.parse(LEASE, &object.bytes)?;
-        if theirs.expires_at > now && theirs.holder.instance != me.instance {
+        if theirs.expires_at > now
+            && theirs.holder.instance != me.instance
+            && !died_here(&theirs.holder, me)
+        {
             return Err(held(bucket, theirs));
         }
         let version = UpdateVersion {
@@ -288,6 +291,17 @@ pub async fn probe(bucket: &Bucket) -> Result<(), LeaseError> {
     .await;
     bucket.delete(&key).await?;
     outcome
+}
+
+/// Whether `holder` was a process of this same data directory on this host
+/// that is gone (killed, crashed): its lease is ours to take at once, with
+/// no other writer to fence off. The data directory's writer lock already
+/// keeps two live processes on one data directory apart.
+fn died_here(holder: &Holder, me: &Holder) -> bool {
+    holder.node == me.node
+        && holder.host == me.host
+        && holder.pid != me.pid
+        && !Path::new(&format!("/proc/{}", holder.pid)).exists()
 }
 
 /// 128 random bits as hex.
