@@ -262,7 +262,7 @@ fn a_publish_reaches_the_read_only_node_and_a_second_writer_waits_for_the_lease(
         "the second writer to start",
         Duration::from_secs(15),
         || {
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_hexmirror"))
+            std::process::Command::new(env!("CARGO_BIN_EXE_hexmirror"))
                 .args(["serve", "--config"])
                 .arg(second.config())
                 .stdout(std::process::Stdio::null())
@@ -275,8 +275,7 @@ fn a_publish_reaches_the_read_only_node_and_a_second_writer_waits_for_the_lease(
                     let _ = child.wait();
                     running
                 })
-                .unwrap();
-            out
+                .unwrap()
         },
     );
     assert!(
