@@ -1272,6 +1272,7 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
     }
     let options = server::Options {
         bucket: None,
+        bucket_writer: bucket_writer.clone(),
         cache: Some(cache),
         public_repos: server::PublicRepos::new(public_repos(config)),
         data_dir: Some(config.data_dir.clone()),
@@ -1307,8 +1308,8 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
         background.spawn(scheduled_syncs(config_rx.clone(), stop.clone()));
     }
     background.spawn(resign_manifest_when_due(config_rx, stop.clone()));
-    if let Some(writer) = bucket_writer {
-        background.spawn(writer.run(stop.clone()));
+    if let Some(writer) = &bucket_writer {
+        background.spawn(std::sync::Arc::clone(writer).run(stop.clone()));
     }
     #[cfg(unix)]
     if let Some(hup) = hup {

@@ -223,6 +223,20 @@ fn a_publish_reaches_the_read_only_node_and_a_second_writer_waits_for_the_lease(
                 == record.body
         },
     );
+    // The writer's /health says which version it published; the reader serves it.
+    wait_for(
+        "the writer's health to name the version",
+        Duration::from_secs(10),
+        || {
+            let w = health(&writer.url());
+            !w["bucket"]["published_version"].is_null()
+                && w["bucket"]["published_version"]
+                    == health(&reader.url())["storage"]["generation"]
+        },
+    );
+    let w = health(&writer.url());
+    assert_eq!(w["status"], "ok", "{w}");
+    assert!(w["bucket"]["lease_until"].is_string(), "{w}");
     // Its record verifies as the repository's, through the read-only node.
     let releases = Oracle::fetch(
         &format!("{}/repos/acme", reader.url()),

@@ -74,6 +74,8 @@ struct ServerState {
     /// A read-only node's view of the bucket: files come from there, not
     /// from `root`.
     bucket: Option<Arc<crate::store::bucket::reader::Reader>>,
+    /// The writer's link to the bucket, which `/health` reports on.
+    bucket_writer: Option<Arc<crate::store::bucket::writer::BucketWriter>>,
 }
 
 /// The names of our public repositories, shared with the server so a
@@ -120,6 +122,8 @@ pub struct Options {
     pub cache: Option<Arc<ResponseCache>>,
     /// A read-only node: serve the generation the bucket's pointer names.
     pub bucket: Option<Arc<crate::store::bucket::reader::Reader>>,
+    /// A writer publishing into a bucket: `/health` reports its state.
+    pub bucket_writer: Option<Arc<crate::store::bucket::writer::BucketWriter>>,
 }
 
 /// Builds the router that serves the Hex tree rooted at `root`; everything
@@ -145,6 +149,7 @@ pub fn router_with(root: PathBuf, options: Options) -> Router {
         proxy: options.proxy.clone(),
         downloads: options.downloads.clone(),
         bucket: options.bucket.clone(),
+        bucket_writer: options.bucket_writer.clone(),
     });
     state.metrics.mark_started();
     // One fallback for the tree instead of axum routes: validation must see
@@ -167,6 +172,7 @@ pub fn router_with(root: PathBuf, options: Options) -> Router {
                     &state.root,
                     state.data_dir.as_deref(),
                     state.proxy.as_deref(),
+                    state.bucket_writer.as_deref(),
                 )
             });
             app.clone().merge(crate::ui::router(settings, app, status))
@@ -180,7 +186,12 @@ async fn health(State(state): State<Arc<ServerState>>) -> Response {
         return status::bucket_health(reader);
     }
     on_blocking_pool("/health", state, |s| {
-        status::health(&s.root, s.data_dir.as_deref(), s.proxy.as_deref())
+        status::health(
+            &s.root,
+            s.data_dir.as_deref(),
+            s.proxy.as_deref(),
+            s.bucket_writer.as_deref(),
+        )
     })
     .await
 }

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+
+use crate::store::bucket::writer::BucketWriter;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -284,8 +286,9 @@ pub(super) fn health(
     root: &Path,
     data_dir: Option<&Path>,
     proxy: Option<&crate::proxy::Proxy>,
+    bucket: Option<&BucketWriter>,
 ) -> Response {
-    let (status, body) = health_body(root, data_dir, proxy);
+    let (status, body) = health_body(root, data_dir, proxy, bucket);
     respond(status, "application/json", format!("{body}\n"))
 }
 
@@ -296,8 +299,9 @@ pub(crate) fn report(
     root: &Path,
     data_dir: Option<&Path>,
     proxy: Option<&crate::proxy::Proxy>,
+    bucket: Option<&BucketWriter>,
 ) -> serde_json::Value {
-    let (_, mut body) = health_body(root, data_dir, proxy);
+    let (_, mut body) = health_body(root, data_dir, proxy, bucket);
     let history = data_dir.map(|d| sync_history(d, 20)).unwrap_or_default();
     let now = unix_now();
     if let Some(obj) = body.as_object_mut() {
@@ -464,7 +468,9 @@ fn health_body(
     root: &Path,
     data_dir: Option<&Path>,
     proxy: Option<&crate::proxy::Proxy>,
+    bucket: Option<&BucketWriter>,
 ) -> (StatusCode, serde_json::Value) {
+    let bucket = bucket.map(BucketWriter::status);
     let tree = tree_state(root);
     let sync = data_dir.map(sync_state);
     let now = unix_now();
@@ -476,6 +482,7 @@ fn health_body(
     // database) is reported as information below, not counted here.
     let degraded = expired
         || tree.error.is_some()
+        || bucket.as_ref().is_some_and(|b| b.error.is_some())
         || sync.as_ref().is_some_and(|s| {
             s.error.is_some()
                 || !s.quarantined.is_empty()
@@ -530,6 +537,16 @@ fn health_body(
         "proxy": proxy.map(|p| serde_json::json!({
             "enabled": true,
             "circuit_open": p.circuit_open(),
+        })),
+        "bucket": bucket.map(|b| serde_json::json!({
+            "role": "writer",
+            "bucket": b.bucket,
+            "published_version": b.published,
+            "lease_until": b.lease_until.map(crate::manifest::rfc3339),
+            "error": b.error.map(|(at, error)| serde_json::json!({
+                "at": crate::manifest::rfc3339(at),
+                "error": error,
+            })),
         })),
     });
     let status = if servable {

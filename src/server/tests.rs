@@ -26,6 +26,7 @@ impl Tree {
         let tree = Self {
             state: Arc::new(ServerState {
                 bucket: None,
+                bucket_writer: None,
                 root: root.clone(),
                 etags: EtagCache::default(),
                 cache: Arc::new(ResponseCache::new(root.clone(), cache::DEFAULT_BUDGET)),
@@ -456,6 +457,7 @@ async fn root_symlink_switch_is_seen_at_once() {
     std::os::unix::fs::symlink("gen1", &current).unwrap();
     let state = Arc::new(ServerState {
         bucket: None,
+        bucket_writer: None,
         root: current.clone(),
         etags: EtagCache::default(),
         cache: Arc::new(ResponseCache::new(current.clone(), cache::DEFAULT_BUDGET)),

@@ -56,6 +56,21 @@ pub struct BucketWriter {
     poll: Duration,
     holder: Holder,
     lease: tokio::sync::Mutex<Option<Lease>>,
+    status: std::sync::Mutex<Status>,
+}
+
+/// What `/health` says about the writer's bucket.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    /// The bucket (and prefix).
+    pub bucket: String,
+    /// The version the pointer names since this process published or found
+    /// it there.
+    pub published: Option<u64>,
+    /// When the lease this process holds lapses.
+    pub lease_until: Option<u64>,
+    /// The last failure (Unix time, message), until a later success.
+    pub error: Option<(u64, String)>,
 }
 
 impl std::fmt::Debug for BucketWriter {
@@ -113,7 +128,9 @@ impl BucketWriter {
             poll: s3.poll,
             holder,
             lease: tokio::sync::Mutex::new(None),
+            status: std::sync::Mutex::new(Status::default()),
         };
+        writer.with_status(|s| s.bucket = writer.bucket.name().to_owned());
         if writer.mode == LeaseMode::Conditional {
             lease::probe(&writer.bucket).await?;
             match lease::acquire(
@@ -139,6 +156,18 @@ impl BucketWriter {
             }
         }
         Ok(writer)
+    }
+
+    fn with_status(&self, f: impl FnOnce(&mut Status)) {
+        f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// What the writer last did with the bucket.
+    pub fn status(&self) -> Status {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The bucket.
@@ -232,14 +261,22 @@ impl BucketWriter {
             } else {
                 Ok(())
             };
+            let lease_until = self.lease.lock().await.as_ref().map(Lease::expires_at);
+            self.with_status(|s| {
+                s.lease_until = lease_until;
+                s.published = published.or(s.published);
+            });
             match outcome {
                 Ok(()) if failing => {
                     failing = false;
+                    self.with_status(|s| s.error = None);
                     tracing::info!(bucket = self.bucket.name(), "bucket writes work again");
                 }
                 Ok(()) => {}
                 Err(e) => {
                     failing = true;
+                    let at = crate::clock::unix_now();
+                    self.with_status(|s| s.error = Some((at, e.to_string())));
                     tracing::error!("bucket: {e}");
                 }
             }
