@@ -942,7 +942,7 @@ mod tests {
     #[test]
     fn a_fresh_data_directory_is_information_not_a_fault() {
         let dir = tempfile::tempdir().unwrap();
-        let res = health(&dir.path().join("current"), Some(dir.path()), None);
+        let res = health(&dir.path().join("current"), Some(dir.path()), None, None);
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
         let b = body(res);
         assert_eq!(b["status"], "unavailable");
@@ -964,7 +964,7 @@ mod tests {
     #[test]
     fn health_without_a_tree_is_503_and_metrics_still_answer() {
         let dir = tempfile::tempdir().unwrap();
-        let res = health(dir.path(), Some(dir.path()), None);
+        let res = health(dir.path(), Some(dir.path()), None, None);
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
         let m = Metrics::default();
         m.record("registry", 200, 10);
