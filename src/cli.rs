@@ -1615,6 +1615,23 @@ async fn run_gc(config: &Config) -> anyhow::Result<ExitCode> {
     })
     .await??;
     println!("removed {generations} old generations and {blobs} unused blobs ({bytes} bytes)");
+    if let crate::config::StorageConfig::S3(s3) = &config.storage
+        && s3.role == crate::config::StorageRole::Writer
+    {
+        let Some(writer) = bucket_writer_unless_serve_holds(config, s3).await? else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        let collected = writer.collect_garbage().await;
+        writer.release().await;
+        let c = collected?;
+        println!(
+            "bucket {}: removed {} manifests and {} blobs ({} bytes) no live generation references",
+            writer.bucket().name(),
+            c.manifests,
+            c.blobs,
+            c.bytes
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1629,8 +1646,7 @@ async fn start_bucket_writer(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let store = std::sync::Arc::new(crate::store::Store::open(&config.data_dir)?);
-    let writer =
-        BucketWriter::start(store, config.signing.manifest_key.clone(), s3, on_held).await?;
+    let writer = BucketWriter::start(store, config, s3, on_held).await?;
     Ok(std::sync::Arc::new(writer))
 }
 
@@ -1662,11 +1678,14 @@ async fn bucket_lease_check(config: &Config, s3: &crate::config::S3Config) -> an
     Ok(())
 }
 
-/// After a sync: publish the new generation into the bucket, unless this
-/// node's `serve` holds the lease (it publishes within its poll interval).
-async fn publish_to_bucket(config: &Config, s3: &crate::config::S3Config) -> anyhow::Result<()> {
-    let writer = match start_bucket_writer(config, s3, OnHeld::Refuse).await {
-        Ok(writer) => writer,
+/// The bucket writer for a one-off command (sync, gc), or `None` when this
+/// node's `serve` holds the lease (it publishes and collects itself).
+async fn bucket_writer_unless_serve_holds(
+    config: &Config,
+    s3: &crate::config::S3Config,
+) -> anyhow::Result<Option<std::sync::Arc<BucketWriter>>> {
+    match start_bucket_writer(config, s3, OnHeld::Refuse).await {
+        Ok(writer) => Ok(Some(writer)),
         Err(e) => {
             if let Some(crate::store::bucket::writer::StartError::Lease(
                 crate::store::bucket::lease::LeaseError::Held { holder, .. },
@@ -1675,13 +1694,22 @@ async fn publish_to_bucket(config: &Config, s3: &crate::config::S3Config) -> any
                     == crate::store::bucket::lease::Holder::this_process(&config.data_dir)?.node
             {
                 println!(
-                    "bucket {}: `serve` ({holder}) holds the lease and publishes this generation",
+                    "bucket {}: `serve` ({holder}) holds the lease; it publishes new generations \
+                     and collects the bucket's garbage itself",
                     s3.bucket
                 );
-                return Ok(());
+                return Ok(None);
             }
-            return Err(e);
+            Err(e)
         }
+    }
+}
+
+/// After a sync: publish the new generation into the bucket, unless this
+/// node's `serve` holds the lease (it publishes within its poll interval).
+async fn publish_to_bucket(config: &Config, s3: &crate::config::S3Config) -> anyhow::Result<()> {
+    let Some(writer) = bucket_writer_unless_serve_holds(config, s3).await? else {
+        return Ok(());
     };
     let published = writer.publish().await;
     writer.release().await;

@@ -460,3 +460,71 @@ fn a_store_that_ignores_conditional_puts_is_refused_unless_told_lease_none() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("already serves manifest version"), "{out}");
 }
+
+#[test]
+fn gc_in_the_bucket_removes_only_what_no_live_generation_references() {
+    let s3 = S3Server::start("mirror");
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let writer_dir = tempfile::TempDir::new().unwrap();
+    let mirror = Mirror::new(
+        &upstream,
+        &format!(
+            "\n[signing]\ngeneration_grace_secs = 0\n{}",
+            s3.storage_section(writer_dir.path(), "writer", "")
+        ),
+    );
+    mirror.sync_ok();
+    let gone = mirror.current_manifest().files["tarballs/delta-1.0.0.tar"]
+        .sha256
+        .clone();
+    let gone_key = format!("tree/blobs/sha256/{}/{gone}", &gone[..2]);
+    assert!(s3.object_path(&gone_key).is_file());
+    // delta leaves the upstream, then three more generations follow: the
+    // first one falls out of the three kept.
+    let without_delta = SPEC_SMALL.replace("{\"delta\", \"1.0.0\", [], []}.", "");
+    let mut spec = without_delta.clone();
+    for extra in ["", "epsilon", "zeta"] {
+        if !extra.is_empty() {
+            spec.push_str(&format!("{{\"{extra}\", \"1.0.0\", [], []}}.\n"));
+        }
+        rebuild_upstream(&upstream, &spec);
+        mirror.sync_ok();
+    }
+    let out = mirror.run(&["gc"]);
+    assert!(out.ok(), "{out}");
+    assert!(
+        out.stdout
+            .contains("bucket mirror/tree: removed 1 manifests and"),
+        "{out}"
+    );
+    assert!(
+        !s3.object_path(&gone_key).exists(),
+        "an unreferenced blob stayed"
+    );
+    // Everything the served generation names is still there.
+    for entry in mirror.current_manifest().files.values() {
+        let key = format!("tree/blobs/sha256/{}/{}", &entry.sha256[..2], entry.sha256);
+        assert!(
+            s3.object_path(&key).is_file(),
+            "gc removed a live blob {key}"
+        );
+    }
+    let reader_dir = tempfile::TempDir::new().unwrap();
+    let config = reader_config(reader_dir.path(), &s3, &manifest_pub(&mirror), "");
+    let reader = Served::start(&config);
+    assert_eq!(
+        http(
+            "GET",
+            &format!("{}/tarballs/zeta-1.0.0.tar", reader.url()),
+            &[]
+        )
+        .status,
+        200
+    );
+    // A second run finds nothing more.
+    let again = mirror.run(&["gc"]);
+    assert!(
+        again.stdout.contains("removed 0 manifests and 0 blobs"),
+        "{again}"
+    );
+}

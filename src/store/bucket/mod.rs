@@ -23,6 +23,7 @@
 //! The bucket is a trust boundary: readers verify the manifest's signature
 //! and every object's hash (`reader`).
 
+pub mod gc;
 pub mod lease;
 pub mod reader;
 pub mod upload;

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::gc::{self, Collected};
 use super::lease::{self, Holder, Lease, LeaseError};
 use super::upload::{self, UploadError, Uploaded};
 use super::{Bucket, BucketError};
@@ -44,6 +45,9 @@ pub enum PublishError {
     /// The manifest key could not be read (no sync has made one yet?).
     #[error(transparent)]
     Key(#[from] crate::keyfiles::KeyFileError),
+    /// Garbage collection stopped; nothing live was deleted.
+    #[error(transparent)]
+    Gc(#[from] gc::GcError),
 }
 
 /// One writer's hold on the bucket.
@@ -51,6 +55,8 @@ pub struct BucketWriter {
     bucket: Bucket,
     store: Arc<Store>,
     manifest_key: std::path::PathBuf,
+    /// How long replaced generations stay readable (`signing.generation_grace_secs`).
+    grace: Duration,
     mode: LeaseMode,
     ttl: Duration,
     poll: Duration,
@@ -81,6 +87,9 @@ impl std::fmt::Debug for BucketWriter {
     }
 }
 
+/// How often `serve`'s writer collects the bucket's garbage.
+const GC_EVERY: Duration = Duration::from_secs(3600);
+
 /// How `start` treats a lease another process holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnHeld {
@@ -97,12 +106,12 @@ impl BucketWriter {
     /// lease for this process.
     pub async fn start(
         store: Arc<Store>,
-        manifest_key: std::path::PathBuf,
+        config: &crate::config::Config,
         s3: &S3Config,
         on_held: OnHeld,
     ) -> Result<Self, StartError> {
         let bucket = Bucket::open(s3)?;
-        Self::start_on(bucket, store, manifest_key, s3, on_held).await
+        Self::start_on(bucket, store, config, s3, on_held).await
     }
 
     /// [`Self::start`] on a bucket already opened (tests use the memory
@@ -110,7 +119,7 @@ impl BucketWriter {
     pub async fn start_on(
         bucket: Bucket,
         store: Arc<Store>,
-        manifest_key: std::path::PathBuf,
+        config: &crate::config::Config,
         s3: &S3Config,
         on_held: OnHeld,
     ) -> Result<Self, StartError> {
@@ -122,7 +131,8 @@ impl BucketWriter {
         let writer = Self {
             bucket,
             store,
-            manifest_key,
+            manifest_key: config.signing.manifest_key.clone(),
+            grace: config.signing.generation_grace,
             mode: s3.lease,
             ttl: s3.lease_ttl,
             poll: s3.poll,
@@ -183,19 +193,39 @@ impl BucketWriter {
             LeaseMode::None => None,
             LeaseMode::Conditional => Some(self.hold(now).await?),
         };
-        let key = {
-            let path = self.manifest_key.clone();
-            tokio::task::spawn_blocking(move || crate::keyfiles::manifest_key(&path))
-                .await
-                .map_err(UploadError::Task)??
-        };
+        let key = self.public_key().await?;
         Ok(upload::publish(
             &self.bucket,
             Arc::clone(&self.store),
-            &key.public(),
+            &key,
             &self.holder.instance,
             expires_at,
             crate::clock::unix_now,
+        )
+        .await?)
+    }
+
+    async fn public_key(&self) -> Result<crate::manifest::ManifestPublicKey, PublishError> {
+        let path = self.manifest_key.clone();
+        let key = tokio::task::spawn_blocking(move || crate::keyfiles::manifest_key(&path))
+            .await
+            .map_err(UploadError::Task)??;
+        Ok(key.public())
+    }
+
+    /// Deletes what no live generation in the bucket references
+    /// ([`super::gc`]), holding the lease.
+    pub async fn collect_garbage(&self) -> Result<Collected, PublishError> {
+        if self.mode == LeaseMode::Conditional {
+            self.hold(crate::clock::unix_now()).await?;
+        }
+        let key = self.public_key().await?;
+        Ok(gc::collect(
+            &self.bucket,
+            &key,
+            crate::store::KEEP_GENERATIONS,
+            self.grace,
+            std::time::SystemTime::now(),
         )
         .await?)
     }
@@ -224,6 +254,7 @@ impl BucketWriter {
     pub async fn run(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         let mut published: Option<u64> = None;
         let mut failing = false;
+        let mut collected_at: Option<std::time::Instant> = None;
         loop {
             let local = {
                 let store = Arc::clone(&self.store);
@@ -260,6 +291,24 @@ impl BucketWriter {
                     .map_err(PublishError::from)
             } else {
                 Ok(())
+            };
+            // Garbage, hourly, between uploads: never while one runs.
+            let outcome = match outcome {
+                Ok(()) if collected_at.is_none_or(|t| t.elapsed() >= GC_EVERY) => {
+                    collected_at = Some(std::time::Instant::now());
+                    self.collect_garbage().await.map(|c| {
+                        if c != Collected::default() {
+                            tracing::info!(
+                                bucket = self.bucket.name(),
+                                manifests = c.manifests,
+                                blobs = c.blobs,
+                                bytes = c.bytes,
+                                "removed what no live generation in the bucket references"
+                            );
+                        }
+                    })
+                }
+                other => other,
             };
             let lease_until = self.lease.lock().await.as_ref().map(Lease::expires_at);
             self.with_status(|s| {
