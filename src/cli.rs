@@ -1310,6 +1310,16 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
     background.spawn(resign_manifest_when_due(config_rx, stop.clone()));
     if let Some(writer) = &bucket_writer {
         background.spawn(std::sync::Arc::clone(writer).run(stop.clone()));
+        // Read-only nodes' download counts reach this catalog through the bucket.
+        if let Some(catalog) = catalog.clone() {
+            background.spawn(crate::catalog::bucket::pull(
+                writer.bucket().clone(),
+                catalog,
+                config.upstream.repository.clone(),
+                writer.poll() * 10,
+                stop.clone(),
+            ));
+        }
     }
     #[cfg(unix)]
     if let Some(hup) = hup {
@@ -1744,7 +1754,7 @@ async fn run_serve_reader(
         .clone()
         .context("storage.manifest_public_key is required on a read-only node")?;
     let bucket = crate::store::bucket::Bucket::open(s3)?;
-    let reader = std::sync::Arc::new(Reader::new(bucket, key, config.server.cache_bytes));
+    let reader = std::sync::Arc::new(Reader::new(bucket.clone(), key, config.server.cache_bytes));
     match reader.refresh(crate::clock::unix_now()).await {
         Ok(outcome) => tracing::info!(?outcome, "read the bucket's pointer"),
         Err(e) => tracing::warn!("the bucket does not answer yet ({e}); serving 503 until it does"),
@@ -1760,8 +1770,22 @@ async fn run_serve_reader(
         s3.poll,
         stop.clone(),
     ));
+    // Downloads counted here go to the writer's catalog through the bucket.
+    let counter = config
+        .server
+        .count_downloads
+        .then(|| std::sync::Arc::new(crate::catalog::downloads::Counter::default()));
+    if let Some(counter) = &counter {
+        background.spawn(crate::catalog::bucket::push(
+            std::sync::Arc::clone(counter),
+            bucket,
+            s3.poll * 10,
+            stop.clone(),
+        ));
+    }
     let options = server::Options {
         bucket: Some(reader),
+        downloads: counter,
         public_repos: server::PublicRepos::new(public_repos(config)),
         ..server::Options::default()
     };

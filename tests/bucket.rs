@@ -247,6 +247,34 @@ fn a_publish_reaches_the_read_only_node_and_a_second_writer_waits_for_the_lease(
     .expect("hex_core reads the published record from the read-only node");
     assert_eq!(releases.len(), 1);
 
+    // Downloads counted on the read-only node reach the writer's catalog.
+    let tarball = http(
+        "GET",
+        &format!("{}/repos/acme/tarballs/beta-0.2.1.tar", reader.url()),
+        &[],
+    );
+    assert_eq!(tarball.status, 200);
+    wait_for(
+        "the reader's download count in the writer's catalog",
+        Duration::from_secs(15),
+        || {
+            let res = http(
+                "GET",
+                &format!("{}/api/packages/beta", writer.url()),
+                &[("accept", "application/json")],
+            );
+            let body: serde_json::Value = serde_json::from_slice(&res.body).unwrap_or_default();
+            body["downloads"]["all"] == 1
+        },
+    );
+    assert!(
+        !s3.object_path("tree/downloads").exists()
+            || std::fs::read_dir(s3.object_path("tree/downloads"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "a counted batch stayed in the bucket"
+    );
     // A second writer on another data directory is refused, naming the first.
     let holder = lease_holder(&s3);
     let second_dir = tempfile::TempDir::new().unwrap();

@@ -154,6 +154,31 @@ pub fn write(conn: &mut Connection, counts: &Taken, upstream: &str) -> rusqlite:
     tx.commit()
 }
 
+/// Writes `counts` once per `id` (a batch's identity, e.g. the hash of its
+/// bucket key): a batch written before counts nothing again, so the one who
+/// imports it may crash before deleting it. Returns whether it counted.
+pub fn write_once(
+    conn: &mut Connection,
+    id: &[u8; 32],
+    counts: &Taken,
+    upstream: &str,
+) -> rusqlite::Result<bool> {
+    let tx = conn.transaction()?;
+    let new = tx.execute(
+        "INSERT OR IGNORE INTO download_log_line (hash) VALUES (?1)",
+        [&id[..]],
+    )? == 1;
+    if new {
+        for ((path, day), n) in counts {
+            if let Some(release) = release_of_path(path, upstream) {
+                add(&tx, &release, *day, *n)?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(new)
+}
+
 /// The counts of each of `names` in `repository`, on day `today`.
 pub fn package_counts(
     conn: &Connection,

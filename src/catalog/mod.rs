@@ -11,6 +11,7 @@
 //! Layout: [`query`] (PURE: hex.pm's search syntax), `write` (what a writer
 //! puts in), `read` (what the API reads out), `rebuild`.
 
+pub mod bucket;
 pub mod downloads;
 mod follow;
 pub mod query;

@@ -180,6 +180,11 @@ impl BucketWriter {
             .clone()
     }
 
+    /// How often it looks for work (`[storage] poll_ms`).
+    pub fn poll(&self) -> Duration {
+        self.poll
+    }
+
     /// The bucket.
     pub fn bucket(&self) -> &Bucket {
         &self.bucket
