@@ -259,7 +259,7 @@ enum ServeError {
     Installs(crate::proxy::InstallsError),
     /// A read-only node could not get the file from the bucket.
     #[error(transparent)]
-    Bucket(crate::store::bucket::reader::ReaderError),
+    Bucket(Arc<crate::store::bucket::reader::ReaderError>),
     #[error("serving {path}: {source}")]
     Io {
         path: PathBuf,
@@ -300,10 +300,18 @@ impl IntoResponse for ServeError {
                 format!("not mirrored yet, and the upstream could not supply it: {e}\n"),
             ),
             Self::Installs(e) => (StatusCode::BAD_GATEWAY, format!("{e}\n")),
-            Self::Bucket(crate::store::bucket::reader::ReaderError::Corrupt { .. }) => (
-                StatusCode::BAD_GATEWAY,
-                "the stored copy of this file failed its check; the operator is told\n".to_owned(),
-            ),
+            Self::Bucket(e)
+                if matches!(
+                    **e,
+                    crate::store::bucket::reader::ReaderError::Corrupt { .. }
+                ) =>
+            {
+                (
+                    StatusCode::BAD_GATEWAY,
+                    "the stored copy of this file failed its check; the operator is told\n"
+                        .to_owned(),
+                )
+            }
             Self::Bucket(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage unavailable; try again shortly\n".to_owned(),

@@ -22,6 +22,9 @@ use sha2::{Digest, Sha256};
 use super::{Bucket, BucketError, Fetched, POINTER, Pointer, base_key, blob_key, delta_key};
 use crate::manifest::{self, Manifest, ManifestError, ManifestPublicKey};
 
+/// One fetch that concurrent misses of the same content share.
+type Inflight = tokio::sync::OnceCell<Result<Bytes, Arc<ReaderError>>>;
+
 /// How long a failed fetch keeps the node reported as degraded.
 pub const FETCH_ERROR_MEMORY: u64 = 300;
 
@@ -162,6 +165,8 @@ pub struct Reader {
     snapshot: ArcSwapOption<Snapshot>,
     poll: tokio::sync::Mutex<PollState>,
     cache: ContentCache,
+    /// Fetches in progress, by content: concurrent misses wait on one.
+    inflight: Mutex<HashMap<[u8; 32], Arc<Inflight>>>,
     last_ok: AtomicU64,
     error: Mutex<Option<String>>,
     fetch_error: Mutex<Option<(u64, String)>>,
@@ -185,6 +190,7 @@ impl Reader {
             snapshot: ArcSwapOption::empty(),
             poll: tokio::sync::Mutex::new(PollState::default()),
             cache: ContentCache::new(budget),
+            inflight: Mutex::new(HashMap::new()),
             last_ok: AtomicU64::new(0),
             error: Mutex::new(None),
             fetch_error: Mutex::new(None),
@@ -344,16 +350,41 @@ impl Reader {
 
     /// The content of `file`: from memory, or fetched from the bucket and
     /// checked against its hash and size before it is kept or served.
-    pub async fn content(&self, file: File, now: u64) -> Result<Bytes, ReaderError> {
+    /// Concurrent misses of one file share a single fetch, so a hot file
+    /// that just left the cache (or a new generation's) costs the bucket
+    /// one request, not one per waiting client.
+    pub async fn content(&self, file: File, now: u64) -> Result<Bytes, Arc<ReaderError>> {
         if let Some(bytes) = self.cache.get(&file.sha256) {
             return Ok(bytes);
         }
+        let cell = Arc::clone(
+            self.inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(file.sha256)
+                .or_default(),
+        );
+        let result = cell
+            .get_or_init(|| self.fetch_checked(file, now))
+            .await
+            .clone();
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if inflight
+            .get(&file.sha256)
+            .is_some_and(|c| Arc::ptr_eq(c, &cell))
+        {
+            inflight.remove(&file.sha256);
+        }
+        result
+    }
+
+    async fn fetch_checked(&self, file: File, now: u64) -> Result<Bytes, Arc<ReaderError>> {
         let key = blob_key(&file.sha256);
         let fetched = match self.fetch_object(&key).await {
             Ok(bytes) => bytes,
             Err(e) => {
                 self.note_fetch(&e, now);
-                return Err(e);
+                return Err(Arc::new(e));
             }
         };
         let checked = {
@@ -370,7 +401,7 @@ impl Reader {
                 key,
             };
             self.note_fetch(&e, now);
-            return Err(e);
+            return Err(Arc::new(e));
         }
         self.cache.put(file.sha256, fetched.clone());
         Ok(fetched)

@@ -87,6 +87,9 @@ impl std::fmt::Debug for BucketWriter {
     }
 }
 
+/// The longest wait between tries after repeated failures.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
+
 /// How often `serve`'s writer collects the bucket's garbage.
 const GC_EVERY: Duration = Duration::from_secs(3600);
 
@@ -259,6 +262,7 @@ impl BucketWriter {
     pub async fn run(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         let mut published: Option<u64> = None;
         let mut failing = false;
+        let mut failures: u32 = 0;
         let mut collected_at: Option<std::time::Instant> = None;
         loop {
             let local = {
@@ -334,9 +338,19 @@ impl BucketWriter {
                     tracing::error!("bucket: {e}");
                 }
             }
+            // A failure that repeats (a bucket down, a newer writer's
+            // version) is retried less and less often, up to a minute:
+            // each try may read the whole local manifest.
+            let wait = if failing {
+                failures = failures.saturating_add(1);
+                (self.poll * 2u32.saturating_pow(failures.min(10))).min(MAX_RETRY_WAIT)
+            } else {
+                failures = 0;
+                self.poll
+            };
             tokio::select! {
                 () = stop.cancelled() => break,
-                () = tokio::time::sleep(self.poll) => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
         self.release().await;
