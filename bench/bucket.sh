@@ -12,7 +12,7 @@
 # Writes the raw output to bench/results/bucket-<timestamp>.txt and a
 # Markdown summary to stdout and bench/results/bucket-<timestamp>.md.
 #
-# Knobs: SCALE (0.1), RUNS (3), WRK_SECS (10), PORT (18590), WORK
+# Knobs: SCALE (0.1), RUNS (3), WRK_SECS (10), SETTLE_S (20), PORT (18590), WORK
 # (/tmp/hexmirror-bucket-bench, deleted on exit unless KEEP=1; about 3x the
 # upstream: ~4 GB at 0.1).
 set -euo pipefail
@@ -21,6 +21,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SCALE=${SCALE:-0.1}
 RUNS=${RUNS:-3}
 WRK_SECS=${WRK_SECS:-10}
+SETTLE_S=${SETTLE_S:-20}
 PORT=${PORT:-18590}
 S3PORT=$((PORT + 1))
 WORK=${WORK:-/tmp/hexmirror-bucket-bench}
@@ -70,14 +71,17 @@ timed_sync() {
   awk '{printf "%s %.1f %d\n", $1, $2 + $3, $4}' "$WORK/time.txt"
 }
 
+# Every timed sync follows the same deletion and a wait for writeback: a
+# large delete slows the next writes for a while (BENCHMARKS.md "Catalog").
+settle() { sync; sleep "$SETTLE_S"; }
 echo "## part 1: sync into the local data directory vs into the bucket"
 declare -a LOCAL S3
 for r in $(seq "$RUNS"); do
-  rm -rf "$WORK/data"; sync; sleep 2
+  rm -rf "$WORK/data"; settle
   read -r w c m < <(timed_sync "$LOCAL_CONF" local | tail -1)
   echo "run $r local: wall ${w}s cpu ${c}s rss ${m}KB"
   LOCAL+=("$w $c $m")
-  rm -rf "$WORK/data" "$WORK/s3/bench"; mkdir -p "$WORK/s3/bench"; sync; sleep 2
+  rm -rf "$WORK/data" "$WORK/s3/bench"; mkdir -p "$WORK/s3/bench"; settle
   read -r w c m < <(timed_sync "$S3_CONF" bucket | tail -1)
   echo "run $r bucket: wall ${w}s cpu ${c}s rss ${m}KB (hexmirror only; s3s-fs on core 1 not counted)"
   S3+=("$w $c $m")
@@ -92,10 +96,11 @@ col() { local i=$1; shift; for x in "$@"; do echo "$x" | awk -v i="$i" '{print $
 echo "## part 2: a read-only node serving"
 # The writer's manifest public key, for the readers.
 openssl pkey -in "$WORK/data/keys/manifest.pem" -pubout -out "$WORK/manifest.pub.pem"
-TARBALL=$(find "$WORK/data/current/tarballs" -size +30k -size -60k | head -1)
+TARBALL=$(find "$WORK/data/current/tarballs/" -size +30k -size -60k -print -quit)
 TARBALL=/tarballs/$(basename "$TARBALL")
 TB_BYTES=$(stat -L -c %s "$WORK/data/current$TARBALL")
-PKG=/packages/$(ls "$WORK/data/current/packages" | head -1)
+PKG=$(find "$WORK/data/current/packages/" -type f -print -quit)
+PKG=/packages/$(basename "$PKG")
 PKG_BYTES=$(stat -L -c %s "$WORK/data/current$PKG")
 echo "tarball $TARBALL ($TB_BYTES bytes), record $PKG ($PKG_BYTES bytes)"
 
