@@ -544,21 +544,28 @@ pub fn with_delta(
     key: &ManifestPublicKey,
 ) -> Result<Manifest, ManifestError> {
     let delta = verify_delta(delta, key)?;
-    let mismatch = |reason: String| Err(ManifestError::DeltaMismatch { reason });
-    if delta.base_version != manifest.version || delta.generation != manifest.generation {
-        return mismatch(format!(
-            "it applies to version {} of {}, the base is version {} of {}",
-            delta.base_version, delta.generation, manifest.version, manifest.generation
-        ));
-    }
-    if delta.version <= manifest.version {
-        return mismatch(format!(
-            "its version {} is not above the base's {}",
-            delta.version, manifest.version
-        ));
-    }
+    check_binding(&delta, manifest.version, &manifest.generation)?;
     apply_delta(&mut manifest, delta);
     Ok(manifest)
+}
+
+/// That `delta` applies to the base of `version` and `generation`, and
+/// moves the version forward.
+pub fn check_binding(delta: &Delta, version: u64, generation: &str) -> Result<(), ManifestError> {
+    let mismatch = |reason: String| Err(ManifestError::DeltaMismatch { reason });
+    if delta.base_version != version || delta.generation != generation {
+        return mismatch(format!(
+            "it applies to version {} of {}, the base is version {version} of {generation}",
+            delta.base_version, delta.generation
+        ));
+    }
+    if delta.version <= version {
+        return mismatch(format!(
+            "its version {} is not above the base's {version}",
+            delta.version
+        ));
+    }
+    Ok(())
 }
 
 /// A base manifest's format, signature and entries, without freshness: for
@@ -650,18 +657,36 @@ pub fn check_fresh(
     now: u64,
     last_accepted_version: Option<u64>,
 ) -> Result<(), ManifestError> {
+    check_freshness(
+        manifest.version,
+        manifest.signed_at,
+        manifest.expires_at,
+        now,
+        last_accepted_version,
+    )
+}
+
+/// [`check_fresh`] on the values alone: for a reader that keeps a base and
+/// its delta apart instead of one merged manifest.
+pub fn check_freshness(
+    version: u64,
+    signed_at: u64,
+    expires_at: u64,
+    now: u64,
+    last_accepted_version: Option<u64>,
+) -> Result<(), ManifestError> {
     if let Some(last) = last_accepted_version
-        && manifest.version < last
+        && version < last
     {
         return Err(ManifestError::Rollback {
-            found: manifest.version,
+            found: version,
             last,
         });
     }
-    if now >= manifest.expires_at {
+    if now >= expires_at {
         return Err(ManifestError::Expired {
-            expired_at: manifest.expires_at,
-            signed_at: manifest.signed_at,
+            expired_at: expires_at,
+            signed_at,
             now,
         });
     }

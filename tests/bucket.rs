@@ -137,6 +137,17 @@ fn a_read_only_node_serves_rebar3_from_the_bucket_alone_and_checks_every_object(
     std::fs::write(&object, &bytes).unwrap();
     let res = http("GET", &format!("{url}/tarballs/delta-1.0.0.tar"), &[]);
     assert_eq!(res.status, 502, "a damaged object was served");
+    // A longer object than the manifest says is not even read whole.
+    let sha = manifest["signed"]["files"]["tarballs/alpha-1.0.0.tar"]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let object = s3.object_path(&format!("tree/blobs/sha256/{}/{sha}", &sha[..2]));
+    let mut bytes = std::fs::read(&object).unwrap();
+    bytes.extend_from_slice(&[0; 4096]);
+    std::fs::write(&object, &bytes).unwrap();
+    let res = http("GET", &format!("{url}/tarballs/alpha-1.0.0.tar"), &[]);
+    assert_eq!(res.status, 502, "an oversized object was served");
     assert!(health(&url)["status"] == "degraded");
 
     // The bucket down: what was fetched is still served, the rest is 503.

@@ -109,7 +109,7 @@ pub async fn pull_once(
         let batch = if meta.size > MAX_BATCH {
             None
         } else {
-            match bucket.get(&key).await? {
+            match bucket.get(&key, MAX_BATCH).await? {
                 Some(object) => serde_json::from_slice::<Batch>(&object.bytes).ok(),
                 None => continue,
             }

@@ -54,10 +54,7 @@ pub(super) async fn serve_file(
             (Some(bytes), sha)
         }
         _ => {
-            let file: File = *snapshot
-                .files
-                .get(rel.as_ref())
-                .ok_or(ServeError::NotFound)?;
+            let file: File = snapshot.file(&rel).ok_or(ServeError::NotFound)?;
             let content = if *method == Method::GET {
                 Some(
                     reader
@@ -73,7 +70,7 @@ pub(super) async fn serve_file(
     };
     let len = match &content {
         Some(bytes) => bytes.len() as u64,
-        None => snapshot.files.get(rel.as_ref()).map_or(0, |f| f.size),
+        None => snapshot.file(&rel).map_or(0, |f| f.size),
     };
     let etag = HeaderValue::from_str(&format!("\"{}\"", hex::encode(&sha[..16])))
         .unwrap_or_else(|_| unreachable!("hex digits are a header value"));

@@ -134,7 +134,7 @@ pub async fn collect(
             problem,
         };
         let object = bucket
-            .get(k)
+            .get(k, super::MAX_MANIFEST)
             .await?
             .ok_or_else(|| problem(ManifestProblem::Missing))?;
         let (verifying, is_delta) = (key.clone(), k.ends_with("-delta.json"));

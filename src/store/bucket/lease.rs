@@ -163,7 +163,7 @@ pub async fn acquire(
         if let Put::Written(etag) = bucket.put(LEASE, encode(&body), PutMode::Create).await? {
             return Ok(Lease { body, etag });
         }
-        let Some(object) = bucket.get(LEASE).await? else {
+        let Some(object) = bucket.get(LEASE, super::SMALL_OBJECT).await? else {
             continue;
         };
         let theirs: LeaseBody = bucket.parse(LEASE, &object.bytes)?;
@@ -186,7 +186,7 @@ pub async fn acquire(
             Put::Exists | Put::Precondition => continue,
         }
     }
-    match bucket.get(LEASE).await? {
+    match bucket.get(LEASE, super::SMALL_OBJECT).await? {
         Some(object) => Err(held(bucket, bucket.parse(LEASE, &object.bytes)?)),
         None => Err(LeaseError::Lost {
             bucket: bucket.name().to_owned(),
@@ -219,7 +219,7 @@ pub async fn renew(
             Ok(())
         }
         Put::Exists | Put::Precondition => {
-            let holder = match bucket.get(LEASE).await? {
+            let holder = match bucket.get(LEASE, super::SMALL_OBJECT).await? {
                 Some(object) => bucket
                     .parse::<LeaseBody>(LEASE, &object.bytes)
                     .map(|b| b.holder.to_string())
@@ -254,7 +254,7 @@ pub async fn release(bucket: &Bucket, lease: Lease) -> Result<(), LeaseError> {
 /// The current lease, if any (for `sync` to tell its own node's `serve`
 /// from another writer).
 pub async fn current(bucket: &Bucket) -> Result<Option<LeaseBody>, LeaseError> {
-    match bucket.get(LEASE).await? {
+    match bucket.get(LEASE, super::SMALL_OBJECT).await? {
         Some(object) => Ok(Some(bucket.parse(LEASE, &object.bytes)?)),
         None => Ok(None),
     }

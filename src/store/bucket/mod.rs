@@ -45,6 +45,13 @@ pub const POINTER: &str = "current.json";
 /// The lease object's name under the prefix.
 pub const LEASE: &str = "lease.json";
 
+/// The largest pointer or lease object read.
+pub const SMALL_OBJECT: u64 = 64 * 1024;
+/// The largest base manifest read (hex.pm's is about 90 MB).
+pub const MAX_MANIFEST: u64 = 1 << 30;
+/// The largest delta read (at most 4,096 files).
+pub const MAX_DELTA: u64 = 16 << 20;
+
 /// The key of a blob, relative to the prefix.
 pub fn blob_key(sha256: &[u8; 32]) -> String {
     let hex = hex::encode(sha256);
@@ -104,6 +111,18 @@ pub enum BucketError {
         /// What object_store said.
         #[source]
         source: Box<object_store::Error>,
+    },
+    /// An object is larger than anything hexmirror writes there.
+    #[error("bucket {bucket}: {key} is {size} bytes, more than the {max} it may be; not read")]
+    TooLarge {
+        /// The bucket (and prefix).
+        bucket: String,
+        /// The object.
+        key: String,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
     },
     /// The credentials file is unreadable, readable by others, or lacks a key.
     #[error("storage.credentials_file {path}: {problem}")]
@@ -242,19 +261,23 @@ impl Bucket {
         }
     }
 
-    /// The object at `rel`, or `None` when there is none.
-    pub async fn get(&self, rel: &str) -> Result<Option<Object>, BucketError> {
-        match self.get_if_changed(rel, None).await? {
+    /// The object at `rel`, or `None` when there is none; one larger than
+    /// `max` bytes is refused before its body is read (the bucket's content
+    /// is not trusted).
+    pub async fn get(&self, rel: &str, max: u64) -> Result<Option<Object>, BucketError> {
+        match self.get_if_changed(rel, None, max).await? {
             Fetched::Body(object) => Ok(Some(object)),
             Fetched::Missing | Fetched::NotModified => Ok(None),
         }
     }
 
-    /// The object at `rel` unless its ETag is still `etag`.
+    /// The object at `rel` unless its ETag is still `etag` (at most `max`
+    /// bytes, as [`Self::get`]).
     pub async fn get_if_changed(
         &self,
         rel: &str,
         etag: Option<&str>,
+        max: u64,
     ) -> Result<Fetched, BucketError> {
         let options = GetOptions {
             if_none_match: etag.map(str::to_owned),
@@ -267,6 +290,14 @@ impl Bucket {
             Err(e) => return Err(self.fail("get", rel, e)),
         };
         let meta = result.meta.clone();
+        if meta.size > max {
+            return Err(BucketError::TooLarge {
+                bucket: self.name.clone(),
+                key: rel.to_owned(),
+                size: meta.size,
+                max,
+            });
+        }
         let bytes = result.bytes().await.map_err(|e| self.fail("get", rel, e))?;
         Ok(Fetched::Body(Object {
             bytes,
@@ -334,7 +365,7 @@ impl Bucket {
 
     /// The pointer and its ETag, or `None` before the first publish.
     pub async fn pointer(&self) -> Result<Option<(Pointer, Option<String>)>, BucketError> {
-        match self.get(POINTER).await? {
+        match self.get(POINTER, SMALL_OBJECT).await? {
             None => Ok(None),
             Some(object) => Ok(Some((self.parse(POINTER, &object.bytes)?, object.etag))),
         }

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::{Bucket, BucketError, Fetched, POINTER, Pointer, base_key, blob_key, delta_key};
-use crate::manifest::{self, Manifest, ManifestError, ManifestPublicKey};
+use crate::manifest::{self, ManifestError, ManifestPublicKey};
 
 /// One fetch that concurrent misses of the same content share.
 type Inflight = tokio::sync::OnceCell<Result<Bytes, Arc<ReaderError>>>;
@@ -93,7 +93,9 @@ pub struct File {
     pub size: u64,
 }
 
-/// The generation a node serves.
+/// The generation a node serves: a verified base manifest's files, and the
+/// changes its delta makes (hosted patches), kept apart so that a patch
+/// costs a reader its few changed paths, not a copy of the whole tree.
 #[derive(Debug)]
 pub struct Snapshot {
     /// The manifest's version (the delta's when patched).
@@ -104,12 +106,42 @@ pub struct Snapshot {
     pub signed_at: u64,
     /// When it lapses.
     pub expires_at: u64,
-    /// Every file by path.
-    pub files: HashMap<String, File>,
+    /// The base manifest's files by path.
+    base: Arc<HashMap<String, File>>,
+    /// The delta's: new content, or `None` for a path it removes.
+    changed: HashMap<String, Option<File>>,
     /// The base manifest's bytes, served as `hexmirror-manifest.json`.
     pub manifest: Bytes,
     /// The delta's bytes, served as `hexmirror-manifest-delta.json`.
     pub delta: Option<Bytes>,
+}
+
+impl Snapshot {
+    /// The file served at `path`, if any.
+    pub fn file(&self, path: &str) -> Option<File> {
+        match self.changed.get(path) {
+            Some(changed) => *changed,
+            None => self.base.get(path).copied(),
+        }
+    }
+}
+
+/// A verified base manifest, without its file list as text: what a reader
+/// keeps while the pointer names it.
+struct Base {
+    version: u64,
+    generation: String,
+    signed_at: u64,
+    expires_at: u64,
+    files: Arc<HashMap<String, File>>,
+    bytes: Bytes,
+}
+
+fn file_of(entry: &manifest::FileEntry) -> Option<File> {
+    crate::store::FileRef::from_entry(entry).map(|f| File {
+        sha256: f.sha256,
+        size: f.size,
+    })
 }
 
 /// What one poll did.
@@ -153,9 +185,9 @@ pub struct Health {
 #[derive(Default)]
 struct PollState {
     pointer_etag: Option<String>,
-    /// The verified base manifest, by version: a delta over it needs no
-    /// second download of the base.
-    base: Option<(u64, Arc<Manifest>, Bytes)>,
+    /// The verified base manifest: a delta over it needs no second
+    /// download of the base.
+    base: Option<Arc<Base>>,
 }
 
 /// A read-only node's view of the bucket.
@@ -238,7 +270,7 @@ impl Reader {
         let mut poll = self.poll.lock().await;
         let object = match self
             .bucket
-            .get_if_changed(POINTER, poll.pointer_etag.as_deref())
+            .get_if_changed(POINTER, poll.pointer_etag.as_deref(), super::SMALL_OBJECT)
             .await?
         {
             Fetched::NotModified => return Ok(Refresh::Unchanged),
@@ -254,78 +286,89 @@ impl Reader {
             poll.pointer_etag = object.etag;
             return Ok(Refresh::Unchanged);
         }
-        let (base, base_bytes) = match &poll.base {
-            Some((v, m, bytes)) if *v == pointer.base => (Arc::clone(m), bytes.clone()),
+        let base = match &poll.base {
+            Some(base) if base.version == pointer.base => Arc::clone(base),
             _ => {
                 let key = base_key(pointer.base);
-                let bytes = self.fetch_object(&key).await?;
+                let bytes = self.fetch_object(&key, super::MAX_MANIFEST).await?;
                 let verifying = self.key.clone();
                 let blob = bytes.clone();
-                let parsed =
-                    tokio::task::spawn_blocking(move || manifest::verify_base(&blob, &verifying))
-                        .await
-                        .map_err(|_| ReaderError::Task)?
-                        .map_err(|e| self.bad(&key, e))?;
-                (Arc::new(parsed), bytes)
+                let parsed = tokio::task::spawn_blocking(move || {
+                    let m = manifest::verify_base(&blob, &verifying)?;
+                    let files = m
+                        .files
+                        .iter()
+                        .filter_map(|(path, entry)| Some((path.clone(), file_of(entry)?)))
+                        .collect();
+                    Ok::<_, ManifestError>(Base {
+                        version: m.version,
+                        generation: m.generation,
+                        signed_at: m.signed_at,
+                        expires_at: m.expires_at,
+                        files: Arc::new(files),
+                        bytes: blob,
+                    })
+                })
+                .await
+                .map_err(|_| ReaderError::Task)?
+                .map_err(|e| self.bad(&key, e))?;
+                Arc::new(parsed)
             }
         };
-        let delta_bytes = match pointer.delta {
-            Some(v) => Some(self.fetch_object(&delta_key(v)).await?),
-            None => None,
-        };
         let last = served.as_ref().map(|s| s.version);
-        let verifying = self.key.clone();
-        let (merged, base) = {
-            let base = Arc::clone(&base);
-            let delta = delta_bytes.clone();
-            let key_name = pointer
-                .delta
-                .map_or_else(|| base_key(pointer.base), delta_key);
-            tokio::task::spawn_blocking(move || {
-                let merged = match &delta {
-                    Some(d) => manifest::with_delta((*base).clone(), d, &verifying)?,
-                    None => (*base).clone(),
-                };
-                manifest::check_fresh(&merged, now, last)?;
-                Ok::<_, ManifestError>((merged, base))
-            })
-            .await
-            .map_err(|_| ReaderError::Task)?
-            .map_err(|e| self.bad(&key_name, e))?
+        let (version, signed_at, expires_at, changed, delta_bytes, key_name) = match pointer.delta {
+            None => (
+                base.version,
+                base.signed_at,
+                base.expires_at,
+                HashMap::new(),
+                None,
+                base_key(pointer.base),
+            ),
+            Some(v) => {
+                let key = delta_key(v);
+                let bytes = self.fetch_object(&key, super::MAX_DELTA).await?;
+                // A delta is small: verified here, without the base's list.
+                let delta =
+                    manifest::verify_delta(&bytes, &self.key).map_err(|e| self.bad(&key, e))?;
+                manifest::check_binding(&delta, base.version, &base.generation)
+                    .map_err(|e| self.bad(&key, e))?;
+                let changed = delta
+                    .files
+                    .iter()
+                    .map(|(path, entry)| (path.clone(), entry.as_ref().and_then(file_of)))
+                    .collect();
+                (
+                    delta.version,
+                    delta.signed_at,
+                    base.expires_at.min(delta.expires_at),
+                    changed,
+                    Some(bytes),
+                    key,
+                )
+            }
         };
-        if merged.version != pointer.version || merged.generation != pointer.generation {
+        manifest::check_freshness(version, signed_at, expires_at, now, last)
+            .map_err(|e| self.bad(&key_name, e))?;
+        if version != pointer.version || base.generation != pointer.generation {
             return Err(ReaderError::Inconsistent {
                 bucket: self.bucket.name().to_owned(),
                 pointer: pointer.version,
                 generation: pointer.generation,
-                manifest: merged.version,
+                manifest: version,
             });
         }
-        let files = merged
-            .files
-            .iter()
-            .filter_map(|(path, entry)| {
-                let file = crate::store::FileRef::from_entry(entry)?;
-                Some((
-                    path.clone(),
-                    File {
-                        sha256: file.sha256,
-                        size: file.size,
-                    },
-                ))
-            })
-            .collect();
-        let version = merged.version;
         self.snapshot.store(Some(Arc::new(Snapshot {
             version,
-            generation: merged.generation,
-            signed_at: merged.signed_at,
-            expires_at: merged.expires_at,
-            files,
-            manifest: base_bytes.clone(),
+            generation: base.generation.clone(),
+            signed_at,
+            expires_at,
+            base: Arc::clone(&base.files),
+            changed,
+            manifest: base.bytes.clone(),
             delta: delta_bytes,
         })));
-        poll.base = Some((pointer.base, base, base_bytes));
+        poll.base = Some(base);
         poll.pointer_etag = object.etag;
         Ok(Refresh::Switched(version))
     }
@@ -338,8 +381,8 @@ impl Reader {
         }
     }
 
-    async fn fetch_object(&self, key: &str) -> Result<Bytes, ReaderError> {
-        match self.bucket.get(key).await? {
+    async fn fetch_object(&self, key: &str, max: u64) -> Result<Bytes, ReaderError> {
+        match self.bucket.get(key, max).await? {
             Some(object) => Ok(object.bytes),
             None => Err(ReaderError::Missing {
                 bucket: self.bucket.name().to_owned(),
@@ -380,8 +423,17 @@ impl Reader {
 
     async fn fetch_checked(&self, file: File, now: u64) -> Result<Bytes, Arc<ReaderError>> {
         let key = blob_key(&file.sha256);
-        let fetched = match self.fetch_object(&key).await {
+        // The manifest says how large it is: nothing larger is read.
+        let fetched = match self.fetch_object(&key, file.size).await {
             Ok(bytes) => bytes,
+            Err(ReaderError::Bucket(BucketError::TooLarge { .. })) => {
+                let e = ReaderError::Corrupt {
+                    bucket: self.bucket.name().to_owned(),
+                    key,
+                };
+                self.note_fetch(&e, now);
+                return Err(Arc::new(e));
+            }
             Err(e) => {
                 self.note_fetch(&e, now);
                 return Err(Arc::new(e));

@@ -148,15 +148,7 @@ fn read_local(
         // Patched, over a base already uploaded: only the delta is new.
         (Some((_, base_version)), Some(d)) if base_known(base_version) => {
             let parsed = manifest::verify_delta(d, key).map_err(bad)?;
-            if parsed.base_version != base_version || parsed.generation != generation {
-                return Err(bad(ManifestError::DeltaMismatch {
-                    reason: format!(
-                        "it applies to version {} of {}, the base is version {base_version} of \
-                         {generation}",
-                        parsed.base_version, parsed.generation
-                    ),
-                }));
-            }
+            manifest::check_binding(&parsed, base_version, &generation).map_err(bad)?;
             let blobs = blobs_of(&mut parsed.files.values().flatten());
             Ok(Local {
                 version: parsed.version,
