@@ -126,11 +126,14 @@ fn a_read_only_node_serves_rebar3_from_the_bucket_alone_and_checks_every_object(
     let manifest: serde_json::Value =
         serde_json::from_slice(&http("GET", &format!("{url}/hexmirror-manifest.json"), &[]).body)
             .unwrap();
-    let sha = manifest["signed"]["files"]["tarballs/delta-1.0.0.tar"]["sha256"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let object = s3.object_path(&format!("tree/blobs/sha256/{}/{sha}", &sha[..2]));
+    // The object of a served path, as s3s-fs stores it.
+    let object_of = |path: &str| {
+        let sha = manifest["signed"]["files"][path]["sha256"]
+            .as_str()
+            .unwrap();
+        s3.object_path(&format!("tree/blobs/sha256/{}/{sha}", &sha[..2]))
+    };
+    let object = object_of("tarballs/delta-1.0.0.tar");
     let mut bytes = std::fs::read(&object).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
@@ -138,11 +141,7 @@ fn a_read_only_node_serves_rebar3_from_the_bucket_alone_and_checks_every_object(
     let res = http("GET", &format!("{url}/tarballs/delta-1.0.0.tar"), &[]);
     assert_eq!(res.status, 502, "a damaged object was served");
     // A longer object than the manifest says is not even read whole.
-    let sha = manifest["signed"]["files"]["tarballs/alpha-1.0.0.tar"]["sha256"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let object = s3.object_path(&format!("tree/blobs/sha256/{}/{sha}", &sha[..2]));
+    let object = object_of("tarballs/alpha-1.0.0.tar");
     let mut bytes = std::fs::read(&object).unwrap();
     bytes.extend_from_slice(&[0; 4096]);
     std::fs::write(&object, &bytes).unwrap();
