@@ -71,9 +71,8 @@ timed_sync() {
   awk '{printf "%s %.1f %d\n", $1, $2 + $3, $4}' "$WORK/time.txt"
 }
 
-# Every timed sync follows the same deletion and a wait for writeback: a
-# large delete slows the next writes for a while (BENCHMARKS.md "Catalog").
-settle() { sync; sleep "$SETTLE_S"; }
+# Every timed sync follows the same deletion and a wait for writeback
+# (settle, bench/site.sh): a large delete slows the next writes for a while.
 echo "## part 1: sync into the local data directory vs into the bucket"
 declare -a LOCAL S3
 for r in $(seq "$RUNS"); do
@@ -111,19 +110,6 @@ reader_conf() { # reader_conf CACHE_MB -> path
 manifest_public_key = \"$WORK/manifest.pub.pem\""; } >"$c"
   echo "$c"
 }
-# serve_with CONF: starts serve on core 0; sets SERVE and ADDR.
-serve_with() {
-  taskset -c 0 "$BIN" serve --config "$1" >"$WORK/serve.out" 2>"$WORK/serve.err" &
-  SERVE=$!
-  PIDS+=("$SERVE")
-  ADDR=""
-  for _ in $(seq 200); do
-    ADDR=$(sed -nE '1s#^hexmirror serving .* on http://([^ ]+)$#\1#p' "$WORK/serve.out")
-    [ -n "$ADDR" ] && break
-    sleep 0.05
-  done
-  [ -n "$ADDR" ] || { echo "serve did not start"; cat "$WORK/serve.err"; exit 1; }
-}
 wrk_rps() { # wrk_rps URL -> requests/s
   taskset -c 1 wrk -t1 -c64 -d"${WRK_SECS}s" "$1" | awk '/Requests\/sec/ {print $2}'
 }
@@ -131,9 +117,9 @@ declare -A RPS
 for r in $(seq "$RUNS"); do
   for mode in local warm bucket; do
     case $mode in
-      local) serve_with "$LOCAL_CONF" ;;
-      warm) serve_with "$(reader_conf 256)" ;;
-      bucket) serve_with "$(reader_conf 0)" ;;
+      local) start_serve_pinned "$LOCAL_CONF" ;;
+      warm) start_serve_pinned "$(reader_conf 256)" ;;
+      bucket) start_serve_pinned "$(reader_conf 0)" ;;
     esac
     for path in "$TARBALL" "$PKG"; do
       curl -s -o /dev/null "http://$ADDR$path"

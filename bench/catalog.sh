@@ -72,11 +72,6 @@ timed_sync() { # CONFIG LOGPREFIX -> seconds on stdout
   t1=$(date +%s.%N)
   echo "$t1 - $t0" | bc -l
 }
-settle() { # waits for dirty pages to reach the disk, then SETTLE_S seconds
-  sync
-  while awk '/^(Dirty|Writeback):/ {s += $2} END {exit !(s > 65536)}' /proc/meminfo; do sleep 1; done
-  sleep "${SETTLE_S:-30}"
-}
 with_data_dir() { # DIR -> a config like $CONF with that data dir, on stdout
   sed "s#^data_dir = .*#data_dir = \"$1\"#" "$CONF"
 }
@@ -129,18 +124,6 @@ PACKAGES=$(grep -cE '' <(ls "$WORK/data/current/packages"))
 echo "sync: ${SYNC_S}s; catalog: ${CATALOG_MS} ms (records ${RECORDS_MS}, tarball metadata ${NOTES_MS}); packages: $PACKAGES"
 
 # 2. Search latency: serve on core 0, curl on core 1.
-start_serve_pinned() {
-  taskset -c 0 "$BIN" serve --config "$CONF" >"$WORK/serve.out" 2>"$WORK/serve.err" &
-  SERVE=$!
-  PIDS+=("$SERVE")
-  ADDR=""
-  for _ in $(seq 200); do
-    ADDR=$(sed -nE '1s#^hexmirror serving .* on http://([^ ]+)$#\1#p' "$WORK/serve.out")
-    [ -n "$ADDR" ] && break
-    sleep 0.05
-  done
-  [ -n "$ADDR" ] || { echo "serve did not start" >&2; cat "$WORK/serve.err" >&2; exit 1; }
-}
 stop_serve() { kill -TERM "$SERVE"; wait "$SERVE" 2>/dev/null || true; }
 # The listen address must be fixed for wrk; bind to PORT+1.
 sed -i "s/^listen = .*/listen = \"127.0.0.1:$((PORT + 1))\"/" "$CONF"

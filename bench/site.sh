@@ -1,4 +1,4 @@
-# Shared by bench/crash_loop.sh and bench/load_under_change.sh (sourced, not
+# Shared by bench/crash_loop.sh, load_under_change.sh, catalog.sh and bucket.sh (sourced, not
 # run): a synthetic signed upstream served by nginx on loopback, a hexmirror
 # config with a repository of ours that reserves PREFIX_*, and `serve`.
 #
@@ -66,6 +66,14 @@ build_tarballs() {
     escript "$HEXCORE" tarball "$1_p{}" 1.0.0 "$WORK/tarballs/$1_p{}.tar" >/dev/null
 }
 
+# settle: after a large delete, waits for dirty pages to reach the disk,
+# then SETTLE_S seconds (30), so the next timed run starts from a quiet disk.
+settle() {
+  sync
+  while awk '/^(Dirty|Writeback):/ {s += $2} END {exit !(s > 65536)}' /proc/meminfo; do sleep 1; done
+  sleep "${SETTLE_S:-30}"
+}
+
 # start_serve: starts `serve`; sets SERVE (pid) and ADDR (host:port).
 start_serve() {
   "$BIN" serve --config "$CONF" >"$WORK/serve.out" 2>"$WORK/serve.err" &
@@ -76,6 +84,22 @@ start_serve() {
     [ -n "$ADDR" ] && break
     sleep 0.05
   done
+}
+
+# start_serve_pinned [CONFIG]: `serve` (of CONFIG, else CONF) on core 0, for
+# benchmarks that put their load generator on core 1; sets SERVE and ADDR,
+# and stops the script if serve does not come up.
+start_serve_pinned() {
+  taskset -c 0 "$BIN" serve --config "${1:-$CONF}" >"$WORK/serve.out" 2>"$WORK/serve.err" &
+  SERVE=$!
+  PIDS+=("$SERVE")
+  ADDR=""
+  for _ in $(seq 200); do
+    ADDR=$(sed -nE '1s#^hexmirror serving .* on http://([^ ]+)$#\1#p' "$WORK/serve.out")
+    [ -n "$ADDR" ] && break
+    sleep 0.05
+  done
+  [ -n "$ADDR" ] || { echo "serve did not start" >&2; cat "$WORK/serve.err" >&2; exit 1; }
 }
 
 # publish N: posts WORK/tarballs/*_pN.tar to acme with TOKEN; prints the status.

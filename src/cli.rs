@@ -1674,17 +1674,7 @@ async fn bucket_lease_check(config: &Config, s3: &crate::config::S3Config) -> an
                 config.data_dir.join("node-id").display()
             )
         })?;
-    if let Some(lease) = crate::store::bucket::lease::current(&bucket).await?
-        && lease.expires_at > crate::clock::unix_now()
-        && lease.holder.node != me.node
-    {
-        return Err(crate::store::bucket::lease::LeaseError::Held {
-            bucket: bucket.name().to_owned(),
-            until: crate::manifest::rfc3339(lease.expires_at),
-            holder: Box::new(lease.holder),
-        }
-        .into());
-    }
+    crate::store::bucket::lease::refuse_other_node(&bucket, &me, crate::clock::unix_now()).await?;
     Ok(())
 }
 

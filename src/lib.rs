@@ -41,6 +41,7 @@ pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod fault;
 #[cfg(test)]
 mod fuzz;
 pub mod hosted;

@@ -101,17 +101,10 @@ fn write_state(dir: &Path, state: &ExportState) -> Result<(), AirgapError> {
     write_atomic(&dir.join(STATE_FILE), &bytes)
 }
 
-/// Fault injection for the crash tests: `HEXMIRROR_FAULT_EXPORT_KILL=POINT`
-/// kills the export with SIGKILL at POINT (`kept`, `record`, `output`),
-/// leaving the disk as a `kill -9` there would. Unset, it costs one
-/// environment read per point.
+/// `HEXMIRROR_FAULT_EXPORT_KILL=POINT` kills the export at POINT (`kept`,
+/// `record`, `output`).
 fn fault_point(point: &str) {
-    if std::env::var("HEXMIRROR_FAULT_EXPORT_KILL").is_ok_and(|p| p == point) {
-        // SAFETY: kill(2) on this process; no memory is involved.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
-    }
+    crate::fault::kill_at("HEXMIRROR_FAULT_EXPORT_KILL", point);
 }
 
 /// Whether the files at `a` and `b` both read and hold the same bytes.

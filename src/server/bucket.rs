@@ -38,20 +38,17 @@ pub(super) async fn serve_file(
         return Ok(no_generation_yet());
     };
     let rel = target.relative.to_string_lossy();
-    let (content, sha) = match target.kind {
+    let (content, sha, len) = match target.kind {
         Kind::Manifest => {
-            let bytes = if rel == crate::manifest::MANIFEST_FILE {
-                snapshot.manifest.clone()
-            } else if let Some(delta) = &snapshot.delta {
-                delta.clone()
+            let (bytes, sha) = if rel == crate::manifest::MANIFEST_FILE {
+                (snapshot.manifest.clone(), snapshot.manifest_sha256)
+            } else if let Some((delta, sha)) = &snapshot.delta {
+                (delta.clone(), *sha)
             } else {
                 return Err(ServeError::NotFound);
             };
-            let sha: [u8; 32] = {
-                use sha2::Digest;
-                sha2::Sha256::digest(&bytes).into()
-            };
-            (Some(bytes), sha)
+            let len = bytes.len() as u64;
+            (Some(bytes), sha, len)
         }
         _ => {
             let file: File = snapshot.file(&rel).ok_or(ServeError::NotFound)?;
@@ -65,14 +62,10 @@ pub(super) async fn serve_file(
             } else {
                 None
             };
-            (content, file.sha256)
+            (content, file.sha256, file.size)
         }
     };
-    let len = match &content {
-        Some(bytes) => bytes.len() as u64,
-        None => snapshot.file(&rel).map_or(0, |f| f.size),
-    };
-    let etag = HeaderValue::from_str(&format!("\"{}\"", hex::encode(&sha[..16])))
+    let etag = HeaderValue::from_str(&super::etag::from_sha256(&sha))
         .unwrap_or_else(|_| unreachable!("hex digits are a header value"));
     let last_modified = SystemTime::UNIX_EPOCH + Duration::from_secs(snapshot.signed_at);
     let last_modified = super::http::truncate_to_secs(last_modified.min(SystemTime::now()));

@@ -175,8 +175,14 @@ fn hash_etag(reader: &mut impl Read) -> io::Result<String> {
             Err(e) => return Err(e),
         }
     }
-    let digest = hasher.finalize();
-    Ok(format!("\"{}\"", hex::encode(&digest[..16])))
+    Ok(from_sha256(&hasher.finalize()))
+}
+
+/// The ETag of content whose SHA-256 is `digest`: its first 16 bytes in
+/// hex, quoted. One formula for every node and every source (a file, a
+/// generated body, a bucket object), so a tag never depends on who serves.
+pub(super) fn from_sha256(digest: &[u8]) -> String {
+    format!("\"{}\"", hex::encode(&digest[..16]))
 }
 
 #[cfg(test)]

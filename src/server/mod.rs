@@ -449,7 +449,7 @@ async fn serve(
 /// content, 304 on a match, never cached by shared caches.
 fn serve_bytes(method: &Method, kind: Kind, bytes: &[u8], headers: &HeaderMap) -> Response {
     use sha2::Digest;
-    let etag = format!("\"{}\"", hex::encode(&sha2::Sha256::digest(bytes)[..16]));
+    let etag = etag::from_sha256(&sha2::Sha256::digest(bytes));
     let matches = joined(headers, &header::IF_NONE_MATCH)
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
     let mut res = if matches {

@@ -606,23 +606,7 @@ pub(super) fn bucket_metrics(
 ) -> Response {
     let health = reader.health();
     let mut out = common_metrics(metrics, (health.hits, health.misses, health.cached_bytes));
-    if let Some(v) = health.version {
-        gauge(
-            &mut out,
-            "hexmirror_generation",
-            "Manifest version of the served generation.",
-            v,
-        );
-    }
-    if let Some(e) = health.expires_at {
-        let help = "When the served manifest expires (Unix time).";
-        gauge(
-            &mut out,
-            "hexmirror_manifest_expiry_timestamp_seconds",
-            help,
-            e,
-        );
-    }
+    generation_gauges(&mut out, health.version, health.expires_at);
     let help = "1 while the bucket fails to answer (cached files are still served).";
     gauge(
         &mut out,
@@ -640,6 +624,18 @@ pub(super) fn bucket_metrics(
         );
     }
     respond(StatusCode::OK, "text/plain; version=0.0.4", out)
+}
+
+/// The served generation's manifest version and expiry, local or bucket.
+fn generation_gauges(out: &mut String, version: Option<u64>, expires_at: Option<u64>) {
+    if let Some(v) = version {
+        let help = "Manifest version of the served generation.";
+        gauge(out, "hexmirror_generation", help, v);
+    }
+    if let Some(e) = expires_at {
+        let help = "When the served manifest expires (Unix time).";
+        gauge(out, "hexmirror_manifest_expiry_timestamp_seconds", help, e);
+    }
 }
 
 /// One metric family's `# HELP` and `# TYPE` lines.
@@ -725,19 +721,7 @@ pub(super) fn metrics(
     use std::fmt::Write;
     let mut out = common_metrics(metrics, cache.stats());
     let tree = tree_state(root);
-    if let Some(v) = tree.version {
-        let help = "Manifest version of the served generation.";
-        gauge(&mut out, "hexmirror_generation", help, v);
-    }
-    if let Some(e) = tree.expires_at {
-        let help = "When the served manifest expires (Unix time).";
-        gauge(
-            &mut out,
-            "hexmirror_manifest_expiry_timestamp_seconds",
-            help,
-            e,
-        );
-    }
+    generation_gauges(&mut out, tree.version, tree.expires_at);
     if let Some(sync) = data_dir.map(sync_state) {
         if let Some((at, took, _, failed)) = &sync.last_finished {
             let help = "When the last sync finished (Unix time).";

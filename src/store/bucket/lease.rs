@@ -251,13 +251,18 @@ pub async fn release(bucket: &Bucket, lease: Lease) -> Result<(), LeaseError> {
     Ok(())
 }
 
-/// The current lease, if any (for `sync` to tell its own node's `serve`
-/// from another writer).
-pub async fn current(bucket: &Bucket) -> Result<Option<LeaseBody>, LeaseError> {
-    match bucket.get(LEASE, super::SMALL_OBJECT).await? {
-        Some(object) => Ok(Some(bucket.parse(LEASE, &object.bytes)?)),
-        None => Ok(None),
+/// [`LeaseError::Held`] when another node's writer holds a live lease; a
+/// lease of `me`'s own node (its `serve`) is fine: `sync` checks this before
+/// any work.
+pub async fn refuse_other_node(bucket: &Bucket, me: &Holder, now: u64) -> Result<(), LeaseError> {
+    let Some(object) = bucket.get(LEASE, super::SMALL_OBJECT).await? else {
+        return Ok(());
+    };
+    let theirs: LeaseBody = bucket.parse(LEASE, &object.bytes)?;
+    if theirs.expires_at > now && theirs.holder.node != me.node {
+        return Err(held(bucket, theirs));
     }
+    Ok(())
 }
 
 /// Shows the store honours `If-None-Match: *` and `If-Match` on PUT: creates

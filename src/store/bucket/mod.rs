@@ -180,8 +180,6 @@ pub struct Object {
     pub bytes: Bytes,
     /// The store's ETag.
     pub etag: Option<String>,
-    /// When it was written.
-    pub last_modified: std::time::SystemTime,
 }
 
 /// The bucket under the configured prefix.
@@ -302,7 +300,6 @@ impl Bucket {
         Ok(Fetched::Body(Object {
             bytes,
             etag: meta.e_tag,
-            last_modified: meta.last_modified.into(),
         }))
     }
 

@@ -112,8 +112,10 @@ pub struct Snapshot {
     changed: HashMap<String, Option<File>>,
     /// The base manifest's bytes, served as `hexmirror-manifest.json`.
     pub manifest: Bytes,
-    /// The delta's bytes, served as `hexmirror-manifest-delta.json`.
-    pub delta: Option<Bytes>,
+    /// Their SHA-256, hashed once (the file is up to 90 MB).
+    pub manifest_sha256: [u8; 32],
+    /// The delta's bytes and SHA-256, served as `hexmirror-manifest-delta.json`.
+    pub delta: Option<(Bytes, [u8; 32])>,
 }
 
 impl Snapshot {
@@ -135,6 +137,7 @@ struct Base {
     expires_at: u64,
     files: Arc<HashMap<String, File>>,
     bytes: Bytes,
+    sha256: [u8; 32],
 }
 
 fn file_of(entry: &manifest::FileEntry) -> Option<File> {
@@ -301,6 +304,7 @@ impl Reader {
                         .filter_map(|(path, entry)| Some((path.clone(), file_of(entry)?)))
                         .collect();
                     Ok::<_, ManifestError>(Base {
+                        sha256: Sha256::digest(&blob).into(),
                         version: m.version,
                         generation: m.generation,
                         signed_at: m.signed_at,
@@ -328,11 +332,15 @@ impl Reader {
             Some(v) => {
                 let key = delta_key(v);
                 let bytes = self.fetch_object(&key, super::MAX_DELTA).await?;
-                // A delta is small: verified here, without the base's list.
-                let delta =
-                    manifest::verify_delta(&bytes, &self.key).map_err(|e| self.bad(&key, e))?;
-                manifest::check_binding(&delta, base.version, &base.generation)
-                    .map_err(|e| self.bad(&key, e))?;
+                let (verifying, blob, bound) = (self.key.clone(), bytes.clone(), Arc::clone(&base));
+                let (delta, sha) = tokio::task::spawn_blocking(move || {
+                    let delta = manifest::verify_delta(&blob, &verifying)?;
+                    manifest::check_binding(&delta, bound.version, &bound.generation)?;
+                    Ok::<_, ManifestError>((delta, Sha256::digest(&blob).into()))
+                })
+                .await
+                .map_err(|_| ReaderError::Task)?
+                .map_err(|e| self.bad(&key, e))?;
                 let changed = delta
                     .files
                     .iter()
@@ -343,7 +351,7 @@ impl Reader {
                     delta.signed_at,
                     base.expires_at.min(delta.expires_at),
                     changed,
-                    Some(bytes),
+                    Some((bytes, sha)),
                     key,
                 )
             }
@@ -366,6 +374,7 @@ impl Reader {
             base: Arc::clone(&base.files),
             changed,
             manifest: base.bytes.clone(),
+            manifest_sha256: base.sha256,
             delta: delta_bytes,
         })));
         poll.base = Some(base);

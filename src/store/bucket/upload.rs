@@ -269,13 +269,17 @@ pub async fn publish(
         .buffer_unordered(PARALLEL)
         .try_collect::<()>()
         .await?;
-    bucket
-        .put(
-            &base_key(local.base_version),
-            local.base.clone(),
-            PutMode::Create,
-        )
-        .await?;
+    // A patch over the base the pointer already names has nothing new
+    // there: the base (up to 90 MB) is not sent again.
+    if whole {
+        bucket
+            .put(
+                &base_key(local.base_version),
+                local.base.clone(),
+                PutMode::Create,
+            )
+            .await?;
+    }
     if let Some((delta, version)) = &local.delta {
         bucket
             .put(&delta_key(*version), delta.clone(), PutMode::Create)
@@ -318,15 +322,8 @@ pub async fn publish(
     }
 }
 
-/// Fault injection for the crash tests: `HEXMIRROR_FAULT_BUCKET_KILL=POINT`
-/// kills the process with SIGKILL at POINT (`blob`: after the first blob
-/// uploaded; `pointer`: just before the pointer is written), leaving the
-/// bucket as a `kill -9` there would. Unset, it costs one environment read.
+/// `HEXMIRROR_FAULT_BUCKET_KILL=POINT` kills the publish at POINT (`blob`:
+/// after the first blob uploaded; `pointer`: just before the pointer).
 fn fault_point(point: &str) {
-    if std::env::var("HEXMIRROR_FAULT_BUCKET_KILL").is_ok_and(|p| p == point) {
-        // SAFETY: kill(2) on this process; no memory is involved.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
-    }
+    crate::fault::kill_at("HEXMIRROR_FAULT_BUCKET_KILL", point);
 }

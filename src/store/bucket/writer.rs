@@ -364,9 +364,4 @@ impl BucketWriter {
             tracing::warn!("bucket lease not released ({e}); it lapses on its own");
         }
     }
-
-    /// Whether this process holds the lease now (or needs none).
-    pub async fn holds_lease(&self) -> bool {
-        self.mode == LeaseMode::None || self.lease.lock().await.is_some()
-    }
 }
