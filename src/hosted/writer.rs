@@ -24,9 +24,10 @@ use super::db::{self as hdb, AuditEntry, ReleaseRow};
 use super::rules::{self, Asker, Rejection, Repositories, Source, Window};
 use crate::clock::unix_now;
 use crate::config::{Config, RepositoryConfig};
+use crate::index::encoded::{EncodedNames, EncodedVersions};
 use crate::index::hosted::{self as record, Retirement};
 use crate::manifest::{ManifestKey, UpstreamState};
-use crate::registry::{self, SigningKey, proto};
+use crate::registry::{self, SigningKey};
 use crate::store::{Db, FileMap, FileRef, GenerationError, Store, db};
 use crate::tarball::{self, Limits};
 
@@ -364,6 +365,11 @@ impl<T> Decoded<T> {
     }
 }
 
+/// Where index file `file` of our repository `repo` is served in `tree`.
+fn index_path(tree: &std::path::Path, repo: &str, file: &str) -> std::path::PathBuf {
+    tree.join(format!("repos/{repo}/{file}"))
+}
+
 /// Package name → its versions, as `/versions` lists them.
 type VersionMap = BTreeMap<String, Vec<String>>;
 
@@ -375,10 +381,11 @@ pub struct Writer {
     /// The upstream `/versions` last decoded.
     upstream: Decoded<VersionMap>,
     /// Our repositories' `/names` and `/versions` as last read or written,
-    /// so a change decodes neither again (at hex.pm scale they are most of
-    /// the work of a publish).
-    names: Decoded<proto::names::Names>,
-    versions: Decoded<proto::versions::Versions>,
+    /// kept as one encoded entry per package: a change neither decodes them
+    /// again nor re-encodes the entries it does not touch (at hex.pm scale
+    /// that was most of the work of a publish).
+    names: Decoded<EncodedNames>,
+    versions: Decoded<EncodedVersions>,
 }
 
 impl Writer {
@@ -1026,12 +1033,20 @@ impl Ctx<'_> {
         repo: &str,
         package: &str,
     ) -> Result<Option<Vec<String>>, HostedError> {
-        Ok(self.own_versions(repo, false)?.and_then(|v| {
-            v.packages
-                .iter()
-                .find(|p| p.name == package)
-                .map(|p| p.versions.clone())
-        }))
+        let (Some(tree), Some(index)) = (self.tree, self.own_versions(repo, false)?) else {
+            return Ok(None);
+        };
+        // Cannot fail short of a bug: the entry is our own encoding.
+        let entry = index
+            .get(package)
+            .map_err(|source| HostedError::ServedIndex {
+                path: index_path(tree, repo, "versions"),
+                source: registry::RegistryError::Protobuf {
+                    what: "versions entry",
+                    source,
+                },
+            })?;
+        Ok(entry.map(|p| p.versions))
     }
 
     /// The repository's `/versions` (`None`: not published yet).
@@ -1039,23 +1054,20 @@ impl Ctx<'_> {
         &self,
         repo: &str,
         take: bool,
-    ) -> Result<Option<Arc<proto::versions::Versions>>, HostedError> {
+    ) -> Result<Option<Arc<EncodedVersions>>, HostedError> {
         let cache = &self.writer.versions;
         self.own_index(repo, "versions", take, cache, registry::verify_versions)
     }
 
     /// The repository's `/names` (`None`: not published yet).
-    fn own_names(
-        &self,
-        repo: &str,
-        take: bool,
-    ) -> Result<Option<Arc<proto::names::Names>>, HostedError> {
+    fn own_names(&self, repo: &str, take: bool) -> Result<Option<Arc<EncodedNames>>, HostedError> {
         let cache = &self.writer.names;
         self.own_index(repo, "names", take, cache, registry::verify_names)
     }
 
-    /// One of our repository's signed index files, verified with our key.
-    fn own_index<T>(
+    /// One of our repository's signed index files, verified with our key,
+    /// kept as `T` (its entries encoded one by one).
+    fn own_index<M, T: From<M>>(
         &self,
         repo: &str,
         file: &str,
@@ -1065,15 +1077,15 @@ impl Ctx<'_> {
             &[u8],
             &registry::PublicKey,
             &str,
-        ) -> Result<registry::Verified<T>, registry::RegistryError>,
+        ) -> Result<registry::Verified<M>, registry::RegistryError>,
     ) -> Result<Option<Arc<T>>, HostedError> {
         let Some(tree) = self.tree else {
             return Ok(None);
         };
-        let path = tree.join(format!("repos/{repo}/{file}"));
+        let path = index_path(tree, repo, file);
         cache.get(repo, &path, take, |bytes| {
             verify(bytes, self.key.public_key(), repo)
-                .map(registry::Verified::into_inner)
+                .map(|v| T::from(v.into_inner()))
                 .map_err(|source| HostedError::ServedIndex {
                     path: path.clone(),
                     source,
@@ -1127,27 +1139,22 @@ impl Ctx<'_> {
             let releases: Vec<record::Release> = after.iter().map(ReleaseRow::release).collect();
             record::package_record(repo, name, &releases)
         });
-        let mut names =
-            self.own_names(repo, true)?
-                .map(owned)
-                .unwrap_or_else(|| proto::names::Names {
-                    repository: repo.clone(),
-                    packages: Vec::new(),
-                });
+        let mut names = self
+            .own_names(repo, true)?
+            .map(owned)
+            .unwrap_or_else(|| EncodedNames::new(repo));
         let mut versions = self
             .own_versions(repo, true)?
             .map(owned)
-            .unwrap_or_else(|| proto::versions::Versions {
-                repository: repo.clone(),
-                packages: Vec::new(),
-            });
+            .unwrap_or_else(|| EncodedVersions::new(repo));
+        // Only this package's entries are encoded; the rest are copied.
         record::update_names(&mut names, name, after.iter().map(|r| r.updated_at).max());
         record::update_versions(&mut versions, name, record.as_ref());
         // Three RSA signatures are most of a publish; make them at once.
         let payloads = [
             record.as_ref().map(|r| r.encode_to_vec()),
-            Some(names.encode_to_vec()),
-            Some(versions.encode_to_vec()),
+            Some(names.encode()),
+            Some(versions.encode()),
         ];
         let signed: Vec<Result<Option<FileRef>, HostedError>> = std::thread::scope(|s| {
             let handles: Vec<_> = payloads

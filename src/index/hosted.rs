@@ -6,7 +6,8 @@
 use std::cmp::Ordering;
 
 use crate::index;
-use crate::registry::proto::{self, names, package, versions};
+use crate::index::encoded::{EncodedNames, EncodedVersions};
+use crate::registry::proto::{self, names, package};
 use crate::tarball::Requirement;
 use crate::version::Version;
 use serde_json::Value;
@@ -147,52 +148,31 @@ pub fn package_record(repository: &str, name: &str, releases: &[Release]) -> pac
 }
 
 /// Puts `name` into `/names` (sorted by name) with `updated_at`, or takes it
-/// out when `updated_at` is `None`.
-pub fn update_names(names: &mut names::Names, name: &str, updated_at: Option<i64>) {
-    let at = names
-        .packages
-        .binary_search_by(|p| p.name.as_str().cmp(name));
-    match (at, updated_at) {
-        (Ok(i), Some(secs)) => {
-            names.packages[i].updated_at = Some(names::Timestamp {
-                seconds: secs,
-                nanos: 0,
-            })
+/// out when `updated_at` is `None`. Only this entry is encoded.
+pub fn update_names(names: &mut EncodedNames, name: &str, updated_at: Option<i64>) {
+    match updated_at {
+        Some(seconds) => names.put(&names::Package {
+            name: name.to_owned(),
+            updated_at: Some(names::Timestamp { seconds, nanos: 0 }),
+        }),
+        None => {
+            names.remove(name);
         }
-        (Err(i), Some(secs)) => names.packages.insert(
-            i,
-            names::Package {
-                name: name.to_owned(),
-                updated_at: Some(names::Timestamp {
-                    seconds: secs,
-                    nanos: 0,
-                }),
-            },
-        ),
-        (Ok(i), None) => {
-            names.packages.remove(i);
-        }
-        (Err(_), None) => {}
     }
 }
 
 /// Puts `record`'s entry into `/versions` (sorted by name), or takes `name`
-/// out when there is no record.
+/// out when there is no record. Only this entry is encoded.
 pub fn update_versions(
-    versions: &mut versions::Versions,
+    versions: &mut EncodedVersions,
     name: &str,
     record: Option<&package::Package>,
 ) {
-    let at = versions
-        .packages
-        .binary_search_by(|p| p.name.as_str().cmp(name));
-    match (at, record) {
-        (Ok(i), Some(r)) => versions.packages[i] = index::versions_entry(r),
-        (Err(i), Some(r)) => versions.packages.insert(i, index::versions_entry(r)),
-        (Ok(i), None) => {
-            versions.packages.remove(i);
+    match record {
+        Some(r) => versions.put(&index::versions_entry(r)),
+        None => {
+            versions.remove(name);
         }
-        (Err(_), None) => {}
     }
 }
 
@@ -298,25 +278,22 @@ mod tests {
 
     #[test]
     fn names_and_versions_edits_keep_order() {
-        let mut names = names::Names {
-            repository: "acme".into(),
-            packages: Vec::new(),
-        };
+        use prost::Message;
+        let mut names = EncodedNames::new("acme");
         update_names(&mut names, "b", Some(2));
         update_names(&mut names, "a", Some(1));
         update_names(&mut names, "c", Some(3));
         update_names(&mut names, "b", Some(5));
-        let listed: Vec<_> = names.packages.iter().map(|p| p.name.as_str()).collect();
+        let decoded = names::Names::decode(&names.encode()[..]).unwrap();
+        let listed: Vec<_> = decoded.packages.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(listed, ["a", "b", "c"]);
-        assert_eq!(names.packages[1].updated_at.as_ref().unwrap().seconds, 5);
+        assert_eq!(decoded.packages[1].updated_at.as_ref().unwrap().seconds, 5);
+        assert_eq!(decoded.repository, "acme");
         update_names(&mut names, "b", None);
         update_names(&mut names, "zz", None);
-        assert_eq!(names.packages.len(), 2);
+        assert_eq!(names.len(), 2);
 
-        let mut versions = versions::Versions {
-            repository: "acme".into(),
-            packages: Vec::new(),
-        };
+        let mut versions = EncodedVersions::new("acme");
         let mut old = release("0.1.0");
         old.retired = Some((Retirement::Other, String::new()));
         let rec = package_record("acme", "m", &[release("0.2.0"), old]);
@@ -326,11 +303,13 @@ mod tests {
             "a",
             Some(&package_record("acme", "a", &[release("1.0.0")])),
         );
-        assert_eq!(versions.packages[0].name, "a");
-        assert_eq!(versions.packages[1].versions, ["0.1.0", "0.2.0"]);
-        assert_eq!(versions.packages[1].retired, [0]);
+        let decoded = proto::versions::Versions::decode(&versions.encode()[..]).unwrap();
+        assert_eq!(decoded.packages[0].name, "a");
+        assert_eq!(decoded.packages[1].versions, ["0.1.0", "0.2.0"]);
+        assert_eq!(decoded.packages[1].retired, [0]);
         update_versions(&mut versions, "m", None);
-        assert_eq!(versions.packages.len(), 1);
+        assert_eq!(versions.len(), 1);
+        assert_eq!(versions.get("m").unwrap(), None);
     }
 
     #[test]

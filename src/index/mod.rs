@@ -3,6 +3,7 @@
 //! closure, a denylist), and `/names` and `/versions` consistent with the
 //! records. PURE: values in, values out; signing is `registry::seal_signed`.
 
+pub mod encoded;
 pub mod hosted;
 
 use std::collections::{BTreeMap, BTreeSet};
