@@ -1678,8 +1678,9 @@ async fn bucket_lease_check(config: &Config, s3: &crate::config::S3Config) -> an
     Ok(())
 }
 
-/// The bucket writer for a one-off command (sync, gc), or `None` when this
-/// node's `serve` holds the lease (it publishes and collects itself).
+/// The bucket writer for a one-off command (sync, gc), or `None` when
+/// another process of this data directory (its `serve`) writes into the
+/// bucket: that one publishes and collects itself.
 async fn bucket_writer_unless_serve_holds(
     config: &Config,
     s3: &crate::config::S3Config,
@@ -1687,17 +1688,10 @@ async fn bucket_writer_unless_serve_holds(
     match start_bucket_writer(config, s3, OnHeld::Refuse).await {
         Ok(writer) => Ok(Some(writer)),
         Err(e) => {
-            if let Some(crate::store::bucket::writer::StartError::Lease(
-                crate::store::bucket::lease::LeaseError::Held { holder, .. },
-            )) = e.downcast_ref()
-                && holder.node
-                    == crate::store::bucket::lease::Holder::this_process(&config.data_dir)?.node
+            if let Some(busy @ crate::store::bucket::writer::StartError::Busy { .. }) =
+                e.downcast_ref()
             {
-                println!(
-                    "bucket {}: `serve` ({holder}) holds the lease; it publishes new generations \
-                     and collects the bucket's garbage itself",
-                    s3.bucket
-                );
+                println!("bucket {}: {busy}", s3.bucket);
                 return Ok(None);
             }
             Err(e)

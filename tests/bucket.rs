@@ -186,7 +186,7 @@ fn a_publish_reaches_the_read_only_node_and_a_second_writer_waits_for_the_lease(
     let storage = s3.storage_section(
         writer_dir.path(),
         "writer",
-        "lease_ttl_secs = 3\npoll_ms = 100",
+        "lease_ttl_secs = 5\npoll_ms = 100",
     );
     let mirror = Mirror::hosting(
         &upstream,
@@ -293,7 +293,7 @@ fn a_publish_reaches_the_read_only_node_and_a_second_writer_waits_for_the_lease(
         &s3.storage_section(
             second_dir.path(),
             "writer",
-            "lease_ttl_secs = 3\npoll_ms = 100",
+            "lease_ttl_secs = 5\npoll_ms = 100",
         ),
     );
     let refused = second.run(&["serve"]);
@@ -310,28 +310,37 @@ fn a_publish_reaches_the_read_only_node_and_a_second_writer_waits_for_the_lease(
     // second takes over.
     drop(writer);
     let taken = Instant::now();
+    let second_holds =
+        || lease_holder(&s3)["data_dir"] == second.data_dir().display().to_string().as_str();
+    // Each try runs the second writer until it exits (refused: the lease
+    // is still live) or the lease names it.
     wait_for(
-        "the second writer to start",
-        Duration::from_secs(15),
+        "the second writer to take the lease",
+        Duration::from_secs(20),
         || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_hexmirror"))
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hexmirror"))
                 .args(["serve", "--config"])
                 .arg(second.config())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
-                .map(|mut child| {
-                    std::thread::sleep(Duration::from_millis(700));
-                    let running = child.try_wait().unwrap().is_none();
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    running
-                })
-                .unwrap()
+                .unwrap();
+            let mut held = false;
+            let give_up = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().unwrap().is_none() && Instant::now() < give_up {
+                if second_holds() {
+                    held = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            held
         },
     );
     assert!(
-        taken.elapsed() >= Duration::from_secs(1),
+        taken.elapsed() >= Duration::from_secs(2),
         "took the lease before it lapsed"
     );
     assert_ne!(lease_holder(&s3)["data_dir"], holder["data_dir"]);

@@ -106,36 +106,43 @@ pub async fn pull_once(
     let today = crate::clock::unix_now() / 86_400;
     let mut counted = 0;
     for (key, meta) in bucket.list(DIR).await? {
-        let batch = if meta.size > MAX_BATCH {
+        let bytes = if meta.size > MAX_BATCH {
             None
         } else {
             match bucket.get(&key, MAX_BATCH).await? {
-                Some(object) => serde_json::from_slice::<Batch>(&object.bytes).ok(),
+                Some(object) => Some(object.bytes),
                 None => continue,
             }
         };
-        let Some(batch) = batch else {
-            tracing::warn!(
+        let id: [u8; 32] = Sha256::digest(format!("bucket batch {key}").as_bytes()).into();
+        let up = upstream.to_owned();
+        // Parsed where it is counted, on the blocking pool: a batch is up
+        // to 4 MiB of JSON.
+        let outcome = catalog
+            .call(move |conn| {
+                let Some(batch) = bytes.and_then(|b| serde_json::from_slice::<Batch>(&b).ok())
+                else {
+                    return Ok(None);
+                };
+                let counts: Taken = batch
+                    .counts
+                    .into_iter()
+                    .filter(|(_, day, n)| {
+                        *day + 3650 >= today && *day <= today + 1 && *n <= MAX_COUNT
+                    })
+                    .map(|(path, day, n)| ((path, day), n))
+                    .collect();
+                write_once(conn, &id, &counts, &up).map(Some)
+            })
+            .await?;
+        match outcome {
+            Some(true) => counted += 1,
+            Some(false) => {}
+            None => tracing::warn!(
                 bucket = bucket.name(),
                 key,
                 "a download batch that does not parse (or is too large) was dropped"
-            );
-            bucket.delete(&key).await?;
-            continue;
-        };
-        let counts: Taken = batch
-            .counts
-            .into_iter()
-            .filter(|(_, day, n)| *day + 3650 >= today && *day <= today + 1 && *n <= MAX_COUNT)
-            .map(|(path, day, n)| ((path, day), n))
-            .collect();
-        let id: [u8; 32] = Sha256::digest(format!("bucket batch {key}").as_bytes()).into();
-        let up = upstream.to_owned();
-        if catalog
-            .call(move |conn| write_once(conn, &id, &counts, &up))
-            .await?
-        {
-            counted += 1;
+            ),
         }
         bucket.delete(&key).await?;
     }

@@ -207,10 +207,12 @@ fn s3(
         }
     };
     let lease_ttl_secs = raw.lease_ttl_secs.unwrap_or(60);
-    if !(2..=3600).contains(&lease_ttl_secs) {
+    if !(5..=3600).contains(&lease_ttl_secs) {
         return Err(invalid(
             "storage.lease_ttl_secs",
-            format!("{lease_ttl_secs} is outside 2..=3600 (seconds)"),
+            format!(
+                "{lease_ttl_secs} is outside 5..=3600 (seconds): the lease is renewed at a third gone and a pointer is not written with less than 2 s left"
+            ),
         ));
     }
     let poll_ms = raw.poll_ms.unwrap_or(1000);

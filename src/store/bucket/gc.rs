@@ -2,16 +2,23 @@
 //! references, once they are older than the grace period.
 //!
 //! Live: the manifests the pointer names, the newest `keep` base manifests
-//! up to it, and every manifest written within the grace period (a reader
-//! still on the previous generation fetches its files lazily). A blob is
-//! kept when a live manifest names it, or when it was written within the
-//! grace period (an upload in progress has not written its manifest yet).
-//! Runs only in the process that holds the lease, between its uploads, so
-//! no upload can find a blob present that this is about to delete.
+//! up to it, any manifest above it (an upload in progress), any written
+//! within the grace period, and any *replaced* within it: a generation is
+//! replaced when the next one is published, so its replacement time is the
+//! next manifest's write time (a reader still on the previous generation
+//! fetches its files lazily). A live delta keeps the base it applies to. A
+//! blob is kept when a live manifest names it, or when it was written
+//! within the grace period (an upload in progress has not written its
+//! manifest yet).
+//!
+//! Runs only in the process that holds the lease, and asks it ([`Fence`])
+//! before every delete, so a collection that outlives its lease stops
+//! before a new writer can count a blob present that this then deletes.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
+use super::lease::{Fence, LeaseError};
 use super::{Bucket, BucketError};
 use crate::manifest::{self, ManifestError, ManifestPublicKey};
 
@@ -32,6 +39,9 @@ pub enum GcError {
         /// What is wrong.
         problem: ManifestProblem,
     },
+    /// The lease could not be kept; the collection stopped.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
     /// A verification task died.
     #[error("bucket garbage collection: a verification task died")]
     Task,
@@ -77,6 +87,7 @@ fn parse_manifest_key(key: &str) -> Option<(u64, bool)> {
 pub async fn collect(
     bucket: &Bucket,
     key: &ManifestPublicKey,
+    fence: &dyn Fence,
     keep: usize,
     grace: Duration,
     now: SystemTime,
@@ -85,32 +96,17 @@ pub async fn collect(
         return Ok(Collected::default());
     };
     let young = |modified: SystemTime| now.duration_since(modified).unwrap_or_default() < grace;
-    let manifests = bucket.list("manifests").await?;
-    let mut bases: Vec<u64> = manifests
-        .iter()
-        .filter_map(|(k, _)| parse_manifest_key(k))
-        .filter(|&(v, delta)| !delta && v <= pointer.base)
-        .map(|(v, _)| v)
+    // Every manifest object: (version, delta?, key, written).
+    let manifests: Vec<(u64, bool, String, SystemTime)> = bucket
+        .list("manifests")
+        .await?
+        .into_iter()
+        .filter_map(|(k, meta)| {
+            let (v, delta) = parse_manifest_key(&k)?;
+            Some((v, delta, k, meta.last_modified.into()))
+        })
         .collect();
-    bases.sort_unstable_by(|a, b| b.cmp(a));
-    let newest: HashSet<u64> = bases.into_iter().take(keep.max(1)).collect();
-    let mut live: Vec<String> = Vec::new();
-    let mut dead: Vec<String> = Vec::new();
-    for (k, meta) in &manifests {
-        let Some((version, delta)) = parse_manifest_key(k) else {
-            continue;
-        };
-        let named = if delta {
-            pointer.delta == Some(version)
-        } else {
-            pointer.base == version || newest.contains(&version)
-        };
-        if named || version > pointer.version || young(meta.last_modified.into()) {
-            live.push(k.clone());
-        } else {
-            dead.push(k.clone());
-        }
-    }
+    let (mut live, mut dead) = sort_out(manifests, &pointer, keep, &young);
     for named in [
         Some(super::base_key(pointer.base)),
         pointer.delta.map(super::delta_key),
@@ -118,7 +114,7 @@ pub async fn collect(
     .into_iter()
     .flatten()
     {
-        if !live.contains(&named) {
+        if !live.iter().any(|(k, _)| *k == named) {
             return Err(GcError::Manifest {
                 bucket: bucket.name().to_owned(),
                 key: named,
@@ -127,44 +123,26 @@ pub async fn collect(
         }
     }
     let mut referenced: HashSet<String> = HashSet::new();
-    for k in &live {
-        let problem = |problem| GcError::Manifest {
-            bucket: bucket.name().to_owned(),
-            key: k.clone(),
-            problem,
-        };
-        let object = bucket
-            .get(k, super::MAX_MANIFEST)
-            .await?
-            .ok_or_else(|| problem(ManifestProblem::Missing))?;
-        let (verifying, is_delta) = (key.clone(), k.ends_with("-delta.json"));
-        let shas = tokio::task::spawn_blocking(move || {
-            let entries: Vec<manifest::FileEntry> = if is_delta {
-                manifest::verify_delta(&object.bytes, &verifying)?
-                    .files
-                    .into_values()
-                    .flatten()
-                    .collect()
-            } else {
-                manifest::verify_base(&object.bytes, &verifying)?
-                    .files
-                    .into_values()
-                    .collect()
-            };
-            Ok::<_, ManifestError>(entries)
-        })
-        .await
-        .map_err(|_| GcError::Task)?
-        .map_err(|e| problem(e.into()))?;
-        for entry in shas {
-            if let Some(file) = crate::store::FileRef::from_entry(&entry) {
-                referenced.insert(super::blob_key(&file.sha256));
-            }
+    let mut next = 0;
+    while next < live.len() {
+        let (k, is_delta) = live[next].clone();
+        next += 1;
+        let (blobs, base) = read_live(bucket, key, &k, is_delta).await?;
+        referenced.extend(blobs);
+        // A live delta is served over its base: that base lives too.
+        if let Some(base) = base
+            && let Some(at) = dead
+                .iter()
+                .position(|(v, k)| *v == base && !k.ends_with("-delta.json"))
+        {
+            let (_, k) = dead.remove(at);
+            live.push((k, false));
         }
     }
     let mut collected = Collected::default();
     for (k, meta) in bucket.list("blobs").await? {
         if !referenced.contains(&k) && !young(meta.last_modified.into()) {
+            fence.hold().await?;
             bucket.delete(&k).await?;
             collected.blobs += 1;
             collected.bytes += meta.size;
@@ -172,16 +150,237 @@ pub async fn collect(
     }
     // Manifests last: an interrupted run leaves dead manifests, never a
     // live one missing, and the next run finishes.
-    for k in dead {
+    for (_, k) in dead {
+        fence.hold().await?;
         bucket.delete(&k).await?;
         collected.manifests += 1;
     }
     Ok(collected)
 }
 
+/// Splits manifest objects `(version, delta?, key, written)` into live
+/// `(key, delta?)` and dead `(version, key)`, by the rules of the module doc.
+#[allow(clippy::type_complexity)]
+fn sort_out(
+    mut manifests: Vec<(u64, bool, String, SystemTime)>,
+    pointer: &super::Pointer,
+    keep: usize,
+    young: &dyn Fn(SystemTime) -> bool,
+) -> (Vec<(String, bool)>, Vec<(u64, String)>) {
+    manifests.sort_unstable_by_key(|(v, delta, ..)| (*v, *delta));
+    let mut bases: Vec<u64> = manifests
+        .iter()
+        .filter(|&&(v, delta, ..)| !delta && v <= pointer.base)
+        .map(|(v, ..)| *v)
+        .collect();
+    bases.sort_unstable_by(|a, b| b.cmp(a));
+    let newest: HashSet<u64> = bases.into_iter().take(keep.max(1)).collect();
+    let mut live = Vec::new();
+    let mut dead = Vec::new();
+    for (i, (version, delta, k, written)) in manifests.iter().enumerate() {
+        let named = if *delta {
+            pointer.delta == Some(*version)
+        } else {
+            pointer.base == *version || newest.contains(version)
+        };
+        // Replaced when the next generation was published: the next
+        // manifest's write time.
+        let replaced_recently = manifests
+            .get(i + 1)
+            .is_some_and(|(.., next_written)| young(*next_written));
+        if named || *version > pointer.version || young(*written) || replaced_recently {
+            live.push((k.clone(), *delta));
+        } else {
+            dead.push((*version, k.clone()));
+        }
+    }
+    (live, dead)
+}
+
+/// The blob keys a live manifest names, verified, and the base version a
+/// delta applies to.
+async fn read_live(
+    bucket: &Bucket,
+    key: &ManifestPublicKey,
+    k: &str,
+    is_delta: bool,
+) -> Result<(Vec<String>, Option<u64>), GcError> {
+    let problem = |problem| GcError::Manifest {
+        bucket: bucket.name().to_owned(),
+        key: k.to_owned(),
+        problem,
+    };
+    let object = bucket
+        .get(k, super::MAX_MANIFEST)
+        .await?
+        .ok_or_else(|| problem(ManifestProblem::Missing))?;
+    let verifying = key.clone();
+    let (entries, base) = tokio::task::spawn_blocking(move || {
+        if is_delta {
+            let delta = manifest::verify_delta(&object.bytes, &verifying)?;
+            let base = delta.base_version;
+            Ok::<_, ManifestError>((
+                delta.files.into_values().flatten().collect::<Vec<_>>(),
+                Some(base),
+            ))
+        } else {
+            let files = manifest::verify_base(&object.bytes, &verifying)?.files;
+            Ok((files.into_values().collect(), None))
+        }
+    })
+    .await
+    .map_err(|_| GcError::Task)?
+    .map_err(|e| problem(e.into()))?;
+    let blobs = entries
+        .iter()
+        .filter_map(crate::store::FileRef::from_entry)
+        .map(|file| super::blob_key(&file.sha256))
+        .collect();
+    Ok((blobs, base))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_generation_replaced_within_the_grace_period_stays_however_old_it_is() {
+        let t = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let m = |v: u64, delta: bool, at: u64| {
+            let key = if delta {
+                super::super::delta_key(v)
+            } else {
+                super::super::base_key(v)
+            };
+            (v, delta, key, t(at))
+        };
+        // Base 1 long ago, its delta 2 long ago, base 3 long ago, base 4
+        // long ago, base 5 (served) a minute ago: 4 was replaced a minute
+        // ago, everything else long ago.
+        let manifests = vec![
+            m(1, false, 100),
+            m(2, true, 200),
+            m(3, false, 300),
+            m(4, false, 400),
+            m(5, false, 10_000),
+        ];
+        let pointer = super::super::Pointer {
+            version: 5,
+            generation: "g5".into(),
+            base: 5,
+            base_sha256: String::new(),
+            delta: None,
+            delta_sha256: None,
+            holder: String::new(),
+            written_at: 10_000,
+        };
+        let young = |at: SystemTime| at >= t(10_000 - 3600);
+        let (live, dead) = sort_out(manifests.clone(), &pointer, 1, &young);
+        let live: Vec<String> = live.into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            live,
+            [super::super::base_key(4), super::super::base_key(5)],
+            "the served base, and the one it replaced a minute ago"
+        );
+        assert_eq!(dead.iter().map(|(v, _)| *v).collect::<Vec<_>>(), [1, 2, 3]);
+        // Keeping three bases keeps 3 too; the delta over 1 is dead with it.
+        let (live, _) = sort_out(manifests, &pointer, 3, &young);
+        assert_eq!(live.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_collection_stops_before_its_first_delete_when_the_lease_is_gone() {
+        struct Lost;
+        impl Fence for Lost {
+            fn hold(&self) -> futures::future::BoxFuture<'_, Result<Option<u64>, LeaseError>> {
+                Box::pin(async {
+                    Err(LeaseError::Lost {
+                        bucket: "b".into(),
+                        holder: "another writer".into(),
+                    })
+                })
+            }
+        }
+        use object_store::PutMode;
+        use sha2::{Digest, Sha256};
+        let bucket = Bucket::with_store(
+            std::sync::Arc::new(object_store::memory::InMemory::new()),
+            "b",
+            "",
+        );
+        let key = crate::manifest::ManifestKey::generate();
+        let mut pointer = None;
+        for v in 1..=2u64 {
+            let content = format!("blob {v}");
+            let sha: [u8; 32] = Sha256::digest(content.as_bytes()).into();
+            let m = manifest::Manifest {
+                expires_at: u64::MAX,
+                files: [(
+                    "names".to_owned(),
+                    manifest::FileEntry {
+                        sha256: hex::encode(sha),
+                        size: content.len() as u64,
+                    },
+                )]
+                .into(),
+                generation: format!("g{v}"),
+                signed_at: 1,
+                upstream: manifest::UpstreamState {
+                    names_etag: None,
+                    synced_at: 1,
+                    url: "http://upstream".into(),
+                    versions_etag: None,
+                },
+                version: v,
+            };
+            let put = |k: String, b: Vec<u8>| {
+                let bucket = bucket.clone();
+                async move {
+                    bucket
+                        .put(&k, bytes::Bytes::from(b), PutMode::Overwrite)
+                        .await
+                        .unwrap()
+                }
+            };
+            put(super::super::blob_key(&sha), content.into_bytes()).await;
+            put(super::super::base_key(v), manifest::sign(&m, &key)).await;
+            pointer = Some(super::super::Pointer {
+                version: v,
+                generation: m.generation.clone(),
+                base: v,
+                base_sha256: String::new(),
+                delta: None,
+                delta_sha256: None,
+                holder: String::new(),
+                written_at: 1,
+            });
+        }
+        bucket
+            .put(
+                super::super::POINTER,
+                serde_json::to_vec(&pointer).unwrap().into(),
+                PutMode::Overwrite,
+            )
+            .await
+            .unwrap();
+        let later = SystemTime::now() + Duration::from_secs(86_400);
+        let grace = Duration::from_secs(60);
+        let stopped = collect(&bucket, &key.public(), &Lost, 1, grace, later).await;
+        assert!(matches!(stopped, Err(GcError::Lease(_))), "{stopped:?}");
+        assert_eq!(bucket.list("blobs").await.unwrap().len(), 2);
+        assert_eq!(bucket.list("manifests").await.unwrap().len(), 2);
+        let c = collect(
+            &bucket,
+            &key.public(),
+            &super::super::lease::Unfenced,
+            1,
+            grace,
+            later,
+        )
+        .await
+        .unwrap();
+        assert_eq!((c.manifests, c.blobs), (1, 1));
+    }
 
     #[test]
     fn manifest_keys_parse_back_to_their_versions() {

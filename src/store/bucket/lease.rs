@@ -149,6 +149,7 @@ fn encode(body: &LeaseBody) -> Bytes {
 pub async fn acquire(
     bucket: &Bucket,
     me: &Holder,
+    lock: &NodeLock,
     ttl: u64,
     now: u64,
 ) -> Result<Lease, LeaseError> {
@@ -169,7 +170,7 @@ pub async fn acquire(
         let theirs: LeaseBody = bucket.parse(LEASE, &object.bytes)?;
         if theirs.expires_at > now
             && theirs.holder.instance != me.instance
-            && !died_here(&theirs.holder, me)
+            && !died_here(&theirs.holder, me, lock)
         {
             return Err(held(bucket, theirs));
         }
@@ -300,13 +301,53 @@ pub async fn probe(bucket: &Bucket) -> Result<(), LeaseError> {
 
 /// Whether `holder` was a process of this same data directory on this host
 /// that is gone (killed, crashed): its lease is ours to take at once, with
-/// no other writer to fence off. The data directory's writer lock already
-/// keeps two live processes on one data directory apart.
-fn died_here(holder: &Holder, me: &Holder) -> bool {
-    holder.node == me.node
-        && holder.host == me.host
-        && holder.pid != me.pid
-        && !Path::new(&format!("/proc/{}", holder.pid)).exists()
+/// no other writer to fence off. Proven by the [`NodeLock`] the caller
+/// holds, which every bucket writer of this data directory holds for as
+/// long as it lives: no process id is trusted, so a reused one cannot fool
+/// it.
+fn died_here(holder: &Holder, me: &Holder, _proof: &NodeLock) -> bool {
+    holder.node == me.node && holder.host == me.host
+}
+
+/// `DATA_DIR/bucket.lock`, held by the one process of a data directory that
+/// writes into the bucket (`serve`'s writer, or a one-off `sync` or `gc`),
+/// for as long as it may write. Released when dropped (or the process dies).
+#[derive(Debug)]
+pub struct NodeLock {
+    _file: std::fs::File,
+}
+
+impl NodeLock {
+    /// Takes the lock, or `None` when another live process of this data
+    /// directory holds it.
+    pub fn try_take(data_dir: &Path) -> Result<Option<Self>, std::io::Error> {
+        std::fs::create_dir_all(data_dir)?;
+        let file = std::fs::File::create(data_dir.join("bucket.lock"))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Self { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
+/// What long bucket work (an upload, a collection) asks before each step
+/// only the lease holder may take, so that it stops as soon as the lease
+/// cannot be kept rather than after it lapsed.
+pub trait Fence: Sync {
+    /// Renews the lease when it is due; its expiry (Unix seconds; `None`
+    /// under `lease = "none"`), or why this process no longer holds it.
+    fn hold(&self) -> futures::future::BoxFuture<'_, Result<Option<u64>, LeaseError>>;
+}
+
+/// No lease (`lease = "none"`, and tests of what runs under one).
+#[derive(Debug, Clone, Copy)]
+pub struct Unfenced;
+
+impl Fence for Unfenced {
+    fn hold(&self) -> futures::future::BoxFuture<'_, Result<Option<u64>, LeaseError>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// 128 random bits as hex.
@@ -362,6 +403,13 @@ mod tests {
         Bucket::with_store(Arc::new(object_store::memory::InMemory::new()), "b", "")
     }
 
+    /// A node lock of a throwaway data directory.
+    fn node_lock() -> (tempfile::TempDir, NodeLock) {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = NodeLock::try_take(dir.path()).unwrap().unwrap();
+        (dir, lock)
+    }
+
     fn holder(name: &str) -> Holder {
         Holder {
             instance: format!("{name}-instance"),
@@ -376,17 +424,18 @@ mod tests {
     async fn a_second_writer_is_refused_until_the_lease_lapses_and_then_takes_it() {
         let bucket = memory();
         let (a, b) = (holder("a"), holder("b"));
-        let mut lease_a = acquire(&bucket, &a, 10, 100).await.unwrap();
-        match acquire(&bucket, &b, 10, 105).await {
+        let (_dir, lock) = node_lock();
+        let mut lease_a = acquire(&bucket, &a, &lock, 10, 100).await.unwrap();
+        match acquire(&bucket, &b, &lock, 10, 105).await {
             Err(LeaseError::Held { holder, .. }) => assert_eq!(*holder, a),
             other => panic!("expected Held, got {other:?}"),
         }
         renew(&bucket, &mut lease_a, 10, 108).await.unwrap();
         assert!(matches!(
-            acquire(&bucket, &b, 10, 115).await,
+            acquire(&bucket, &b, &lock, 10, 115).await,
             Err(LeaseError::Held { .. })
         ));
-        let lease_b = acquire(&bucket, &b, 10, 118).await.unwrap();
+        let lease_b = acquire(&bucket, &b, &lock, 10, 118).await.unwrap();
         assert_eq!(lease_b.holder(), &b);
         // The first writer, back from a pause, finds it lost.
         assert!(matches!(
@@ -394,18 +443,20 @@ mod tests {
             Err(LeaseError::Lost { .. })
         ));
         release(&bucket, lease_b).await.unwrap();
-        acquire(&bucket, &a, 10, 120).await.unwrap();
+        acquire(&bucket, &a, &lock, 10, 120).await.unwrap();
     }
 
     #[tokio::test]
     async fn of_sixteen_writers_racing_for_the_lease_exactly_one_wins() {
         for round in 0..20 {
             let bucket = memory();
+            let (_dir, lock) = node_lock();
+            let lock = Arc::new(lock);
             let tasks: Vec<_> = (0..16)
                 .map(|i| {
                     let bucket = bucket.clone();
-                    let me = holder(&format!("w{i}"));
-                    tokio::spawn(async move { acquire(&bucket, &me, 30, 1000).await })
+                    let (me, lock) = (holder(&format!("w{i}")), Arc::clone(&lock));
+                    tokio::spawn(async move { acquire(&bucket, &me, &lock, 30, 1000).await })
                 })
                 .collect();
             let mut winners = 0;
@@ -418,6 +469,30 @@ mod tests {
             }
             assert_eq!(winners, 1, "round {round}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_crashed_process_of_this_data_directory_gives_its_lease_up_at_once() {
+        let bucket = memory();
+        let dir = tempfile::tempdir().unwrap();
+        let crashed = holder("a");
+        let first = NodeLock::try_take(dir.path()).unwrap().unwrap();
+        acquire(&bucket, &crashed, &first, 60, 100).await.unwrap();
+        // While the first process lives, the lock keeps a second one out.
+        assert!(NodeLock::try_take(dir.path()).unwrap().is_none());
+        drop(first);
+        let lock = NodeLock::try_take(dir.path()).unwrap().unwrap();
+        let again = Holder {
+            instance: "a-next-instance".into(),
+            ..holder("a")
+        };
+        let lease = acquire(&bucket, &again, &lock, 60, 110).await.unwrap();
+        assert_eq!(lease.holder(), &again);
+        // Another node's live lease is not given up that way.
+        assert!(matches!(
+            acquire(&bucket, &holder("b"), &lock, 60, 120).await,
+            Err(LeaseError::Held { .. })
+        ));
     }
 
     #[tokio::test]

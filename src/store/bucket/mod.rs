@@ -79,8 +79,13 @@ pub struct Pointer {
     pub generation: String,
     /// The base manifest's version ([`base_key`]).
     pub base: u64,
+    /// The base manifest object's SHA-256 (hex): a reader and the next
+    /// writer follow the pointer only to these exact bytes.
+    pub base_sha256: String,
     /// The delta's version ([`delta_key`]), if the generation was patched.
     pub delta: Option<u64>,
+    /// The delta object's SHA-256 (hex), with `delta`.
+    pub delta_sha256: Option<String>,
     /// The lease holder that wrote it.
     pub holder: String,
     /// Unix time of writing.

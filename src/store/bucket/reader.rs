@@ -28,6 +28,11 @@ type Inflight = tokio::sync::OnceCell<Result<Bytes, Arc<ReaderError>>>;
 /// How long a failed fetch keeps the node reported as degraded.
 pub const FETCH_ERROR_MEMORY: u64 = 300;
 
+/// How long a pointer that could not be followed (a manifest that does not
+/// verify, disagrees or is missing) is not followed again while unchanged:
+/// each try may download a base manifest of up to 90 MB.
+pub const RETRY_REJECTED: u64 = 60;
+
 /// Independent locks over the cache, so hits on different files never meet.
 const SHARDS: usize = 32;
 
@@ -71,6 +76,21 @@ pub enum ReaderError {
         /// The manifest's version.
         manifest: u64,
     },
+    /// A manifest's bytes are not the ones the pointer names.
+    #[error(
+        "bucket {bucket}: {key} is not the manifest the pointer names (its SHA-256 differs); not \
+         followed"
+    )]
+    NotNamed {
+        /// The bucket.
+        bucket: String,
+        /// The manifest object.
+        key: String,
+    },
+    /// The pointer is the one that failed before, unchanged: not followed
+    /// again until [`RETRY_REJECTED`] has passed.
+    #[error("{0} (the pointer has not changed since; tried again at most once a minute)")]
+    Rejected(Arc<ReaderError>),
     /// A verification task on the blocking pool died.
     #[error("verifying a manifest from the bucket: the task died; see the log")]
     Task,
@@ -188,6 +208,9 @@ pub struct Health {
 #[derive(Default)]
 struct PollState {
     pointer_etag: Option<String>,
+    /// The pointer (ETag) that last failed, until when it is not followed
+    /// again, and why.
+    rejected: Option<(String, u64, Arc<ReaderError>)>,
     /// The verified base manifest: a delta over it needs no second
     /// download of the base.
     base: Option<Arc<Base>>,
@@ -271,32 +294,76 @@ impl Reader {
 
     async fn refresh_inner(&self, now: u64) -> Result<Refresh, ReaderError> {
         let mut poll = self.poll.lock().await;
+        let rejected = poll.rejected.take().filter(|(_, until, _)| now < *until);
+        let asked = match &rejected {
+            Some((etag, ..)) => Some(etag.as_str()),
+            None => poll.pointer_etag.as_deref(),
+        };
         let object = match self
             .bucket
-            .get_if_changed(POINTER, poll.pointer_etag.as_deref(), super::SMALL_OBJECT)
+            .get_if_changed(POINTER, asked, super::SMALL_OBJECT)
             .await?
         {
-            Fetched::NotModified => return Ok(Refresh::Unchanged),
+            Fetched::NotModified => {
+                return match rejected {
+                    Some((etag, until, e)) => {
+                        poll.rejected = Some((etag, until, Arc::clone(&e)));
+                        Err(ReaderError::Rejected(e))
+                    }
+                    None => Ok(Refresh::Unchanged),
+                };
+            }
             Fetched::Missing => return Ok(Refresh::Empty),
             Fetched::Body(object) => object,
         };
-        let pointer: Pointer = self.bucket.parse(POINTER, &object.bytes)?;
+        let etag = object.etag.clone();
+        match self.switch_to(&object.bytes, now, &mut poll).await {
+            Ok(refresh) => {
+                poll.pointer_etag = etag;
+                Ok(refresh)
+            }
+            Err(e @ (ReaderError::Bucket(_) | ReaderError::Task)) => Err(e),
+            Err(e) => {
+                let e = Arc::new(e);
+                if let Some(etag) = etag {
+                    poll.rejected = Some((etag, now + RETRY_REJECTED, Arc::clone(&e)));
+                }
+                Err(ReaderError::Rejected(e))
+            }
+        }
+    }
+
+    /// Follows the pointer `bytes` to its generation, verified, and serves it.
+    async fn switch_to(
+        &self,
+        bytes: &Bytes,
+        now: u64,
+        poll: &mut PollState,
+    ) -> Result<Refresh, ReaderError> {
+        let pointer: Pointer = self.bucket.parse(POINTER, bytes)?;
         let served = self.snapshot.load();
         if let Some(s) = served.as_ref()
             && s.version == pointer.version
             && s.generation == pointer.generation
+            && hex::encode(s.manifest_sha256) == pointer.base_sha256
+            && s.delta.as_ref().map(|(_, sha)| hex::encode(sha)) == pointer.delta_sha256
         {
-            poll.pointer_etag = object.etag;
             return Ok(Refresh::Unchanged);
         }
         let base = match &poll.base {
-            Some(base) if base.version == pointer.base => Arc::clone(base),
+            Some(base)
+                if base.version == pointer.base
+                    && hex::encode(base.sha256) == pointer.base_sha256 =>
+            {
+                Arc::clone(base)
+            }
             _ => {
                 let key = base_key(pointer.base);
                 let bytes = self.fetch_object(&key, super::MAX_MANIFEST).await?;
                 let verifying = self.key.clone();
                 let blob = bytes.clone();
                 let parsed = tokio::task::spawn_blocking(move || {
+                    let sha256: [u8; 32] = Sha256::digest(&blob).into();
                     let m = manifest::verify_base(&blob, &verifying)?;
                     let files = m
                         .files
@@ -304,7 +371,7 @@ impl Reader {
                         .filter_map(|(path, entry)| Some((path.clone(), file_of(entry)?)))
                         .collect();
                     Ok::<_, ManifestError>(Base {
-                        sha256: Sha256::digest(&blob).into(),
+                        sha256,
                         version: m.version,
                         generation: m.generation,
                         signed_at: m.signed_at,
@@ -316,6 +383,9 @@ impl Reader {
                 .await
                 .map_err(|_| ReaderError::Task)?
                 .map_err(|e| self.bad(&key, e))?;
+                if hex::encode(parsed.sha256) != pointer.base_sha256 {
+                    return Err(self.not_named(&key));
+                }
                 Arc::new(parsed)
             }
         };
@@ -341,6 +411,9 @@ impl Reader {
                 .await
                 .map_err(|_| ReaderError::Task)?
                 .map_err(|e| self.bad(&key, e))?;
+                if Some(hex::encode(sha)) != pointer.delta_sha256 {
+                    return Err(self.not_named(&key));
+                }
                 let changed = delta
                     .files
                     .iter()
@@ -378,8 +451,14 @@ impl Reader {
             delta: delta_bytes,
         })));
         poll.base = Some(base);
-        poll.pointer_etag = object.etag;
         Ok(Refresh::Switched(version))
+    }
+
+    fn not_named(&self, key: &str) -> ReaderError {
+        ReaderError::NotNamed {
+            bucket: self.bucket.name().to_owned(),
+            key: key.to_owned(),
+        }
     }
 
     fn bad(&self, key: &str, source: ManifestError) -> ReaderError {
@@ -617,5 +696,233 @@ mod tests {
         // Too large for one entry: served, never kept.
         cache.put(sha(7), Bytes::from(vec![7; 26]));
         assert!(cache.get(&sha(7)).is_none());
+    }
+
+    mod follow {
+        use std::collections::BTreeMap;
+
+        use object_store::PutMode;
+
+        use super::super::*;
+        use crate::manifest::{Delta, FileEntry, Manifest, ManifestKey, UpstreamState};
+
+        const NOW: u64 = 1_000_000;
+
+        /// A memory bucket and the writer's key.
+        fn setup() -> (Bucket, ManifestKey, Reader) {
+            let bucket =
+                Bucket::with_store(Arc::new(object_store::memory::InMemory::new()), "b", "");
+            let key = ManifestKey::generate();
+            let reader = Reader::new(bucket.clone(), key.public(), 1 << 20);
+            (bucket, key, reader)
+        }
+
+        fn base(version: u64, generation: &str) -> Manifest {
+            let content = format!("content of {version}");
+            let files = BTreeMap::from([(
+                "names".to_owned(),
+                FileEntry {
+                    sha256: hex::encode(Sha256::digest(content.as_bytes())),
+                    size: content.len() as u64,
+                },
+            )]);
+            Manifest {
+                expires_at: NOW + 3600,
+                files,
+                generation: generation.into(),
+                signed_at: NOW - 10,
+                upstream: UpstreamState {
+                    names_etag: None,
+                    synced_at: NOW - 10,
+                    url: "http://upstream".into(),
+                    versions_etag: None,
+                },
+                version,
+            }
+        }
+
+        fn delta(base: &Manifest, version: u64) -> Delta {
+            Delta {
+                base_version: base.version,
+                expires_at: NOW + 3600,
+                files: BTreeMap::from([("packages/new".to_owned(), None)]),
+                generation: base.generation.clone(),
+                signed_at: NOW - 5,
+                version,
+            }
+        }
+
+        async fn put(bucket: &Bucket, key: &str, bytes: Vec<u8>) -> String {
+            bucket
+                .put(key, Bytes::from(bytes.clone()), PutMode::Overwrite)
+                .await
+                .unwrap();
+            hex::encode(Sha256::digest(&bytes))
+        }
+
+        /// Uploads a base (and a delta) and points at them, as a writer does.
+        async fn publish(
+            bucket: &Bucket,
+            key: &ManifestKey,
+            m: &Manifest,
+            d: Option<&Delta>,
+        ) -> Pointer {
+            let base_sha256 = put(bucket, &base_key(m.version), manifest::sign(m, key)).await;
+            let delta_sha256 = match d {
+                Some(d) => {
+                    Some(put(bucket, &delta_key(d.version), manifest::sign_delta(d, key)).await)
+                }
+                None => None,
+            };
+            let pointer = Pointer {
+                version: d.map_or(m.version, |d| d.version),
+                generation: m.generation.clone(),
+                base: m.version,
+                base_sha256,
+                delta: d.map(|d| d.version),
+                delta_sha256,
+                holder: "test".into(),
+                written_at: NOW,
+            };
+            point(bucket, &pointer).await;
+            pointer
+        }
+
+        async fn point(bucket: &Bucket, pointer: &Pointer) {
+            put(bucket, POINTER, serde_json::to_vec(pointer).unwrap()).await;
+        }
+
+        fn served(reader: &Reader) -> Option<u64> {
+            reader.snapshot().map(|s| s.version)
+        }
+
+        #[tokio::test]
+        async fn a_signed_generation_is_followed_and_a_delta_over_it_too() {
+            let (bucket, key, reader) = setup();
+            let m = base(5, "g5");
+            publish(&bucket, &key, &m, None).await;
+            assert_eq!(reader.refresh(NOW).await.unwrap(), Refresh::Switched(5));
+            assert_eq!(reader.refresh(NOW).await.unwrap(), Refresh::Unchanged);
+            publish(&bucket, &key, &m, Some(&delta(&m, 6))).await;
+            assert_eq!(reader.refresh(NOW).await.unwrap(), Refresh::Switched(6));
+            let snapshot = reader.snapshot().unwrap();
+            assert!(snapshot.file("names").is_some());
+            assert!(snapshot.file("packages/new").is_none());
+        }
+
+        #[tokio::test]
+        async fn a_manifest_signed_by_another_key_is_refused_and_not_downloaded_again_for_a_while()
+        {
+            let (bucket, key, reader) = setup();
+            publish(&bucket, &key, &base(5, "g5"), None).await;
+            reader.refresh(NOW).await.unwrap();
+            let forged = base(6, "g6");
+            let pointer = publish(&bucket, &ManifestKey::generate(), &forged, None).await;
+            let e = reader.refresh(NOW).await.unwrap_err();
+            assert!(
+                matches!(&e, ReaderError::Rejected(inner) if matches!(**inner, ReaderError::Manifest { .. })),
+                "{e}"
+            );
+            assert_eq!(
+                served(&reader),
+                Some(5),
+                "the view stays on the last good generation"
+            );
+            // The right bytes appear under the same pointer: not looked at
+            // again until the retry interval has passed.
+            let good = manifest::sign(&forged, &key);
+            point(
+                &bucket,
+                &Pointer {
+                    base_sha256: hex::encode(Sha256::digest(&good)),
+                    ..pointer.clone()
+                },
+            )
+            .await;
+            put(&bucket, &base_key(6), good).await;
+            // (A changed pointer is a new ETag: followed at once.)
+            assert_eq!(reader.refresh(NOW + 1).await.unwrap(), Refresh::Switched(6));
+        }
+
+        #[tokio::test]
+        async fn an_unchanged_rejected_pointer_is_retried_only_after_the_interval() {
+            let (bucket, key, reader) = setup();
+            let m = base(5, "g5");
+            let pointer = publish(&bucket, &key, &m, None).await;
+            // The manifest goes missing before the reader first looks.
+            bucket.delete(&base_key(5)).await.unwrap();
+            assert!(matches!(
+                reader.refresh(NOW).await,
+                Err(ReaderError::Rejected(_))
+            ));
+            put(&bucket, &base_key(5), manifest::sign(&m, &key)).await;
+            assert!(matches!(
+                reader.refresh(NOW + 10).await,
+                Err(ReaderError::Rejected(_))
+            ));
+            assert_eq!(served(&reader), None);
+            assert_eq!(
+                reader.refresh(NOW + RETRY_REJECTED).await.unwrap(),
+                Refresh::Switched(pointer.version)
+            );
+        }
+
+        #[tokio::test]
+        async fn a_pointer_back_to_an_older_generation_is_refused() {
+            let (bucket, key, reader) = setup();
+            let old = base(5, "g5");
+            let old_pointer = publish(&bucket, &key, &old, None).await;
+            publish(&bucket, &key, &base(7, "g7"), None).await;
+            reader.refresh(NOW).await.unwrap();
+            point(&bucket, &old_pointer).await;
+            let e = reader.refresh(NOW).await.unwrap_err();
+            assert!(
+                e.to_string().contains("rollback") || e.to_string().contains("older"),
+                "{e}"
+            );
+            assert_eq!(served(&reader), Some(7));
+        }
+
+        #[tokio::test]
+        async fn a_pointer_that_disagrees_with_its_manifest_is_refused() {
+            let (bucket, key, reader) = setup();
+            let pointer = publish(&bucket, &key, &base(5, "g5"), None).await;
+            point(
+                &bucket,
+                &Pointer {
+                    version: 9,
+                    ..pointer.clone()
+                },
+            )
+            .await;
+            let e = reader.refresh(NOW).await.unwrap_err();
+            assert!(
+                matches!(&e, ReaderError::Rejected(inner) if matches!(**inner, ReaderError::Inconsistent { .. })),
+                "{e}"
+            );
+            // Other bytes than the pointer names, even validly signed ones.
+            let other = manifest::sign(&base(5, "g5-other"), &key);
+            put(&bucket, &base_key(5), other).await;
+            point(&bucket, &pointer).await;
+            let e = reader.refresh(NOW).await.unwrap_err();
+            assert!(
+                matches!(&e, ReaderError::Rejected(inner) if matches!(**inner, ReaderError::NotNamed { .. })),
+                "{e}"
+            );
+            assert_eq!(served(&reader), None);
+        }
+
+        #[tokio::test]
+        async fn a_delta_bound_to_another_base_is_refused() {
+            let (bucket, key, reader) = setup();
+            let m = base(5, "g5");
+            publish(&bucket, &key, &m, None).await;
+            reader.refresh(NOW).await.unwrap();
+            let elsewhere = base(4, "g4");
+            publish(&bucket, &key, &m, Some(&delta(&elsewhere, 6))).await;
+            let e = reader.refresh(NOW).await.unwrap_err();
+            assert!(e.to_string().contains("applies to version 4"), "{e}");
+            assert_eq!(served(&reader), Some(5));
+        }
     }
 }

@@ -8,7 +8,12 @@
 //! 3. the pointer, with a conditional put on the ETag this writer read
 //!    before step 1 (fencing), and only while the lease has time left.
 //!
-//! A run after a crash finds the blobs already there and does the rest.
+//! The lease is renewed as the upload goes ([`Fence`]), and the upload
+//! stops the moment it cannot be kept. A run after a crash finds the blobs
+//! (and perhaps its manifests) already there and does the rest; a manifest
+//! key that holds other bytes than this writer's (another writer's orphan)
+//! stops it, and the pointer names each manifest's SHA-256, so nobody
+//! follows it to other bytes than the writer's.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -17,9 +22,11 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::{PutMode, UpdateVersion};
 
+use super::lease::{Fence, LeaseError};
 use super::{Bucket, BucketError, POINTER, Pointer, Put, base_key, blob_key, delta_key};
 use crate::manifest::{self, ManifestError, ManifestPublicKey};
 use crate::store::{Store, StoreError, read_manifest};
+use sha2::{Digest, Sha256};
 
 /// Uploads at once.
 const PARALLEL: usize = 16;
@@ -69,6 +76,21 @@ pub enum UploadError {
         /// The bucket.
         bucket: String,
     },
+    /// The lease could not be kept while uploading.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    /// A manifest key already holds other bytes than this writer's.
+    #[error(
+        "bucket {bucket}: {key} already holds another manifest than this data directory's (a \
+         writer on another data directory published this version and never switched to it?); \
+         nothing was switched. Remove that object only if no pointer names it"
+    )]
+    Conflict {
+        /// The bucket.
+        bucket: String,
+        /// The manifest's key.
+        key: String,
+    },
     /// The lease ends too soon to switch the pointer safely.
     #[error("bucket {bucket}: the lease ends at {expires_at} (Unix time), too soon to switch")]
     LeaseLapsing {
@@ -109,18 +131,23 @@ struct Local {
     generation: String,
     base: Bytes,
     base_version: u64,
+    /// SHA-256 of `base`, hex.
+    base_sha256: String,
     delta: Option<(Bytes, u64)>,
+    /// SHA-256 of the delta, hex.
+    delta_sha256: Option<String>,
     version: u64,
     /// Content of the whole generation (`Some`) or of the delta only.
     blobs: Vec<([u8; 32], u64)>,
 }
 
-/// Reads and verifies the local current generation. With `base_known`, only
-/// the delta's blobs are listed (the base's are in the bucket already).
+/// Reads and verifies the local current generation. With `base_known`
+/// (the base's version and SHA-256 are the pointer's), only the delta's
+/// blobs are listed: the base's are in the bucket already.
 fn read_local(
     store: &Store,
     key: &ManifestPublicKey,
-    base_known: &dyn Fn(u64) -> bool,
+    base_known: &dyn Fn(u64, &str) -> bool,
 ) -> Result<Local, UploadError> {
     let (_, dir) = store.current()?.ok_or(UploadError::NothingLocal)?;
     let generation = dir
@@ -132,6 +159,8 @@ fn read_local(
         source,
     };
     let (base, delta) = read_manifest(&dir)?;
+    let base_sha256 = hex::encode(Sha256::digest(&base));
+    let delta_sha256 = delta.as_ref().map(|d| hex::encode(Sha256::digest(d)));
     let peeked = manifest::peek_ends(
         &base[..base.len().min(256)],
         &base[base.len().saturating_sub(4096)..],
@@ -146,7 +175,7 @@ fn read_local(
     };
     match (peeked, &delta) {
         // Patched, over a base already uploaded: only the delta is new.
-        (Some((_, base_version)), Some(d)) if base_known(base_version) => {
+        (Some((_, base_version)), Some(d)) if base_known(base_version, &base_sha256) => {
             let parsed = manifest::verify_delta(d, key).map_err(bad)?;
             manifest::check_binding(&parsed, base_version, &generation).map_err(bad)?;
             let blobs = blobs_of(&mut parsed.files.values().flatten());
@@ -155,6 +184,8 @@ fn read_local(
                 delta: Some((Bytes::from(d.clone()), parsed.version)),
                 base: Bytes::from(base),
                 base_version,
+                base_sha256,
+                delta_sha256,
                 generation,
                 blobs,
             })
@@ -176,7 +207,9 @@ fn read_local(
                 generation,
                 base: Bytes::from(base),
                 base_version,
+                base_sha256,
                 delta,
+                delta_sha256,
                 blobs,
             })
         }
@@ -184,28 +217,40 @@ fn read_local(
 }
 
 /// Publishes the local current generation into the bucket (see the module
-/// doc for the order). `holder` is written into the pointer;
-/// `lease_expires_at` is the lease's end (`None`: `lease = "none"`).
+/// doc for the order). `holder` is written into the pointer; `fence`
+/// keeps the lease (and is asked before every write).
 pub async fn publish(
     bucket: &Bucket,
     store: Arc<Store>,
     key: &ManifestPublicKey,
     holder: &str,
-    lease_expires_at: Option<u64>,
+    fence: &dyn Fence,
     now: impl Fn() -> u64,
 ) -> Result<Uploaded, UploadError> {
     let pointer = bucket.pointer().await?;
-    let served_base = pointer.as_ref().map(|(p, _)| p.base);
+    let served_base = pointer
+        .as_ref()
+        .map(|(p, _)| (p.base, p.base_sha256.clone()));
     let local = {
         let key = key.clone();
+        let served_base = served_base.clone();
         tokio::task::spawn_blocking(move || {
-            read_local(&store, &key, &|v| served_base == Some(v)).map(|l| (l, store))
+            let known = |v: u64, sha: &str| {
+                served_base
+                    .as_ref()
+                    .is_some_and(|(bv, bs)| *bv == v && bs == sha)
+            };
+            read_local(&store, &key, &known).map(|l| (l, store))
         })
         .await??
     };
     let (local, store) = local;
     if let Some((served, _)) = &pointer {
-        if served.version == local.version && served.generation == local.generation {
+        if served.version == local.version
+            && served.generation == local.generation
+            && served.base_sha256 == local.base_sha256
+            && served.delta_sha256 == local.delta_sha256
+        {
             return Ok(Uploaded::AlreadyServed {
                 version: local.version,
             });
@@ -220,7 +265,7 @@ pub async fn publish(
     }
     // What the bucket has: listed once for a whole generation; asked one by
     // one for a delta's few files.
-    let whole = served_base != Some(local.base_version);
+    let whole = served_base != Some((local.base_version, local.base_sha256.clone()));
     let present: HashSet<String> = if whole {
         bucket
             .list("blobs")
@@ -253,6 +298,7 @@ pub async fn publish(
         .map(|(sha, _)| {
             let store = Arc::clone(&store);
             async move {
+                fence.hold().await?;
                 let path = store.blob_path(&sha);
                 let content = tokio::fs::read(&path).await.map_err(|source| StoreError {
                     action: "read blob",
@@ -272,20 +318,14 @@ pub async fn publish(
     // A patch over the base the pointer already names has nothing new
     // there: the base (up to 90 MB) is not sent again.
     if whole {
-        bucket
-            .put(
-                &base_key(local.base_version),
-                local.base.clone(),
-                PutMode::Create,
-            )
-            .await?;
+        fence.hold().await?;
+        create_manifest(bucket, &base_key(local.base_version), &local.base).await?;
     }
     if let Some((delta, version)) = &local.delta {
-        bucket
-            .put(&delta_key(*version), delta.clone(), PutMode::Create)
-            .await?;
+        fence.hold().await?;
+        create_manifest(bucket, &delta_key(*version), delta).await?;
     }
-    if let Some(expires_at) = lease_expires_at
+    if let Some(expires_at) = fence.hold().await?
         && now() + LEASE_MARGIN_SECS >= expires_at
     {
         return Err(UploadError::LeaseLapsing {
@@ -298,7 +338,9 @@ pub async fn publish(
         version: local.version,
         generation: local.generation,
         base: local.base_version,
+        base_sha256: local.base_sha256,
         delta: local.delta.as_ref().map(|(_, v)| *v),
+        delta_sha256: local.delta_sha256,
         holder: holder.to_owned(),
         written_at: now(),
     };
@@ -322,8 +364,58 @@ pub async fn publish(
     }
 }
 
+/// Creates a manifest object, never overwriting one: found there already
+/// (a run before a crash wrote it), it must hold these exact bytes.
+async fn create_manifest(bucket: &Bucket, key: &str, bytes: &Bytes) -> Result<(), UploadError> {
+    match bucket.put(key, bytes.clone(), PutMode::Create).await? {
+        Put::Written(_) => Ok(()),
+        Put::Exists | Put::Precondition => {
+            let limit = bytes.len() as u64;
+            let same = match bucket.get(key, limit).await {
+                Ok(Some(object)) => object.bytes == *bytes,
+                Ok(None) | Err(BucketError::TooLarge { .. }) => false,
+                Err(e) => return Err(e.into()),
+            };
+            if same {
+                Ok(())
+            } else {
+                Err(UploadError::Conflict {
+                    bucket: bucket.name().to_owned(),
+                    key: key.to_owned(),
+                })
+            }
+        }
+    }
+}
+
 /// `HEXMIRROR_FAULT_BUCKET_KILL=POINT` kills the publish at POINT (`blob`:
 /// after the first blob uploaded; `pointer`: just before the pointer).
 fn fault_point(point: &str) {
     crate::fault::kill_at("HEXMIRROR_FAULT_BUCKET_KILL", point);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_manifest_key_holding_other_bytes_is_a_conflict_and_the_same_bytes_are_not() {
+        let bucket = Bucket::with_store(Arc::new(object_store::memory::InMemory::new()), "b", "");
+        let key = base_key(7);
+        let ours = Bytes::from_static(b"our signed manifest");
+        create_manifest(&bucket, &key, &ours).await.unwrap();
+        // Again after a crash between the manifest and the pointer: fine.
+        create_manifest(&bucket, &key, &ours).await.unwrap();
+        for theirs in [
+            &b"their signed manifest"[..],
+            b"ours, shorter",
+            b"our signed manifest!",
+        ] {
+            let e = create_manifest(&bucket, &key, &Bytes::copy_from_slice(theirs))
+                .await
+                .unwrap_err();
+            assert!(matches!(e, UploadError::Conflict { .. }), "{e}");
+        }
+        assert_eq!(bucket.get(&key, 1024).await.unwrap().unwrap().bytes, ours);
+    }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::gc::{self, Collected};
-use super::lease::{self, Holder, Lease, LeaseError};
+use super::lease::{self, Fence, Holder, Lease, LeaseError, NodeLock};
 use super::upload::{self, UploadError, Uploaded};
 use super::{Bucket, BucketError};
 use crate::config::{LeaseMode, S3Config};
@@ -22,7 +22,16 @@ pub enum StartError {
     /// The probe failed, or the lease is held.
     #[error(transparent)]
     Lease(#[from] LeaseError),
-    /// The data directory's node id could not be read or made.
+    /// Another process of this data directory writes into the bucket.
+    #[error(
+        "another hexmirror process of data directory {data_dir} writes into the bucket (it holds \
+         {data_dir}/bucket.lock); it publishes and collects garbage itself"
+    )]
+    Busy {
+        /// The data directory.
+        data_dir: std::path::PathBuf,
+    },
+    /// The data directory's node id or bucket lock could not be read or made.
     #[error("cannot read or create {path}: {source}")]
     NodeId {
         /// `DATA_DIR/node-id`.
@@ -63,6 +72,8 @@ pub struct BucketWriter {
     holder: Holder,
     lease: tokio::sync::Mutex<Option<Lease>>,
     status: std::sync::Mutex<Status>,
+    /// Held while this writer lives: one bucket writer per data directory.
+    node_lock: NodeLock,
 }
 
 /// What `/health` says about the writer's bucket.
@@ -126,11 +137,19 @@ impl BucketWriter {
         s3: &S3Config,
         on_held: OnHeld,
     ) -> Result<Self, StartError> {
-        let holder =
-            Holder::this_process(store.data_dir()).map_err(|source| StartError::NodeId {
-                path: store.data_dir().join("node-id"),
+        let data_dir = store.data_dir().to_path_buf();
+        let node_lock = NodeLock::try_take(&data_dir)
+            .map_err(|source| StartError::NodeId {
+                path: data_dir.join("bucket.lock"),
                 source,
+            })?
+            .ok_or_else(|| StartError::Busy {
+                data_dir: data_dir.clone(),
             })?;
+        let holder = Holder::this_process(&data_dir).map_err(|source| StartError::NodeId {
+            path: data_dir.join("node-id"),
+            source,
+        })?;
         let writer = Self {
             bucket,
             store,
@@ -142,6 +161,7 @@ impl BucketWriter {
             holder,
             lease: tokio::sync::Mutex::new(None),
             status: std::sync::Mutex::new(Status::default()),
+            node_lock,
         };
         writer.with_status(|s| s.bucket = writer.bucket.name().to_owned());
         if writer.mode == LeaseMode::Conditional {
@@ -149,6 +169,7 @@ impl BucketWriter {
             match lease::acquire(
                 &writer.bucket,
                 &writer.holder,
+                &writer.node_lock,
                 writer.ttl.as_secs(),
                 crate::clock::unix_now(),
             )
@@ -196,18 +217,14 @@ impl BucketWriter {
     /// Publishes the local current generation, renewing (or taking) the
     /// lease first.
     pub async fn publish(&self) -> Result<Uploaded, PublishError> {
-        let now = crate::clock::unix_now();
-        let expires_at = match self.mode {
-            LeaseMode::None => None,
-            LeaseMode::Conditional => Some(self.hold(now).await?),
-        };
+        Fence::hold(self).await?;
         let key = self.public_key().await?;
         Ok(upload::publish(
             &self.bucket,
             Arc::clone(&self.store),
             &key,
             &self.holder.instance,
-            expires_at,
+            self,
             crate::clock::unix_now,
         )
         .await?)
@@ -224,13 +241,12 @@ impl BucketWriter {
     /// Deletes what no live generation in the bucket references
     /// ([`super::gc`]), holding the lease.
     pub async fn collect_garbage(&self) -> Result<Collected, PublishError> {
-        if self.mode == LeaseMode::Conditional {
-            self.hold(crate::clock::unix_now()).await?;
-        }
+        Fence::hold(self).await?;
         let key = self.public_key().await?;
         Ok(gc::collect(
             &self.bucket,
             &key,
+            self,
             crate::store::KEEP_GENERATIONS,
             self.grace,
             std::time::SystemTime::now(),
@@ -240,7 +256,7 @@ impl BucketWriter {
 
     /// Renews the lease when a third of it is gone (takes it when this
     /// process has none yet); returns its expiry.
-    async fn hold(&self, now: u64) -> Result<u64, LeaseError> {
+    async fn hold_lease(&self, now: u64) -> Result<u64, LeaseError> {
         let ttl = self.ttl.as_secs();
         let mut held = self.lease.lock().await;
         match held.as_mut() {
@@ -250,11 +266,28 @@ impl BucketWriter {
                 .inspect_err(|_| {
                     *held = None;
                 })?,
-            None => *held = Some(lease::acquire(&self.bucket, &self.holder, ttl, now).await?),
+            None => {
+                *held = Some(
+                    lease::acquire(&self.bucket, &self.holder, &self.node_lock, ttl, now).await?,
+                );
+            }
         }
         Ok(held.as_ref().map_or(0, Lease::expires_at))
     }
+}
 
+impl Fence for BucketWriter {
+    fn hold(&self) -> futures::future::BoxFuture<'_, Result<Option<u64>, LeaseError>> {
+        Box::pin(async move {
+            match self.mode {
+                LeaseMode::None => Ok(None),
+                LeaseMode::Conditional => self.hold_lease(crate::clock::unix_now()).await.map(Some),
+            }
+        })
+    }
+}
+
+impl BucketWriter {
     /// Until `stop`: keeps the lease and publishes each new local
     /// generation (a sync's, a hosted change's, a re-signing's), looking
     /// every `poll`. Failures are logged and retried; the pointer never
@@ -275,49 +308,55 @@ impl BucketWriter {
                 .ok()
                 .flatten()
             };
-            let outcome = if local.is_some() && local != published {
-                self.publish().await.map(|u| {
-                    if let Uploaded::Switched {
-                        version,
-                        blobs,
-                        bytes,
-                    } = u
-                    {
-                        tracing::info!(
-                            bucket = self.bucket.name(),
+            // Shutdown does not wait for an upload or a collection: the
+            // pointer is written last, so dropping either midway is safe.
+            let work = async {
+                let outcome = if local.is_some() && local != published {
+                    self.publish().await.map(|u| {
+                        if let Uploaded::Switched {
                             version,
                             blobs,
                             bytes,
-                            "published a generation into the bucket"
-                        );
-                    }
-                    published = local;
-                })
-            } else if self.mode == LeaseMode::Conditional {
-                self.hold(crate::clock::unix_now())
-                    .await
-                    .map(drop)
-                    .map_err(PublishError::from)
-            } else {
-                Ok(())
-            };
-            // Garbage, hourly, between uploads: never while one runs.
-            let outcome = match outcome {
-                Ok(()) if collected_at.is_none_or(|t| t.elapsed() >= GC_EVERY) => {
-                    collected_at = Some(std::time::Instant::now());
-                    self.collect_garbage().await.map(|c| {
-                        if c != Collected::default() {
+                        } = u
+                        {
                             tracing::info!(
                                 bucket = self.bucket.name(),
-                                manifests = c.manifests,
-                                blobs = c.blobs,
-                                bytes = c.bytes,
-                                "removed what no live generation in the bucket references"
+                                version,
+                                blobs,
+                                bytes,
+                                "published a generation into the bucket"
                             );
                         }
+                        published = local;
                     })
+                } else {
+                    Fence::hold(&*self)
+                        .await
+                        .map(drop)
+                        .map_err(PublishError::from)
+                };
+                // Garbage, hourly, between uploads: never while one runs.
+                match outcome {
+                    Ok(()) if collected_at.is_none_or(|t| t.elapsed() >= GC_EVERY) => {
+                        collected_at = Some(std::time::Instant::now());
+                        self.collect_garbage().await.map(|c| {
+                            if c != Collected::default() {
+                                tracing::info!(
+                                    bucket = self.bucket.name(),
+                                    manifests = c.manifests,
+                                    blobs = c.blobs,
+                                    bytes = c.bytes,
+                                    "removed what no live generation in the bucket references"
+                                );
+                            }
+                        })
+                    }
+                    other => other,
                 }
-                other => other,
+            };
+            let outcome = tokio::select! {
+                outcome = work => outcome,
+                () = stop.cancelled() => break,
             };
             let lease_until = self.lease.lock().await.as_ref().map(Lease::expires_at);
             self.with_status(|s| {
