@@ -1252,6 +1252,9 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
             format!("cannot create data directory {}", config.data_dir.display())
         })?;
         let proxy = crate::proxy::Proxy::new(config, catalog.clone())?;
+        if let Some(pending) = bucket_writer.as_ref().and_then(|w| w.proxy_pending()) {
+            proxy.report_links_to(pending);
+        }
         tracing::info!(upstream = %config.upstream.url, "pull-through cache on: files not mirrored yet are fetched on request");
         Some(proxy)
     } else {

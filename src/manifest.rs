@@ -341,6 +341,17 @@ pub enum ManifestError {
         /// How they disagree.
         reason: String,
     },
+    /// A signed file list in the place of the proxy's is something else.
+    #[error(
+        "signed file list is not the pull-through proxy's (generation {generation:?}, base version \
+         {base_version}, or an entry removes a file): another manifest was put in its place"
+    )]
+    NotProxySet {
+        /// The generation it names.
+        generation: String,
+        /// The base version it names.
+        base_version: u64,
+    },
     /// The version went backwards: an old manifest is being replayed.
     #[error("manifest version {found} is lower than the last accepted {last}: rollback refused")]
     Rollback {
@@ -564,6 +575,27 @@ pub fn check_binding(delta: &Delta, version: u64, generation: &str) -> Result<()
             "its version {} is not above the base's {version}",
             delta.version
         ));
+    }
+    Ok(())
+}
+
+/// The `generation` of the signed list of the pull-through proxy's files (a
+/// [`Delta`] over base version 0). Generations are named `gNNN`, so a proxy
+/// list never passes for a generation's delta ([`check_binding`]) nor a
+/// delta for a proxy list ([`check_proxy_set`]).
+pub const PROXY_SET: &str = "proxy";
+
+/// Checks that a verified delta is a proxy file list: [`PROXY_SET`], base
+/// version 0, nothing removed.
+pub fn check_proxy_set(delta: &Delta) -> Result<(), ManifestError> {
+    if delta.generation != PROXY_SET
+        || delta.base_version != 0
+        || delta.files.values().any(Option::is_none)
+    {
+        return Err(ManifestError::NotProxySet {
+            generation: delta.generation.clone(),
+            base_version: delta.base_version,
+        });
     }
     Ok(())
 }

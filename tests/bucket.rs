@@ -51,6 +51,24 @@ fn etag_of(bytes: &[u8]) -> String {
     format!("\"{}\"", hex::encode(&sha2::Sha256::digest(bytes)[..16]))
 }
 
+/// A writer mirror on the bucket: `sections` (other tables) first, then
+/// `[storage]` with `storage_extra`.
+fn writer(
+    s3: &S3Server,
+    upstream: &TestUpstream,
+    dir: &Path,
+    storage_extra: &str,
+    sections: &str,
+) -> Mirror {
+    Mirror::new(
+        upstream,
+        &format!(
+            "{sections}\n{}",
+            s3.storage_section(dir, "writer", storage_extra)
+        ),
+    )
+}
+
 fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
@@ -513,12 +531,12 @@ fn gc_in_the_bucket_removes_only_what_no_live_generation_references() {
     let s3 = S3Server::start("mirror");
     let upstream = TestUpstream::build(SPEC_SMALL);
     let writer_dir = tempfile::TempDir::new().unwrap();
-    let mirror = Mirror::new(
+    let mirror = writer(
+        &s3,
         &upstream,
-        &format!(
-            "\n[signing]\ngeneration_grace_secs = 0\n{}",
-            s3.storage_section(writer_dir.path(), "writer", "")
-        ),
+        writer_dir.path(),
+        "",
+        "\n[signing]\ngeneration_grace_secs = 0",
     );
     mirror.sync_ok();
     let gone = mirror.current_manifest().files["tarballs/delta-1.0.0.tar"]
@@ -573,5 +591,110 @@ fn gc_in_the_bucket_removes_only_what_no_live_generation_references() {
     assert!(
         again.stdout.contains("removed 0 manifests and 0 blobs"),
         "{again}"
+    );
+}
+
+#[test]
+fn the_writer_s_proxied_files_reach_the_read_only_node_and_gc_keeps_them() {
+    let s3 = S3Server::start("mirror");
+    let upstream = TestUpstream::build(SPEC_SMALL);
+    let writer_dir = tempfile::TempDir::new().unwrap();
+    let mirror = writer(
+        &s3,
+        &upstream,
+        writer_dir.path(),
+        "poll_ms = 100",
+        "\n[proxy]\nenabled = true",
+    );
+    mirror.sync_ok();
+    // A release the synced generation lacks: only the proxy can serve it.
+    rebuild_upstream(
+        &upstream,
+        &format!("{SPEC_SMALL}{{\"epsilon\", \"1.0.0\", [], []}}.\n"),
+    );
+    let writer = mirror.serve();
+    let reader_dir = tempfile::TempDir::new().unwrap();
+    let reader = Served::start(&reader_config(
+        reader_dir.path(),
+        &s3,
+        &manifest_pub(&mirror),
+        "",
+    ));
+    assert_eq!(
+        http("GET", &format!("{}/packages/epsilon", reader.url()), &[]).status,
+        404,
+        "not proxied yet"
+    );
+    let paths = ["packages/epsilon", "tarballs/epsilon-1.0.0.tar"];
+    let from_writer: Vec<_> = paths
+        .iter()
+        .map(|p| http("GET", &format!("{}/{p}", writer.url()), &[]))
+        .collect();
+    assert!(from_writer.iter().all(|r| r.status == 200));
+    wait_for(
+        "the proxied files on the read-only node",
+        Duration::from_secs(20),
+        || {
+            paths
+                .iter()
+                .all(|p| http("GET", &format!("{}/{p}", reader.url()), &[]).status == 200)
+        },
+    );
+    for (path, theirs) in paths.iter().zip(&from_writer) {
+        let ours = http("GET", &format!("{}/{path}", reader.url()), &[]);
+        assert_eq!(ours.body, theirs.body, "{path}");
+        assert_eq!(ours.header("etag"), theirs.header("etag"), "{path}");
+    }
+    // The upstream's signature still verifies, through the read-only node.
+    let releases = Oracle::fetch(
+        &reader.url(),
+        "hexpm",
+        &fixture_key("upstream.pub.pem"),
+        "epsilon",
+    )
+    .expect("hex_core reads the proxied record from the read-only node");
+    assert_eq!(releases.len(), 1);
+    // Only the upstream's own paths: a repository path is not proxied.
+    assert_eq!(
+        http(
+            "GET",
+            &format!("{}/repos/hexpm/packages/epsilon", reader.url()),
+            &[]
+        )
+        .status,
+        404
+    );
+    let pointer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s3.object_path("tree/current.json")).unwrap())
+            .unwrap();
+    let listed = pointer["proxy"]["version"]
+        .as_u64()
+        .expect("the pointer names a proxy list");
+
+    // A restarted writer finds its files published: no new list.
+    drop(writer);
+    let writer = mirror.serve();
+    // The published version shows once a whole round (the generation,
+    // then the proxy's list) is done.
+    wait_for(
+        "the restarted writer's first round",
+        Duration::from_secs(20),
+        || !health(&writer.url())["bucket"]["published_version"].is_null(),
+    );
+    drop(writer);
+    let pointer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s3.object_path("tree/current.json")).unwrap())
+            .unwrap();
+    assert_eq!(pointer["proxy"]["version"].as_u64(), Some(listed));
+    // gc in the bucket keeps every blob the proxy list names.
+    let out = mirror.run(&["gc"]);
+    assert!(out.ok(), "{out}");
+    use sha2::Digest;
+    let tarball = &from_writer[1].body;
+    let hex = hex::encode(sha2::Sha256::digest(tarball));
+    assert!(
+        s3.object_path(&format!("tree/blobs/sha256/{}/{hex}", &hex[..2]))
+            .is_file(),
+        "gc removed a proxied tarball"
     );
 }

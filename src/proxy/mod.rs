@@ -153,6 +153,8 @@ pub struct Proxy {
     metrics: ProxyMetrics,
     /// Told of every record and tarball the proxy verified.
     catalog: Option<crate::catalog::Catalog>,
+    /// Told of every file linked, when a bucket writer publishes them.
+    links: std::sync::OnceLock<Arc<crate::store::bucket::proxied::Pending>>,
 }
 
 impl Proxy {
@@ -189,7 +191,14 @@ impl Proxy {
             breaker: Mutex::default(),
             metrics: ProxyMetrics::default(),
             catalog,
+            links: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Reports every file linked from now on to `pending`, which the bucket
+    /// writer publishes for read-only nodes.
+    pub fn report_links_to(&self, pending: Arc<crate::store::bucket::proxied::Pending>) {
+        let _ = self.links.set(pending);
     }
 
     /// The directory cached files are served from.
@@ -579,6 +588,9 @@ impl Proxy {
         let (this, rel) = (Arc::clone(self), rel.to_owned());
         tokio::task::spawn_blocking(move || {
             this.store.link_into(&this.root, &rel, &file)?;
+            if let Some(pending) = this.links.get() {
+                pending.linked(&rel, file);
+            }
             let target = this.root.join(&rel);
             if let Err(e) = std::fs::File::options()
                 .append(true)

@@ -38,6 +38,7 @@ pub(super) async fn serve_file(
         return Ok(no_generation_yet());
     };
     let rel = target.relative.to_string_lossy();
+    let mut signed_at = snapshot.signed_at;
     let (content, sha, len) = match target.kind {
         Kind::Manifest => {
             let (bytes, sha) = if rel == crate::manifest::MANIFEST_FILE {
@@ -51,7 +52,21 @@ pub(super) async fn serve_file(
             (Some(bytes), sha, len)
         }
         _ => {
-            let file: File = snapshot.file(&rel).ok_or(ServeError::NotFound)?;
+            // The generation's file, or else one the writer's proxy
+            // fetched (the upstream's own paths only, never a repository's).
+            let file: File = match snapshot.file(&rel) {
+                Some(file) => file,
+                None => {
+                    let (file, listed_at) = target
+                        .org
+                        .is_none()
+                        .then(|| snapshot.proxied(&rel))
+                        .flatten()
+                        .ok_or(ServeError::NotFound)?;
+                    signed_at = signed_at.max(listed_at);
+                    file
+                }
+            };
             let content = if *method == Method::GET {
                 Some(
                     reader
@@ -67,7 +82,7 @@ pub(super) async fn serve_file(
     };
     let etag = HeaderValue::from_str(&super::etag::from_sha256(&sha))
         .unwrap_or_else(|_| unreachable!("hex digits are a header value"));
-    let last_modified = SystemTime::UNIX_EPOCH + Duration::from_secs(snapshot.signed_at);
+    let last_modified = SystemTime::UNIX_EPOCH + Duration::from_secs(signed_at);
     let last_modified = super::http::truncate_to_secs(last_modified.min(SystemTime::now()));
     let answer = FileAnswer {
         etag,

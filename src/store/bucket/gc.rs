@@ -123,17 +123,40 @@ pub async fn collect(
         }
     }
     let mut referenced: HashSet<String> = HashSet::new();
+    // The proxy's file lists, by the same rules: the named one, newer ones,
+    // and those written or replaced within the grace period.
+    let mut lists: Vec<(u64, String, SystemTime)> = bucket
+        .list("proxy")
+        .await?
+        .into_iter()
+        .filter_map(|(k, meta)| Some((parse_proxy_key(&k)?, k, meta.last_modified.into())))
+        .collect();
+    lists.sort_unstable_by_key(|(v, ..)| *v);
+    let named = pointer.proxy.as_ref().map(|p| p.version);
+    for (i, (version, k, written)) in lists.iter().enumerate() {
+        let replaced_recently = lists.get(i + 1).is_some_and(|(.., w)| young(*w));
+        if Some(*version) == named
+            || named.is_none_or(|n| *version > n)
+            || young(*written)
+            || replaced_recently
+        {
+            referenced.extend(read_live(bucket, key, k, Kind::Proxy).await?.0);
+        } else {
+            dead.push((*version, k.clone()));
+        }
+    }
     let mut next = 0;
     while next < live.len() {
         let (k, is_delta) = live[next].clone();
         next += 1;
-        let (blobs, base) = read_live(bucket, key, &k, is_delta).await?;
+        let kind = if is_delta { Kind::Delta } else { Kind::Base };
+        let (blobs, base) = read_live(bucket, key, &k, kind).await?;
         referenced.extend(blobs);
         // A live delta is served over its base: that base lives too.
         if let Some(base) = base
             && let Some(at) = dead
                 .iter()
-                .position(|(v, k)| *v == base && !k.ends_with("-delta.json"))
+                .position(|(v, k)| *v == base && parse_manifest_key(k) == Some((base, false)))
         {
             let (_, k) = dead.remove(at);
             live.push((k, false));
@@ -197,13 +220,29 @@ fn sort_out(
     (live, dead)
 }
 
-/// The blob keys a live manifest names, verified, and the base version a
-/// delta applies to.
+/// What a live object is.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Base,
+    Delta,
+    Proxy,
+}
+
+/// A proxy file list's version, from its key.
+fn parse_proxy_key(key: &str) -> Option<u64> {
+    let digits = key.strip_prefix("proxy/")?.strip_suffix(".json")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// The blob keys a live manifest (or proxy list) names, verified, and the
+/// base version a delta applies to.
 async fn read_live(
     bucket: &Bucket,
     key: &ManifestPublicKey,
     k: &str,
-    is_delta: bool,
+    kind: Kind,
 ) -> Result<(Vec<String>, Option<u64>), GcError> {
     let problem = |problem| GcError::Manifest {
         bucket: bucket.name().to_owned(),
@@ -215,15 +254,20 @@ async fn read_live(
         .await?
         .ok_or_else(|| problem(ManifestProblem::Missing))?;
     let verifying = key.clone();
-    let (entries, base) = tokio::task::spawn_blocking(move || {
-        if is_delta {
+    let (entries, base) = tokio::task::spawn_blocking(move || match kind {
+        Kind::Delta => {
             let delta = manifest::verify_delta(&object.bytes, &verifying)?;
             let base = delta.base_version;
             Ok::<_, ManifestError>((
                 delta.files.into_values().flatten().collect::<Vec<_>>(),
                 Some(base),
             ))
-        } else {
+        }
+        Kind::Proxy => {
+            let list = super::proxied::verify(&object.bytes, &verifying)?;
+            Ok((list.files.into_values().flatten().collect(), None))
+        }
+        Kind::Base => {
             let files = manifest::verify_base(&object.bytes, &verifying)?.files;
             Ok((files.into_values().collect(), None))
         }
@@ -271,6 +315,7 @@ mod tests {
             base_sha256: String::new(),
             delta: None,
             delta_sha256: None,
+            proxy: None,
             holder: String::new(),
             written_at: 10_000,
         };
@@ -351,6 +396,7 @@ mod tests {
                 base_sha256: String::new(),
                 delta: None,
                 delta_sha256: None,
+                proxy: None,
                 holder: String::new(),
                 written_at: 1,
             });

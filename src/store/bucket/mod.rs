@@ -25,6 +25,7 @@
 
 pub mod gc;
 pub mod lease;
+pub mod proxied;
 pub mod reader;
 pub mod upload;
 pub mod writer;
@@ -51,6 +52,8 @@ pub const SMALL_OBJECT: u64 = 64 * 1024;
 pub const MAX_MANIFEST: u64 = 1 << 30;
 /// The largest delta read (at most 4,096 files).
 pub const MAX_DELTA: u64 = 16 << 20;
+/// The largest proxy file list a reader reads (about 1.5 million entries).
+pub const MAX_PROXY_SET: u64 = 256 << 20;
 
 /// The key of a blob, relative to the prefix.
 pub fn blob_key(sha256: &[u8; 32]) -> String {
@@ -61,6 +64,11 @@ pub fn blob_key(sha256: &[u8; 32]) -> String {
 /// The key of a base manifest of `version`.
 pub fn base_key(version: u64) -> String {
     format!("manifests/{version:020}.json")
+}
+
+/// The key of the proxy's file list of `version` ([`proxied`]).
+pub fn proxy_key(version: u64) -> String {
+    format!("proxy/{version:020}.json")
 }
 
 /// The key of a delta of `version`.
@@ -86,10 +94,23 @@ pub struct Pointer {
     pub delta: Option<u64>,
     /// The delta object's SHA-256 (hex), with `delta`.
     pub delta_sha256: Option<String>,
+    /// The pull-through proxy's file list served beside the generation.
+    #[serde(default)]
+    pub proxy: Option<ProxyRef>,
     /// The lease holder that wrote it.
     pub holder: String,
     /// Unix time of writing.
     pub written_at: u64,
+}
+
+/// Which proxy file list ([`proxy_key`]) the pointer names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyRef {
+    /// Its version.
+    pub version: u64,
+    /// Its object's SHA-256 (hex).
+    pub sha256: String,
 }
 
 /// A bucket operation that failed, with the bucket and key it failed on.

@@ -136,6 +136,16 @@ pub struct Snapshot {
     pub manifest_sha256: [u8; 32],
     /// The delta's bytes and SHA-256, served as `hexmirror-manifest-delta.json`.
     pub delta: Option<(Bytes, [u8; 32])>,
+    /// The pull-through proxy's files the writer published ([`super::proxied`]).
+    proxy: Option<Arc<ProxyList>>,
+}
+
+/// A verified proxy file list.
+#[derive(Debug)]
+struct ProxyList {
+    named: super::ProxyRef,
+    signed_at: u64,
+    files: HashMap<String, File>,
 }
 
 impl Snapshot {
@@ -145,6 +155,17 @@ impl Snapshot {
             Some(changed) => *changed,
             None => self.base.get(path).copied(),
         }
+    }
+
+    /// A file of the upstream's own tree that the generation lacks and the
+    /// writer's proxy fetched, with when its list was signed.
+    pub fn proxied(&self, path: &str) -> Option<(File, u64)> {
+        let list = self.proxy.as_ref()?;
+        Some((*list.files.get(path)?, list.signed_at))
+    }
+
+    fn proxy_ref(&self) -> Option<&super::ProxyRef> {
+        self.proxy.as_ref().map(|p| &p.named)
     }
 }
 
@@ -347,6 +368,7 @@ impl Reader {
             && s.generation == pointer.generation
             && hex::encode(s.manifest_sha256) == pointer.base_sha256
             && s.delta.as_ref().map(|(_, sha)| hex::encode(sha)) == pointer.delta_sha256
+            && s.proxy_ref() == pointer.proxy.as_ref()
         {
             return Ok(Refresh::Unchanged);
         }
@@ -439,6 +461,16 @@ impl Reader {
                 manifest: version,
             });
         }
+        let proxy = match &pointer.proxy {
+            None => None,
+            Some(named) => Some(match served.as_ref().and_then(|s| s.proxy.as_ref()) {
+                Some(list) if list.named == *named => Arc::clone(list),
+                other => {
+                    let last = other.map(|l| l.named.version);
+                    Arc::new(self.proxy_list(named, now, last).await?)
+                }
+            }),
+        };
         self.snapshot.store(Some(Arc::new(Snapshot {
             version,
             generation: base.generation.clone(),
@@ -449,9 +481,53 @@ impl Reader {
             manifest: base.bytes.clone(),
             manifest_sha256: base.sha256,
             delta: delta_bytes,
+            proxy,
         })));
         poll.base = Some(base);
         Ok(Refresh::Switched(version))
+    }
+
+    /// Reads and verifies the proxy file list `named`: its hash, signature,
+    /// kind, expiry, and no version below `last`.
+    async fn proxy_list(
+        &self,
+        named: &super::ProxyRef,
+        now: u64,
+        last: Option<u64>,
+    ) -> Result<ProxyList, ReaderError> {
+        let key = super::proxy_key(named.version);
+        let bytes = self.fetch_object(&key, super::MAX_PROXY_SET).await?;
+        let verifying = self.key.clone();
+        let (named, k) = (named.clone(), key.clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            if hex::encode(Sha256::digest(&bytes)) != named.sha256 {
+                return Ok(None);
+            }
+            let list = super::proxied::verify(&bytes, &verifying)?;
+            manifest::check_freshness(list.version, list.signed_at, list.expires_at, now, last)?;
+            if list.version != named.version {
+                return Err(ManifestError::DeltaMismatch {
+                    reason: format!(
+                        "the pointer names version {}, the list is version {}",
+                        named.version, list.version
+                    ),
+                });
+            }
+            let files = list
+                .files
+                .iter()
+                .filter_map(|(path, entry)| Some((path.clone(), file_of(entry.as_ref()?)?)))
+                .collect();
+            Ok(Some(ProxyList {
+                named,
+                signed_at: list.signed_at,
+                files,
+            }))
+        })
+        .await
+        .map_err(|_| ReaderError::Task)?
+        .map_err(|e| self.bad(&k, e))?;
+        checked.ok_or_else(|| self.not_named(&key))
     }
 
     fn not_named(&self, key: &str) -> ReaderError {
@@ -781,6 +857,7 @@ mod tests {
                 base_sha256,
                 delta: d.map(|d| d.version),
                 delta_sha256,
+                proxy: None,
                 holder: "test".into(),
                 written_at: NOW,
             };
@@ -923,6 +1000,91 @@ mod tests {
             let e = reader.refresh(NOW).await.unwrap_err();
             assert!(e.to_string().contains("applies to version 4"), "{e}");
             assert_eq!(served(&reader), Some(5));
+        }
+
+        /// A proxy list over `files`, uploaded, and the pointer naming it.
+        async fn publish_proxy(
+            bucket: &Bucket,
+            key: &ManifestKey,
+            pointer: &Pointer,
+            list: &Delta,
+        ) -> Pointer {
+            let sha256 = put(
+                bucket,
+                &super::super::super::proxy_key(list.version),
+                manifest::sign_delta(list, key),
+            )
+            .await;
+            let next = Pointer {
+                proxy: Some(super::super::super::ProxyRef {
+                    version: list.version,
+                    sha256,
+                }),
+                ..pointer.clone()
+            };
+            point(bucket, &next).await;
+            next
+        }
+
+        fn proxy_list(version: u64) -> Delta {
+            let content = b"a proxied record";
+            Delta {
+                base_version: 0,
+                expires_at: NOW + 3600,
+                files: BTreeMap::from([(
+                    "packages/proxied".to_owned(),
+                    Some(FileEntry {
+                        sha256: hex::encode(Sha256::digest(content)),
+                        size: content.len() as u64,
+                    }),
+                )]),
+                generation: manifest::PROXY_SET.into(),
+                signed_at: NOW - 1,
+                version,
+            }
+        }
+
+        #[tokio::test]
+        async fn the_proxy_list_serves_what_the_generation_lacks_and_only_a_proxy_list_counts() {
+            let (bucket, key, reader) = setup();
+            let m = base(5, "g5");
+            let pointer = publish(&bucket, &key, &m, None).await;
+            let with_list = publish_proxy(&bucket, &key, &pointer, &proxy_list(1)).await;
+            assert_eq!(reader.refresh(NOW).await.unwrap(), Refresh::Switched(5));
+            let snapshot = reader.snapshot().unwrap();
+            assert!(snapshot.file("packages/proxied").is_none());
+            assert_eq!(snapshot.proxied("packages/proxied").unwrap().1, NOW - 1);
+            // A generation's delta in the list's place is refused.
+            let impostor = Delta {
+                version: 2,
+                ..delta(&m, 2)
+            };
+            publish_proxy(&bucket, &key, &pointer, &impostor).await;
+            let e = reader.refresh(NOW).await.unwrap_err();
+            assert!(
+                e.to_string().contains("not the pull-through proxy's"),
+                "{e}"
+            );
+            // An older list than the one served is a rollback.
+            publish_proxy(&bucket, &key, &with_list, &proxy_list(3)).await;
+            assert_eq!(reader.refresh(NOW + 1).await.unwrap(), Refresh::Switched(5));
+            point(&bucket, &with_list).await;
+            assert!(reader.refresh(NOW + 2).await.is_err());
+            assert!(
+                reader
+                    .snapshot()
+                    .unwrap()
+                    .proxied("packages/proxied")
+                    .is_some()
+            );
+        }
+
+        #[test]
+        fn a_proxy_list_never_passes_for_a_generation_delta() {
+            let list = proxy_list(6);
+            assert!(manifest::check_binding(&list, 5, "g5").is_err());
+            assert!(manifest::check_proxy_set(&list).is_ok());
+            assert!(manifest::check_proxy_set(&delta(&base(5, "g5"), 6)).is_err());
         }
     }
 }

@@ -91,6 +91,18 @@ pub enum UploadError {
         /// The manifest's key.
         key: String,
     },
+    /// The proxy file list the pointer names cannot be used; nothing of the
+    /// proxy's is published until a sync (or an operator) repairs it.
+    #[error("bucket {bucket}: proxy file list {key}: {problem}")]
+    ProxySet {
+        /// The bucket.
+        bucket: String,
+        /// The list's key.
+        key: String,
+        /// What is wrong.
+        #[source]
+        problem: super::proxied::ProxySetProblem,
+    },
     /// The lease ends too soon to switch the pointer safely.
     #[error("bucket {bucket}: the lease ends at {expires_at} (Unix time), too soon to switch")]
     LeaseLapsing {
@@ -225,7 +237,7 @@ pub async fn publish(
     key: &ManifestPublicKey,
     holder: &str,
     fence: &dyn Fence,
-    now: impl Fn() -> u64,
+    now: impl Fn() -> u64 + Sync,
 ) -> Result<Uploaded, UploadError> {
     let pointer = bucket.pointer().await?;
     let served_base = pointer
@@ -298,16 +310,7 @@ pub async fn publish(
         .map(|(sha, _)| {
             let store = Arc::clone(&store);
             async move {
-                fence.hold().await?;
-                let path = store.blob_path(&sha);
-                let content = tokio::fs::read(&path).await.map_err(|source| StoreError {
-                    action: "read blob",
-                    path,
-                    source,
-                })?;
-                bucket
-                    .put(&blob_key(&sha), Bytes::from(content), PutMode::Overwrite)
-                    .await?;
+                upload_blob(bucket, &store, fence, &sha).await?;
                 fault_point("blob");
                 Ok::<(), UploadError>(())
             }
@@ -325,6 +328,55 @@ pub async fn publish(
         fence.hold().await?;
         create_manifest(bucket, &delta_key(*version), delta).await?;
     }
+    let next = Pointer {
+        version: local.version,
+        generation: local.generation,
+        base: local.base_version,
+        base_sha256: local.base_sha256,
+        delta: local.delta.as_ref().map(|(_, v)| *v),
+        delta_sha256: local.delta_sha256,
+        proxy: pointer.as_ref().and_then(|(p, _)| p.proxy.clone()),
+        holder: holder.to_owned(),
+        written_at: now(),
+    };
+    switch_pointer(bucket, fence, &next, pointer.map(|(_, etag)| etag), &now).await?;
+    Ok(Uploaded::Switched {
+        version: next.version,
+        blobs: count,
+        bytes,
+    })
+}
+
+/// Uploads the local blob `sha`, asking the lease first.
+pub(super) async fn upload_blob(
+    bucket: &Bucket,
+    store: &Store,
+    fence: &dyn Fence,
+    sha: &[u8; 32],
+) -> Result<(), UploadError> {
+    fence.hold().await?;
+    let path = store.blob_path(sha);
+    let content = tokio::fs::read(&path).await.map_err(|source| StoreError {
+        action: "read blob",
+        path,
+        source,
+    })?;
+    bucket
+        .put(&blob_key(sha), Bytes::from(content), PutMode::Overwrite)
+        .await?;
+    Ok(())
+}
+
+/// Writes the pointer `next` in place of the one read with ETag `read`
+/// (`None`: there was none), by a conditional put, and only with more than
+/// the margin of lease left: the last step of every publish.
+pub(super) async fn switch_pointer(
+    bucket: &Bucket,
+    fence: &dyn Fence,
+    next: &Pointer,
+    read: Option<Option<String>>,
+    now: &(dyn Fn() -> u64 + Sync),
+) -> Result<(), UploadError> {
     if let Some(expires_at) = fence.hold().await?
         && now() + LEASE_MARGIN_SECS >= expires_at
     {
@@ -334,30 +386,16 @@ pub async fn publish(
         });
     }
     fault_point("pointer");
-    let next = Pointer {
-        version: local.version,
-        generation: local.generation,
-        base: local.base_version,
-        base_sha256: local.base_sha256,
-        delta: local.delta.as_ref().map(|(_, v)| *v),
-        delta_sha256: local.delta_sha256,
-        holder: holder.to_owned(),
-        written_at: now(),
-    };
-    let mode = match pointer {
-        Some((_, etag)) => PutMode::Update(UpdateVersion {
+    let mode = match read {
+        Some(etag) => PutMode::Update(UpdateVersion {
             e_tag: etag,
             version: None,
         }),
         None => PutMode::Create,
     };
-    let body = Bytes::from(serde_json::to_vec(&next).unwrap_or_else(|_| unreachable!()));
+    let body = Bytes::from(serde_json::to_vec(next).unwrap_or_else(|_| unreachable!()));
     match bucket.put(POINTER, body, mode).await? {
-        Put::Written(_) => Ok(Uploaded::Switched {
-            version: next.version,
-            blobs: count,
-            bytes,
-        }),
+        Put::Written(_) => Ok(()),
         Put::Exists | Put::Precondition => Err(UploadError::Fenced {
             bucket: bucket.name().to_owned(),
         }),
@@ -366,7 +404,11 @@ pub async fn publish(
 
 /// Creates a manifest object, never overwriting one: found there already
 /// (a run before a crash wrote it), it must hold these exact bytes.
-async fn create_manifest(bucket: &Bucket, key: &str, bytes: &Bytes) -> Result<(), UploadError> {
+pub(super) async fn create_manifest(
+    bucket: &Bucket,
+    key: &str,
+    bytes: &Bytes,
+) -> Result<(), UploadError> {
     match bucket.put(key, bytes.clone(), PutMode::Create).await? {
         Put::Written(_) => Ok(()),
         Put::Exists | Put::Precondition => {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::gc::{self, Collected};
 use super::lease::{self, Fence, Holder, Lease, LeaseError, NodeLock};
+use super::proxied::{self, Pending, Published};
 use super::upload::{self, UploadError, Uploaded};
 use super::{Bucket, BucketError};
 use crate::config::{LeaseMode, S3Config};
@@ -74,6 +75,12 @@ pub struct BucketWriter {
     status: std::sync::Mutex<Status>,
     /// Held while this writer lives: one bucket writer per data directory.
     node_lock: NodeLock,
+    /// The pull-through proxy's new files, when the proxy is on.
+    proxied: Option<Arc<Pending>>,
+    /// The proxy file list last published.
+    proxy_list: tokio::sync::Mutex<Option<Published>>,
+    /// How long a signed list stays valid (`signing.manifest_expiry_secs`).
+    expiry: Duration,
 }
 
 /// What `/health` says about the writer's bucket.
@@ -162,6 +169,12 @@ impl BucketWriter {
             lease: tokio::sync::Mutex::new(None),
             status: std::sync::Mutex::new(Status::default()),
             node_lock,
+            proxied: config
+                .proxy
+                .enabled
+                .then(|| Arc::new(Pending::new(config.data_dir.join("proxy")))),
+            proxy_list: tokio::sync::Mutex::new(None),
+            expiry: config.signing.manifest_expiry,
         };
         writer.with_status(|s| s.bucket = writer.bucket.name().to_owned());
         if writer.mode == LeaseMode::Conditional {
@@ -231,11 +244,44 @@ impl BucketWriter {
     }
 
     async fn public_key(&self) -> Result<crate::manifest::ManifestPublicKey, PublishError> {
+        Ok(self.signing_key().await?.public())
+    }
+
+    async fn signing_key(&self) -> Result<crate::manifest::ManifestKey, PublishError> {
         let path = self.manifest_key.clone();
-        let key = tokio::task::spawn_blocking(move || crate::keyfiles::manifest_key(&path))
-            .await
-            .map_err(UploadError::Task)??;
-        Ok(key.public())
+        Ok(
+            tokio::task::spawn_blocking(move || crate::keyfiles::manifest_key(&path))
+                .await
+                .map_err(UploadError::Task)??,
+        )
+    }
+
+    /// Where the pull-through proxy reports the files it links, so that
+    /// they are published too (`None` when the proxy is off).
+    pub fn proxy_pending(&self) -> Option<Arc<Pending>> {
+        self.proxied.clone()
+    }
+
+    /// Publishes the proxy's new files ([`proxied`]); the version of the
+    /// list written, if one was.
+    pub async fn publish_proxied(&self) -> Result<Option<u64>, PublishError> {
+        let Some(pending) = &self.proxied else {
+            return Ok(None);
+        };
+        Fence::hold(self).await?;
+        let key = self.signing_key().await?;
+        let mut list = self.proxy_list.lock().await;
+        Ok(proxied::publish(
+            &self.bucket,
+            &self.store,
+            &key,
+            self,
+            pending,
+            &mut list,
+            self.expiry,
+            &crate::clock::unix_now,
+        )
+        .await?)
     }
 
     /// Deletes what no live generation in the bucket references
@@ -334,6 +380,19 @@ impl BucketWriter {
                         .await
                         .map(drop)
                         .map_err(PublishError::from)
+                };
+                // The proxy's files, once the generation is out.
+                let outcome = match outcome {
+                    Ok(()) => self.publish_proxied().await.map(|v| {
+                        if let Some(version) = v {
+                            tracing::info!(
+                                bucket = self.bucket.name(),
+                                version,
+                                "published the pull-through proxy's file list into the bucket"
+                            );
+                        }
+                    }),
+                    other => other,
                 };
                 // Garbage, hourly, between uploads: never while one runs.
                 match outcome {
