@@ -5,7 +5,7 @@
 //! writer, which rebuilds an organization it renames, so both write the same
 //! bytes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -33,15 +33,18 @@ pub(crate) fn repo_fingerprint(repo: &RepositoryConfig, key: &SigningKey) -> Str
     hex::encode(h.finalize())
 }
 
-/// What every repository of ours is built from.
-#[derive(Clone, Copy)]
-pub(crate) struct Sources<'a> {
+/// What every repository of ours is built from. `E` is the caller's error,
+/// which the record loader returns.
+pub(crate) struct Sources<'a, E> {
     pub(crate) store: &'a Store,
     pub(crate) key: &'a SigningKey,
     /// The new upstream tree.
     pub(crate) upstream: &'a FileMap,
-    /// Its package records, decoded.
-    pub(crate) records: &'a BTreeMap<String, proto::package::Package>,
+    /// Reads, verifies and decodes the upstream record of a package of
+    /// `upstream`. Called per package as it is needed, never all at once:
+    /// holding every decoded record (twice, with the curated copies) is
+    /// what made a curated sync's memory grow to a gigabyte.
+    pub(crate) record: &'a (dyn Fn(&str) -> Result<proto::package::Package, E> + Sync),
     pub(crate) upstream_names: &'a proto::names::Names,
     pub(crate) upstream_repository: &'a str,
     pub(crate) cache: &'a [db::SignedCacheRow],
@@ -49,36 +52,39 @@ pub(crate) struct Sources<'a> {
     pub(crate) hosted: &'a [ReleaseRow],
 }
 
-/// One package of a repository: its record, what identifies its source for
-/// the signing cache, and its tarballs and docs (paths under the repository).
-type Entry = (proto::package::Package, String, Vec<(String, FileRef)>);
+/// One package of a repository, built: its signed record, what identifies
+/// its source for the signing cache, its tarballs and docs (paths under the
+/// repository), and its `/versions` entry. What stays in memory per
+/// package: no decoded record.
+struct Built {
+    signed: FileRef,
+    source: String,
+    files: Vec<(String, FileRef)>,
+    versions: proto::versions::Package,
+}
 
 /// Builds repository `repo`'s files under `repos/NAME/` from the upstream
 /// records in `upstream`, re-signing only records whose source, key or
-/// curation changed since they were cached.
-pub(crate) fn repository_files(
-    src: &Sources<'_>,
+/// curation changed since they were cached. Records are loaded, curated
+/// and signed one package at a time on every core, and dropped.
+pub(crate) fn repository_files<E>(
+    src: &Sources<'_, E>,
     repo: &RepositoryConfig,
     new_cache: &mut Vec<db::SignedCacheRow>,
-) -> Result<FileMap, StoreError> {
-    let Sources {
-        store,
-        key,
-        upstream,
-        records,
-        upstream_names,
-        upstream_repository,
-        cache,
-        hosted,
-    } = *src;
+) -> Result<FileMap, E>
+where
+    E: From<StoreError> + Send,
+{
+    let (store, key, upstream) = (src.store, src.key, src.upstream);
     let fp = repo_fingerprint(repo, key);
-    let cached: BTreeMap<&str, &db::SignedCacheRow> = cache
+    let cached: BTreeMap<&str, &db::SignedCacheRow> = src
+        .cache
         .iter()
         .filter(|r| r.repository == repo.name && r.fingerprint == fp)
         .map(|r| (r.package.as_str(), r))
         .collect();
     let mut hosted_rows: BTreeMap<&str, Vec<&ReleaseRow>> = BTreeMap::new();
-    for row in hosted.iter().filter(|r| r.repository == repo.name) {
+    for row in src.hosted.iter().filter(|r| r.repository == repo.name) {
         hosted_rows
             .entry(row.package.as_str())
             .or_default()
@@ -86,15 +92,17 @@ pub(crate) fn repository_files(
     }
     // A reserved or hosted name never comes from the upstream here: that is
     // the dependency-confusion guard.
-    let curated: BTreeMap<String, proto::package::Package> = records
-        .iter()
-        .filter(|(name, _)| !repo.reserves(name) && !hosted_rows.contains_key(name.as_str()))
-        .filter_map(|(name, r)| {
-            index::curate_package(r, &repo.name, &repo.deny).map(|c| (name.clone(), c))
-        })
+    let candidates: Vec<&str> = upstream
+        .keys()
+        .filter_map(|path| path.strip_prefix("packages/"))
+        .filter(|name| !repo.reserves(name) && !hosted_rows.contains_key(name))
         .collect();
-    let view: BTreeSet<String> = match &repo.packages {
-        None => curated.keys().cloned().collect(),
+    let curate = |name: &str| -> Result<Option<proto::package::Package>, E> {
+        let record = (src.record)(name)?;
+        Ok(index::curate_package(&record, &repo.name, &repo.deny))
+    };
+    let view: Vec<&str> = match &repo.packages {
+        None => candidates,
         Some(roots) => {
             // Hosted packages pull in what they depend on in this repository.
             let mut roots = roots.clone();
@@ -106,13 +114,57 @@ pub(crate) fn repository_files(
                     .filter(|d| d.repository.as_deref().is_none_or(|x| x == repo.name))
                     .map(|d| d.name.clone()),
             );
-            index::closure(&roots, &curated, upstream_repository)
+            // The closure needs only the dependency names: a first pass
+            // keeps those, not the records.
+            let mut graph = BTreeMap::new();
+            for found in crate::parallel::map(&candidates, |name| {
+                Ok::<_, E>(curate(name)?.map(|c| {
+                    (
+                        (*name).to_owned(),
+                        index::dependency_names(&c, src.upstream_repository),
+                    )
+                }))
+            }) {
+                graph.extend(found?);
+            }
+            let closure = index::closure(&roots, &graph);
+            candidates
+                .into_iter()
+                .filter(|name| closure.contains(*name))
+                .collect()
         }
     };
-    // Every package of the repository: its record, what identifies its
-    // source for the signing cache, and its tarballs and docs.
-    let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
-    for (name, record) in curated.into_iter().filter(|(name, _)| view.contains(name)) {
+    // Reuse what the cache vouches for; sign the rest on every core (RSA
+    // signing is ~15 ms per record at 4096 bits and was the whole cost of a
+    // key change).
+    let sign = |name: &str,
+                record: &proto::package::Package,
+                source: String,
+                files: Vec<(String, FileRef)>|
+     -> Result<Built, StoreError> {
+        let reuse = cached
+            .get(name)
+            .filter(|row| row.source_sha256 == source)
+            .and_then(|row| {
+                let sha: [u8; 32] = hex::decode(&row.signed_sha256).ok()?.try_into().ok()?;
+                store.blob_ref(&sha).ok()
+            });
+        let signed = match reuse {
+            Some(r) => r,
+            None => store.put_bytes(&registry::seal_signed(record.encode_to_vec(), key))?,
+        };
+        Ok(Built {
+            signed,
+            source,
+            files,
+            versions: index::versions_entry(record),
+        })
+    };
+    let mut built: BTreeMap<String, Built> = BTreeMap::new();
+    for result in crate::parallel::map(&view, |name| {
+        let Some(record) = curate(name)? else {
+            return Ok(None);
+        };
         let source = upstream
             .get(&format!("packages/{name}"))
             .map(sha_hex)
@@ -125,7 +177,12 @@ pub(crate) fn repository_files(
                 upstream.get(&tarball).map(|blob| (tarball, *blob))
             })
             .collect();
-        entries.insert(name, (record, source, files));
+        Ok::<_, E>(Some((
+            (*name).to_owned(),
+            sign(name, &record, source, files)?,
+        )))
+    }) {
+        built.extend(result?);
     }
     for (name, rows) in &hosted_rows {
         let releases: Vec<_> = rows.iter().map(|r| r.release()).collect();
@@ -150,56 +207,26 @@ pub(crate) fn repository_files(
                 ));
             }
         }
-        entries.insert((*name).to_owned(), (record, source, files));
+        built.insert((*name).to_owned(), sign(name, &record, source, files)?);
     }
 
     let base = format!("repos/{}", repo.name);
     let mut files = FileMap::new();
-    // Reuse what the cache vouches for; sign the rest on every core (RSA
-    // signing is ~15 ms per record at 4096 bits and was the whole cost of a
-    // key change).
-    let mut signed: BTreeMap<&str, FileRef> = BTreeMap::new();
-    let mut misses = Vec::new();
-    for (name, (record, source, _)) in &entries {
-        let reuse = cached
-            .get(name.as_str())
-            .filter(|row| row.source_sha256 == *source)
-            .and_then(|row| {
-                let sha: [u8; 32] = hex::decode(&row.signed_sha256).ok()?.try_into().ok()?;
-                store.blob_ref(&sha).ok()
-            });
-        match reuse {
-            Some(r) => {
-                signed.insert(name, r);
-            }
-            None => misses.push((name.as_str(), record)),
-        }
-    }
-    for result in crate::parallel::map(&misses, |(name, record)| {
-        store
-            .put_bytes(&registry::seal_signed(record.encode_to_vec(), key))
-            .map(|r| (*name, r))
-    }) {
-        let (name, r) = result?;
-        signed.insert(name, r);
-    }
-    for (name, (_, source, extra)) in &entries {
-        let Some(&file) = signed.get(name.as_str()) else {
-            continue;
-        };
+    for (name, b) in &built {
         new_cache.push(db::SignedCacheRow {
             repository: repo.name.clone(),
             package: name.clone(),
-            source_sha256: source.clone(),
+            source_sha256: b.source.clone(),
             fingerprint: fp.clone(),
-            signed_sha256: sha_hex(&file),
+            signed_sha256: sha_hex(&b.signed),
         });
-        files.insert(format!("{base}/packages/{name}"), file);
-        for (path, blob) in extra {
+        files.insert(format!("{base}/packages/{name}"), b.signed);
+        for (path, blob) in &b.files {
             files.insert(format!("{base}/{path}"), *blob);
         }
     }
-    let mut updated_at: BTreeMap<String, proto::names::Timestamp> = upstream_names
+    let mut updated_at: BTreeMap<String, proto::names::Timestamp> = src
+        .upstream_names
         .packages
         .iter()
         .filter_map(|p| p.updated_at.map(|t| (p.name.clone(), t)))
@@ -215,12 +242,11 @@ pub(crate) fn repository_files(
             );
         }
     }
-    let curated: BTreeMap<String, proto::package::Package> = entries
-        .into_iter()
-        .map(|(name, (record, _, _))| (name, record))
-        .collect();
-    let names = index::build_names(&repo.name, &curated, &updated_at);
-    let versions = index::build_versions(&repo.name, &curated);
+    let names = index::build_names(&repo.name, built.keys().map(String::as_str), &updated_at);
+    let versions = index::build_versions(
+        &repo.name,
+        built.into_values().map(|b| b.versions).collect(),
+    );
     files.insert(
         format!("{base}/names"),
         store.put_bytes(&registry::seal_signed(names.encode_to_vec(), key))?,
@@ -246,11 +272,19 @@ pub fn hosted_repository_files(
     upstream_repository: &str,
     hosted: &[ReleaseRow],
 ) -> Result<FileMap, StoreError> {
+    // No upstream files: the loader is never asked.
+    let no_record = |name: &str| -> Result<proto::package::Package, StoreError> {
+        Err(StoreError {
+            action: "read upstream record",
+            path: format!("packages/{name}").into(),
+            source: std::io::ErrorKind::NotFound.into(),
+        })
+    };
     let sources = Sources {
         store,
         key,
         upstream: &FileMap::new(),
-        records: &BTreeMap::new(),
+        record: &no_record,
         upstream_names: &proto::names::Names::default(),
         upstream_repository,
         cache: &[],

@@ -106,64 +106,76 @@ pub fn curate_package(
     })
 }
 
+/// The names a record's releases depend on in this repository (a
+/// dependency naming another repository is resolved there, not here):
+/// all a dependency closure needs of a record.
+pub fn dependency_names(record: &package::Package, upstream_repository: &str) -> Vec<String> {
+    let mut names: Vec<String> = record
+        .releases
+        .iter()
+        .flat_map(|r| &r.dependencies)
+        .filter(|dep| {
+            dep.repository
+                .as_deref()
+                .is_none_or(|r| r == upstream_repository)
+        })
+        .map(|dep| dep.package.clone())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
 /// The packages a curated view contains: `roots` and the dependency closure
-/// of every release left in the view, among the `available` records. A
-/// dependency naming another repository is not followed (it is resolved
-/// there, not here).
+/// of every release left in the view, over `graph` (each available
+/// package's [`dependency_names`]).
 pub fn closure(
     roots: &BTreeSet<String>,
-    available: &BTreeMap<String, package::Package>,
-    upstream_repository: &str,
+    graph: &BTreeMap<String, Vec<String>>,
 ) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
     let mut queue: Vec<&str> = roots.iter().map(String::as_str).collect();
     while let Some(name) = queue.pop() {
-        let Some(record) = available.get(name) else {
+        let Some(deps) = graph.get(name) else {
             continue;
         };
         if !seen.insert(name.to_owned()) {
             continue;
         }
-        for dep in record.releases.iter().flat_map(|r| &r.dependencies) {
-            let same_repo = dep
-                .repository
-                .as_deref()
-                .is_none_or(|r| r == upstream_repository);
-            if same_repo && !seen.contains(&dep.package) {
-                queue.push(&dep.package);
-            }
-        }
+        queue.extend(
+            deps.iter()
+                .map(String::as_str)
+                .filter(|d| !seen.contains(*d)),
+        );
     }
     seen
 }
 
-/// `/names` for `records`, carrying each package's upstream `updated_at`.
-pub fn build_names(
+/// `/names` listing `packages` (in name order), carrying each package's
+/// upstream `updated_at`.
+pub fn build_names<'a>(
     repository: &str,
-    records: &BTreeMap<String, package::Package>,
+    packages: impl IntoIterator<Item = &'a str>,
     updated_at: &BTreeMap<String, names::Timestamp>,
 ) -> names::Names {
     names::Names {
         repository: repository.to_owned(),
-        packages: records
-            .keys()
+        packages: packages
+            .into_iter()
             .map(|name| names::Package {
-                name: name.clone(),
+                name: name.to_owned(),
                 updated_at: updated_at.get(name).cloned(),
             })
             .collect(),
     }
 }
 
-/// `/versions` for `records`: versions in record order (hexpm's order), and
-/// `retired` / `with_advisories` as indexes into that list.
-pub fn build_versions(
-    repository: &str,
-    records: &BTreeMap<String, package::Package>,
-) -> versions::Versions {
+/// `/versions` listing `entries` (in name order, each from
+/// [`versions_entry`]).
+pub fn build_versions(repository: &str, entries: Vec<versions::Package>) -> versions::Versions {
     versions::Versions {
         repository: repository.to_owned(),
-        packages: records.values().map(versions_entry).collect(),
+        packages: entries,
     }
 }
 
@@ -261,7 +273,11 @@ mod tests {
         ]
         .into();
         let roots = ["a".to_string()].into();
-        let got: Vec<_> = closure(&roots, &available, "hexpm").into_iter().collect();
+        let graph = available
+            .iter()
+            .map(|(name, r)| (name.clone(), dependency_names(r, "hexpm")))
+            .collect();
+        let got: Vec<_> = closure(&roots, &graph).into_iter().collect();
         assert_eq!(got, vec!["a", "b", "c"]);
     }
 
@@ -273,12 +289,11 @@ mod tests {
             message: None,
         });
         r.releases[0].advisory_indexes = vec![0];
-        let records = [("a".to_string(), r)].into();
-        let v = build_versions("m", &records);
+        let v = build_versions("m", vec![versions_entry(&r)]);
         assert_eq!(v.packages[0].versions, vec!["1.0.0", "2.0.0"]);
         assert_eq!(v.packages[0].retired, vec![1]);
         assert_eq!(v.packages[0].with_advisories, vec![0]);
-        let n = build_names("m", &records, &BTreeMap::new());
+        let n = build_names("m", ["a"], &BTreeMap::new());
         assert_eq!(n.packages[0].name, "a");
     }
 }

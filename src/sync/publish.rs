@@ -166,12 +166,12 @@ pub(super) fn publish(
             .key
             .clone()
             .ok_or(PublishError::NoSigningKey)?;
-        let records = decode_records(store, &upstream, config)?;
+        let record = |name: &str| read_record(store, &upstream, config, name);
         let sources = repo_files::Sources {
             store,
             key: &key,
             upstream: &upstream,
-            records: &records,
+            record: &record,
             upstream_names: &inputs.upstream_names,
             upstream_repository: &config.upstream.repository,
             cache: &inputs.signed_cache,
@@ -209,34 +209,33 @@ pub(super) fn publish(
     })
 }
 
-/// Every upstream record in the new tree, decoded and verified again (they
-/// came from the blob store, which only holds verified bytes, but a record
-/// is cheap to check and the repositories we sign must rest on verified
-/// input only).
-fn decode_records(
+/// An upstream record of the new tree, decoded and verified again (it came
+/// from the blob store, which only holds verified bytes, but a record is
+/// cheap to check and the repositories we sign must rest on verified input
+/// only).
+fn read_record(
     store: &Store,
     upstream: &FileMap,
     config: &Config,
-) -> Result<BTreeMap<String, proto::package::Package>, PublishError> {
-    let mut records = BTreeMap::new();
-    for (path, file) in upstream {
-        let Some(name) = path.strip_prefix("packages/") else {
-            continue;
-        };
-        let bytes = store.read_blob(&file.sha256)?;
-        let record = registry::verify_package(
-            &bytes,
-            &config.upstream.public_key,
-            &config.upstream.repository,
-            name,
-        )
-        .map_err(|e| PublishError::Record {
-            package: name.to_owned(),
-            reason: e.to_string(),
-        })?;
-        records.insert(name.to_owned(), record.into_inner());
-    }
-    Ok(records)
+    name: &str,
+) -> Result<proto::package::Package, PublishError> {
+    let path = format!("packages/{name}");
+    let file = upstream.get(&path).ok_or_else(|| PublishError::Record {
+        package: name.to_owned(),
+        reason: "not in the new tree".to_owned(),
+    })?;
+    let bytes = store.read_blob(&file.sha256)?;
+    let record = registry::verify_package(
+        &bytes,
+        &config.upstream.public_key,
+        &config.upstream.repository,
+        name,
+    )
+    .map_err(|e| PublishError::Record {
+        package: name.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(record.into_inner())
 }
 
 #[cfg(test)]
