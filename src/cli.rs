@@ -1691,11 +1691,23 @@ async fn bucket_writer_unless_serve_holds(
     match start_bucket_writer(config, s3, OnHeld::Refuse).await {
         Ok(writer) => Ok(Some(writer)),
         Err(e) => {
-            if let Some(busy @ crate::store::bucket::writer::StartError::Busy { .. }) =
+            // Only a running `serve` publishes for this command; another
+            // command holding the lock (a `gc`) does not, so that is an
+            // error to run this again after.
+            if let Some(busy @ crate::store::bucket::writer::StartError::Busy { holder, .. }) =
                 e.downcast_ref()
+                && holder.starts_with(crate::store::bucket::writer::SERVE_ROLE)
             {
-                println!("bucket {}: {busy}", s3.bucket);
+                println!(
+                    "bucket {}: {busy}; that `serve` publishes and collects garbage itself",
+                    s3.bucket
+                );
                 return Ok(None);
+            }
+            if let Some(crate::store::bucket::writer::StartError::Busy { .. }) = e.downcast_ref() {
+                return Err(e.context(
+                    "the bucket was not written: run this command again when that one has ended",
+                ));
             }
             Err(e)
         }

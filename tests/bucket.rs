@@ -664,12 +664,25 @@ fn the_writer_s_proxied_files_reach_the_read_only_node_and_gc_keeps_them() {
         .status,
         404
     );
-    let pointer: serde_json::Value =
+    let pointer = || -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(s3.object_path("tree/current.json")).unwrap())
-            .unwrap();
-    let listed = pointer["proxy"]["version"]
+            .unwrap()
+    };
+    let listed = pointer()["proxy"]["version"]
         .as_u64()
         .expect("the pointer names a proxy list");
+    // A generation published after the list keeps naming it: the sync
+    // (which now mirrors epsilon) leaves the bucket to the running `serve`.
+    let before = pointer()["version"].as_u64().unwrap();
+    let out = mirror.sync_ok();
+    assert!(out.stdout.contains("that `serve` publishes"), "{out}");
+    wait_for(
+        "the next generation in the bucket",
+        Duration::from_secs(20),
+        || pointer()["version"].as_u64() > Some(before),
+    );
+    assert_eq!(pointer()["proxy"]["version"].as_u64(), Some(listed));
+    assert!(health(&writer.url())["bucket"]["error"].is_null());
 
     // A restarted writer finds its files published: no new list.
     drop(writer);
@@ -681,11 +694,9 @@ fn the_writer_s_proxied_files_reach_the_read_only_node_and_gc_keeps_them() {
         Duration::from_secs(20),
         || !health(&writer.url())["bucket"]["published_version"].is_null(),
     );
+    assert!(health(&writer.url())["bucket"]["error"].is_null());
     drop(writer);
-    let pointer: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(s3.object_path("tree/current.json")).unwrap())
-            .unwrap();
-    assert_eq!(pointer["proxy"]["version"].as_u64(), Some(listed));
+    assert_eq!(pointer()["proxy"]["version"].as_u64(), Some(listed));
     // gc in the bucket keeps every blob the proxy list names.
     let out = mirror.run(&["gc"]);
     assert!(out.ok(), "{out}");

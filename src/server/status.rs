@@ -566,7 +566,10 @@ pub(super) fn bucket_health(reader: &crate::store::bucket::reader::Reader) -> Re
     let now = unix_now();
     let expired = health.expires_at.is_some_and(|e| e <= now);
     let servable = health.version.is_some();
-    let degraded = health.error.is_some() || health.fetch_error.is_some() || expired;
+    let degraded = health.error.is_some()
+        || health.fetch_error.is_some()
+        || health.proxy_error.is_some()
+        || expired;
     let body = serde_json::json!({
         "status": if !servable { "unavailable" } else if degraded { "degraded" } else { "ok" },
         "role": "reader",
@@ -585,6 +588,7 @@ pub(super) fn bucket_health(reader: &crate::store::bucket::reader::Reader) -> Re
                 "at": crate::manifest::rfc3339(at),
                 "error": error,
             })),
+            "proxy_list_error": health.proxy_error,
         },
         "cache": {
             "bytes": health.cached_bytes,

@@ -123,23 +123,26 @@ pub async fn collect(
         }
     }
     let mut referenced: HashSet<String> = HashSet::new();
-    // The proxy's file lists, by the same rules: the named one, newer ones,
-    // and those written or replaced within the grace period.
+    // The proxy's file lists: the named one, and those written or replaced
+    // within the grace period. One above the named that is older (a crash
+    // or a shutdown between the list and the pointer) is an orphan: gone.
     let mut lists: Vec<(u64, String, SystemTime)> = bucket
         .list("proxy")
         .await?
         .into_iter()
-        .filter_map(|(k, meta)| Some((parse_proxy_key(&k)?, k, meta.last_modified.into())))
+        .filter_map(|(k, meta)| {
+            Some((
+                super::proxied::parse_proxy_key(&k)?,
+                k,
+                meta.last_modified.into(),
+            ))
+        })
         .collect();
     lists.sort_unstable_by_key(|(v, ..)| *v);
     let named = pointer.proxy.as_ref().map(|p| p.version);
     for (i, (version, k, written)) in lists.iter().enumerate() {
         let replaced_recently = lists.get(i + 1).is_some_and(|(.., w)| young(*w));
-        if Some(*version) == named
-            || named.is_none_or(|n| *version > n)
-            || young(*written)
-            || replaced_recently
-        {
+        if Some(*version) == named || young(*written) || replaced_recently {
             referenced.extend(read_live(bucket, key, k, Kind::Proxy).await?.0);
         } else {
             dead.push((*version, k.clone()));
@@ -226,14 +229,6 @@ enum Kind {
     Base,
     Delta,
     Proxy,
-}
-
-/// A proxy file list's version, from its key.
-fn parse_proxy_key(key: &str) -> Option<u64> {
-    let digits = key.strip_prefix("proxy/")?.strip_suffix(".json")?;
-    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| digits.parse().ok())
-        .flatten()
 }
 
 /// The blob keys a live manifest (or proxy list) names, verified, and the
@@ -334,7 +329,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_collection_stops_before_its_first_delete_when_the_lease_is_gone() {
+    async fn a_collection_stops_before_its_first_delete_when_the_lease_is_gone_and_drops_orphaned_lists()
+     {
         struct Lost;
         impl Fence for Lost {
             fn hold(&self) -> futures::future::BoxFuture<'_, Result<Option<u64>, LeaseError>> {
@@ -401,6 +397,45 @@ mod tests {
                 written_at: 1,
             });
         }
+        // Proxy lists: the pointer names 1; 2 is an orphan a crash left
+        // between the list and the pointer. Each names its own blob.
+        for v in 1..=2u64 {
+            let content = format!("proxied {v}");
+            let sha: [u8; 32] = Sha256::digest(content.as_bytes()).into();
+            let list = manifest::Delta {
+                base_version: 0,
+                expires_at: u64::MAX,
+                files: [(
+                    format!("packages/p{v}"),
+                    Some(manifest::FileEntry {
+                        sha256: hex::encode(sha),
+                        size: content.len() as u64,
+                    }),
+                )]
+                .into(),
+                generation: manifest::PROXY_SET.into(),
+                signed_at: 1,
+                version: v,
+            };
+            let signed = manifest::sign_delta(&list, &key);
+            if v == 1
+                && let Some(p) = pointer.as_mut()
+            {
+                p.proxy = Some(super::super::ProxyRef {
+                    version: 1,
+                    sha256: hex::encode(Sha256::digest(&signed)),
+                });
+            }
+            for (k, b) in [
+                (super::super::blob_key(&sha), content.into_bytes()),
+                (super::super::proxy_key(v), signed),
+            ] {
+                bucket
+                    .put(&k, bytes::Bytes::from(b), PutMode::Overwrite)
+                    .await
+                    .unwrap();
+            }
+        }
         bucket
             .put(
                 super::super::POINTER,
@@ -413,7 +448,7 @@ mod tests {
         let grace = Duration::from_secs(60);
         let stopped = collect(&bucket, &key.public(), &Lost, 1, grace, later).await;
         assert!(matches!(stopped, Err(GcError::Lease(_))), "{stopped:?}");
-        assert_eq!(bucket.list("blobs").await.unwrap().len(), 2);
+        assert_eq!(bucket.list("blobs").await.unwrap().len(), 4);
         assert_eq!(bucket.list("manifests").await.unwrap().len(), 2);
         let c = collect(
             &bucket,
@@ -425,7 +460,16 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!((c.manifests, c.blobs), (1, 1));
+        // The first manifest and the orphaned list, and the blob each alone named.
+        assert_eq!((c.manifests, c.blobs), (2, 2));
+        let lists: Vec<String> = bucket
+            .list("proxy")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(lists, [super::super::proxy_key(1)]);
     }
 
     #[test]

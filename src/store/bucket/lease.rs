@@ -318,14 +318,31 @@ pub struct NodeLock {
 }
 
 impl NodeLock {
-    /// Takes the lock, or `None` when another live process of this data
-    /// directory holds it.
-    pub fn try_take(data_dir: &Path) -> Result<Option<Self>, std::io::Error> {
+    /// Takes the lock for `role` (`serve`, or the command's name), or
+    /// returns who holds it (their role and pid) when another live process
+    /// of this data directory does.
+    pub fn try_take(data_dir: &Path, role: &str) -> Result<Result<Self, String>, std::io::Error> {
+        use std::io::{Read, Seek, Write};
         std::fs::create_dir_all(data_dir)?;
-        let file = std::fs::File::create(data_dir.join("bucket.lock"))?;
+        // Not truncated before it is held: the file names its holder.
+        let mut file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(data_dir.join("bucket.lock"))?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(Self { _file: file })),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Ok(()) => {
+                file.set_len(0)?;
+                file.rewind()?;
+                write!(file, "{role} pid {}", std::process::id())?;
+                Ok(Ok(Self { _file: file }))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                file.read_to_string(&mut holder)?;
+                Ok(Err(holder.trim().to_owned()))
+            }
             Err(std::fs::TryLockError::Error(e)) => Err(e),
         }
     }
@@ -406,7 +423,7 @@ mod tests {
     /// A node lock of a throwaway data directory.
     fn node_lock() -> (tempfile::TempDir, NodeLock) {
         let dir = tempfile::tempdir().unwrap();
-        let lock = NodeLock::try_take(dir.path()).unwrap().unwrap();
+        let lock = NodeLock::try_take(dir.path(), "test").unwrap().unwrap();
         (dir, lock)
     }
 
@@ -476,12 +493,13 @@ mod tests {
         let bucket = memory();
         let dir = tempfile::tempdir().unwrap();
         let crashed = holder("a");
-        let first = NodeLock::try_take(dir.path()).unwrap().unwrap();
+        let first = NodeLock::try_take(dir.path(), "serve").unwrap().unwrap();
         acquire(&bucket, &crashed, &first, 60, 100).await.unwrap();
         // While the first process lives, the lock keeps a second one out.
-        assert!(NodeLock::try_take(dir.path()).unwrap().is_none());
+        let busy = NodeLock::try_take(dir.path(), "sync").unwrap().unwrap_err();
+        assert_eq!(busy, format!("serve pid {}", std::process::id()));
         drop(first);
-        let lock = NodeLock::try_take(dir.path()).unwrap().unwrap();
+        let lock = NodeLock::try_take(dir.path(), "sync").unwrap().unwrap();
         let again = Holder {
             instance: "a-next-instance".into(),
             ..holder("a")

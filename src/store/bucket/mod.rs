@@ -5,8 +5,10 @@
 //! PREFIX/blobs/sha256/ab/HEX              every served file's content, by SHA-256 (immutable)
 //! PREFIX/manifests/VVVV.json              a signed base manifest, by its version (immutable)
 //! PREFIX/manifests/VVVV-delta.json        a signed delta over a base, by its version (immutable)
-//! PREFIX/current.json                     the pointer: which manifest (and delta) is served
+//! PREFIX/proxy/VVVV.json                  the pull-through proxy's signed file list (immutable)
+//! PREFIX/current.json                     the pointer: which manifest, delta and proxy list
 //! PREFIX/lease.json                       who may write, until when
+//! PREFIX/downloads/UNIX-RANDOM.json       read-only nodes' download counts, for the writer
 //! PREFIX/probe/ID                         the writer's start-up check of conditional puts
 //! ```
 //!

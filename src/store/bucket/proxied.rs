@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::lease::Fence;
 use super::upload::{UploadError, create_manifest, switch_pointer, upload_blob};
-use super::{Bucket, Pointer, ProxyRef, blob_key, proxy_key};
+use super::{Bucket, BucketError, Pointer, ProxyRef, blob_key, proxy_key};
 use crate::manifest::{self, Delta, FileEntry, ManifestKey, ManifestPublicKey};
 use crate::store::{FileRef, Store, StoreError};
 
@@ -85,7 +85,10 @@ pub struct Published {
     version: u64,
     sha256: String,
     signed_at: u64,
-    files: BTreeMap<String, FileEntry>,
+    /// When the changes it holds were taken from [`Pending`]: a file the
+    /// proxy relinked after that is hashed again by a restart's scan.
+    taken_at: u64,
+    files: Arc<BTreeMap<String, FileEntry>>,
     /// The proxy directory was compared with this list since start.
     scanned: bool,
 }
@@ -137,7 +140,8 @@ fn scan(
             else {
                 continue;
             };
-            let changed = meta.modified().is_ok_and(|m| m > since);
+            // A tarball never changes; a record the proxy refreshed does.
+            let changed = !rel.starts_with("tarballs/") && meta.modified().is_ok_and(|m| m > since);
             if known.contains_key(&rel) && !changed {
                 continue;
             }
@@ -166,6 +170,7 @@ fn scan(
 /// first time, any the proxy directory holds that the bucket's list lacks),
 /// or re-signs the list when half its lifetime is gone. `None` when there
 /// was nothing to do or no generation is served yet (the files wait).
+/// Whatever fails, the taken files go back to `pending` for the next try.
 #[allow(clippy::too_many_arguments)]
 pub async fn publish(
     bucket: &Bucket,
@@ -177,26 +182,58 @@ pub async fn publish(
     expiry: Duration,
     now: &(dyn Fn() -> u64 + Sync),
 ) -> Result<Option<u64>, UploadError> {
+    let taken_at = now();
+    let mut changes = pending.take();
+    let outcome = publish_taken(
+        bucket,
+        store,
+        signing,
+        fence,
+        &pending.root,
+        published,
+        &mut changes,
+        taken_at,
+        expiry,
+        now,
+    )
+    .await;
+    if outcome.is_err() {
+        pending.restore(changes);
+    }
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn publish_taken(
+    bucket: &Bucket,
+    store: &Arc<Store>,
+    signing: &ManifestKey,
+    fence: &dyn Fence,
+    root: &Path,
+    published: &mut Option<Published>,
+    changes: &mut BTreeMap<String, FileRef>,
+    taken_at: u64,
+    expiry: Duration,
+    now: &(dyn Fn() -> u64 + Sync),
+) -> Result<Option<u64>, UploadError> {
     let Some((pointer, etag)) = bucket.pointer().await? else {
         return Ok(None);
     };
-    let public = signing.public();
     // What the bucket serves, read again only when another process changed it.
-    let current = match (&pointer.proxy, published.as_ref()) {
-        (Some(named), Some(p)) if p.version == named.version && p.sha256 == named.sha256 => {
-            p.clone()
-        }
-        (Some(named), _) => match load(bucket, named, &public).await {
+    let current = match (&pointer.proxy, published.take()) {
+        (Some(named), Some(p)) if p.version == named.version && p.sha256 == named.sha256 => p,
+        (Some(named), _) => match load(bucket, named, &signing.public()).await {
             Ok(loaded) => loaded,
-            // The writer is the list's only author: one missing or damaged
-            // in the bucket is rebuilt from the proxy directory, under a
-            // higher version.
-            Err(UploadError::ProxySet { key, problem, .. }) => {
+            // The writer is the list's only author: one missing, damaged or
+            // oversized in the bucket is rebuilt from the proxy directory,
+            // under a higher version.
+            Err(
+                e @ (UploadError::ProxySet { .. }
+                | UploadError::Bucket(BucketError::TooLarge { .. })),
+            ) => {
                 tracing::warn!(
                     bucket = bucket.name(),
-                    key,
-                    "the proxy file list the pointer names is unusable ({problem}); rebuilding it \
-                     from the proxy directory"
+                    "{e}; rebuilding the proxy file list from the proxy directory"
                 );
                 Published {
                     version: named.version,
@@ -207,41 +244,109 @@ pub async fn publish(
         },
         (None, _) => Published::default(),
     };
-    let mut changes = pending.take();
     if !current.scanned {
         let (store, root, known, since) = (
             Arc::clone(store),
-            pending.root.clone(),
-            current.files.clone(),
-            current.signed_at,
+            root.to_path_buf(),
+            Arc::clone(&current.files),
+            current.taken_at,
         );
-        let found = tokio::task::spawn_blocking(move || scan(&store, &root, &known, since)).await?;
-        match found {
-            Ok(found) => {
-                for (rel, file) in found {
-                    changes.entry(rel).or_insert(file);
-                }
-            }
-            Err(e) => {
-                pending.restore(changes);
-                return Err(e.into());
-            }
+        let found =
+            tokio::task::spawn_blocking(move || scan(&store, &root, &known, since)).await??;
+        for (rel, file) in found {
+            changes.entry(rel).or_insert(file);
         }
     }
-    let outcome = publish_changes(
-        bucket, store, signing, fence, &pointer, etag, current, &changes, expiry, now,
-    )
-    .await;
-    match outcome {
-        Ok((done, version)) => {
-            *published = Some(done);
-            Ok(version)
-        }
-        Err(e) => {
-            pending.restore(changes);
-            Err(e)
+    let due = current.version > 0 && current.signed_at + expiry.as_secs() / 2 <= now();
+    let changed = changes
+        .iter()
+        .any(|(rel, file)| current.files.get(rel) != Some(&file.entry()));
+    if !changed && !due {
+        *published = Some(Published {
+            scanned: true,
+            ..current
+        });
+        return Ok(None);
+    }
+    for file in changes.values() {
+        if bucket.get_head(&blob_key(&file.sha256)).await?.is_none() {
+            upload_blob(bucket, store, fence, &file.sha256).await?;
         }
     }
+    // Above every list in the bucket: one a crash or a shutdown left
+    // unnamed is passed over, never overwritten.
+    let highest = bucket
+        .list("proxy")
+        .await?
+        .iter()
+        .filter_map(|(k, _)| parse_proxy_key(k))
+        .max()
+        .unwrap_or(0);
+    let version = highest.max(current.version) + 1;
+    let signed_at = now();
+    let (files, entries) = {
+        let (previous, changes) = (Arc::clone(&current.files), changes.clone());
+        let signing = signing.clone();
+        let expires_at = signed_at + expiry.as_secs();
+        tokio::task::spawn_blocking(move || {
+            let mut files = (*previous).clone();
+            for (rel, file) in changes {
+                files.insert(rel, file.entry());
+            }
+            let delta = Delta {
+                base_version: 0,
+                expires_at,
+                files: files
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Some(v.clone())))
+                    .collect(),
+                generation: manifest::PROXY_SET.to_owned(),
+                signed_at,
+                version,
+            };
+            let bytes = Bytes::from(manifest::sign_delta(&delta, &signing));
+            let sha256 = hex::encode(Sha256::digest(&bytes));
+            (Arc::new(files), (bytes, sha256))
+        })
+        .await?
+    };
+    let (bytes, sha256) = entries;
+    if bytes.len() as u64 > super::MAX_PROXY_SET {
+        return Err(UploadError::ProxySetTooLarge {
+            bucket: bucket.name().to_owned(),
+            files: files.len(),
+            bytes: bytes.len() as u64,
+        });
+    }
+    fence.hold().await?;
+    create_manifest(bucket, &proxy_key(version), &bytes).await?;
+    let next = Pointer {
+        proxy: Some(ProxyRef {
+            version,
+            sha256: sha256.clone(),
+        }),
+        written_at: now(),
+        ..pointer
+    };
+    switch_pointer(bucket, fence, &next, Some(etag), now).await?;
+    changes.clear();
+    *published = Some(Published {
+        version,
+        sha256,
+        signed_at,
+        taken_at,
+        files,
+        scanned: true,
+    });
+    Ok(Some(version))
+}
+
+/// A proxy file list's version, from its key ([`proxy_key`]).
+pub fn parse_proxy_key(key: &str) -> Option<u64> {
+    let digits = key.strip_prefix("proxy/")?.strip_suffix(".json")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
 }
 
 /// Reads and verifies the list the pointer names.
@@ -270,11 +375,16 @@ async fn load(
             version: delta.version,
             sha256: named.sha256,
             signed_at: delta.signed_at,
-            files: delta
-                .files
-                .into_iter()
-                .filter_map(|(path, entry)| Some((path, entry?)))
-                .collect(),
+            // The previous process took its changes before it signed, by
+            // at most the upload of their blobs: an hour's margin covers it.
+            taken_at: delta.signed_at.saturating_sub(3600),
+            files: Arc::new(
+                delta
+                    .files
+                    .into_iter()
+                    .filter_map(|(path, entry)| Some((path, entry?)))
+                    .collect(),
+            ),
             scanned: false,
         })
     })
@@ -284,96 +394,6 @@ async fn load(
         key: k,
         problem,
     })
-}
-
-/// Uploads the changed files' blobs, then the new list, then the pointer.
-#[allow(clippy::too_many_arguments)]
-async fn publish_changes(
-    bucket: &Bucket,
-    store: &Arc<Store>,
-    signing: &ManifestKey,
-    fence: &dyn Fence,
-    pointer: &Pointer,
-    etag: Option<String>,
-    current: Published,
-    changes: &BTreeMap<String, FileRef>,
-    expiry: Duration,
-    now: &(dyn Fn() -> u64 + Sync),
-) -> Result<(Published, Option<u64>), UploadError> {
-    let mut files = current.files.clone();
-    let mut changed = false;
-    for (rel, file) in changes {
-        let entry = file.entry();
-        if files.get(rel) != Some(&entry) {
-            files.insert(rel.clone(), entry);
-            changed = true;
-        }
-    }
-    let due = current.version > 0 && current.signed_at + expiry.as_secs() / 2 <= now();
-    if !changed && !due {
-        return Ok((
-            Published {
-                scanned: true,
-                ..current
-            },
-            None,
-        ));
-    }
-    for file in changes.values() {
-        if bucket.get_head(&blob_key(&file.sha256)).await?.is_none() {
-            upload_blob(bucket, store, fence, &file.sha256).await?;
-        }
-    }
-    let signed_at = now();
-    // A list a crash left unnamed under the next version is passed over.
-    let mut version = current
-        .version
-        .max(pointer.proxy.as_ref().map_or(0, |p| p.version));
-    let mut attempts = 0;
-    let sha256 = loop {
-        version += 1;
-        attempts += 1;
-        let delta = Delta {
-            base_version: 0,
-            expires_at: signed_at + expiry.as_secs(),
-            files: files
-                .iter()
-                .map(|(k, v)| (k.clone(), Some(v.clone())))
-                .collect(),
-            generation: manifest::PROXY_SET.to_owned(),
-            signed_at,
-            version,
-        };
-        let key = signing.clone();
-        let bytes =
-            tokio::task::spawn_blocking(move || Bytes::from(manifest::sign_delta(&delta, &key)))
-                .await?;
-        fence.hold().await?;
-        match create_manifest(bucket, &proxy_key(version), &bytes).await {
-            Ok(()) => break hex::encode(Sha256::digest(&bytes)),
-            Err(UploadError::Conflict { .. }) if attempts < 4 => continue,
-            Err(e) => return Err(e),
-        }
-    };
-    let next = Pointer {
-        proxy: Some(ProxyRef {
-            version,
-            sha256: sha256.clone(),
-        }),
-        written_at: now(),
-        ..pointer.clone()
-    };
-    switch_pointer(bucket, fence, &next, Some(etag), now).await?;
-    Ok((
-        Published {
-            version,
-            sha256,
-            signed_at,
-            files,
-            scanned: true,
-        },
-        Some(version),
-    ))
 }
 
 #[cfg(test)]

@@ -145,6 +145,7 @@ pub struct Snapshot {
 struct ProxyList {
     named: super::ProxyRef,
     signed_at: u64,
+    expires_at: u64,
     files: HashMap<String, File>,
 }
 
@@ -216,6 +217,9 @@ pub struct Health {
     /// for [`FETCH_ERROR_MEMORY`] seconds: a damaged object stays damaged
     /// while polls succeed.
     pub fetch_error: Option<(u64, String)>,
+    /// Why the proxy file list the pointer names is not served, until one
+    /// is: the generation is served without it.
+    pub proxy_error: Option<String>,
     /// Cached bytes and their budget.
     pub cached_bytes: u64,
     /// The budget.
@@ -249,6 +253,8 @@ pub struct Reader {
     last_ok: AtomicU64,
     error: Mutex<Option<String>>,
     fetch_error: Mutex<Option<(u64, String)>>,
+    /// Why the named proxy list is not served ([`Health::proxy_error`]).
+    proxy_error: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -273,6 +279,7 @@ impl Reader {
             last_ok: AtomicU64::new(0),
             error: Mutex::new(None),
             fetch_error: Mutex::new(None),
+            proxy_error: Mutex::new(None),
         }
     }
 
@@ -461,15 +468,36 @@ impl Reader {
                 manifest: version,
             });
         }
+        // The proxy's list never holds the generation back: one that does
+        // not verify (or has lapsed) is left out, the last good one kept,
+        // and the failure shows in `/health`. Only a bucket that cannot be
+        // reached fails the switch (tried again next poll).
+        let held = served.as_ref().and_then(|s| s.proxy.clone());
         let proxy = match &pointer.proxy {
             None => None,
-            Some(named) => Some(match served.as_ref().and_then(|s| s.proxy.as_ref()) {
-                Some(list) if list.named == *named => Arc::clone(list),
-                other => {
-                    let last = other.map(|l| l.named.version);
-                    Arc::new(self.proxy_list(named, now, last).await?)
+            Some(named) if held.as_ref().is_some_and(|l| l.named == *named) => held,
+            Some(named) => {
+                let last = held.as_ref().map(|l| l.named.version);
+                match self.proxy_list(named, now, last).await {
+                    Ok(list) => {
+                        *self.proxy_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        Some(Arc::new(list))
+                    }
+                    Err(e)
+                        if matches!(&e, ReaderError::Task)
+                            || matches!(&e, ReaderError::Bucket(b)
+                                if !matches!(b, BucketError::TooLarge { .. })) =>
+                    {
+                        return Err(e);
+                    }
+                    Err(e) => {
+                        tracing::error!("{e}; the generation is served without it");
+                        *self.proxy_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(e.to_string());
+                        held.filter(|l| l.expires_at > now)
+                    }
                 }
-            }),
+            }
         };
         self.snapshot.store(Some(Arc::new(Snapshot {
             version,
@@ -521,6 +549,7 @@ impl Reader {
             Ok(Some(ProxyList {
                 named,
                 signed_at: list.signed_at,
+                expires_at: list.expires_at,
                 files,
             }))
         })
@@ -639,6 +668,11 @@ impl Reader {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone()
                 .filter(|(at, _)| crate::clock::unix_now() < at + FETCH_ERROR_MEMORY),
+            proxy_error: self
+                .proxy_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             cached_bytes: self.cache.used.load(Ordering::Relaxed),
             budget: self.cache.budget,
             hits: self.cache.hits.load(Ordering::Relaxed),
@@ -1044,8 +1078,13 @@ mod tests {
             }
         }
 
+        fn listed_version(reader: &Reader) -> Option<u64> {
+            reader.snapshot()?.proxy_ref().map(|r| r.version)
+        }
+
         #[tokio::test]
-        async fn the_proxy_list_serves_what_the_generation_lacks_and_only_a_proxy_list_counts() {
+        async fn the_proxy_list_serves_what_the_generation_lacks_and_a_bad_one_never_holds_it_back()
+        {
             let (bucket, key, reader) = setup();
             let m = base(5, "g5");
             let pointer = publish(&bucket, &key, &m, None).await;
@@ -1054,29 +1093,47 @@ mod tests {
             let snapshot = reader.snapshot().unwrap();
             assert!(snapshot.file("packages/proxied").is_none());
             assert_eq!(snapshot.proxied("packages/proxied").unwrap().1, NOW - 1);
-            // A generation's delta in the list's place is refused.
+            assert!(reader.health().proxy_error.is_none());
+            // A generation's delta in the list's place: the generation is
+            // still followed, the last good list kept, the node degraded.
             let impostor = Delta {
                 version: 2,
                 ..delta(&m, 2)
             };
             publish_proxy(&bucket, &key, &pointer, &impostor).await;
-            let e = reader.refresh(NOW).await.unwrap_err();
+            reader.refresh(NOW).await.unwrap();
+            assert_eq!(listed_version(&reader), Some(1));
+            let health = reader.health();
             assert!(
-                e.to_string().contains("not the pull-through proxy's"),
-                "{e}"
+                health
+                    .proxy_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("not the pull-through proxy's")),
+                "{health:?}"
             );
-            // An older list than the one served is a rollback.
+            // A newer list is taken; an older one after it is a rollback.
             publish_proxy(&bucket, &key, &with_list, &proxy_list(3)).await;
-            assert_eq!(reader.refresh(NOW + 1).await.unwrap(), Refresh::Switched(5));
+            reader.refresh(NOW + 1).await.unwrap();
+            assert_eq!(listed_version(&reader), Some(3));
             point(&bucket, &with_list).await;
-            assert!(reader.refresh(NOW + 2).await.is_err());
-            assert!(
-                reader
-                    .snapshot()
-                    .unwrap()
-                    .proxied("packages/proxied")
-                    .is_some()
-            );
+            reader.refresh(NOW + 2).await.unwrap();
+            assert_eq!(listed_version(&reader), Some(3));
+        }
+
+        #[tokio::test]
+        async fn a_restarted_reader_serves_the_generation_beside_a_lapsed_proxy_list() {
+            let (bucket, key, reader) = setup();
+            let pointer = publish(&bucket, &key, &base(5, "g5"), None).await;
+            let lapsed = Delta {
+                expires_at: NOW - 1,
+                ..proxy_list(1)
+            };
+            publish_proxy(&bucket, &key, &pointer, &lapsed).await;
+            assert_eq!(reader.refresh(NOW).await.unwrap(), Refresh::Switched(5));
+            let snapshot = reader.snapshot().unwrap();
+            assert!(snapshot.file("names").is_some());
+            assert!(snapshot.proxied("packages/proxied").is_none());
+            assert!(reader.health().proxy_error.is_some());
         }
 
         #[test]

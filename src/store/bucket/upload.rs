@@ -70,7 +70,8 @@ pub enum UploadError {
     /// The pointer changed between this writer's read and its write.
     #[error(
         "bucket {bucket}: the pointer changed while this writer published (another writer?); \
-         nothing was switched"
+         nothing was switched. `serve` tries again on its next round; if this repeats, see who \
+         holds lease.json"
     )]
     Fenced {
         /// The bucket.
@@ -91,8 +92,8 @@ pub enum UploadError {
         /// The manifest's key.
         key: String,
     },
-    /// The proxy file list the pointer names cannot be used; nothing of the
-    /// proxy's is published until a sync (or an operator) repairs it.
+    /// The proxy file list the pointer names cannot be used (the writer
+    /// then rebuilds it from its proxy directory).
     #[error("bucket {bucket}: proxy file list {key}: {problem}")]
     ProxySet {
         /// The bucket.
@@ -103,8 +104,26 @@ pub enum UploadError {
         #[source]
         problem: super::proxied::ProxySetProblem,
     },
+    /// The proxy file list would be larger than readers read.
+    #[error(
+        "bucket {bucket}: the proxy file list would list {files} files in {bytes} bytes, more \
+         than read-only nodes read ({max} bytes); not published. Mirror these packages by sync \
+         instead of serving them through the proxy",
+        max = super::MAX_PROXY_SET
+    )]
+    ProxySetTooLarge {
+        /// The bucket.
+        bucket: String,
+        /// Files listed.
+        files: usize,
+        /// The signed list's size.
+        bytes: u64,
+    },
     /// The lease ends too soon to switch the pointer safely.
-    #[error("bucket {bucket}: the lease ends at {expires_at} (Unix time), too soon to switch")]
+    #[error(
+        "bucket {bucket}: the lease ends at {expires_at} (Unix time), too soon to switch; tried \
+         again once it is renewed. If this repeats, check the clocks and lease_ttl_secs"
+    )]
     LeaseLapsing {
         /// The bucket.
         bucket: String,
@@ -230,13 +249,17 @@ fn read_local(
 
 /// Publishes the local current generation into the bucket (see the module
 /// doc for the order). `holder` is written into the pointer; `fence`
-/// keeps the lease (and is asked before every write).
+/// keeps the lease (and is asked before every write). The pointer keeps
+/// naming the proxy's file list only with `keep_proxy` (the proxy is on):
+/// nobody re-signs it otherwise, and it would lapse.
+#[allow(clippy::too_many_arguments)]
 pub async fn publish(
     bucket: &Bucket,
     store: Arc<Store>,
     key: &ManifestPublicKey,
     holder: &str,
     fence: &dyn Fence,
+    keep_proxy: bool,
     now: impl Fn() -> u64 + Sync,
 ) -> Result<Uploaded, UploadError> {
     let pointer = bucket.pointer().await?;
@@ -335,7 +358,10 @@ pub async fn publish(
         base_sha256: local.base_sha256,
         delta: local.delta.as_ref().map(|(_, v)| *v),
         delta_sha256: local.delta_sha256,
-        proxy: pointer.as_ref().and_then(|(p, _)| p.proxy.clone()),
+        proxy: pointer
+            .as_ref()
+            .and_then(|(p, _)| p.proxy.clone())
+            .filter(|_| keep_proxy),
         holder: holder.to_owned(),
         written_at: now(),
     };

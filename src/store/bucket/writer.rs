@@ -25,12 +25,15 @@ pub enum StartError {
     Lease(#[from] LeaseError),
     /// Another process of this data directory writes into the bucket.
     #[error(
-        "another hexmirror process of data directory {data_dir} writes into the bucket (it holds \
-         {data_dir}/bucket.lock); it publishes and collects garbage itself"
+        "another hexmirror process of data directory {} writes into the bucket ({holder}, holding \
+         bucket.lock there)",
+        data_dir.display()
     )]
     Busy {
         /// The data directory.
         data_dir: std::path::PathBuf,
+        /// Who: `serve pid N`, or a command's name and pid.
+        holder: String,
     },
     /// The data directory's node id or bucket lock could not be read or made.
     #[error("cannot read or create {path}: {source}")]
@@ -111,6 +114,9 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
 /// How often `serve`'s writer collects the bucket's garbage.
 const GC_EVERY: Duration = Duration::from_secs(3600);
 
+/// How `serve`'s writer names itself in `bucket.lock`.
+pub const SERVE_ROLE: &str = "serve";
+
 /// How `start` treats a lease another process holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnHeld {
@@ -145,13 +151,20 @@ impl BucketWriter {
         on_held: OnHeld,
     ) -> Result<Self, StartError> {
         let data_dir = store.data_dir().to_path_buf();
-        let node_lock = NodeLock::try_take(&data_dir)
+        // `serve` waits out its own crashed predecessor's lease; a one-off
+        // command refuses. The lock file says which holds it.
+        let role = match on_held {
+            OnHeld::WaitForOwnNode => SERVE_ROLE,
+            OnHeld::Refuse => "a one-off command (sync or gc)",
+        };
+        let node_lock = NodeLock::try_take(&data_dir, role)
             .map_err(|source| StartError::NodeId {
                 path: data_dir.join("bucket.lock"),
                 source,
             })?
-            .ok_or_else(|| StartError::Busy {
+            .map_err(|holder| StartError::Busy {
                 data_dir: data_dir.clone(),
+                holder,
             })?;
         let holder = Holder::this_process(&data_dir).map_err(|source| StartError::NodeId {
             path: data_dir.join("node-id"),
@@ -238,6 +251,7 @@ impl BucketWriter {
             &key,
             &self.holder.instance,
             self,
+            self.proxied.is_some(),
             crate::clock::unix_now,
         )
         .await?)
@@ -340,9 +354,11 @@ impl BucketWriter {
     /// moves backwards.
     pub async fn run(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         let mut published: Option<u64> = None;
-        let mut failing = false;
+        // Whether `/health` shows a failure, until a round without one.
+        let mut reported = false;
         let mut failures: u32 = 0;
         let mut collected_at: Option<std::time::Instant> = None;
+        let (mut proxy_failures, mut proxy_retry_at) = (0u32, None);
         loop {
             let local = {
                 let store = Arc::clone(&self.store);
@@ -381,21 +397,40 @@ impl BucketWriter {
                         .map(drop)
                         .map_err(PublishError::from)
                 };
-                // The proxy's files, once the generation is out.
-                let outcome = match outcome {
-                    Ok(()) => self.publish_proxied().await.map(|v| {
-                        if let Some(version) = v {
-                            tracing::info!(
-                                bucket = self.bucket.name(),
-                                version,
-                                "published the pull-through proxy's file list into the bucket"
-                            );
+                // The proxy's files, once the generation is out, on their
+                // own back-off: a proxy list that keeps failing slows
+                // neither hosted publishes nor the collection below.
+                let listed = match outcome {
+                    Ok(()) if proxy_retry_at.is_none_or(|t| std::time::Instant::now() >= t) => {
+                        let listed = self.publish_proxied().await;
+                        match &listed {
+                            Ok(v) => {
+                                proxy_failures = 0;
+                                proxy_retry_at = None;
+                                if let Some(version) = v {
+                                    tracing::info!(
+                                        bucket = self.bucket.name(),
+                                        version,
+                                        "published the pull-through proxy's file list into the \
+                                         bucket"
+                                    );
+                                }
+                            }
+                            Err(_) => {
+                                proxy_failures = proxy_failures.saturating_add(1);
+                                proxy_retry_at = Some(
+                                    std::time::Instant::now()
+                                        + (self.poll * 2u32.saturating_pow(proxy_failures.min(10)))
+                                            .min(MAX_RETRY_WAIT),
+                                );
+                            }
                         }
-                    }),
-                    other => other,
+                        listed.map(drop)
+                    }
+                    _ => Ok(()),
                 };
                 // Garbage, hourly, between uploads: never while one runs.
-                match outcome {
+                let outcome = match outcome {
                     Ok(()) if collected_at.is_none_or(|t| t.elapsed() >= GC_EVERY) => {
                         collected_at = Some(std::time::Instant::now());
                         self.collect_garbage().await.map(|c| {
@@ -411,10 +446,11 @@ impl BucketWriter {
                         })
                     }
                     other => other,
-                }
+                };
+                (outcome, listed)
             };
-            let outcome = tokio::select! {
-                outcome = work => outcome,
+            let (outcome, listed) = tokio::select! {
+                done = work => done,
                 () = stop.cancelled() => break,
             };
             let lease_until = self.lease.lock().await.as_ref().map(Lease::expires_at);
@@ -422,24 +458,34 @@ impl BucketWriter {
                 s.lease_until = lease_until;
                 s.published = published.or(s.published);
             });
-            match outcome {
-                Ok(()) if failing => {
-                    failing = false;
+            if let Err(e) = &outcome {
+                tracing::error!("bucket: {e}");
+            }
+            if let Err(e) = &listed {
+                tracing::error!("bucket: the proxy's file list: {e}");
+            }
+            let problem = match (&outcome, &listed) {
+                (Err(e), _) => Some(e.to_string()),
+                (Ok(()), Err(e)) => Some(format!("the proxy's file list: {e}")),
+                (Ok(()), Ok(())) => None,
+            };
+            match problem {
+                None if reported => {
+                    reported = false;
                     self.with_status(|s| s.error = None);
                     tracing::info!(bucket = self.bucket.name(), "bucket writes work again");
                 }
-                Ok(()) => {}
-                Err(e) => {
-                    failing = true;
+                None => {}
+                Some(problem) => {
+                    reported = true;
                     let at = crate::clock::unix_now();
-                    self.with_status(|s| s.error = Some((at, e.to_string())));
-                    tracing::error!("bucket: {e}");
+                    self.with_status(|s| s.error = Some((at, problem)));
                 }
             }
             // A failure that repeats (a bucket down, a newer writer's
             // version) is retried less and less often, up to a minute:
             // each try may read the whole local manifest.
-            let wait = if failing {
+            let wait = if outcome.is_err() {
                 failures = failures.saturating_add(1);
                 (self.poll * 2u32.saturating_pow(failures.min(10))).min(MAX_RETRY_WAIT)
             } else {
