@@ -169,8 +169,8 @@ fn scan(
 /// Publishes the proxy's files linked since the last publish (and, the
 /// first time, any the proxy directory holds that the bucket's list lacks),
 /// or re-signs the list when half its lifetime is gone. `None` when there
-/// was nothing to do or no generation is served yet (the files wait).
-/// Whatever fails, the taken files go back to `pending` for the next try.
+/// was nothing to do or no generation is served yet. Files not published
+/// (that, or a failure) go back to `pending` for the next round.
 #[allow(clippy::too_many_arguments)]
 pub async fn publish(
     bucket: &Bucket,
@@ -197,9 +197,9 @@ pub async fn publish(
         now,
     )
     .await;
-    if outcome.is_err() {
-        pending.restore(changes);
-    }
+    // What was not published (a failure, or no generation served yet)
+    // waits for the next round; a success left nothing here.
+    pending.restore(changes);
     outcome
 }
 
@@ -262,6 +262,7 @@ async fn publish_taken(
         .iter()
         .any(|(rel, file)| current.files.get(rel) != Some(&file.entry()));
     if !changed && !due {
+        changes.clear();
         *published = Some(Published {
             scanned: true,
             ..current
@@ -422,5 +423,106 @@ mod tests {
         let found = scan(&store, &root, &known, 0).unwrap();
         assert_eq!(found.len(), 2);
         assert_eq!(found["packages/listed"], listed);
+    }
+
+    #[tokio::test]
+    async fn files_wait_for_a_generation_then_are_listed_re_signed_and_rebuilt() {
+        use crate::store::bucket::lease::Unfenced;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let root = dir.path().join("proxy");
+        let bucket = Bucket::with_store(Arc::new(object_store::memory::InMemory::new()), "b", "");
+        let key = ManifestKey::generate();
+        let pending = Pending::new(root.clone());
+        let record = store.put_bytes(b"a proxied record").unwrap();
+        store.link_into(&root, "packages/p", &record).unwrap();
+        pending.linked("packages/p", record);
+        let expiry = Duration::from_secs(1000);
+        let mut published = None;
+        let at = |t: u64| move || t;
+        let run = |published: &mut Option<Published>, t: u64| {
+            let (bucket, store, key, pending) = (&bucket, &store, &key, &pending);
+            let mut published = published.take();
+            async move {
+                let now = at(t);
+                let got = publish(
+                    bucket,
+                    store,
+                    key,
+                    &Unfenced,
+                    pending,
+                    &mut published,
+                    expiry,
+                    &now,
+                )
+                .await;
+                (got, published)
+            }
+        };
+        // No generation served yet: nothing is written, the file waits.
+        let (got, p) = run(&mut published, 100).await;
+        assert_eq!(got.unwrap(), None);
+        published = p;
+        assert_eq!(pending.lock().len(), 1);
+        let pointer = Pointer {
+            version: 1,
+            generation: "g1".into(),
+            base: 1,
+            base_sha256: String::new(),
+            delta: None,
+            delta_sha256: None,
+            proxy: None,
+            holder: String::new(),
+            written_at: 100,
+        };
+        bucket
+            .put(
+                super::super::POINTER,
+                serde_json::to_vec(&pointer).unwrap().into(),
+                object_store::PutMode::Overwrite,
+            )
+            .await
+            .unwrap();
+        let (got, p) = run(&mut published, 110).await;
+        assert_eq!(got.unwrap(), Some(1));
+        published = p;
+        assert!(pending.lock().is_empty());
+        assert!(
+            bucket
+                .get_head(&blob_key(&record.sha256))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        let listed = |v: u64| {
+            let bucket = bucket.clone();
+            let public = key.public();
+            async move {
+                let object = bucket.get(&proxy_key(v), 1 << 20).await.unwrap().unwrap();
+                verify(&object.bytes, &public).unwrap().files
+            }
+        };
+        assert!(listed(1).await.contains_key("packages/p"));
+        // Nothing new, not due: nothing written.
+        let (got, p) = run(&mut published, 120).await;
+        assert_eq!(got.unwrap(), None);
+        published = p;
+        // Half its lifetime gone: re-signed.
+        let (got, p) = run(&mut published, 110 + 500).await;
+        assert_eq!(got.unwrap(), Some(2));
+        // A restarted writer meets a damaged list: rebuilt from the proxy
+        // directory, above it.
+        drop(p);
+        bucket
+            .put(
+                &proxy_key(2),
+                bytes::Bytes::from_static(b"garbage"),
+                object_store::PutMode::Overwrite,
+            )
+            .await
+            .unwrap();
+        let (got, _) = run(&mut None, 700).await;
+        assert_eq!(got.unwrap(), Some(3));
+        assert!(listed(3).await.contains_key("packages/p"));
     }
 }
