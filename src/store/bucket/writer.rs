@@ -111,6 +111,9 @@ impl std::fmt::Debug for BucketWriter {
 /// The longest wait between tries after repeated failures.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
 
+/// The shortest time between two proxy file lists.
+const PROXY_LIST_EVERY: Duration = Duration::from_secs(10);
+
 /// How often `serve`'s writer collects the bucket's garbage.
 const GC_EVERY: Duration = Duration::from_secs(3600);
 
@@ -406,7 +409,11 @@ impl BucketWriter {
                         match &listed {
                             Ok(v) => {
                                 proxy_failures = 0;
-                                proxy_retry_at = None;
+                                // Each list is the whole list, and every
+                                // reader downloads it: a busy proxy's new
+                                // files are gathered for a while.
+                                proxy_retry_at =
+                                    v.map(|_| std::time::Instant::now() + PROXY_LIST_EVERY);
                                 if let Some(version) = v {
                                     tracing::info!(
                                         bucket = self.bucket.name(),
