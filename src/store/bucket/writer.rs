@@ -160,19 +160,31 @@ impl BucketWriter {
             OnHeld::WaitForOwnNode => SERVE_ROLE,
             OnHeld::Refuse => "a one-off command (sync or gc)",
         };
-        let node_lock = NodeLock::try_take(&data_dir, role)
-            .map_err(|source| StartError::NodeId {
+        // Small file work, on the blocking pool as all file work is.
+        let (node_lock, holder) = {
+            let dir = data_dir.clone();
+            tokio::task::spawn_blocking(move || {
+                let lock = NodeLock::try_take(&dir, role)
+                    .map_err(|source| StartError::NodeId {
+                        path: dir.join("bucket.lock"),
+                        source,
+                    })?
+                    .map_err(|holder| StartError::Busy {
+                        data_dir: dir.clone(),
+                        holder,
+                    })?;
+                let holder = Holder::this_process(&dir).map_err(|source| StartError::NodeId {
+                    path: dir.join("node-id"),
+                    source,
+                })?;
+                Ok::<_, StartError>((lock, holder))
+            })
+            .await
+            .map_err(|e| StartError::NodeId {
                 path: data_dir.join("bucket.lock"),
-                source,
-            })?
-            .map_err(|holder| StartError::Busy {
-                data_dir: data_dir.clone(),
-                holder,
-            })?;
-        let holder = Holder::this_process(&data_dir).map_err(|source| StartError::NodeId {
-            path: data_dir.join("node-id"),
-            source,
-        })?;
+                source: std::io::Error::other(e),
+            })??
+        };
         let writer = Self {
             bucket,
             store,
