@@ -1670,13 +1670,17 @@ async fn bucket_lease_check(config: &Config, s3: &crate::config::S3Config) -> an
         return Ok(());
     }
     let bucket = crate::store::bucket::Bucket::open(s3)?;
-    let me =
-        crate::store::bucket::lease::Holder::this_process(&config.data_dir).with_context(|| {
-            format!(
-                "cannot read or create {}",
-                config.data_dir.join("node-id").display()
-            )
-        })?;
+    let data_dir = config.data_dir.clone();
+    let me = tokio::task::spawn_blocking(move || {
+        crate::store::bucket::lease::Holder::this_process(&data_dir)
+    })
+    .await?
+    .with_context(|| {
+        format!(
+            "cannot read or create {}",
+            config.data_dir.join("node-id").display()
+        )
+    })?;
     crate::store::bucket::lease::refuse_other_node(&bucket, &me, crate::clock::unix_now()).await?;
     Ok(())
 }

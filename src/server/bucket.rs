@@ -60,7 +60,7 @@ pub(super) async fn serve_file(
                     let (file, listed_at) = target
                         .org
                         .is_none()
-                        .then(|| snapshot.proxied(&rel))
+                        .then(|| snapshot.proxied(&rel, crate::clock::unix_now()))
                         .flatten()
                         .ok_or(ServeError::NotFound)?;
                     signed_at = signed_at.max(listed_at);

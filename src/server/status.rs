@@ -559,8 +559,9 @@ fn health_body(
 
 /// `GET /health` of a read-only node: the generation it follows in the
 /// bucket. `degraded` while the bucket fails (cached files are still
-/// served) or the served manifest has expired; `unavailable` before the
-/// first generation was read.
+/// served), the served manifest has expired, or the proxy's file list the
+/// pointer names is not served; `unavailable` before the first generation
+/// was read.
 pub(super) fn bucket_health(reader: &crate::store::bucket::reader::Reader) -> Response {
     let health = reader.health();
     let now = unix_now();
@@ -611,12 +612,13 @@ pub(super) fn bucket_metrics(
     let health = reader.health();
     let mut out = common_metrics(metrics, (health.hits, health.misses, health.cached_bytes));
     generation_gauges(&mut out, health.version, health.expires_at);
-    let help = "1 while the bucket fails to answer (cached files are still served).";
+    let help = "1 while the bucket fails to answer (cached files are still served) or the \
+                proxy's file list it names is not served.";
     gauge(
         &mut out,
         "hexmirror_bucket_degraded",
         help,
-        u64::from(health.error.is_some()),
+        u64::from(health.error.is_some() || health.proxy_error.is_some()),
     );
     if let Some(t) = health.last_ok {
         let help = "When the bucket last answered a poll (Unix time).";

@@ -11,6 +11,10 @@
 //! within the grace period (an upload in progress has not written its
 //! manifest yet).
 //!
+//! The proxy's file lists follow the same rules (the named one, and those
+//! written or replaced within the grace period); one that does not verify
+//! references nothing, since no reader serves it.
+//!
 //! Runs only in the process that holds the lease, and asks it ([`Fence`])
 //! before every delete, so a collection that outlives its lease stops
 //! before a new writer can count a blob present that this then deletes.
@@ -143,7 +147,22 @@ pub async fn collect(
     for (i, (version, k, written)) in lists.iter().enumerate() {
         let replaced_recently = lists.get(i + 1).is_some_and(|(.., w)| young(*w));
         if Some(*version) == named || young(*written) || replaced_recently {
-            referenced.extend(read_live(bucket, key, k, Kind::Proxy).await?.0);
+            match read_live(bucket, key, k, Kind::Proxy).await {
+                Ok((blobs, _)) => referenced.extend(blobs),
+                // Readers never serve a list that does not verify, so it
+                // references nothing; the writer replaces a named one.
+                Err(GcError::Manifest { problem, .. }) => {
+                    tracing::warn!(
+                        bucket = bucket.name(),
+                        key = k,
+                        "unusable proxy list: {problem}"
+                    );
+                    if Some(*version) != named && !young(*written) {
+                        dead.push((*version, k.clone()));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         } else {
             dead.push((*version, k.clone()));
         }
@@ -450,16 +469,18 @@ mod tests {
         assert!(matches!(stopped, Err(GcError::Lease(_))), "{stopped:?}");
         assert_eq!(bucket.list("blobs").await.unwrap().len(), 4);
         assert_eq!(bucket.list("manifests").await.unwrap().len(), 2);
-        let c = collect(
-            &bucket,
-            &key.public(),
-            &super::super::lease::Unfenced,
-            1,
-            grace,
-            later,
-        )
-        .await
-        .unwrap();
+        let public = key.public();
+        let unfenced = || {
+            collect(
+                &bucket,
+                &public,
+                &super::super::lease::Unfenced,
+                1,
+                grace,
+                later,
+            )
+        };
+        let c = unfenced().await.unwrap();
         // The first manifest and the orphaned list, and the blob each alone named.
         assert_eq!((c.manifests, c.blobs), (2, 2));
         let lists: Vec<String> = bucket
@@ -470,6 +491,18 @@ mod tests {
             .map(|(k, _)| k)
             .collect();
         assert_eq!(lists, [super::super::proxy_key(1)]);
+        // The named list damaged: no reader serves it, so it references
+        // nothing, and the collection still runs.
+        bucket
+            .put(
+                &super::super::proxy_key(1),
+                bytes::Bytes::from_static(b"damaged"),
+                PutMode::Overwrite,
+            )
+            .await
+            .unwrap();
+        let c = unfenced().await.unwrap();
+        assert_eq!((c.manifests, c.blobs), (0, 1));
     }
 
     #[test]

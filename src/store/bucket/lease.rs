@@ -335,7 +335,8 @@ impl NodeLock {
             Ok(()) => {
                 file.set_len(0)?;
                 file.rewind()?;
-                write!(file, "{role} pid {}", std::process::id())?;
+                // One write, so a reader never sees half of it.
+                file.write_all(format!("{role} pid {}", std::process::id()).as_bytes())?;
                 Ok(Ok(Self { _file: file }))
             }
             Err(std::fs::TryLockError::WouldBlock) => {

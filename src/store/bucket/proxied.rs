@@ -244,7 +244,63 @@ async fn publish_taken(
         },
         (None, _) => Published::default(),
     };
-    if !current.scanned {
+    // On any failure the list in hand is kept (no reload, no rescan of
+    // what the scan already gave back to `pending`).
+    let mut scanned = current.scanned;
+    let written = write_list(
+        bucket,
+        store,
+        signing,
+        fence,
+        root,
+        (&pointer, etag),
+        &current,
+        &mut scanned,
+        changes,
+        taken_at,
+        expiry,
+        now,
+    )
+    .await;
+    match written {
+        Ok(Some(next)) => {
+            let version = next.version;
+            *published = Some(next);
+            Ok(Some(version))
+        }
+        Ok(None) => {
+            *published = Some(Published {
+                scanned: true,
+                ..current
+            });
+            Ok(None)
+        }
+        Err(e) => {
+            *published = Some(Published { scanned, ..current });
+            Err(e)
+        }
+    }
+}
+
+/// Scans once, then uploads the changed files' blobs, a new list above
+/// every list in the bucket, and the pointer naming it. `None`: nothing
+/// changed and no re-signing is due.
+#[allow(clippy::too_many_arguments)]
+async fn write_list(
+    bucket: &Bucket,
+    store: &Arc<Store>,
+    signing: &ManifestKey,
+    fence: &dyn Fence,
+    root: &Path,
+    (pointer, etag): (&Pointer, Option<String>),
+    current: &Published,
+    scanned: &mut bool,
+    changes: &mut BTreeMap<String, FileRef>,
+    taken_at: u64,
+    expiry: Duration,
+    now: &(dyn Fn() -> u64 + Sync),
+) -> Result<Option<Published>, UploadError> {
+    if !*scanned {
         let (store, root, known, since) = (
             Arc::clone(store),
             root.to_path_buf(),
@@ -256,6 +312,7 @@ async fn publish_taken(
         for (rel, file) in found {
             changes.entry(rel).or_insert(file);
         }
+        *scanned = true;
     }
     let due = current.version > 0 && current.signed_at + expiry.as_secs() / 2 <= now();
     let changed = changes
@@ -263,10 +320,6 @@ async fn publish_taken(
         .any(|(rel, file)| current.files.get(rel) != Some(&file.entry()));
     if !changed && !due {
         changes.clear();
-        *published = Some(Published {
-            scanned: true,
-            ..current
-        });
         return Ok(None);
     }
     for file in changes.values() {
@@ -327,19 +380,18 @@ async fn publish_taken(
             sha256: sha256.clone(),
         }),
         written_at: now(),
-        ..pointer
+        ..pointer.clone()
     };
     switch_pointer(bucket, fence, &next, Some(etag), now).await?;
     changes.clear();
-    *published = Some(Published {
+    Ok(Some(Published {
         version,
         sha256,
         signed_at,
         taken_at,
         files,
         scanned: true,
-    });
-    Ok(Some(version))
+    }))
 }
 
 /// A proxy file list's version, from its key ([`proxy_key`]).

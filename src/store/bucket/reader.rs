@@ -160,8 +160,9 @@ impl Snapshot {
 
     /// A file of the upstream's own tree that the generation lacks and the
     /// writer's proxy fetched, with when its list was signed.
-    pub fn proxied(&self, path: &str) -> Option<(File, u64)> {
-        let list = self.proxy.as_ref()?;
+    /// A lapsed list serves nothing (`now`: Unix seconds).
+    pub fn proxied(&self, path: &str, now: u64) -> Option<(File, u64)> {
+        let list = self.proxy.as_ref().filter(|l| now < l.expires_at)?;
         Some((*list.files.get(path)?, list.signed_at))
     }
 
@@ -304,6 +305,10 @@ impl Reader {
         }
     }
 
+    fn clear_proxy_error(&self) {
+        *self.proxy_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     fn note_fetch(&self, e: &ReaderError, now: u64) {
         tracing::error!("{e}");
         *self.fetch_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, e.to_string()));
@@ -369,6 +374,9 @@ impl Reader {
         poll: &mut PollState,
     ) -> Result<Refresh, ReaderError> {
         let pointer: Pointer = self.bucket.parse(POINTER, bytes)?;
+        if pointer.proxy.is_none() {
+            self.clear_proxy_error();
+        }
         let served = self.snapshot.load();
         if let Some(s) = served.as_ref()
             && s.version == pointer.version
@@ -475,12 +483,15 @@ impl Reader {
         let held = served.as_ref().and_then(|s| s.proxy.clone());
         let proxy = match &pointer.proxy {
             None => None,
-            Some(named) if held.as_ref().is_some_and(|l| l.named == *named) => held,
+            Some(named) if held.as_ref().is_some_and(|l| l.named == *named) => {
+                self.clear_proxy_error();
+                held
+            }
             Some(named) => {
                 let last = held.as_ref().map(|l| l.named.version);
                 match self.proxy_list(named, now, last).await {
                     Ok(list) => {
-                        *self.proxy_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        self.clear_proxy_error();
                         Some(Arc::new(list))
                     }
                     Err(e)
@@ -1092,7 +1103,10 @@ mod tests {
             assert_eq!(reader.refresh(NOW).await.unwrap(), Refresh::Switched(5));
             let snapshot = reader.snapshot().unwrap();
             assert!(snapshot.file("packages/proxied").is_none());
-            assert_eq!(snapshot.proxied("packages/proxied").unwrap().1, NOW - 1);
+            assert_eq!(
+                snapshot.proxied("packages/proxied", NOW).unwrap().1,
+                NOW - 1
+            );
             assert!(reader.health().proxy_error.is_none());
             // A generation's delta in the list's place: the generation is
             // still followed, the last good list kept, the node degraded.
@@ -1132,8 +1146,22 @@ mod tests {
             assert_eq!(reader.refresh(NOW).await.unwrap(), Refresh::Switched(5));
             let snapshot = reader.snapshot().unwrap();
             assert!(snapshot.file("names").is_some());
-            assert!(snapshot.proxied("packages/proxied").is_none());
+            assert!(snapshot.proxied("packages/proxied", NOW).is_none());
             assert!(reader.health().proxy_error.is_some());
+            // The writer stops naming a list: the node is whole again.
+            point(&bucket, &pointer).await;
+            reader.refresh(NOW + 1).await.unwrap();
+            assert!(reader.health().proxy_error.is_none());
+            // A list held in memory serves nothing once it lapses.
+            let brief = Delta {
+                expires_at: NOW + 10,
+                ..proxy_list(2)
+            };
+            publish_proxy(&bucket, &key, &pointer, &brief).await;
+            reader.refresh(NOW + 2).await.unwrap();
+            let snapshot = reader.snapshot().unwrap();
+            assert!(snapshot.proxied("packages/proxied", NOW + 9).is_some());
+            assert!(snapshot.proxied("packages/proxied", NOW + 10).is_none());
         }
 
         #[test]

@@ -158,7 +158,7 @@ impl BucketWriter {
         // command refuses. The lock file says which holds it.
         let role = match on_held {
             OnHeld::WaitForOwnNode => SERVE_ROLE,
-            OnHeld::Refuse => "a one-off command (sync or gc)",
+            OnHeld::Refuse => "sync or gc",
         };
         // Small file work, on the blocking pool as all file work is.
         let (node_lock, holder) = {
@@ -374,6 +374,8 @@ impl BucketWriter {
         let mut failures: u32 = 0;
         let mut collected_at: Option<std::time::Instant> = None;
         let (mut proxy_failures, mut proxy_retry_at) = (0u32, None);
+        // The proxy list's last failure, shown until a try succeeds.
+        let mut proxy_error: Option<String> = None;
         loop {
             let local = {
                 let store = Arc::clone(&self.store);
@@ -435,7 +437,8 @@ impl BucketWriter {
                                     );
                                 }
                             }
-                            Err(_) => {
+                            Err(e) => {
+                                tracing::error!("bucket: the proxy's file list: {e}");
                                 proxy_failures = proxy_failures.saturating_add(1);
                                 proxy_retry_at = Some(
                                     std::time::Instant::now()
@@ -444,9 +447,11 @@ impl BucketWriter {
                                 );
                             }
                         }
-                        listed.map(drop)
+                        proxy_error = listed.as_ref().err().map(ToString::to_string);
+                        listed.map(drop).map_err(|e| e.to_string())
                     }
-                    _ => Ok(()),
+                    // Not tried this round: the last try's outcome stands.
+                    _ => proxy_error.clone().map_or(Ok(()), Err),
                 };
                 // Garbage, hourly, between uploads: never while one runs.
                 let outcome = match outcome {
@@ -479,9 +484,6 @@ impl BucketWriter {
             });
             if let Err(e) = &outcome {
                 tracing::error!("bucket: {e}");
-            }
-            if let Err(e) = &listed {
-                tracing::error!("bucket: the proxy's file list: {e}");
             }
             let problem = match (&outcome, &listed) {
                 (Err(e), _) => Some(e.to_string()),
