@@ -78,8 +78,14 @@ settle() {
 start_serve() {
   "$BIN" serve --config "$CONF" >"$WORK/serve.out" 2>"$WORK/serve.err" &
   SERVE=$!
+  wait_addr 100
+}
+
+# wait_addr TRIES: sets ADDR (host:port) from serve's first line, trying
+# TRIES times 50 ms apart (empty if it never came).
+wait_addr() {
   ADDR=""
-  for _ in $(seq 100); do
+  for _ in $(seq "$1"); do
     ADDR=$(sed -nE '1s#^hexmirror serving .* on http://([^ ]+)$#\1#p' "$WORK/serve.out")
     [ -n "$ADDR" ] && break
     sleep 0.05
@@ -93,12 +99,7 @@ start_serve_pinned() {
   taskset -c 0 "$BIN" serve --config "${1:-$CONF}" >"$WORK/serve.out" 2>"$WORK/serve.err" &
   SERVE=$!
   PIDS+=("$SERVE")
-  ADDR=""
-  for _ in $(seq 200); do
-    ADDR=$(sed -nE '1s#^hexmirror serving .* on http://([^ ]+)$#\1#p' "$WORK/serve.out")
-    [ -n "$ADDR" ] && break
-    sleep 0.05
-  done
+  wait_addr 200
   [ -n "$ADDR" ] || { echo "serve did not start" >&2; cat "$WORK/serve.err" >&2; exit 1; }
 }
 

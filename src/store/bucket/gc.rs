@@ -80,10 +80,7 @@ fn parse_manifest_key(key: &str) -> Option<(u64, bool)> {
         Some(d) => (d, true),
         None => (name.strip_suffix(".json")?, false),
     };
-    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| digits.parse().ok())
-        .flatten()
-        .map(|v| (v, delta))
+    super::version_digits(digits).map(|v| (v, delta))
 }
 
 /// Deletes what no live generation of the bucket references (see the

@@ -68,6 +68,14 @@ pub fn base_key(version: u64) -> String {
     format!("manifests/{version:020}.json")
 }
 
+/// The version a key's 20 zero-padded digits spell ([`base_key`],
+/// [`delta_key`], [`proxy_key`]), or `None` for anything else.
+pub fn version_digits(digits: &str) -> Option<u64> {
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
 /// The key of the proxy's file list of `version` ([`proxied`]).
 pub fn proxy_key(version: u64) -> String {
     format!("proxy/{version:020}.json")

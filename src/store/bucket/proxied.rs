@@ -22,8 +22,8 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::lease::Fence;
-use super::upload::{UploadError, create_manifest, switch_pointer, upload_blob};
-use super::{Bucket, BucketError, Pointer, ProxyRef, blob_key, proxy_key};
+use super::upload::{UploadError, absent, create_manifest, switch_pointer, upload_blobs};
+use super::{Bucket, BucketError, Pointer, ProxyRef, proxy_key};
 use crate::manifest::{self, Delta, FileEntry, ManifestKey, ManifestPublicKey};
 use crate::store::{FileRef, Store, StoreError};
 
@@ -182,224 +182,220 @@ pub async fn publish(
     expiry: Duration,
     now: &(dyn Fn() -> u64 + Sync),
 ) -> Result<Option<u64>, UploadError> {
-    let taken_at = now();
-    let mut changes = pending.take();
-    let outcome = publish_taken(
+    let lister = Lister {
         bucket,
         store,
         signing,
         fence,
-        &pending.root,
-        published,
-        &mut changes,
-        taken_at,
+        root: &pending.root,
         expiry,
         now,
-    )
-    .await;
+    };
+    let taken_at = now();
+    let mut changes = pending.take();
+    let outcome = lister.publish(published, &mut changes, taken_at).await;
     // What was not published (a failure, or no generation served yet)
     // waits for the next round; a success left nothing here.
     pending.restore(changes);
     outcome
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn publish_taken(
-    bucket: &Bucket,
-    store: &Arc<Store>,
-    signing: &ManifestKey,
-    fence: &dyn Fence,
-    root: &Path,
-    published: &mut Option<Published>,
-    changes: &mut BTreeMap<String, FileRef>,
-    taken_at: u64,
+/// What one publish of the list works with.
+struct Lister<'a> {
+    bucket: &'a Bucket,
+    store: &'a Arc<Store>,
+    signing: &'a ManifestKey,
+    fence: &'a dyn Fence,
+    /// The proxy directory.
+    root: &'a Path,
     expiry: Duration,
-    now: &(dyn Fn() -> u64 + Sync),
-) -> Result<Option<u64>, UploadError> {
-    let Some((pointer, etag)) = bucket.pointer().await? else {
-        return Ok(None);
-    };
-    // What the bucket serves, read again only when another process changed it.
-    let current = match (&pointer.proxy, published.take()) {
-        (Some(named), Some(p)) if p.version == named.version && p.sha256 == named.sha256 => p,
-        (Some(named), _) => match load(bucket, named, &signing.public()).await {
-            Ok(loaded) => loaded,
-            // The writer is the list's only author: one missing, damaged or
-            // oversized in the bucket is rebuilt from the proxy directory,
-            // under a higher version.
-            Err(
-                e @ (UploadError::ProxySet { .. }
-                | UploadError::Bucket(BucketError::TooLarge { .. })),
-            ) => {
-                tracing::warn!(
-                    bucket = bucket.name(),
-                    "{e}; rebuilding the proxy file list from the proxy directory"
-                );
-                Published {
-                    version: named.version,
-                    ..Published::default()
-                }
-            }
-            Err(e) => return Err(e),
-        },
-        (None, _) => Published::default(),
-    };
-    // On any failure the list in hand is kept (no reload, no rescan of
-    // what the scan already gave back to `pending`).
-    let mut scanned = current.scanned;
-    let written = write_list(
-        bucket,
-        store,
-        signing,
-        fence,
-        root,
-        (&pointer, etag),
-        &current,
-        &mut scanned,
-        changes,
-        taken_at,
-        expiry,
-        now,
-    )
-    .await;
-    match written {
-        Ok(Some(next)) => {
-            let version = next.version;
-            *published = Some(next);
-            Ok(Some(version))
-        }
-        Ok(None) => {
-            *published = Some(Published {
-                scanned: true,
-                ..current
-            });
-            Ok(None)
-        }
-        Err(e) => {
-            *published = Some(Published { scanned, ..current });
-            Err(e)
-        }
-    }
+    now: &'a (dyn Fn() -> u64 + Sync),
 }
 
-/// Scans once, then uploads the changed files' blobs, a new list above
-/// every list in the bucket, and the pointer naming it. `None`: nothing
-/// changed and no re-signing is due.
-#[allow(clippy::too_many_arguments)]
-async fn write_list(
-    bucket: &Bucket,
-    store: &Arc<Store>,
-    signing: &ManifestKey,
-    fence: &dyn Fence,
-    root: &Path,
-    (pointer, etag): (&Pointer, Option<String>),
-    current: &Published,
-    scanned: &mut bool,
-    changes: &mut BTreeMap<String, FileRef>,
-    taken_at: u64,
-    expiry: Duration,
-    now: &(dyn Fn() -> u64 + Sync),
-) -> Result<Option<Published>, UploadError> {
-    if !*scanned {
-        let (store, root, known, since) = (
-            Arc::clone(store),
-            root.to_path_buf(),
-            Arc::clone(&current.files),
-            current.taken_at,
-        );
-        let found =
-            tokio::task::spawn_blocking(move || scan(&store, &root, &known, since)).await??;
-        for (rel, file) in found {
-            changes.entry(rel).or_insert(file);
-        }
-        *scanned = true;
-    }
-    let due = current.version > 0 && current.signed_at + expiry.as_secs() / 2 <= now();
-    let changed = changes
-        .iter()
-        .any(|(rel, file)| current.files.get(rel) != Some(&file.entry()));
-    if !changed && !due {
-        changes.clear();
-        return Ok(None);
-    }
-    for file in changes.values() {
-        if bucket.get_head(&blob_key(&file.sha256)).await?.is_none() {
-            upload_blob(bucket, store, fence, &file.sha256).await?;
-        }
-    }
-    // Above every list in the bucket: one a crash or a shutdown left
-    // unnamed is passed over, never overwritten.
-    let highest = bucket
-        .list("proxy")
-        .await?
-        .iter()
-        .filter_map(|(k, _)| parse_proxy_key(k))
-        .max()
-        .unwrap_or(0);
-    let version = highest.max(current.version) + 1;
-    let signed_at = now();
-    let (files, entries) = {
-        let (previous, changes) = (Arc::clone(&current.files), changes.clone());
-        let signing = signing.clone();
-        let expires_at = signed_at + expiry.as_secs();
-        tokio::task::spawn_blocking(move || {
-            let mut files = (*previous).clone();
-            for (rel, file) in changes {
-                files.insert(rel, file.entry());
+impl Lister<'_> {
+    /// [`publish`] of `changes`, taken from the pending list at `taken_at`.
+    async fn publish(
+        &self,
+        published: &mut Option<Published>,
+        changes: &mut BTreeMap<String, FileRef>,
+        taken_at: u64,
+    ) -> Result<Option<u64>, UploadError> {
+        let (bucket, signing) = (self.bucket, self.signing);
+        let Some((pointer, etag)) = bucket.pointer().await? else {
+            return Ok(None);
+        };
+        // What the bucket serves, read again only when another process changed it.
+        let current = match (&pointer.proxy, published.take()) {
+            (Some(named), Some(p)) if p.version == named.version && p.sha256 == named.sha256 => p,
+            (Some(named), _) => match load(bucket, named, &signing.public()).await {
+                Ok(loaded) => loaded,
+                // The writer is the list's only author: one missing, damaged or
+                // oversized in the bucket is rebuilt from the proxy directory,
+                // under a higher version.
+                Err(
+                    e @ (UploadError::ProxySet { .. }
+                    | UploadError::Bucket(BucketError::TooLarge { .. })),
+                ) => {
+                    tracing::warn!(
+                        bucket = bucket.name(),
+                        "{e}; rebuilding the proxy file list from the proxy directory"
+                    );
+                    Published {
+                        version: named.version,
+                        ..Published::default()
+                    }
+                }
+                Err(e) => return Err(e),
+            },
+            (None, _) => Published::default(),
+        };
+        // On any failure the list in hand is kept (no reload, no rescan of
+        // what the scan already gave back to `pending`).
+        let mut scanned = current.scanned;
+        let written = self
+            .write_list((&pointer, etag), &current, &mut scanned, changes, taken_at)
+            .await;
+        match written {
+            Ok(Some(next)) => {
+                let version = next.version;
+                *published = Some(next);
+                Ok(Some(version))
             }
-            let delta = Delta {
-                base_version: 0,
-                expires_at,
-                files: files
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Some(v.clone())))
-                    .collect(),
-                generation: manifest::PROXY_SET.to_owned(),
-                signed_at,
-                version,
-            };
-            let bytes = Bytes::from(manifest::sign_delta(&delta, &signing));
-            let sha256 = hex::encode(Sha256::digest(&bytes));
-            (Arc::new(files), (bytes, sha256))
-        })
-        .await?
-    };
-    let (bytes, sha256) = entries;
-    if bytes.len() as u64 > super::MAX_PROXY_SET {
-        return Err(UploadError::ProxySetTooLarge {
-            bucket: bucket.name().to_owned(),
-            files: files.len(),
-            bytes: bytes.len() as u64,
-        });
+            Ok(None) => {
+                *published = Some(Published {
+                    scanned: true,
+                    ..current
+                });
+                Ok(None)
+            }
+            Err(e) => {
+                *published = Some(Published { scanned, ..current });
+                Err(e)
+            }
+        }
     }
-    fence.hold().await?;
-    create_manifest(bucket, &proxy_key(version), &bytes).await?;
-    let next = Pointer {
-        proxy: Some(ProxyRef {
+
+    /// Scans once, then uploads the changed files' blobs, a new list above
+    /// every list in the bucket, and the pointer naming it. `None`: nothing
+    /// changed and no re-signing is due.
+    async fn write_list(
+        &self,
+        (pointer, etag): (&Pointer, Option<String>),
+        current: &Published,
+        scanned: &mut bool,
+        changes: &mut BTreeMap<String, FileRef>,
+        taken_at: u64,
+    ) -> Result<Option<Published>, UploadError> {
+        let Self {
+            bucket,
+            store,
+            signing,
+            fence,
+            root,
+            expiry,
+            now,
+        } = *self;
+        if !*scanned {
+            let (store, root, known, since) = (
+                Arc::clone(store),
+                root.to_path_buf(),
+                Arc::clone(&current.files),
+                current.taken_at,
+            );
+            let found =
+                tokio::task::spawn_blocking(move || scan(&store, &root, &known, since)).await??;
+            for (rel, file) in found {
+                changes.entry(rel).or_insert(file);
+            }
+            *scanned = true;
+        }
+        let due = current.version > 0 && current.signed_at + expiry.as_secs() / 2 <= now();
+        let changed = changes
+            .iter()
+            .any(|(rel, file)| current.files.get(rel) != Some(&file.entry()));
+        if !changed && !due {
+            changes.clear();
+            return Ok(None);
+        }
+        let wanted = changes.values().map(|f| (f.sha256, f.size)).collect();
+        let missing = absent(bucket, wanted).await?;
+        upload_blobs(
+            bucket,
+            store,
+            fence,
+            missing.into_iter().map(|(sha, _)| sha).collect(),
+        )
+        .await?;
+        // Above every list in the bucket: one a crash or a shutdown left
+        // unnamed is passed over, never overwritten.
+        let highest = bucket
+            .list("proxy")
+            .await?
+            .iter()
+            .filter_map(|(k, _)| parse_proxy_key(k))
+            .max()
+            .unwrap_or(0);
+        let version = highest.max(current.version) + 1;
+        let signed_at = now();
+        let (files, bytes, sha256) = {
+            let (previous, changes) = (Arc::clone(&current.files), changes.clone());
+            let signing = signing.clone();
+            let expires_at = signed_at + expiry.as_secs();
+            tokio::task::spawn_blocking(move || {
+                let mut files = (*previous).clone();
+                for (rel, file) in changes {
+                    files.insert(rel, file.entry());
+                }
+                let delta = Delta {
+                    base_version: 0,
+                    expires_at,
+                    files: files
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Some(v.clone())))
+                        .collect(),
+                    generation: manifest::PROXY_SET.to_owned(),
+                    signed_at,
+                    version,
+                };
+                let bytes = Bytes::from(manifest::sign_delta(&delta, &signing));
+                let sha256 = hex::encode(Sha256::digest(&bytes));
+                (Arc::new(files), bytes, sha256)
+            })
+            .await?
+        };
+        if bytes.len() as u64 > super::MAX_PROXY_SET {
+            return Err(UploadError::ProxySetTooLarge {
+                bucket: bucket.name().to_owned(),
+                files: files.len(),
+                bytes: bytes.len() as u64,
+            });
+        }
+        fence.hold().await?;
+        create_manifest(bucket, &proxy_key(version), &bytes).await?;
+        let next = Pointer {
+            proxy: Some(ProxyRef {
+                version,
+                sha256: sha256.clone(),
+            }),
+            written_at: now(),
+            ..pointer.clone()
+        };
+        switch_pointer(bucket, fence, &next, Some(etag), now).await?;
+        changes.clear();
+        Ok(Some(Published {
             version,
-            sha256: sha256.clone(),
-        }),
-        written_at: now(),
-        ..pointer.clone()
-    };
-    switch_pointer(bucket, fence, &next, Some(etag), now).await?;
-    changes.clear();
-    Ok(Some(Published {
-        version,
-        sha256,
-        signed_at,
-        taken_at,
-        files,
-        scanned: true,
-    }))
+            sha256,
+            signed_at,
+            taken_at,
+            files,
+            scanned: true,
+        }))
+    }
 }
 
 /// A proxy file list's version, from its key ([`proxy_key`]).
 pub fn parse_proxy_key(key: &str) -> Option<u64> {
-    let digits = key.strip_prefix("proxy/")?.strip_suffix(".json")?;
-    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| digits.parse().ok())
-        .flatten()
+    super::version_digits(key.strip_prefix("proxy/")?.strip_suffix(".json")?)
 }
 
 /// Reads and verifies the list the pointer names.
@@ -541,7 +537,7 @@ mod tests {
         assert!(pending.lock().is_empty());
         assert!(
             bucket
-                .get_head(&blob_key(&record.sha256))
+                .get_head(&super::super::blob_key(&record.sha256))
                 .await
                 .unwrap()
                 .is_some()

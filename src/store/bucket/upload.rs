@@ -319,28 +319,17 @@ pub async fn publish(
             .copied()
             .collect()
     } else {
-        let mut missing = Vec::new();
-        for (sha, size) in &local.blobs {
-            if bucket.get_head(&blob_key(sha)).await?.is_none() {
-                missing.push((*sha, *size));
-            }
-        }
-        missing
+        absent(bucket, local.blobs.clone()).await?
     };
     let bytes: u64 = missing.iter().map(|(_, size)| size).sum();
     let count = missing.len();
-    futures::stream::iter(missing)
-        .map(|(sha, _)| {
-            let store = Arc::clone(&store);
-            async move {
-                upload_blob(bucket, &store, fence, &sha).await?;
-                fault_point("blob");
-                Ok::<(), UploadError>(())
-            }
-        })
-        .buffer_unordered(PARALLEL)
-        .try_collect::<()>()
-        .await?;
+    upload_blobs(
+        bucket,
+        &store,
+        fence,
+        missing.iter().map(|(sha, _)| *sha).collect(),
+    )
+    .await?;
     // A patch over the base the pointer already names has nothing new
     // there: the base (up to 90 MB) is not sent again.
     if whole {
@@ -373,24 +362,47 @@ pub async fn publish(
     })
 }
 
-/// Uploads the local blob `sha`, asking the lease first.
-pub(super) async fn upload_blob(
+/// Of `blobs` (SHA-256, size), those the bucket lacks, asked one by one:
+/// for a few files, where listing every blob would cost more.
+pub(super) async fn absent(
+    bucket: &Bucket,
+    blobs: Vec<([u8; 32], u64)>,
+) -> Result<Vec<([u8; 32], u64)>, UploadError> {
+    let mut missing = Vec::new();
+    for (sha, size) in blobs {
+        if bucket.get_head(&blob_key(&sha)).await?.is_none() {
+            missing.push((sha, size));
+        }
+    }
+    Ok(missing)
+}
+
+/// Uploads the local blobs `shas`, [`PARALLEL`] at once, asking the lease
+/// before each.
+pub(super) async fn upload_blobs(
     bucket: &Bucket,
     store: &Store,
     fence: &dyn Fence,
-    sha: &[u8; 32],
+    shas: Vec<[u8; 32]>,
 ) -> Result<(), UploadError> {
-    fence.hold().await?;
-    let path = store.blob_path(sha);
-    let content = tokio::fs::read(&path).await.map_err(|source| StoreError {
-        action: "read blob",
-        path,
-        source,
-    })?;
-    bucket
-        .put(&blob_key(sha), Bytes::from(content), PutMode::Overwrite)
-        .await?;
-    Ok(())
+    futures::stream::iter(shas)
+        .map(|sha| async move {
+            fence.hold().await?;
+            let path = store.blob_path(&sha);
+            let content = tokio::fs::read(&path).await.map_err(|source| StoreError {
+                action: "read blob",
+                path,
+                source,
+            })?;
+            bucket
+                .put(&blob_key(&sha), Bytes::from(content), PutMode::Overwrite)
+                .await?;
+            fault_point("blob");
+            Ok::<(), UploadError>(())
+        })
+        .buffer_unordered(PARALLEL)
+        .try_collect::<()>()
+        .await
 }
 
 /// Writes the pointer `next` in place of the one read with ETag `read`

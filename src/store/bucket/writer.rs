@@ -111,6 +111,23 @@ impl std::fmt::Debug for BucketWriter {
 /// The longest wait between tries after repeated failures.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
 
+/// The proxy list's own back-off, apart from the generation's: a list that
+/// keeps failing slows neither hosted publishes nor the collection.
+#[derive(Debug, Default)]
+struct ProxyRounds {
+    failures: u32,
+    /// No try before this.
+    retry_at: Option<std::time::Instant>,
+    /// The last try's failure, until a try succeeds.
+    error: Option<String>,
+}
+
+impl ProxyRounds {
+    fn last(&self) -> Result<(), String> {
+        self.error.clone().map_or(Ok(()), Err)
+    }
+}
+
 /// The shortest time between two proxy file lists.
 const PROXY_LIST_EVERY: Duration = Duration::from_secs(10);
 
@@ -373,9 +390,7 @@ impl BucketWriter {
         let mut reported = false;
         let mut failures: u32 = 0;
         let mut collected_at: Option<std::time::Instant> = None;
-        let (mut proxy_failures, mut proxy_retry_at) = (0u32, None);
-        // The proxy list's last failure, shown until a try succeeds.
-        let mut proxy_error: Option<String> = None;
+        let mut proxy_rounds = ProxyRounds::default();
         loop {
             let local = {
                 let store = Arc::clone(&self.store);
@@ -415,43 +430,10 @@ impl BucketWriter {
                         .map_err(PublishError::from)
                 };
                 // The proxy's files, once the generation is out, on their
-                // own back-off: a proxy list that keeps failing slows
-                // neither hosted publishes nor the collection below.
+                // own back-off.
                 let listed = match outcome {
-                    Ok(()) if proxy_retry_at.is_none_or(|t| std::time::Instant::now() >= t) => {
-                        let listed = self.publish_proxied().await;
-                        match &listed {
-                            Ok(v) => {
-                                proxy_failures = 0;
-                                // Each list is the whole list, and every
-                                // reader downloads it: a busy proxy's new
-                                // files are gathered for a while.
-                                proxy_retry_at =
-                                    v.map(|_| std::time::Instant::now() + PROXY_LIST_EVERY);
-                                if let Some(version) = v {
-                                    tracing::info!(
-                                        bucket = self.bucket.name(),
-                                        version,
-                                        "published the pull-through proxy's file list into the \
-                                         bucket"
-                                    );
-                                }
-                            }
-                            Err(e) => {
-                                tracing::error!("bucket: the proxy's file list: {e}");
-                                proxy_failures = proxy_failures.saturating_add(1);
-                                proxy_retry_at = Some(
-                                    std::time::Instant::now()
-                                        + (self.poll * 2u32.saturating_pow(proxy_failures.min(10)))
-                                            .min(MAX_RETRY_WAIT),
-                                );
-                            }
-                        }
-                        proxy_error = listed.as_ref().err().map(ToString::to_string);
-                        listed.map(drop).map_err(|e| e.to_string())
-                    }
-                    // Not tried this round: the last try's outcome stands.
-                    _ => proxy_error.clone().map_or(Ok(()), Err),
+                    Ok(()) => self.proxy_round(&mut proxy_rounds).await,
+                    Err(_) => proxy_rounds.last(),
                 };
                 // Garbage, hourly, between uploads: never while one runs.
                 let outcome = match outcome {
@@ -508,7 +490,7 @@ impl BucketWriter {
             // each try may read the whole local manifest.
             let wait = if outcome.is_err() {
                 failures = failures.saturating_add(1);
-                (self.poll * 2u32.saturating_pow(failures.min(10))).min(MAX_RETRY_WAIT)
+                self.retry_wait(failures)
             } else {
                 failures = 0;
                 self.poll
@@ -519,6 +501,48 @@ impl BucketWriter {
             }
         }
         self.release().await;
+    }
+
+    /// Publishes the proxy's list when `rounds` allows it; the outcome of
+    /// the last try otherwise, so a failure stays reported until a try
+    /// succeeds.
+    async fn proxy_round(&self, rounds: &mut ProxyRounds) -> Result<(), String> {
+        if rounds
+            .retry_at
+            .is_some_and(|t| std::time::Instant::now() < t)
+        {
+            return rounds.last();
+        }
+        let listed = self.publish_proxied().await;
+        match &listed {
+            Ok(v) => {
+                rounds.failures = 0;
+                // Each list is the whole list, and every reader downloads
+                // it: a busy proxy's new files are gathered for a while.
+                rounds.retry_at = v.map(|_| std::time::Instant::now() + PROXY_LIST_EVERY);
+                if let Some(version) = v {
+                    tracing::info!(
+                        bucket = self.bucket.name(),
+                        version,
+                        "published the pull-through proxy's file list into the bucket"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::error!("bucket: the proxy's file list: {e}");
+                rounds.failures = rounds.failures.saturating_add(1);
+                rounds.retry_at =
+                    Some(std::time::Instant::now() + self.retry_wait(rounds.failures));
+            }
+        }
+        rounds.error = listed.as_ref().err().map(ToString::to_string);
+        rounds.last()
+    }
+
+    /// The wait after `failures` failures in a row: `poll`, doubled each
+    /// time, up to [`MAX_RETRY_WAIT`].
+    fn retry_wait(&self, failures: u32) -> Duration {
+        (self.poll * 2u32.saturating_pow(failures.min(10))).min(MAX_RETRY_WAIT)
     }
 
     /// Gives the lease up, so the next writer need not wait for it to lapse.
