@@ -444,13 +444,88 @@ impl Serialize for HexDigest<'_> {
     }
 }
 
-/// Signs a borrowed manifest: the same file [`sign`] writes for the
-/// equivalent [`Manifest`].
-pub fn sign_ref<'a, I>(manifest: &ManifestRef<'_, FileList<I>>, key: &ManifestKey) -> Vec<u8>
+/// Writes the signed file for a borrowed manifest to `out` as it is made,
+/// never holding it whole: the same bytes [`sign`] returns for the
+/// equivalent [`Manifest`]. At hex.pm's size the file is ~85 MB, the largest
+/// buffer of a sync; the file list is serialised three times instead (once
+/// to `out`, once for each of Ed25519's two hashing passes).
+pub fn write_signed_ref<'a, I, W>(
+    manifest: &ManifestRef<'_, FileList<I>>,
+    key: &ManifestKey,
+    mut out: W,
+) -> std::io::Result<()>
 where
     I: Iterator<Item = (&'a str, &'a [u8; 32], u64)> + Clone,
+    W: std::io::Write,
 {
-    sign_envelope(manifest, key)
+    out.write_all(ENVELOPE_HEAD)?;
+    let mut tee = Hashing {
+        inner: &mut out,
+        check: Sha256::new(),
+    };
+    serde_json::to_writer(&mut tee, manifest)?;
+    let written = tee.check.finalize();
+    // Ed25519 hashes the message twice (once for the nonce, once for the
+    // challenge). A message that differed between the passes would yield a
+    // nonce reused over two messages, which leaks the key; so each pass is
+    // checked against the bytes written and any difference signs nothing.
+    let secret = ed25519_dalek::hazmat::ExpandedSecretKey::from(key.0.as_bytes());
+    let signature = ed25519_dalek::hazmat::raw_sign_byupdate::<sha2::Sha512, _>(
+        &secret,
+        |digest| {
+            let mut pass = Hashing {
+                inner: DigestWriter(digest),
+                check: Sha256::new(),
+            };
+            serde_json::to_writer(&mut pass, manifest)
+                .map_err(|_| ed25519_dalek::SignatureError::new())?;
+            if pass.check.finalize() != written {
+                return Err(ed25519_dalek::SignatureError::new());
+            }
+            Ok(())
+        },
+        &key.0.verifying_key(),
+    )
+    .map_err(|_| std::io::Error::other(UnstableSerialisation))?;
+    out.write_all(&envelope_tail(key, &signature))?;
+    out.flush()
+}
+
+/// A manifest serialised to different bytes on two passes; nothing was signed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the manifest serialised differently on two passes, so it was not signed; report this as a bug"
+)]
+pub struct UnstableSerialisation;
+
+/// A writer that also hashes what passes through it.
+struct Hashing<W> {
+    inner: W,
+    check: Sha256,
+}
+
+impl<W: std::io::Write> std::io::Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.check.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A digest as a writer (serde_json writes to `io::Write`).
+struct DigestWriter<'a, D>(&'a mut D);
+
+impl<D: Digest> std::io::Write for DigestWriter<'_, D> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Signs a delta and returns the bytes of the delta file.
@@ -458,19 +533,27 @@ pub fn sign_delta(delta: &Delta, key: &ManifestKey) -> Vec<u8> {
     sign_envelope(delta, key)
 }
 
+/// What a signed file starts with; the canonical bytes follow.
+const ENVELOPE_HEAD: &[u8] = b"{\"signed\":";
+
 pub(crate) fn sign_envelope<T: Serialize>(signed: &T, key: &ManifestKey) -> Vec<u8> {
-    // The file is built around the very bytes that are signed, in one buffer:
-    // the manifest lists every file (about 90 MB of JSON at hex.pm's size),
-    // and a second, pretty-printed copy doubled the peak memory of a sync.
-    const HEAD: &[u8] = b"{\"signed\":";
-    let mut out = HEAD.to_vec();
+    // The file is built around the very bytes that are signed, in one buffer,
+    // for the small files (deltas, bundles); [`write_signed_ref`] streams
+    // the large one.
+    let mut out = ENVELOPE_HEAD.to_vec();
     write_canonical(&mut out, signed);
-    let signature = key.0.sign(&out[HEAD.len()..]);
+    let signature = key.0.sign(&out[ENVELOPE_HEAD.len()..]);
+    out.extend_from_slice(&envelope_tail(key, &signature));
+    out
+}
+
+/// What follows the canonical bytes: the signature list and the end.
+fn envelope_tail(key: &ManifestKey, signature: &Signature) -> Vec<u8> {
     let signatures = [SignatureEntry {
         keyid: key.public().keyid(),
         sig: STANDARD.encode(signature.to_bytes()),
     }];
-    out.extend_from_slice(b",\"signatures\":");
+    let mut out = b",\"signatures\":".to_vec();
     serde_json::to_writer(&mut out, &signatures)
         .unwrap_or_else(|_| unreachable!("a signature list serialises"));
     out.extend_from_slice(b"}\n");
@@ -1381,9 +1464,40 @@ mod tests {
             upstream: &m.upstream,
             version: m.version,
         };
-        let file = sign_ref(&borrowed, &key);
+        let mut file = Vec::new();
+        write_signed_ref(&borrowed, &key, &mut file).unwrap();
         assert_eq!(file, sign(&m, &key));
         assert_eq!(check(&file, &key.public(), SIGNED_AT, None).unwrap(), m);
+    }
+
+    #[test]
+    fn a_manifest_that_serialises_differently_per_pass_is_not_signed() {
+        // Each pass reads a counter that the previous pass moved: the bytes
+        // hashed for the nonce would not be the bytes signed.
+        let key = fixed_key();
+        let m = sample();
+        let sha = [7u8; 32];
+        let passes = std::cell::Cell::new(0u64);
+        let files = FileList(std::iter::once(()).map(|()| {
+            passes.set(passes.get() + 1);
+            ("names", &sha, passes.get())
+        }));
+        let borrowed = ManifestRef {
+            expires_at: m.expires_at,
+            files,
+            generation: &m.generation,
+            signed_at: m.signed_at,
+            upstream: &m.upstream,
+            version: m.version,
+        };
+        let mut file = Vec::new();
+        let err = write_signed_ref(&borrowed, &key, &mut file).unwrap_err();
+        assert!(
+            err.get_ref()
+                .is_some_and(|e| e.is::<UnstableSerialisation>()),
+            "{err}"
+        );
+        assert!(!String::from_utf8_lossy(&file).contains("signatures"));
     }
 
     #[test]

@@ -246,11 +246,22 @@ impl Catalog {
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, CatalogError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut conn).map_err(|source| CatalogError::Sqlite {
+        f(&mut self.lock()).map_err(|source| self.sqlite_error(source))
+    }
+
+    /// The connection, held until the guard drops (blocking), for work that
+    /// mixes its own errors with SQL: a rebuild reads files inside its
+    /// transaction.
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A SQLite error of this catalog, with its path.
+    pub(crate) fn sqlite_error(&self, source: rusqlite::Error) -> CatalogError {
+        CatalogError::Sqlite {
             path: self.path.clone(),
             source,
-        })
+        }
     }
 
     /// Records a verified tarball's metadata on the blocking pool; a

@@ -2,7 +2,7 @@
 //! again from what is served (the current generation, then the proxy's
 //! cache), every record and tarball verified again on the way in.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::{Catalog, CatalogError, Entry, put, put_tarball_meta};
@@ -82,14 +82,18 @@ pub fn rebuild(config: &Config, catalog: &Catalog) -> Result<RebuildReport, Rebu
                 .push((root.join("names").display().to_string(), e.to_string())),
         }
     }
-    // Records: the generation's win over the proxy's.
-    let mut records: BTreeMap<String, registry::proto::package::Package> = BTreeMap::new();
-    let limits = crate::tarball::Limits::default();
-    let known: std::collections::HashSet<String> = catalog.call_blocking(|c| {
-        c.prepare("SELECT sha256 FROM tarball_meta")?
-            .query_map([], |r| r.get(0))?
-            .collect()
+    // Digests, not hex text: a third of the memory at hex.pm's 268,000.
+    let known: Known = catalog.call_blocking(|c| {
+        let hexes = c
+            .prepare("SELECT sha256 FROM tarball_meta")?
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(hexes
+            .iter()
+            .filter_map(|h| <[u8; 32]>::try_from(hex::decode(h).ok()?).ok())
+            .collect())
     })?;
+    // Records: the generation's win over the proxy's.
     let mut found: Vec<(String, PathBuf)> = Vec::new();
     let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
     for root in &roots {
@@ -105,86 +109,156 @@ pub fn rebuild(config: &Config, catalog: &Catalog) -> Result<RebuildReport, Rebu
             found.push((name, entry.path()));
         }
     }
-    // Records read and verified on all cores; then each one's unread
-    // tarballs.
-    let verified = crate::parallel::map(&found, |(name, path)| {
-        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-        registry::verify_package_within(&bytes, key, repo, name, max)
-            .map(registry::Verified::into_inner)
-            .map_err(|e| e.to_string())
-    });
-    for ((name, path), record) in found.into_iter().zip(verified) {
-        let record = match record {
-            Ok(r) => r,
-            Err(why) => {
-                report.refused.push((path.display().to_string(), why));
-                continue;
-            }
-        };
-        for release in &record.releases {
-            let Some(sums) = crate::upstream::release::Sums::of(release) else {
-                continue;
-            };
-            let sha = hex::encode(sums.outer);
-            if known.contains(&sha) {
-                continue;
-            }
-            let file = format!("tarballs/{name}-{}.tar", release.version);
-            let Some(tarball) = roots
-                .iter()
-                .find_map(|r| read(&r.join(&file)).transpose())
-                .transpose()?
-            else {
-                continue;
-            };
-            let expected = crate::tarball::Expected {
-                name: &name,
-                version: &release.version,
-                outer_checksum: &sums.outer,
-                inner_checksum: Some(&sums.inner),
-            };
-            match crate::tarball::verify(&tarball, &expected, &limits) {
-                Ok(v) => {
-                    catalog.call_blocking(|c| put_tarball_meta(c, &sha, &v.metadata))?;
-                    report.tarballs += 1;
-                }
-                Err(e) => report.refused.push((file, e.to_string())),
-            }
-        }
-        records.insert(name, record);
-    }
-    report.packages = records.len();
+    // Sorted, so packages go in by name whatever order the directory gave.
+    found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let verify = |part: &[(String, PathBuf)]| {
+        crate::parallel::map(part, |(name, path)| {
+            let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+            registry::verify_package_within(&bytes, key, repo, name, max)
+                .map(registry::Verified::into_inner)
+                .map_err(|e| e.to_string())
+        })
+    };
     let now = crate::clock::unix_now();
-    catalog.call_blocking(|c| {
-        let tx = c.transaction()?;
-        let stale: Vec<String> = tx
-            .prepare("SELECT name FROM package WHERE repository = ?1 AND hosted = 0")?
-            .query_map([repo], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        for name in stale.iter().filter(|n| !records.contains_key(*n)) {
-            super::remove(&tx, super::Origin::Mirrored, repo, name)?;
-        }
-        // Filling an empty mirror (the first sync, a lost catalog): every
-        // row is new, so the indexes are built once after the rows rather
-        // than kept sorted row by row. Inside the transaction, so a
-        // failure rolls them back in place.
-        let bulk = stale.is_empty() && records.len() > 1;
-        if bulk {
-            tx.execute_batch(super::DROP_PACKAGE_INDEXES)?;
-        }
-        for (name, record) in &records {
+    let mut conn = catalog.lock();
+    let sql = |source| RebuildError::Catalog(catalog.sqlite_error(source));
+    let tx = conn.transaction().map_err(sql)?;
+    let stale: Vec<String> = tx
+        .prepare("SELECT name FROM package WHERE repository = ?1 AND hosted = 0")
+        .and_then(|mut q| q.query_map([repo], |r| r.get(0))?.collect())
+        .map_err(sql)?;
+    // Filling an empty mirror (the first sync, a lost catalog): every row is
+    // new, so the indexes are built once after the rows rather than kept
+    // sorted row by row. Inside the transaction, so a failure rolls them
+    // back in place.
+    let bulk = stale.is_empty() && found.len() > 1;
+    if bulk {
+        tx.execute_batch(super::DROP_PACKAGE_INDEXES).map_err(sql)?;
+    }
+    // A round of records at a time, so memory holds one round of decoded
+    // records rather than every one (at hex.pm's size, all of them were the
+    // peak of a first sync). Records with tarballs the catalog has no
+    // metadata for are read again after the commit, for their tarballs:
+    // reading those (minutes for a lost catalog) happens outside the
+    // transaction, each committed on its own, as serve's writes go on.
+    let mut put_in: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut unread: Vec<(String, PathBuf)> = Vec::new();
+    for part in found.chunks(RECORDS_PER_ROUND) {
+        for ((name, path), record) in part.iter().zip(verify(part)) {
+            let record = match record {
+                Ok(record) => record,
+                Err(why) => {
+                    report.refused.push((path.display().to_string(), why));
+                    continue;
+                }
+            };
+            if !unknown_tarballs(&roots, &known, name, &record).is_empty() {
+                unread.push((name.clone(), path.clone()));
+            }
             let entry = Entry {
                 origin: super::Origin::Mirrored,
                 repository: repo,
-                record,
+                record: &record,
                 updated_at: updated.get(name).copied(),
             };
-            put(&tx, &entry, now)?;
+            put(&tx, &entry, now).map_err(sql)?;
+            put_in.insert(name);
         }
-        if bulk {
-            tx.execute_batch(super::PACKAGE_INDEXES)?;
+    }
+    for name in stale.iter().filter(|n| !put_in.contains(n.as_str())) {
+        super::remove(&tx, super::Origin::Mirrored, repo, name).map_err(sql)?;
+    }
+    if bulk {
+        tx.execute_batch(super::PACKAGE_INDEXES).map_err(sql)?;
+    }
+    tx.commit().map_err(sql)?;
+    report.packages = put_in.len();
+    drop(conn);
+    for part in unread.chunks(RECORDS_PER_ROUND) {
+        for ((name, path), record) in part.iter().zip(verify(part)) {
+            match record {
+                Ok(record) => {
+                    report.tarballs +=
+                        read_tarballs(catalog, &roots, &known, name, &record, &mut report.refused)?;
+                }
+                // Changed since it went in: the next rebuild sees it.
+                Err(why) => report.refused.push((path.display().to_string(), why)),
+            }
         }
-        tx.commit()
-    })?;
+    }
     Ok(report)
+}
+
+/// The outer checksums of the tarballs whose metadata the catalog holds.
+type Known = std::collections::HashSet<[u8; 32]>;
+
+/// Records verified and held at once by [`rebuild`]: enough to keep every
+/// core busy, few enough that memory does not grow with the mirror.
+const RECORDS_PER_ROUND: usize = 512;
+
+/// The releases of `record` whose tarball is served and whose metadata the
+/// catalog lacks: each with its checksums, hex outer checksum and path.
+fn unknown_tarballs<'r>(
+    roots: &[PathBuf],
+    known: &Known,
+    name: &str,
+    record: &'r registry::proto::package::Package,
+) -> Vec<(
+    &'r registry::proto::package::Release,
+    crate::upstream::release::Sums,
+    String,
+    String,
+)> {
+    record
+        .releases
+        .iter()
+        .filter_map(|release| {
+            let sums = crate::upstream::release::Sums::of(release)?;
+            if known.contains(&sums.outer) {
+                return None;
+            }
+            let file = format!("tarballs/{name}-{}.tar", release.version);
+            roots.iter().any(|r| r.join(&file).is_file()).then(|| {
+                let sha = hex::encode(sums.outer);
+                (release, sums, sha, file)
+            })
+        })
+        .collect()
+}
+
+/// Reads and verifies the tarballs of `record` whose metadata the catalog
+/// lacks, and records their metadata; returns how many were read.
+fn read_tarballs(
+    catalog: &Catalog,
+    roots: &[PathBuf],
+    known: &Known,
+    name: &str,
+    record: &registry::proto::package::Package,
+    refused: &mut Vec<(String, String)>,
+) -> Result<usize, RebuildError> {
+    let limits = crate::tarball::Limits::default();
+    let mut read_count = 0;
+    for (release, sums, sha, file) in unknown_tarballs(roots, known, name, record) {
+        let Some(tarball) = roots
+            .iter()
+            .find_map(|r| read(&r.join(&file)).transpose())
+            .transpose()?
+        else {
+            continue;
+        };
+        let expected = crate::tarball::Expected {
+            name,
+            version: &release.version,
+            outer_checksum: &sums.outer,
+            inner_checksum: Some(&sums.inner),
+        };
+        match crate::tarball::verify(&tarball, &expected, &limits) {
+            Ok(v) => {
+                catalog.call_blocking(|c| put_tarball_meta(c, &sha, &v.metadata))?;
+                read_count += 1;
+            }
+            Err(e) => refused.push((file, e.to_string())),
+        }
+    }
+    Ok(read_count)
 }

@@ -524,8 +524,9 @@ impl Store {
             upstream: &upstream,
             files: FileList(files.iter().map(|(p, f)| (p.as_str(), &f.sha256, f.size))),
         };
-        let bytes = manifest::sign_ref(&manifest, key);
-        self.publish_generation(version, files, &bytes)?;
+        self.publish_generation(version, files, |out| {
+            manifest::write_signed_ref(&manifest, key, std::io::BufWriter::new(out))
+        })?;
         Ok(())
     }
 
@@ -877,13 +878,14 @@ impl Store {
         fs::read(&path).map_err(err("read blob", &path))
     }
 
-    /// Writes generation `id` with `files` and the manifest bytes, then
-    /// makes it current. Every blob in `files` must already be stored.
+    /// Writes generation `id` with `files` and the manifest file that
+    /// `write_manifest` writes, then makes it current. Every blob in `files`
+    /// must already be stored.
     pub fn publish_generation(
         &self,
         id: u64,
         files: &FileMap,
-        manifest: &[u8],
+        write_manifest: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
     ) -> Result<PathBuf, StoreError> {
         let root = self.generations_dir();
         fs::create_dir_all(&root).map_err(err("create directory", &root))?;
@@ -904,10 +906,9 @@ impl Store {
             fs::hard_link(&blob, &target).map_err(err("link blob into generation", &target))?;
         }
         let manifest_path = building.join(MANIFEST_FILE);
-        fs::write(&manifest_path, manifest).map_err(err("write", &manifest_path))?;
-        fs::File::open(&manifest_path)
-            .and_then(|f| f.sync_all())
-            .map_err(err("fsync", &manifest_path))?;
+        let mut file = fs::File::create(&manifest_path).map_err(err("create", &manifest_path))?;
+        write_manifest(&mut file).map_err(err("write", &manifest_path))?;
+        file.sync_all().map_err(err("fsync", &manifest_path))?;
         // Directory entries of hard links are metadata: fsync every directory
         // so the generation is durable before anything points at it.
         for dir in dirs.iter().rev() {
@@ -1351,7 +1352,9 @@ mod tests {
         let a = store.put_bytes(b"a").unwrap();
         let b = store.put_bytes(b"b").unwrap();
         let files: FileMap = [("names".to_string(), a), ("packages/x".to_string(), b)].into();
-        store.publish_generation(1, &files, b"m1").unwrap();
+        store
+            .publish_generation(1, &files, |f| std::io::Write::write_all(f, b"m1"))
+            .unwrap();
         let (id, path) = store.current().unwrap().unwrap();
         assert_eq!(id, 1);
         assert_eq!(fs::read(path.join("packages/x")).unwrap(), b"b");
@@ -1361,7 +1364,9 @@ mod tests {
         );
 
         let only_a: FileMap = [("names".to_string(), a)].into();
-        store.publish_generation(2, &only_a, b"m2").unwrap();
+        store
+            .publish_generation(2, &only_a, |f| std::io::Write::write_all(f, b"m2"))
+            .unwrap();
         assert_eq!(store.current().unwrap().unwrap().0, 2);
         // Generation 1 is still in its grace period, then goes.
         assert_eq!(

@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::fetch::PackageUpdate;
 use crate::config::Config;
 use crate::hosted::db::ReleaseRow;
 use crate::manifest::UpstreamState;
@@ -44,7 +43,7 @@ pub enum PublishError {
 pub(super) struct Inputs {
     pub prev: FileMap,
     pub prev_version: u64,
-    pub updates: BTreeMap<String, PackageUpdate>,
+    pub updates: BTreeMap<String, PackageFiles>,
     /// `Some` when `/names` and `/versions` are published with this sync.
     pub index: Option<IndexFiles>,
     pub upstream_names: proto::names::Names,
@@ -53,6 +52,12 @@ pub(super) struct Inputs {
     pub signed_cache: Vec<db::SignedCacheRow>,
     /// Every hosted release, merged into the repositories.
     pub hosted: Vec<ReleaseRow>,
+}
+
+/// The files one updated package brings to the next generation.
+pub(super) struct PackageFiles {
+    pub record: FileRef,
+    pub releases: Vec<(String, FileRef)>,
 }
 
 /// The upstream's `/names` and `/versions`, stored as blobs.

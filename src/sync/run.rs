@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 
 use super::Progress;
 use super::fetch::{Ctx, Outcome, PackageUpdate, blocking, sync_package};
-use super::publish::{self, IndexFiles, Inputs, PublishError};
+use super::publish::{self, IndexFiles, Inputs, PackageFiles, PublishError};
 use crate::clock::unix_now;
 use crate::config::Config;
 use crate::manifest::UpstreamState;
@@ -467,6 +467,25 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
         sync_packages(ctx, config, progress, sources, &mut summary).await?
     };
     summary.packages = wanted.len() as u64;
+    // Planning is over: the decoded upstream index goes before publication
+    // peaks (25 MB at hex.pm's size).
+    drop(remote);
+    drop(versions_p);
+    // Publication needs each updated package's files; the database, once
+    // the generation is live, its state and validators. Split, not cloned:
+    // a clone was 37 MB at hex.pm's size, alive through publication.
+    let mut remembered = Vec::with_capacity(updates.len());
+    let updates: BTreeMap<String, PackageFiles> = updates
+        .into_iter()
+        .map(|(name, u)| {
+            remembered.push((name.clone(), u.state, u.validators));
+            let files = PackageFiles {
+                record: u.record,
+                releases: u.releases,
+            };
+            (name, files)
+        })
+        .collect();
     // What the catalog learns once the generation is live.
     let records: Vec<(String, FileRef)> =
         updates.iter().map(|(n, u)| (n.clone(), u.record)).collect();
@@ -506,7 +525,7 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
     let inputs = Inputs {
         prev: prev.files,
         prev_version,
-        updates: updates.clone(),
+        updates,
         index,
         upstream_names: names_p,
         upstream_state: UpstreamState {
@@ -530,8 +549,8 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
     let removed = ctx
         .db
         .call(move |c| {
-            for (name, u) in &updates {
-                db::record_package(c, name, &u.state, u.validators.as_ref())?;
+            for (name, state, validators) in &remembered {
+                db::record_package(c, name, state, validators.as_ref())?;
             }
             db::set_meta(c, "manifest_version", &published.version.to_string())?;
             if !published.signed_cache.is_empty() {
