@@ -315,6 +315,9 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     };
     init_logging(config.log_format);
+    if matches!(cli.command, Command::Sync { .. }) {
+        crate::heap::one_arena_per_core();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -44,6 +44,7 @@ pub mod config;
 pub mod fault;
 #[cfg(test)]
 mod fuzz;
+pub mod heap;
 pub mod hosted;
 pub mod import;
 pub mod index;

@@ -134,6 +134,9 @@ where
                 .collect()
         }
     };
+    // Paths are made once, as the generation names them, and moved into
+    // the map (a copy per file was 13 MB at hex.pm's size).
+    let base = format!("repos/{}", repo.name);
     // Reuse what the cache vouches for; sign the rest on every core (RSA
     // signing is ~15 ms per record at 4096 bits and was the whole cost of a
     // key change).
@@ -174,7 +177,8 @@ where
             .iter()
             .filter_map(|release| {
                 let tarball = format!("tarballs/{name}-{}.tar", release.version);
-                upstream.get(&tarball).map(|blob| (tarball, *blob))
+                let blob = upstream.get(&tarball)?;
+                Some((format!("{base}/{tarball}"), *blob))
             })
             .collect();
         Ok::<_, E>(Some((
@@ -194,7 +198,7 @@ where
         let mut files = Vec::new();
         for r in rows {
             files.push((
-                format!("tarballs/{name}-{}.tar", r.version),
+                format!("{base}/tarballs/{name}-{}.tar", r.version),
                 FileRef {
                     sha256: r.outer_sha256,
                     size: r.size,
@@ -202,7 +206,7 @@ where
             ));
             if let Some(d) = r.docs_sha256 {
                 files.push((
-                    format!("docs/{name}-{}.tar.gz", r.version),
+                    format!("{base}/docs/{name}-{}.tar.gz", r.version),
                     store.blob_ref(&d)?,
                 ));
             }
@@ -210,20 +214,24 @@ where
         built.insert((*name).to_owned(), sign(name, &record, source, files)?);
     }
 
-    let base = format!("repos/{}", repo.name);
-    let mut files = FileMap::new();
-    for (name, b) in &built {
+    // Collected, then built in one go: a map filled key by key in order
+    // leaves its nodes half empty.
+    let mut files: Vec<(String, FileRef)> =
+        Vec::with_capacity(built.values().map(|b| b.files.len() + 1).sum::<usize>() + 3);
+    let mut names = Vec::with_capacity(built.len());
+    let mut versions = Vec::with_capacity(built.len());
+    for (name, b) in built {
         new_cache.push(db::SignedCacheRow {
             repository: repo.name.clone(),
             package: name.clone(),
-            source_sha256: b.source.clone(),
+            source_sha256: b.source,
             fingerprint: fp.clone(),
             signed_sha256: sha_hex(&b.signed),
         });
-        files.insert(format!("{base}/packages/{name}"), b.signed);
-        for (path, blob) in &b.files {
-            files.insert(format!("{base}/{path}"), *blob);
-        }
+        files.push((format!("{base}/packages/{name}"), b.signed));
+        files.extend(b.files);
+        versions.push(b.versions);
+        names.push(name);
     }
     let mut updated_at: BTreeMap<String, proto::names::Timestamp> = src
         .upstream_names
@@ -242,24 +250,21 @@ where
             );
         }
     }
-    let names = index::build_names(&repo.name, built.keys().map(String::as_str), &updated_at);
-    let versions = index::build_versions(
-        &repo.name,
-        built.into_values().map(|b| b.versions).collect(),
-    );
-    files.insert(
+    let names = index::build_names(&repo.name, names.iter().map(String::as_str), &updated_at);
+    let versions = index::build_versions(&repo.name, versions);
+    files.push((
         format!("{base}/names"),
         store.put_bytes(&registry::seal_signed(names.encode_to_vec(), key))?,
-    );
-    files.insert(
+    ));
+    files.push((
         format!("{base}/versions"),
         store.put_bytes(&registry::seal_signed(versions.encode_to_vec(), key))?,
-    );
-    files.insert(
+    ));
+    files.push((
         format!("{base}/public_key"),
         store.put_bytes(key.public_key().spki_pem().as_bytes())?,
-    );
-    Ok(files)
+    ));
+    Ok(files.into_iter().collect())
 }
 
 /// The files of repository `repo` of ours that serves hosted packages only

@@ -50,6 +50,15 @@ fn read(path: &Path) -> Result<Option<Vec<u8>>, RebuildError> {
 /// Rebuilds the upstream repository's part of `catalog` from the served
 /// tree of `config.data_dir` (blocking).
 pub fn rebuild(config: &Config, catalog: &Catalog) -> Result<RebuildReport, RebuildError> {
+    rebuild_in_rounds(config, catalog, RECORDS_PER_ROUND)
+}
+
+/// [`rebuild`], `round` records at a time.
+fn rebuild_in_rounds(
+    config: &Config,
+    catalog: &Catalog,
+    round: usize,
+) -> Result<RebuildReport, RebuildError> {
     let key = &config.upstream.public_key;
     let repo = config.upstream.repository.as_str();
     let max = config.upstream.max_registry_bytes;
@@ -143,7 +152,7 @@ pub fn rebuild(config: &Config, catalog: &Catalog) -> Result<RebuildReport, Rebu
     // transaction, each committed on its own, as serve's writes go on.
     let mut put_in: std::collections::HashSet<&str> = std::collections::HashSet::new();
     let mut unread: Vec<(String, PathBuf)> = Vec::new();
-    for part in found.chunks(RECORDS_PER_ROUND) {
+    for part in found.chunks(round) {
         for ((name, path), record) in part.iter().zip(verify(part)) {
             let record = match record {
                 Ok(record) => record,
@@ -174,7 +183,7 @@ pub fn rebuild(config: &Config, catalog: &Catalog) -> Result<RebuildReport, Rebu
     tx.commit().map_err(sql)?;
     report.packages = put_in.len();
     drop(conn);
-    for part in unread.chunks(RECORDS_PER_ROUND) {
+    for part in unread.chunks(round) {
         for ((name, path), record) in part.iter().zip(verify(part)) {
             match record {
                 Ok(record) => {
@@ -261,4 +270,71 @@ fn read_tarballs(
         }
     }
     Ok(read_count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::proto::package::{Package, Release};
+    use prost::Message;
+
+    fn count(catalog: &Catalog, sql: &str) -> i64 {
+        catalog
+            .call_blocking(|c| c.query_row(sql, [], |r| r.get(0)))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_rebuild_in_rounds_puts_every_record_refuses_a_bad_one_and_drops_a_gone_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys");
+        let text = format!(
+            "data_dir = \"{}\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\npublic_key = \"{}\"\n",
+            tmp.path().join("data").display(),
+            fixtures.join("upstream.pub.pem").display()
+        );
+        let config = Config::parse(&text, &tmp.path().join("hexmirror.toml")).unwrap();
+        let key =
+            registry::SigningKey::from_pem(include_str!("../../tests/fixtures/keys/upstream.pem"))
+                .unwrap();
+        let packages = config.data_dir.join("current/packages");
+        std::fs::create_dir_all(&packages).unwrap();
+        // Seven good records over rounds of three (three rounds, the last
+        // short), and one that does not verify in the middle.
+        for i in 0..7u8 {
+            let name = format!("p{i}");
+            let record = Package {
+                name: name.clone(),
+                repository: "hexpm".into(),
+                releases: vec![Release {
+                    version: "1.0.0".into(),
+                    inner_checksum: vec![i; 32],
+                    outer_checksum: Some(vec![i; 32]),
+                    ..Release::default()
+                }],
+                ..Package::default()
+            };
+            let file = registry::seal_signed(record.encode_to_vec(), &key);
+            std::fs::write(packages.join(&name), file).unwrap();
+        }
+        std::fs::write(packages.join("p3a"), b"not a record").unwrap();
+        let catalog = Catalog::open(&config.data_dir).unwrap();
+
+        let report = rebuild_in_rounds(&config, &catalog, 3).unwrap();
+        assert_eq!(report.packages, 7, "{report:?}");
+        assert_eq!(report.refused.len(), 1, "{report:?}");
+        assert!(report.refused[0].0.ends_with("p3a"), "{report:?}");
+        assert_eq!(count(&catalog, "SELECT count(*) FROM package"), 7);
+        assert_eq!(count(&catalog, "SELECT count(*) FROM release"), 7);
+
+        // Again with one record gone: not bulk (rows exist), and it goes.
+        std::fs::remove_file(packages.join("p5")).unwrap();
+        let report = rebuild_in_rounds(&config, &catalog, 3).unwrap();
+        assert_eq!(report.packages, 6, "{report:?}");
+        assert_eq!(
+            count(&catalog, "SELECT count(*) FROM package WHERE name = 'p5'"),
+            0
+        );
+        assert_eq!(count(&catalog, "SELECT count(*) FROM release"), 6);
+    }
 }

@@ -148,7 +148,7 @@ pub(super) fn publish(
     inputs: Inputs,
     manifest_due: bool,
 ) -> Result<Published, PublishError> {
-    let upstream = upstream_files(store, &inputs, &config.upstream.public_key)?;
+    let mut upstream = upstream_files(store, &inputs, &config.upstream.public_key)?;
     // Our repositories' files, built beside the upstream's rather than into a
     // copy of them: the map holds every file of the tree.
     let mut files = FileMap::new();
@@ -183,14 +183,15 @@ pub(super) fn publish(
             hosted: &inputs.hosted,
         };
         for repo in &config.repositories {
-            files.extend(repo_files::repository_files(
-                &sources,
-                repo,
-                &mut new_cache,
-            )?);
+            let mut built = repo_files::repository_files(&sources, repo, &mut new_cache)?;
+            files.append(&mut built);
         }
     }
-    files.extend(upstream);
+    // Signing freed each record in its worker thread's arena.
+    crate::heap::release_free();
+    // `append` merges into a new, packed tree and frees the old ones as it
+    // goes; inserting key by key left half-empty nodes (~20 MB at hex.pm's size).
+    files.append(&mut upstream);
     let changed = files != inputs.prev;
     if !changed && !manifest_due {
         return Ok(Published {
