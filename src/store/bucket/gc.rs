@@ -12,7 +12,9 @@
 //! manifest yet).
 //!
 //! The proxy's file lists follow the same rules (the named one, and those
-//! written or replaced within the grace period); one that does not verify
+//! written or replaced within the grace period, a list counting as replaced
+//! when any later one was written within it, since the next by version may
+//! be an orphan the pointer never named); one that does not verify
 //! references nothing, since no reader serves it.
 //!
 //! Runs only in the process that holds the lease, and asks it ([`Fence`])
@@ -142,8 +144,7 @@ pub async fn collect(
     lists.sort_unstable_by_key(|(v, ..)| *v);
     let named = pointer.proxy.as_ref().map(|p| p.version);
     for (i, (version, k, written)) in lists.iter().enumerate() {
-        let replaced_recently = lists.get(i + 1).is_some_and(|(.., w)| young(*w));
-        if Some(*version) == named || young(*written) || replaced_recently {
+        if list_kept(&lists, i, named, &young) {
             match read_live(bucket, key, k, Kind::Proxy).await {
                 Ok((blobs, _)) => referenced.extend(blobs),
                 // Readers never serve a list that does not verify, so it
@@ -237,6 +238,26 @@ fn sort_out(
         }
     }
     (live, dead)
+}
+
+/// Whether proxy list `i` of `lists` (sorted by version) stays: named by
+/// the pointer, written within the grace period, or replaced within it.
+/// A list is replaced by whichever later list the pointer named next, which
+/// need not be the next by version (that may be an orphan), so any later
+/// young list counts. Lists are cumulative: keeping one a little longer
+/// keeps almost no blob that a newer one does not.
+fn list_kept(
+    lists: &[(u64, String, SystemTime)],
+    i: usize,
+    named: Option<u64>,
+    young: &dyn Fn(SystemTime) -> bool,
+) -> bool {
+    let Some((version, _, written)) = lists.get(i) else {
+        return false;
+    };
+    Some(*version) == named
+        || young(*written)
+        || lists[i + 1..].iter().any(|(.., later)| young(*later))
 }
 
 /// What a live object is.
@@ -342,6 +363,29 @@ mod tests {
         // Keeping three bases keeps 3 too; the delta over 1 is dead with it.
         let (live, _) = sort_out(manifests, &pointer, 3, &young);
         assert_eq!(live.len(), 3);
+    }
+
+    #[test]
+    fn a_proxy_list_replaced_recently_stays_when_an_old_orphan_lies_between() {
+        let t = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let young = |at: SystemTime| at >= t(10_000 - 3600);
+        // 1 named long ago, 2 an orphan from long ago (never named), 3
+        // named a minute ago: 1 was replaced a minute ago, by 3.
+        let lists = vec![
+            (1, super::super::proxy_key(1), t(100)),
+            (2, super::super::proxy_key(2), t(200)),
+            (3, super::super::proxy_key(3), t(10_000)),
+        ];
+        let kept: Vec<bool> = (0..3)
+            .map(|i| list_kept(&lists, i, Some(3), &young))
+            .collect();
+        assert_eq!(kept, [true, true, true]);
+        // Later, with 3 itself old: only the named one stays.
+        let young = |at: SystemTime| at >= t(20_000);
+        let kept: Vec<bool> = (0..3)
+            .map(|i| list_kept(&lists, i, Some(3), &young))
+            .collect();
+        assert_eq!(kept, [false, false, true]);
     }
 
     #[tokio::test]
