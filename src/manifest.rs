@@ -828,7 +828,7 @@ where
             found: envelope.signatures.into_iter().map(|s| s.keyid).collect(),
         });
     }
-    let canonical = canonical_bytes(&envelope.signed);
+    let canonical = signed_bytes(file, &envelope.signed);
     // Other keys may co-sign (TUF allows several); ours must have one good signature.
     let verified = mine.iter().any(|entry| {
         let Ok(raw) = STANDARD.decode(&entry.sig) else {
@@ -844,6 +844,53 @@ where
         return Err(ManifestError::BadSignature { keyid });
     }
     Ok(envelope.signed)
+}
+
+/// The bytes a signature over `signed` must cover: its canonical form. That
+/// is the file's own `signed` bytes whenever they are exactly that form
+/// (every file [`sign_envelope`] and [`write_signed_ref`] write), which is
+/// checked without a copy; otherwise a canonical copy. The copy was 75 MB
+/// at hex.pm's size, beside the file and the parsed manifest.
+fn signed_bytes<'f, T: Serialize>(file: &'f [u8], signed: &T) -> std::borrow::Cow<'f, [u8]> {
+    if let Some(raw) = raw_signed(file) {
+        let mut same = SameAs {
+            rest: raw,
+            equal: true,
+        };
+        if serde_json::to_writer(&mut same, signed).is_ok() && same.equal && same.rest.is_empty() {
+            return std::borrow::Cow::Borrowed(raw);
+        }
+    }
+    std::borrow::Cow::Owned(canonical_bytes(signed))
+}
+
+/// The `signed` value's bytes where [`sign_envelope`] puts them, if the
+/// file is laid out so. Never trusted as such: [`signed_bytes`] compares
+/// them with the canonical form first.
+fn raw_signed(file: &[u8]) -> Option<&[u8]> {
+    const CLOSE: &[u8] = b",\"signatures\":[";
+    let rest = file.strip_prefix(ENVELOPE_HEAD)?;
+    let end = rest.windows(CLOSE.len()).rposition(|w| w == CLOSE)?;
+    Some(&rest[..end])
+}
+
+/// A writer that checks what is written against `rest`, byte for byte.
+struct SameAs<'a> {
+    rest: &'a [u8],
+    equal: bool,
+}
+
+impl std::io::Write for SameAs<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.rest.strip_prefix(buf) {
+            Some(rest) if self.equal => self.rest = rest,
+            _ => self.equal = false,
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Refuses paths that could leave the tree or alias another entry, and
@@ -1498,6 +1545,37 @@ mod tests {
             "{err}"
         );
         assert!(!String::from_utf8_lossy(&file).contains("signatures"));
+    }
+
+    #[test]
+    fn the_signature_is_checked_over_the_files_own_bytes_only_when_they_are_canonical() {
+        let key = fixed_key();
+        let m = sample();
+        let file = sign(&m, &key);
+        // Our own layout: the signed bytes are borrowed from the file.
+        assert!(matches!(
+            signed_bytes(&file, &m),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        // The same value pretty-printed (an operator's `jq .`): a copy in
+        // canonical form, and the signature still holds.
+        let pretty =
+            serde_json::to_vec_pretty(&serde_json::from_slice::<serde_json::Value>(&file).unwrap())
+                .unwrap();
+        let raw = raw_signed(&pretty);
+        assert!(raw.is_none_or(|r| r != canonical_bytes(&m).as_slice()));
+        assert!(matches!(
+            signed_bytes(&pretty, &m),
+            std::borrow::Cow::Owned(_)
+        ));
+        assert_eq!(check(&pretty, &key.public(), SIGNED_AT, None).unwrap(), m);
+        // Bytes that are canonical for another value never stand in for it.
+        let mut other = m.clone();
+        other.version += 1;
+        assert!(matches!(
+            signed_bytes(&file, &other),
+            std::borrow::Cow::Owned(_)
+        ));
     }
 
     #[test]
