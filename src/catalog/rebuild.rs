@@ -128,6 +128,26 @@ fn rebuild_in_rounds(
                 .map_err(|e| e.to_string())
         })
     };
+    // Two passes, a round of records at a time, so memory holds one round of
+    // decoded records rather than every one (at hex.pm's size, all of them
+    // were the peak of a first sync). The first reads the tarballs the
+    // catalog has no metadata for, each committed on its own, outside the
+    // transaction (minutes for a lost catalog, while serve's writes go on);
+    // an interrupted rebuild leaves only facts about tarballs, and the
+    // package rows are still absent, so the next one starts again. The
+    // second puts the records in one transaction. Verifying a record twice
+    // costs ~2 CPU-s at hex.pm's size.
+    for part in found.chunks(round) {
+        for ((name, path), record) in part.iter().zip(verify(part)) {
+            match record {
+                Ok(record) => {
+                    report.tarballs +=
+                        read_tarballs(catalog, &roots, &known, name, &record, &mut report.refused)?;
+                }
+                Err(why) => report.refused.push((path.display().to_string(), why)),
+            }
+        }
+    }
     let now = crate::clock::unix_now();
     let mut conn = catalog.lock();
     let sql = |source| RebuildError::Catalog(catalog.sqlite_error(source));
@@ -144,26 +164,19 @@ fn rebuild_in_rounds(
     if bulk {
         tx.execute_batch(super::DROP_PACKAGE_INDEXES).map_err(sql)?;
     }
-    // A round of records at a time, so memory holds one round of decoded
-    // records rather than every one (at hex.pm's size, all of them were the
-    // peak of a first sync). Records with tarballs the catalog has no
-    // metadata for are read again after the commit, for their tarballs:
-    // reading those (minutes for a lost catalog) happens outside the
-    // transaction, each committed on its own, as serve's writes go on.
     let mut put_in: std::collections::HashSet<&str> = std::collections::HashSet::new();
-    let mut unread: Vec<(String, PathBuf)> = Vec::new();
     for part in found.chunks(round) {
         for ((name, path), record) in part.iter().zip(verify(part)) {
             let record = match record {
                 Ok(record) => record,
+                // Refused in the first pass already, or changed since.
                 Err(why) => {
-                    report.refused.push((path.display().to_string(), why));
+                    if !report.refused.iter().any(|(p, _)| Path::new(p) == path) {
+                        report.refused.push((path.display().to_string(), why));
+                    }
                     continue;
                 }
             };
-            if !unknown_tarballs(&roots, &known, name, &record).is_empty() {
-                unread.push((name.clone(), path.clone()));
-            }
             let entry = Entry {
                 origin: super::Origin::Mirrored,
                 repository: repo,
@@ -182,19 +195,6 @@ fn rebuild_in_rounds(
     }
     tx.commit().map_err(sql)?;
     report.packages = put_in.len();
-    drop(conn);
-    for part in unread.chunks(round) {
-        for ((name, path), record) in part.iter().zip(verify(part)) {
-            match record {
-                Ok(record) => {
-                    report.tarballs +=
-                        read_tarballs(catalog, &roots, &known, name, &record, &mut report.refused)?;
-                }
-                // Changed since it went in: the next rebuild sees it.
-                Err(why) => report.refused.push((path.display().to_string(), why)),
-            }
-        }
-    }
     Ok(report)
 }
 

@@ -198,8 +198,11 @@ fn deflate_all(z: &mut flate2::Compress, bytes: &[u8], out: &mut Vec<u8>) -> boo
         }
         let read = usize::try_from(z.total_in()).unwrap_or(usize::MAX);
         let rest = bytes.get(read..).unwrap_or_default();
+        let before = (z.total_in(), z.total_out());
         match z.compress_vec(rest, out, flate2::FlushCompress::Finish) {
             Ok(flate2::Status::StreamEnd) => return true,
+            // Room was made above: a call that moves nothing never will.
+            Ok(_) if (z.total_in(), z.total_out()) == before => return false,
             Ok(_) => {}
             Err(_) => return false,
         }

@@ -148,6 +148,9 @@ pub(super) fn publish(
     inputs: Inputs,
     manifest_due: bool,
 ) -> Result<Published, PublishError> {
+    // What the fetch phase freed, in as many arenas as it had threads,
+    // goes back to the system before the live heap peaks here.
+    crate::heap::release_free();
     let mut upstream = upstream_files(store, &inputs, &config.upstream.public_key)?;
     // Our repositories' files, built beside the upstream's rather than into a
     // copy of them: the map holds every file of the tree.
@@ -189,8 +192,9 @@ pub(super) fn publish(
     }
     // Signing freed each record in its worker thread's arena.
     crate::heap::release_free();
-    // `append` merges into a new, packed tree and frees the old ones as it
-    // goes; inserting key by key left half-empty nodes (~20 MB at hex.pm's size).
+    // With both non-empty, `append` merges into a new, packed tree and frees
+    // the old ones as it goes; inserting key by key left half-empty nodes
+    // (~20 MB at hex.pm's size).
     files.append(&mut upstream);
     let changed = files != inputs.prev;
     if !changed && !manifest_due {

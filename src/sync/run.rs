@@ -471,7 +471,6 @@ async fn sync(ctx: &Ctx, config: &Config, progress: &Progress) -> Result<Summary
     // peaks (25 MB at hex.pm's size).
     drop(remote);
     drop(versions_p);
-    crate::heap::release_free();
     // Publication needs each updated package's files; the database, once
     // the generation is live, its state and validators. Split, not cloned:
     // a clone was 37 MB at hex.pm's size, alive through publication.
