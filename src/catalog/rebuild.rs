@@ -205,36 +205,6 @@ type Known = std::collections::HashSet<[u8; 32]>;
 /// core busy, few enough that memory does not grow with the mirror.
 const RECORDS_PER_ROUND: usize = 512;
 
-/// The releases of `record` whose tarball is served and whose metadata the
-/// catalog lacks: each with its checksums, hex outer checksum and path.
-fn unknown_tarballs<'r>(
-    roots: &[PathBuf],
-    known: &Known,
-    name: &str,
-    record: &'r registry::proto::package::Package,
-) -> Vec<(
-    &'r registry::proto::package::Release,
-    crate::upstream::release::Sums,
-    String,
-    String,
-)> {
-    record
-        .releases
-        .iter()
-        .filter_map(|release| {
-            let sums = crate::upstream::release::Sums::of(release)?;
-            if known.contains(&sums.outer) {
-                return None;
-            }
-            let file = format!("tarballs/{name}-{}.tar", release.version);
-            roots.iter().any(|r| r.join(&file).is_file()).then(|| {
-                let sha = hex::encode(sums.outer);
-                (release, sums, sha, file)
-            })
-        })
-        .collect()
-}
-
 /// Reads and verifies the tarballs of `record` whose metadata the catalog
 /// lacks, and records their metadata; returns how many were read.
 fn read_tarballs(
@@ -247,7 +217,14 @@ fn read_tarballs(
 ) -> Result<usize, RebuildError> {
     let limits = crate::tarball::Limits::default();
     let mut read_count = 0;
-    for (release, sums, sha, file) in unknown_tarballs(roots, known, name, record) {
+    for release in &record.releases {
+        let Some(sums) = crate::upstream::release::Sums::of(release) else {
+            continue;
+        };
+        if known.contains(&sums.outer) {
+            continue;
+        }
+        let file = format!("tarballs/{name}-{}.tar", release.version);
         let Some(tarball) = roots
             .iter()
             .find_map(|r| read(&r.join(&file)).transpose())
@@ -263,6 +240,7 @@ fn read_tarballs(
         };
         match crate::tarball::verify(&tarball, &expected, &limits) {
             Ok(v) => {
+                let sha = hex::encode(sums.outer);
                 catalog.call_blocking(|c| put_tarball_meta(c, &sha, &v.metadata))?;
                 read_count += 1;
             }
