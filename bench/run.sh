@@ -499,19 +499,34 @@ name = \"hexpm\""
     echo "small: /packages/$SMALL ($SMALL_SIZE bytes); mid: /tarballs/$MID ($MID_SIZE bytes)" | raw
     record "$SCALE" serve small_bytes file "$SMALL_SIZE"
     record "$SCALE" serve mid_bytes file "$MID_SIZE"
-    # wrk_one PORT PATH CONNS WRK_CPUS -> "rps p50_ms p99_ms errors"
+    # cpu_ticks PID -> user+system clock ticks of PID (all its threads) and
+    # its child processes (nginx's workers)
+    cpu_ticks() {
+      local p t=0
+      for p in "$1" $(pgrep -P "$1"); do
+        t=$((t + $(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+      done
+      echo "$t"
+    }
+    HZ=$(getconf CLK_TCK)
+    # wrk_one PORT PATH CONNS WRK_CPUS SERVER_PID ->
+    #   "rps p50_ms p99_ms errors server_cpu_s_per_million_requests"
     wrk_one() {
-      local t out
+      local t out before after
       t=$(taskset -c "$4" nproc)
       [ "$3" -lt "$t" ] && t=$3
+      before=$(cpu_ticks "$5")
       out=$(timeout $((WRK_SECS + 30)) taskset -c "$4" wrk -t"$t" -c"$3" -d"${WRK_SECS}s" --latency "http://127.0.0.1:$1$2" 2>&1)
+      after=$(cpu_ticks "$5")
       echo "$out" | raw
-      awk '
+      echo "server CPU: $(( after - before )) ticks at $HZ Hz" | raw
+      awk -v ticks=$(( after - before )) -v hz="$HZ" '
         function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /m$/) return v*60000; if (v ~ /s$/) return v*1000; return v }
         /Requests\/sec/ {rps=$2}
+        / requests in / {n=$1}
         /^ +50%/ {p50=ms($2)} /^ +99%/ {p99=ms($2)}
         /Non-2xx|Socket errors/ {err=err $0 ";"}
-        END {printf "%s %s %s %s\n", rps, p50, p99, (err==""?"none":"yes")}' <<<"$out"
+        END {printf "%s %s %s %s %s\n", rps, p50, p99, (err==""?"none":"yes"), (n > 0 ? sprintf("%.2f", ticks / hz / n * 1e6) : "")}' <<<"$out"
     }
     for cores in $SERVE_CORES; do
       [ "$cores" -lt "$NPROC" ] || { log "skipped: serving on $cores cores needs more than $NPROC"; continue; }
@@ -530,14 +545,15 @@ name = \"hexpm\""
       for kind in small mid; do
         if [ $kind = small ]; then path=/packages/$SMALL; else path=/tarballs/$MID; fi
         for conns in $WRK_CONNS; do
-          declare -A rps=() p50=() p99=()
+          declare -A rps=() p50=() p99=() cpu=()
           for r in $(seq "$RUNS"); do
             for target in hexmirror nginx; do
-              port=$PORT_HM; [ $target = nginx ] && port=$PORT_NG2
+              port=$PORT_HM; pid=$SERVE_PID
+              [ $target = nginx ] && { port=$PORT_NG2; pid=$NG_PID; }
               echo "-- wrk $target $kind c=$conns cores=$cores run $r" | raw
-              read -r a b c e < <(wrk_one "$port" "$path" "$conns" "$WRK_CPUS")
+              read -r a b c e m < <(wrk_one "$port" "$path" "$conns" "$WRK_CPUS" "$pid")
               [ "$e" = none ] || log "WARNING: wrk reported errors for $target $kind c=$conns cores=$cores"
-              rps[$target]+="$a "; p50[$target]+="$b "; p99[$target]+="$c "
+              rps[$target]+="$a "; p50[$target]+="$b "; p99[$target]+="$c "; cpu[$target]+="$m "
             done
           done
           for target in hexmirror nginx; do
@@ -545,6 +561,7 @@ name = \"hexpm\""
             record "$SCALE" "$sec" rps "$target" "$(printf '%s\n' ${rps[$target]} | median)"
             record "$SCALE" "$sec" p50_ms "$target" "$(printf '%s\n' ${p50[$target]} | median)"
             record "$SCALE" "$sec" p99_ms "$target" "$(printf '%s\n' ${p99[$target]} | median)"
+            record "$SCALE" "$sec" cpu_s_per_mreq "$target" "$(printf '%s\n' ${cpu[$target]} | median)"
           done
         done
       done
@@ -812,15 +829,16 @@ report() {
         if (g(s, "serve", "small_bytes", "file") == "") continue
         printf "\n### Serving at scale %s (pinned: server on cores 0..C-1, wrk on the others; median of %s runs; small = /packages/NAME, %s bytes; mid = a tarball, %s bytes)\n\n", s, runs,
           g(s, "serve", "small_bytes", "file"), g(s, "serve", "mid_bytes", "file")
-        print "| server cores | file | conns | req/s hexmirror | req/s nginx | **hexmirror / nginx** | p50 ms hm / nginx | p99 ms hm / nginx |"
-        print "|---|---|---|---|---|---|---|---|"
+        print "| server cores | file | conns | req/s hexmirror | req/s nginx | **hexmirror / nginx** | p50 ms hm / nginx | p99 ms hm / nginx | server CPU-s per million requests hm / nginx |"
+        print "|---|---|---|---|---|---|---|---|---|"
         split("small mid", ks, " ")
         for (q = 1; q <= nk; q++) for (k = 1; k <= 2; k++) for (c = 1; c <= nc; c++) {
           sec = "serve-" ks[k] "-c" cs[c] "-s" ks2[q]
           h = g(s, sec, "rps", "hexmirror"); n1 = g(s, sec, "rps", "nginx")
           if (h == "") continue
-          printf "| %s | %s | %s | %.0f | %.0f | **%s** | %s / %s | %s / %s |\n", ks2[q], ks[k], cs[c], h, n1, r(h, n1),
-            f2(g(s,sec,"p50_ms","hexmirror")), f2(g(s,sec,"p50_ms","nginx")), f2(g(s,sec,"p99_ms","hexmirror")), f2(g(s,sec,"p99_ms","nginx"))
+          printf "| %s | %s | %s | %.0f | %.0f | **%s** | %s / %s | %s / %s | %s / %s |\n", ks2[q], ks[k], cs[c], h, n1, r(h, n1),
+            f2(g(s,sec,"p50_ms","hexmirror")), f2(g(s,sec,"p50_ms","nginx")), f2(g(s,sec,"p99_ms","hexmirror")), f2(g(s,sec,"p99_ms","nginx")),
+            g(s,sec,"cpu_s_per_mreq","hexmirror"), g(s,sec,"cpu_s_per_mreq","nginx")
         }
         if (nk > 1) {
           lo = ks2[1]; hi = ks2[nk]

@@ -86,6 +86,7 @@ struct RawConfig {
 struct RawServer {
     max_connections: Option<usize>,
     header_timeout_secs: Option<u64>,
+    workers: Option<usize>,
     count_downloads: Option<bool>,
     cache_mb: Option<u64>,
     ui: Option<bool>,
@@ -223,12 +224,25 @@ pub struct ServerConfig {
     /// it ends slow or silent clients and idle keep-alive connections. No
     /// limit applies to a request's body (uploads reach 16 MiB) or response.
     pub header_timeout: Duration,
+    /// Connection worker threads; 0: one per core the process may run on.
+    pub workers: usize,
     /// Count tarball downloads (in memory, written to the catalog in batches).
     pub count_downloads: bool,
     /// Bytes of small files kept in memory per served generation (0: none).
     pub cache_bytes: u64,
     /// Where the web UI is served (`/ui` by default); `None`: no UI.
     pub ui_prefix: Option<String>,
+}
+
+impl ServerConfig {
+    /// The connection workers to start: `workers`, or with 0 one per core
+    /// this process may run on (its CPU affinity, so `taskset` counts).
+    pub fn workers_or_cores(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 /// Top-level names the served tree and the daemon already answer: a UI
@@ -618,6 +632,13 @@ impl Config {
                 format!("{header_timeout_secs} is outside 1..=3600 (seconds)"),
             ));
         }
+        let workers = raw.server.workers.unwrap_or(0);
+        if workers > 1024 {
+            return Err(invalid(
+                "server.workers",
+                format!("{workers} is above 1024; 0 (the default) starts one per core"),
+            ));
+        }
         let cache_mb = raw.server.cache_mb.unwrap_or(256);
         if cache_mb > 1 << 20 {
             return Err(invalid(
@@ -629,6 +650,7 @@ impl Config {
             max_connections,
             cache_bytes: cache_mb << 20,
             header_timeout: Duration::from_secs(header_timeout_secs),
+            workers,
             count_downloads: raw.server.count_downloads.unwrap_or(true),
             ui_prefix: match raw.server.ui {
                 Some(false) => None,
@@ -965,6 +987,7 @@ mod tests {
             ("[mirror]\npackages = [\"Bad\"]", "`mirror.packages`"),
             ("[mirror]\nconcurrency = 0", "`mirror.concurrency`"),
             ("[server]\nmax_connections = 0", "`server.max_connections`"),
+            ("[server]\nworkers = 5000", "`server.workers`"),
             (
                 "[upstream]\nmax_registry_mb = 0",
                 "`upstream.max_registry_mb`",

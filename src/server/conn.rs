@@ -4,10 +4,21 @@
 //!
 //! `axum::serve` has neither a cap nor timeouts; without them one client
 //! that opens connections and sends nothing holds file descriptors forever.
+//!
+//! Accepted connections are handed to connection workers: one thread each,
+//! running its own single-threaded tokio runtime, like nginx's worker
+//! processes. On tokio's multi-threaded scheduler a worker's local run queue
+//! holds 256 tasks and the rest overflow to a global queue it checks only
+//! now and then, so with hundreds of busy connections per core some were
+//! answered again and again while others waited: p99 at 512 connections was
+//! 4-5x nginx's. A single-threaded runtime's queue has no such limit and
+//! serves its connections in turn.
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -17,7 +28,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tower::ServiceExt;
 
 /// How long open connections get to finish after shutdown is asked for.
@@ -31,6 +42,8 @@ pub struct Limits {
     /// Time allowed for a complete request header, from the connection's
     /// start or the end of its previous response.
     pub header_timeout: Duration,
+    /// Connection worker threads (at least one).
+    pub workers: usize,
 }
 
 impl From<&crate::config::ServerConfig> for Limits {
@@ -38,29 +51,25 @@ impl From<&crate::config::ServerConfig> for Limits {
         Self {
             max_connections: c.max_connections,
             header_timeout: c.header_timeout,
+            workers: c.workers_or_cores(),
         }
     }
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then drains
-/// open connections (for at most [`DRAIN`]).
+/// open connections (for at most [`DRAIN`]) and joins the workers.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    let workers = (0..limits.workers.max(1))
+        .map(|i| Worker::start(i, router.clone(), limits.header_timeout))
+        .collect::<io::Result<Vec<_>>>()?;
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper starts this timer whenever it waits for a request head, so it
-    // also closes keep-alive connections that stay idle.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
-    let builder = Arc::new(builder);
     tokio::pin!(shutdown);
+    let mut next = 0;
     loop {
         // At the cap, stop accepting: new connections wait in the backlog.
         let permit = match Arc::clone(&permits).try_acquire_owned() {
@@ -92,11 +101,131 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // The stream leaves this runtime's reactor for the worker's.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, "cannot hand the connection to a worker: {e}");
+                continue;
+            }
+        };
+        next = least_busy(&workers, next);
+        workers[next].hand(Accepted {
+            stream,
+            peer,
+            permit,
+        });
+    }
+    drop(listener);
+    // Closing the hand-over channels starts each worker's drain.
+    let done: Vec<_> = workers.into_iter().map(Worker::stop).collect();
+    for d in done {
+        let _ = d.await;
+    }
+    Ok(())
+}
+
+/// The worker with the fewest open connections, searching from the one
+/// after `last` so that ties rotate.
+fn least_busy(workers: &[Worker], last: usize) -> usize {
+    let n = workers.len();
+    (1..=n)
+        .map(|k| (last + k) % n)
+        .min_by_key(|&i| workers[i].open.load(Ordering::Relaxed))
+        .unwrap_or(0)
+}
+
+/// A connection on its way from the accept loop to a worker.
+struct Accepted {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+}
+
+/// A connection worker: a thread with a single-threaded runtime that serves
+/// the connections handed to it.
+struct Worker {
+    handoff: mpsc::UnboundedSender<Accepted>,
+    open: Arc<AtomicUsize>,
+    done: oneshot::Receiver<()>,
+}
+
+impl Worker {
+    fn start(index: usize, router: Router, header_timeout: Duration) -> io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (handoff, inbox) = mpsc::unbounded_channel();
+        let (finished, done) = oneshot::channel();
+        let open = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&open);
+        std::thread::Builder::new()
+            .name(format!("hexmirror-conn-{index}"))
+            .spawn(move || {
+                runtime.block_on(run_worker(inbox, router, header_timeout, counted));
+                // Dropping the runtime waits for its blocking tasks (a
+                // publish in progress, say) to return.
+                drop(runtime);
+                let _ = finished.send(());
+            })?;
+        Ok(Self {
+            handoff,
+            open,
+            done,
+        })
+    }
+
+    fn hand(&self, accepted: Accepted) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        if let Err(lost) = self.handoff.send(accepted) {
+            // Only when the worker's thread is gone (it panicked): the
+            // connection is closed as it drops.
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!(peer = %lost.0.peer, "connection worker gone; connection closed");
+        }
+    }
+
+    fn stop(self) -> oneshot::Receiver<()> {
+        self.done
+    }
+}
+
+/// A worker's loop: serves each handed connection until the accept loop
+/// closes the channel, then drains its connections for at most [`DRAIN`].
+async fn run_worker(
+    mut inbox: mpsc::UnboundedReceiver<Accepted>,
+    router: Router,
+    header_timeout: Duration,
+    open: Arc<AtomicUsize>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper starts this timer whenever it waits for a request head, so it
+    // also closes keep-alive connections that stay idle.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let builder = Arc::new(builder);
+    while let Some(Accepted {
+        stream,
+        peer,
+        permit,
+    }) = inbox.recv().await
+    {
+        let open = OpenGuard(Arc::clone(&open));
+        let stream = match TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, "cannot take over the connection: {e}");
+                continue;
+            }
+        };
         let watcher = graceful.watcher();
         let (builder, router) = (Arc::clone(&builder), router.clone());
         tokio::spawn(async move {
-            let _permit = permit;
-            if !first_bytes_in_time(&stream, limits.header_timeout).await {
+            let (_permit, _open) = (permit, open);
+            if !first_bytes_in_time(&stream, header_timeout).await {
                 return;
             }
             // The peer address feeds the API's failed-authentication limiter.
@@ -114,14 +243,21 @@ pub async fn serve(
             }
         });
     }
-    drop(listener);
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(DRAIN) => {
             tracing::warn!(secs = DRAIN.as_secs(), "connections still open after the drain period; closing them");
         }
     }
-    Ok(())
+}
+
+/// Counts a connection as open on its worker until it ends.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Sets Nagle off and waits for the client's first bytes. hyper's own
@@ -160,14 +296,21 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn start(limits: Limits) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-        let listener = TcpListener::bind(loopback()).await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let router = Router::new().route(
             "/",
             axum::routing::get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
                 peer.ip().to_string()
             }),
         );
+        start_with(limits, router).await
+    }
+
+    async fn start_with(
+        limits: Limits,
+        router: Router,
+    ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = TcpListener::bind(loopback()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(serve(listener, router, limits, async {
             let _ = rx.await;
@@ -200,6 +343,7 @@ mod tests {
         let limits = Limits {
             max_connections: 2,
             header_timeout: Duration::from_millis(300),
+            workers: 2,
         };
         let (addr, _stop) = start(limits).await;
         // A client that connects and sends nothing is closed.
@@ -251,11 +395,68 @@ mod tests {
         assert!(accepted.nodelay().unwrap());
     }
 
+    /// Regression: on tokio's multi-threaded scheduler, hundreds of busy
+    /// connections per core overflowed the worker's local queue and some
+    /// waited far longer than others (p99 at 512 connections 4-5x nginx's).
+    /// Requests run on single-threaded worker runtimes, and connections
+    /// go to the least busy worker.
+    #[tokio::test]
+    async fn connections_are_spread_over_single_threaded_workers() {
+        let limits = Limits {
+            max_connections: 16,
+            header_timeout: Duration::from_secs(5),
+            workers: 2,
+        };
+        let router = Router::new().route(
+            "/",
+            axum::routing::get(|| async {
+                let flavor = tokio::runtime::Handle::current().runtime_flavor();
+                let thread = std::thread::current().name().unwrap_or("").to_owned();
+                format!("{thread} {flavor:?}")
+            }),
+        );
+        let (addr, _stop) = start_with(limits, router).await;
+        let mut streams = Vec::new();
+        let mut served_by = Vec::new();
+        // Four connections open at once: two for each worker.
+        for _ in 0..4 {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 512];
+            while !got.ends_with(b"Thread") {
+                let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                    .await
+                    .expect("response in time")
+                    .unwrap();
+                assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+            let text = String::from_utf8(got).unwrap();
+            let body = text.rsplit("\r\n").next().unwrap().to_owned();
+            served_by.push(body);
+            streams.push(s);
+        }
+        served_by.sort();
+        assert_eq!(
+            served_by,
+            [
+                "hexmirror-conn-0 CurrentThread",
+                "hexmirror-conn-0 CurrentThread",
+                "hexmirror-conn-1 CurrentThread",
+                "hexmirror-conn-1 CurrentThread",
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn shutdown_stops_accepting_and_finishes() {
         let limits = Limits {
             max_connections: 8,
             header_timeout: Duration::from_secs(5),
+            workers: 2,
         };
         let listener = TcpListener::bind(loopback()).await.unwrap();
         let addr = listener.local_addr().unwrap();

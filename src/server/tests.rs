@@ -549,6 +549,7 @@ async fn real_socket_round_trip() {
     let limits = Limits {
         max_connections: 64,
         header_timeout: std::time::Duration::from_secs(30),
+        workers: 1,
     };
     let server = tokio::spawn(run(
         listener,
