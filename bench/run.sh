@@ -52,7 +52,8 @@
 # NETEM_SCALE (first of SCALES), RESIGN (1), SERVE (1),
 # MUTATE (0.01), WORK (scratch dir, default /tmp/hexmirror-bench; needs about
 # 4x the upstream size, ~10 GB per 1.0 of scale), PORT_BASE (18400), SEED (42),
-# KEEP (0; 1 keeps the generated upstreams in WORK), PUBLISH (1; 0 to skip),
+# KEEP (0; 1 keeps the generated upstreams in WORK), REUSE_UPSTREAM (0; 1 uses an
+# upstream already in WORK/upstream-SCALE, e.g. one kept with KEEP=1), PUBLISH (1; 0 to skip),
 # PUBLISH_N (40), PUBLISH_SCALES (last of SCALES), PUBLISH_KEY (RSA private key PEM,
 # default tests/fixtures/keys/other.pem, 2048 bits), ONLY (sections to run, from
 # "full incremental resign serve netem publish"; default all; incremental, resign
@@ -406,11 +407,15 @@ netns_setup() {
 for SCALE in $SCALES; do
   log "=== scale $SCALE"
   UP=$WORK/upstream-$SCALE
-  rm -rf "$UP"
-  read -r w c rss rc < <(timed "$WORK/gen-$SCALE" timeout 3600 "$GEN" --scale "$SCALE" --out "$UP" --key "$UPKEY" --repo hexpm --seed "$SEED")
-  cat "$WORK/gen-$SCALE.stderr" | raw
-  [ "$rc" = 0 ] || { log "generator failed"; exit 1; }
-  record "$SCALE" gen wall_s gen_upstream "$w"
+  if [ "${REUSE_UPSTREAM:-0}" = 1 ] && [ -f "$UP/names" ]; then
+    log "reusing the upstream in $UP (REUSE_UPSTREAM=1)"
+  else
+    rm -rf "$UP"
+    read -r w c rss rc < <(timed "$WORK/gen-$SCALE" timeout 3600 "$GEN" --scale "$SCALE" --out "$UP" --key "$UPKEY" --repo hexpm --seed "$SEED")
+    cat "$WORK/gen-$SCALE.stderr" | raw
+    [ "$rc" = 0 ] || { log "generator failed"; exit 1; }
+    record "$SCALE" gen wall_s gen_upstream "$w"
+  fi
   LIST=$WORK/files-$SCALE.txt
   (cd "$UP" && { echo names; echo versions; find packages tarballs -type f | sort; }) >"$LIST"
   record "$SCALE" gen files upstream "$(wc -l <"$LIST")"

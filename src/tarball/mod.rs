@@ -304,11 +304,11 @@ fn inspect_unsized(
             found: String::from_utf8_lossy(&members.version).into_owned(),
         });
     }
-    let recorded = parse_checksum_member(&members.checksum)?;
+    let recorded = parse_checksum_member(members.checksum)?;
     let inner: [u8; 32] = Sha256::new()
-        .chain_update(&members.version)
-        .chain_update(&members.metadata)
-        .chain_update(&members.contents)
+        .chain_update(members.version)
+        .chain_update(members.metadata)
+        .chain_update(members.contents)
         .finalize()
         .into();
     if inner != recorded {
@@ -317,10 +317,10 @@ fn inspect_unsized(
             recorded,
         });
     }
-    let terms = terms::parse_consult(&members.metadata)
+    let terms = terms::parse_consult(members.metadata)
         .map_err(|source| TarballError::MetadataSyntax { source })?;
     let metadata = metadata::extract(terms).map_err(|source| TarballError::Metadata { source })?;
-    check_contents(&members.contents, limits.max_uncompressed)?;
+    check_contents(members.contents, limits.max_uncompressed)?;
     Ok(Verified {
         inner_checksum: inner,
         outer_checksum: outer,
@@ -346,26 +346,47 @@ fn parse_checksum_member(text: &[u8]) -> Result<[u8; 32], TarballError> {
     }
 }
 
-struct Members {
-    version: Vec<u8>,
-    checksum: Vec<u8>,
-    metadata: Vec<u8>,
-    contents: Vec<u8>,
+/// The four members, borrowed from the tarball: a member's data is one
+/// contiguous run of the archive, so nothing is copied.
+struct Members<'a> {
+    version: &'a [u8],
+    checksum: &'a [u8],
+    metadata: &'a [u8],
+    contents: &'a [u8],
 }
 
-fn read_outer(tarball: &[u8], limits: &Limits) -> Result<Members, TarballError> {
+fn read_outer<'a>(tarball: &'a [u8], limits: &Limits) -> Result<Members<'a>, TarballError> {
     let outer_err = |source| TarballError::OuterTar { source };
     let mut archive = tar::Archive::new(Cursor::new(tarball));
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
-    let mut found: [Option<Vec<u8>>; 4] = [None, None, None, None];
+    let mut found: [Option<&[u8]>; 4] = [None, None, None, None];
     let wanted: [(&'static str, u64); 4] = [
         (VERSION, MAX_VERSION),
         (CHECKSUM, MAX_CHECKSUM),
         (METADATA, limits.max_metadata),
         (CONTENTS, limits.max_tarball),
     ];
-    for entry in archive.entries().map_err(outer_err)? {
-        let mut entry = entry.map_err(outer_err)?;
+    // Seeking over each member's data instead of reading it through.
+    for entry in archive.entries_with_seek().map_err(outer_err)? {
+        let entry = entry.map_err(outer_err)?;
+        // Every member's data must lie inside the archive: a size field
+        // that runs past the end is a truncated or lying archive.
+        let start = entry.raw_file_position();
+        let size = entry.size();
+        let data = usize::try_from(start)
+            .ok()
+            .zip(usize::try_from(size).ok())
+            .and_then(|(start, size)| tarball.get(start..start.checked_add(size)?))
+            .ok_or_else(|| {
+                outer_err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "member `{}` claims {size} bytes at offset {start}, past the archive's end ({} bytes)",
+                        String::from_utf8_lossy(&entry.path_bytes()),
+                        tarball.len()
+                    ),
+                ))
+            })?;
         let name = entry.path_bytes().into_owned();
         if !seen.insert(name.clone()) {
             return Err(TarballError::DuplicateMember {
@@ -387,7 +408,6 @@ fn read_outer(tarball: &[u8], limits: &Limits) -> Result<Members, TarballError> 
                 kind: kind_name(kind),
             });
         }
-        let size = entry.size();
         if size > limit {
             return Err(TarballError::MemberTooLarge {
                 name: member,
@@ -395,16 +415,10 @@ fn read_outer(tarball: &[u8], limits: &Limits) -> Result<Members, TarballError> 
                 limit,
             });
         }
-        let mut data = Vec::new();
-        // `take` guards against a size field that disagrees with the data.
-        (&mut entry)
-            .take(limit)
-            .read_to_end(&mut data)
-            .map_err(outer_err)?;
         *slot = Some(data);
     }
     let [version, checksum, metadata, contents] = found;
-    let take = |data: Option<Vec<u8>>, name| data.ok_or(TarballError::MissingMember { name });
+    let take = |data: Option<&'a [u8]>, name| data.ok_or(TarballError::MissingMember { name });
     Ok(Members {
         version: take(version, VERSION)?,
         checksum: take(checksum, CHECKSUM)?,
@@ -1295,6 +1309,51 @@ mod tests {
             matches!(err, TarballError::PathThroughSymlink { .. }),
             "{err}"
         );
+    }
+
+    /// Where `name`'s data starts and how long it is in the outer tar.
+    fn member_span(tarball: &[u8], name: &str) -> (usize, usize) {
+        let mut archive = tar::Archive::new(Cursor::new(tarball));
+        let entry = archive
+            .entries()
+            .unwrap()
+            .map(Result::unwrap)
+            .find(|e| e.path_bytes().as_ref() == name.as_bytes())
+            .unwrap();
+        (entry.raw_file_position() as usize, entry.size() as usize)
+    }
+
+    /// Members are borrowed from the tarball by offset and size, not read
+    /// through: a tarball cut inside any member's data, a member we use or
+    /// one we skip, is refused as a truncated outer tar.
+    #[test]
+    fn tarball_cut_inside_a_member_is_refused() {
+        let pkg = || Pkg {
+            extra: vec![("future_member", vec![b'x'; 2000])],
+            ..Pkg::default()
+        };
+        let tarball = build(&pkg());
+        assert!(check(pkg()).is_ok());
+        for name in [CONTENTS, "future_member"] {
+            let (start, size) = member_span(&tarball, name);
+            let cut = &tarball[..start + size / 2];
+            let outer = outer_checksum(cut);
+            let expected = Expected {
+                name: "alpha",
+                version: "0.1.0",
+                outer_checksum: &outer,
+                inner_checksum: None,
+            };
+            match verify(cut, &expected, &Limits::default()) {
+                Err(TarballError::OuterTar { source }) => {
+                    assert!(
+                        source.to_string().contains("past the archive's end"),
+                        "{name}: {source}"
+                    )
+                }
+                other => panic!("{name}: got {other:?}"),
+            }
+        }
     }
 
     #[test]
