@@ -301,7 +301,7 @@ fn inspect_unsized(
     let members = read_outer(tarball, limits)?;
     if members.version != b"3" {
         return Err(TarballError::UnsupportedVersion {
-            found: String::from_utf8_lossy(&members.version).into_owned(),
+            found: String::from_utf8_lossy(members.version).into_owned(),
         });
     }
     let recorded = parse_checksum_member(members.checksum)?;
