@@ -419,7 +419,7 @@ for SCALE in $SCALES; do
   LIST=$WORK/files-$SCALE.txt
   (cd "$UP" && { echo names; echo versions; find packages tarballs -type f | sort; }) >"$LIST"
   record "$SCALE" gen files upstream "$(wc -l <"$LIST")"
-  record "$SCALE" gen bytes upstream "$(du -sb "$UP" | cut -f1)"
+  record "$SCALE" gen bytes upstream "$(du -sb "$UP/" | cut -f1)"
   record "$SCALE" gen packages upstream "$(ls "$UP/packages" | wc -l)"
   record "$SCALE" gen releases upstream "$(ls "$UP/tarballs" | wc -l)"
 
