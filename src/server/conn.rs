@@ -65,7 +65,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let workers = (0..limits.workers.max(1))
-        .map(|i| Worker::start(i, router.clone(), limits.header_timeout))
+        .map(|i| {
+            Worker::start(
+                i,
+                limits.workers.max(1),
+                router.clone(),
+                limits.header_timeout,
+            )
+        })
         .collect::<io::Result<Vec<_>>>()?;
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
@@ -109,12 +116,19 @@ pub async fn serve(
                 continue;
             }
         };
-        next = least_busy(&workers, next);
-        workers[next].hand(Accepted {
+        let mut accepted = Accepted {
             stream,
             peer,
             permit,
-        });
+        };
+        // A worker whose thread died refuses; the next least busy takes it.
+        for _ in 0..workers.len() {
+            next = least_busy(&workers, next);
+            match workers[next].hand(accepted) {
+                Ok(()) => break,
+                Err(back) => accepted = back,
+            }
+        }
     }
     drop(listener);
     // Closing the hand-over channels starts each worker's drain.
@@ -151,23 +165,47 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(index: usize, router: Router, header_timeout: Duration) -> io::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+    fn start(
+        index: usize,
+        workers: usize,
+        router: Router,
+        header_timeout: Duration,
+    ) -> io::Result<Self> {
         let (handoff, inbox) = mpsc::unbounded_channel();
         let (finished, done) = oneshot::channel();
+        let (built_tx, built) = std::sync::mpsc::sync_channel(1);
         let open = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&open);
+        // The runtime is built on its own thread: one dropped on the
+        // accepting runtime's thread (a failed spawn) would panic there.
         std::thread::Builder::new()
             .name(format!("hexmirror-conn-{index}"))
             .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    // Every worker has its own blocking pool: together they
+                    // keep to tokio's default of 512 threads.
+                    .max_blocking_threads((512 / workers).max(16))
+                    .build();
+                let runtime = match runtime {
+                    Ok(r) => {
+                        let _ = built_tx.send(Ok(()));
+                        r
+                    }
+                    Err(e) => {
+                        let _ = built_tx.send(Err(e));
+                        return;
+                    }
+                };
                 runtime.block_on(run_worker(inbox, router, header_timeout, counted));
                 // Dropping the runtime waits for its blocking tasks (a
                 // publish in progress, say) to return.
                 drop(runtime);
                 let _ = finished.send(());
             })?;
+        built
+            .recv()
+            .map_err(|_| io::Error::other("a connection worker ended before it started"))??;
         Ok(Self {
             handoff,
             open,
@@ -175,14 +213,15 @@ impl Worker {
         })
     }
 
-    fn hand(&self, accepted: Accepted) {
+    /// Gives `accepted` to this worker; back when its thread is gone (it
+    /// panicked), and the worker is then never the least busy again.
+    fn hand(&self, accepted: Accepted) -> Result<(), Accepted> {
         self.open.fetch_add(1, Ordering::Relaxed);
-        if let Err(lost) = self.handoff.send(accepted) {
-            // Only when the worker's thread is gone (it panicked): the
-            // connection is closed as it drops.
-            self.open.fetch_sub(1, Ordering::Relaxed);
-            tracing::error!(peer = %lost.0.peer, "connection worker gone; connection closed");
-        }
+        self.handoff.send(accepted).map_err(|lost| {
+            self.open.store(usize::MAX / 2, Ordering::Relaxed);
+            tracing::error!(peer = %lost.0.peer, "connection worker gone; handing the connection to another");
+            lost.0
+        })
     }
 
     fn stop(self) -> oneshot::Receiver<()> {
