@@ -236,10 +236,10 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// The connection workers to start: `workers`, or with 0 one per core
-    /// this process may run on (its CPU affinity, so `taskset` counts).
+    /// this process may run on.
     pub fn workers_or_cores(&self) -> usize {
         match self.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => crate::parallel::cores(),
             n => n,
         }
     }

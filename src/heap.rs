@@ -32,8 +32,7 @@ pub fn bound_growth() {}
 /// would contend for the arenas. Call before the runtime starts its threads.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn one_arena_per_core() {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let cores = libc::c_int::try_from(cores).unwrap_or(libc::c_int::MAX);
+    let cores = libc::c_int::try_from(crate::parallel::cores()).unwrap_or(libc::c_int::MAX);
     // SAFETY: as in `bound_growth`; arenas made before keep serving their
     // threads, and a refusal leaves the default.
     unsafe {

@@ -1,9 +1,15 @@
 //! Work spread over the cores, for the blocking pool's CPU-bound loops
 //! (re-signing records, checking an imported bundle's tarballs).
 
+/// The cores this process may run on (its CPU affinity, so `taskset`
+/// counts); 1 when that cannot be known.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Maps `f` over `items` on all cores, keeping the order of `items`.
 pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cores();
     let chunk = items.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
         let workers: Vec<_> = items

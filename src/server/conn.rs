@@ -64,15 +64,9 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let workers = (0..limits.workers.max(1))
-        .map(|i| {
-            Worker::start(
-                i,
-                limits.workers.max(1),
-                router.clone(),
-                limits.header_timeout,
-            )
-        })
+    let count = limits.workers.max(1);
+    let workers = (0..count)
+        .map(|i| Worker::start(i, count, router.clone(), limits.header_timeout))
         .collect::<io::Result<Vec<_>>>()?;
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
@@ -188,15 +182,13 @@ impl Worker {
                     .max_blocking_threads((512 / workers).max(16))
                     .build();
                 let runtime = match runtime {
-                    Ok(r) => {
-                        let _ = built_tx.send(Ok(()));
-                        r
-                    }
+                    Ok(r) => r,
                     Err(e) => {
                         let _ = built_tx.send(Err(e));
                         return;
                     }
                 };
+                let _ = built_tx.send(Ok(()));
                 runtime.block_on(run_worker(inbox, router, header_timeout, counted));
                 // Dropping the runtime waits for its blocking tasks (a
                 // publish in progress, say) to return.

@@ -360,18 +360,18 @@ impl Store {
         };
         let (base, delta) = read_manifest(&dir)?;
         match manifest::verify_with_delta(&base, delta.as_deref(), key, 0, None) {
-            Ok(m) => Ok(Current {
+            Ok(m) => {
                 // The file's bytes go before the map is made from the parsed
                 // manifest (75 MB at hex.pm's size, beside both).
-                files: {
-                    drop((base, delta));
-                    file_map(&m.files)
-                },
-                version: m.version.max(id),
-                expires_at: m.expires_at,
-                upstream: Some(m.upstream),
-                signed_by_key: true,
-            }),
+                drop((base, delta));
+                Ok(Current {
+                    files: file_map(&m.files),
+                    version: m.version.max(id),
+                    expires_at: m.expires_at,
+                    upstream: Some(m.upstream),
+                    signed_by_key: true,
+                })
+            }
             Err(e) => {
                 tracing::warn!(
                     generation = %dir.display(),
