@@ -1268,6 +1268,12 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
         .as_ref()
         .filter(|_| config.server.count_downloads)
         .map(|_| std::sync::Arc::new(crate::catalog::downloads::Counter::default()));
+    // Before the cache reads the limit: it keeps a handle per file it sends
+    // with sendfile, and connections need theirs.
+    match server::raise_open_file_limit() {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     // Ready responses of small files, bracketed by each in-place hosted change.
     let cache = std::sync::Arc::new(server::cache::ResponseCache::new(
         tree.clone(),

@@ -567,3 +567,122 @@ fn files_answered_from_memory_follow_a_switch_at_the_next_request() {
         fs::read(mirror.tree().join("packages/delta")).unwrap()
     );
 }
+
+/// One kept-alive HTTP/1.1 connection: requests one after another, each
+/// answer read by its `Content-Length`, as a client reuses a connection.
+struct KeptAlive(std::io::BufReader<std::net::TcpStream>);
+
+impl KeptAlive {
+    fn open(url: &str) -> Self {
+        let addr = url.trim_start_matches("http://").trim_end_matches('/');
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Self(std::io::BufReader::new(stream))
+    }
+
+    /// Status, headers (lower-cased names) and body of one request.
+    fn ask(&mut self, method: &str, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
+        use std::io::{BufRead, Read, Write};
+        let request = format!("{method} {path} HTTP/1.1\r\nhost: test\r\n{extra}\r\n");
+        self.0.get_mut().write_all(request.as_bytes()).unwrap();
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(
+                self.0.read_line(&mut line).unwrap() > 0,
+                "connection closed"
+            );
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line.to_ascii_lowercase());
+        }
+        let status = head[9..12].parse().unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |n| n.trim().parse().unwrap());
+        let mut body = vec![
+            0;
+            if method == "HEAD" || status == 304 {
+                0
+            } else {
+                len
+            }
+        ];
+        self.0.read_exact(&mut body).unwrap();
+        (status, head, body)
+    }
+}
+
+#[test]
+fn tarballs_sent_from_the_page_cache_are_exact_on_a_kept_alive_connection() {
+    // Hex digits compress to about half: a tarball well above the lane's
+    // 16 KiB threshold.
+    let blob: String = (0..900u32)
+        .map(|i| hex::encode(Sha256::digest(i.to_be_bytes())))
+        .collect();
+    let spec = format!(
+        "{SPEC_SMALL}{{\"big\", \"1.0.0\", [], [{{files, [{{\"priv/blob.txt\", \"{blob}\"}}]}}]}}.\n"
+    );
+    let upstream = TestUpstream::build(&spec);
+    let mirror = Mirror::new(&upstream, "");
+    sync_ok(&mirror);
+    let tarball = fs::read(mirror.tree().join("tarballs/big-1.0.0.tar")).unwrap();
+    assert!(tarball.len() > 20_000, "{} bytes", tarball.len());
+    let names = fs::read(mirror.tree().join("names")).unwrap();
+    let served = mirror.serve();
+    let mut conn = KeptAlive::open(&served.url());
+    let path = "/tarballs/big-1.0.0.tar";
+
+    // A miss (read from disk), a HEAD that sends no body, a hit from
+    // memory, a range, a small file, a 304 and a hit again, all on one
+    // connection: each answer carries exactly its own bytes.
+    let (status, head, body) = conn.ask("GET", path, "");
+    assert_eq!((status, body.len()), (200, tarball.len()));
+    assert!(body == tarball, "the first answer is the file");
+    let etag = head
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let (status, _, body) = conn.ask("HEAD", path, "");
+    assert_eq!((status, body.len()), (200, 0));
+    let (status, _, body) = conn.ask("GET", path, "");
+    assert!(
+        status == 200 && body == tarball,
+        "the answer from memory is the file"
+    );
+    let (status, head, body) = conn.ask("GET", path, "range: bytes=100-20099\r\n");
+    assert_eq!(status, 206, "{head}");
+    assert!(body == tarball[100..20_100], "the range is the file's");
+    let (status, _, body) = conn.ask("GET", "/names", "");
+    assert!(
+        status == 200 && body == names,
+        "a small file after a sent tarball"
+    );
+    let (status, _, body) = conn.ask("GET", path, &format!("if-none-match: {etag}\r\n"));
+    assert_eq!((status, body.len()), (304, 0));
+    let (status, _, body) = conn.ask("GET", path, "");
+    assert!(
+        status == 200 && body == tarball,
+        "the last answer is the file"
+    );
+
+    // The lane took them: bytes went from the page cache, not from memory.
+    let metrics =
+        String::from_utf8(http("GET", &format!("{}/metrics", served.url()), &[]).body).unwrap();
+    let sent: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hexmirror_sendfile_bytes_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no sendfile counter:\n{metrics}"));
+    let most = 3 * tarball.len() as u64 + 20_000;
+    assert!(
+        sent >= tarball.len() as u64 && sent <= most,
+        "sent {sent} bytes with sendfile, expected up to {most}"
+    );
+}

@@ -89,7 +89,7 @@ pub(super) async fn serve_file(
         last_modified: Some(last_modified),
         last_modified_header: HeaderValue::from_str(&httpdate::fmt_http_date(last_modified)).ok(),
         len,
-        source: content.map_or(Source::Nothing, |b: Bytes| Source::Memory(b)),
+        source: content.map_or(Source::Nothing, |b: Bytes| Source::Memory(b, None)),
     };
     file_response(state, method, target, headers, answer).await
 }

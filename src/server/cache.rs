@@ -3,12 +3,13 @@
 //! and no lock that every request shares.
 //!
 //! Entries belong to an *epoch*: the generation `current` pointed to when
-//! the epoch began. Every request reads the link once (`readlink`, the only
-//! system call of a hit; the link is read on every request, so it never
-//! leaves the dentry cache and never waits on a disk) and starts a new,
-//! empty epoch when it changed. A file read on a miss comes from that
-//! epoch's generation directory, not through the link, and is put only into
-//! that epoch: a read that raced a switch can never land in the next one.
+//! the epoch began. Requests read the link (`readlink`) at most once per
+//! [`RECHECK`]: a sync's switch is seen within a millisecond, and a hit
+//! makes no system call at all (a `readlink` per request was 4% of a
+//! tarball's cost). A link that changed starts a new, empty epoch. A file
+//! read on a miss comes from that epoch's generation directory, not
+//! through the link, and is put only into that epoch: a read that raced a
+//! switch can never land in the next one.
 //!
 //! A hosted change patches the served generation in place, in a promised
 //! per-file order (tarballs, then records, then `/names` and `/versions`).
@@ -39,6 +40,8 @@ pub const MAX_ENTRY: u64 = 256 * 1024;
 pub const DEFAULT_BUDGET: u64 = 256 * 1024 * 1024;
 /// What an entry costs beyond its body: key, headers, map slot.
 const ENTRY_OVERHEAD: u64 = 256;
+/// How long a read of `current` stands for the requests that follow.
+pub const RECHECK: std::time::Duration = std::time::Duration::from_millis(1);
 /// Independent locks over the entries, so that hits on different files
 /// never meet on one lock (and hits on one file take it shared).
 const SHARDS: usize = 64;
@@ -54,6 +57,9 @@ pub struct Entry {
     pub last_modified: Option<SystemTime>,
     /// The same, formatted for the header.
     pub last_modified_header: Option<HeaderValue>,
+    /// The handle `body` was read through, kept for bodies the
+    /// connection's lane sends with `sendfile` (see [`super::sendfile`]).
+    pub file: Option<Arc<std::fs::File>>,
 }
 
 type Shard = RwLock<HashMap<PathBuf, Arc<Entry>>>;
@@ -68,6 +74,9 @@ pub struct Epoch {
     shards: Box<[Shard]>,
     used: AtomicU64,
     budget: u64,
+    /// Handles kept open, and how many may be.
+    files: AtomicUsize,
+    max_files: usize,
     hasher: std::collections::hash_map::RandomState,
     /// How many hosted changes had ended when this epoch began: one that
     /// ended since makes it stale, whatever it holds.
@@ -75,7 +84,7 @@ pub struct Epoch {
 }
 
 impl Epoch {
-    fn new(link: PathBuf, dir: PathBuf, budget: u64, seq: u64) -> Self {
+    fn new(link: PathBuf, dir: PathBuf, budget: u64, max_files: usize, seq: u64) -> Self {
         Self {
             link,
             dir,
@@ -83,6 +92,8 @@ impl Epoch {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             used: AtomicU64::new(0),
             budget,
+            files: AtomicUsize::new(0),
+            max_files,
             hasher: Default::default(),
         }
     }
@@ -105,11 +116,22 @@ impl Epoch {
             .cloned()
     }
 
-    /// Keeps `entry` for `key` if the budget allows.
-    pub fn put(&self, key: &Path, entry: Entry) {
+    /// Keeps `entry` for `key` if the budget allows; its file handle only
+    /// while open handles stay within the cap (the bytes serve without it).
+    pub fn put(&self, key: &Path, mut entry: Entry) {
         let cost = entry.body.len() as u64 + key.as_os_str().len() as u64 + ENTRY_OVERHEAD;
         if entry.body.len() as u64 > MAX_ENTRY {
             return;
+        }
+        if entry.file.is_some()
+            && self
+                .files
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < self.max_files).then_some(n + 1)
+                })
+                .is_err()
+        {
+            entry.file = None;
         }
         let reserved = self
             .used
@@ -117,12 +139,18 @@ impl Epoch {
                 (used + cost <= self.budget).then_some(used + cost)
             });
         if reserved.is_err() {
+            if entry.file.is_some() {
+                self.files.fetch_sub(1, Ordering::Relaxed);
+            }
             return;
         }
         let mut shard = self.shard(key).write().unwrap_or_else(|p| p.into_inner());
-        if shard.insert(key.to_owned(), Arc::new(entry)).is_some() {
+        if let Some(old) = shard.insert(key.to_owned(), Arc::new(entry)) {
             // Two misses raced on one file: the first copy's cost is freed.
             self.used.fetch_sub(cost, Ordering::Relaxed);
+            if old.file.is_some() {
+                self.files.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -138,11 +166,18 @@ pub struct ResponseCache {
     /// The `current` link of the data directory.
     root: PathBuf,
     budget: u64,
+    /// File handles an epoch may keep open: a quarter of the process's
+    /// open-file limit, the rest left to connections and the writer.
+    max_files: usize,
     epoch: ArcSwapOption<Epoch>,
     /// Hosted changes running now; while any is, the cache is bypassed.
     changing: AtomicUsize,
     /// Hosted changes ended so far (see [`Epoch::seq`]).
     changes: AtomicU64,
+    /// When `current` was last read, on `clock`.
+    checked: AtomicU64,
+    /// Monotonic nanoseconds; injected by tests.
+    clock: fn() -> u64,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -154,9 +189,12 @@ impl ResponseCache {
         Self {
             root,
             budget,
+            max_files: open_file_limit() / 4,
             epoch: ArcSwapOption::const_empty(),
             changing: AtomicUsize::new(0),
             changes: AtomicU64::new(0),
+            checked: AtomicU64::new(0),
+            clock: monotonic_nanos,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -172,22 +210,37 @@ impl ResponseCache {
         if self.budget == 0 || self.changing.load(Ordering::SeqCst) > 0 {
             return None;
         }
-        let link = std::fs::read_link(&self.root).ok()?;
-        if let Some(current) = self.epoch.load_full()
-            && current.link == link
-            && current.seq == seq
+        let now = (self.clock)();
+        let current = self.epoch.load_full().filter(|e| e.seq == seq);
+        if let Some(current) = &current
+            && now.saturating_sub(self.checked.load(Ordering::Relaxed)) < RECHECK.as_nanos() as u64
         {
+            return Some(Arc::clone(current));
+        }
+        let link = std::fs::read_link(&self.root).ok()?;
+        if let Some(current) = current
+            && current.link == link
+        {
+            self.checked.store(now, Ordering::Relaxed);
             return Some(current);
         }
         let dir = match self.root.parent() {
             Some(parent) => parent.join(&link),
             None => link.clone(),
         };
-        let fresh = Arc::new(Epoch::new(link, dir, self.budget, seq));
+        let fresh = Arc::new(Epoch::new(link, dir, self.budget, self.max_files, seq));
         // Requests racing here each store a valid empty epoch; the last
         // one stays.
         self.epoch.store(Some(Arc::clone(&fresh)));
+        self.checked.store(now, Ordering::Relaxed);
         Some(fresh)
+    }
+
+    /// The same cache on another clock.
+    #[cfg(test)]
+    pub(crate) fn with_clock(mut self, clock: fn() -> u64) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Counts a lookup.
@@ -207,6 +260,28 @@ impl ResponseCache {
     }
 }
 
+/// Nanoseconds since the first call: a clock that never goes back.
+fn monotonic_nanos() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
+}
+
+/// The process's soft limit on open files (0 when unknown).
+fn open_file_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+}
+
 impl crate::hosted::service::ChangeWatch for ResponseCache {
     /// A hosted change is about to patch the served generation in place.
     fn begin_change(&self) {
@@ -221,6 +296,22 @@ impl crate::hosted::service::ChangeWatch for ResponseCache {
     }
 }
 
+/// A clock for tests, one per thread, that moves only when told.
+#[cfg(test)]
+pub(crate) mod test_clock {
+    thread_local!(static NOW: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
+
+    /// This thread's time.
+    pub(crate) fn test_clock() -> u64 {
+        NOW.with(|n| n.get())
+    }
+
+    /// Moves this thread's time on.
+    pub(crate) fn advance(by: std::time::Duration) {
+        NOW.with(|n| n.set(n.get() + by.as_nanos() as u64));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +323,7 @@ mod tests {
             etag: HeaderValue::from_static("\"x\""),
             last_modified: None,
             last_modified_header: None,
+            file: None,
         }
     }
 
@@ -250,10 +342,12 @@ mod tests {
         std::fs::rename(&tmp, link).unwrap();
     }
 
+    use test_clock::{advance, test_clock};
+
     #[test]
     fn an_entry_lives_as_long_as_its_generation_and_no_change_runs() {
         let (_dir, link) = tree();
-        let cache = ResponseCache::new(link.clone(), 1 << 20);
+        let cache = ResponseCache::new(link.clone(), 1 << 20).with_clock(test_clock);
         let key = Path::new("names");
         let first = cache.epoch().unwrap();
         let e = &first;
@@ -262,8 +356,15 @@ mod tests {
         let again = cache.epoch().unwrap();
         assert_eq!(again.get(key).unwrap().body, "one");
 
-        // A switch of `current` starts an empty epoch on the new generation.
+        // A switch of `current` starts an empty epoch on the new generation,
+        // once the last read of the link is older than RECHECK.
         switch(&link, "generations/2");
+        advance(RECHECK / 2);
+        assert!(
+            Arc::ptr_eq(&cache.epoch().unwrap(), &first),
+            "read too recently"
+        );
+        advance(RECHECK / 2);
         let next = cache.epoch().unwrap();
         let n = &next;
         assert!(n.get(key).is_none());

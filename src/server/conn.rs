@@ -31,6 +31,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tower::ServiceExt;
 
+use super::sendfile::{Lane, LaneStream};
+
 /// How long open connections get to finish after shutdown is asked for.
 const DRAIN: Duration = Duration::from_secs(30);
 
@@ -236,7 +238,10 @@ async fn run_worker(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(header_timeout)
+        // Queued, not flattened: body bytes reach the stream uncopied, so
+        // the sendfile lane can recognise them.
+        .writev(true);
     let builder = Arc::new(builder);
     while let Some(Accepted {
         stream,
@@ -259,14 +264,19 @@ async fn run_worker(
             if !first_bytes_in_time(&stream, header_timeout).await {
                 return;
             }
-            // The peer address feeds the API's failed-authentication limiter.
-            let service =
-                router.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            // The peer address feeds the API's failed-authentication limiter;
+            // the lane lets file responses register bodies for sendfile.
+            let lane = Arc::new(Lane::default());
+            let service = router.map_request({
+                let lane = Arc::clone(&lane);
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(ConnectInfo(peer));
+                    req.extensions_mut().insert(Arc::clone(&lane));
                     req
-                });
+                }
+            });
             let conn = builder.serve_connection_with_upgrades(
-                TokioIo::new(stream),
+                TokioIo::new(LaneStream::new(stream, lane)),
                 TowerToHyperService::new(service),
             );
             if let Err(e) = watcher.watch(conn).await {
@@ -280,6 +290,36 @@ async fn run_worker(
             tracing::warn!(secs = DRAIN.as_secs(), "connections still open after the drain period; closing them");
         }
     }
+}
+
+/// Raises the soft limit on open files to the hard one, as Go's runtime
+/// does: the usual soft default (1024) is below the connection cap, and
+/// the response cache keeps a handle open per file it sends with
+/// `sendfile`. Returns the soft limit now in force.
+pub fn raise_open_file_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or fill the struct they are given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The kernel's default ceiling (`fs.nr_open`); an unlimited hard limit
+    // is not a value the soft one may take.
+    let target = limit.rlim_max.min(1 << 20);
+    if limit.rlim_cur < target {
+        let raised = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        limit = raised;
+    }
+    Ok(limit.rlim_cur)
 }
 
 /// Counts a connection as open on its worker until it ends.

@@ -24,8 +24,10 @@ mod status;
 
 mod conn;
 pub use conn::Limits;
+pub use conn::raise_open_file_limit;
 mod etag;
 mod http;
+mod sendfile;
 
 use std::io::{self, SeekFrom};
 use std::path::PathBuf;
@@ -343,14 +345,20 @@ async fn handle(
     // The request's own parts, not extracted copies: its headers are
     // borrowed rather than cloned for every file served.
     let (parts, _) = request.into_parts();
-    respond(
+    let mut res = respond(
         &state,
         &parts.method,
         parts.uri.path(),
         &parts.headers,
         client,
     )
-    .await
+    .await;
+    if let Some(from_file) = res.extensions_mut().remove::<sendfile::FromFile>()
+        && let Some(lane) = parts.extensions.get::<Arc<sendfile::Lane>>()
+    {
+        lane.register(from_file);
+    }
+    res
 }
 
 async fn respond(
@@ -541,7 +549,9 @@ fn installs_type(rel: &str) -> HeaderValue {
 
 /// The body of a file response: kept bytes, or a handle to stream from.
 enum Source {
-    Memory(Bytes),
+    /// The whole file, and the handle it was read through when the
+    /// connection may send it from there (see [`sendfile`]).
+    Memory(Bytes, Option<Arc<std::fs::File>>),
     File(std::fs::File, PathBuf),
     /// HEAD: no body is sent, none was read.
     Nothing,
@@ -578,7 +588,7 @@ async fn serve_file(
                 last_modified: entry.last_modified,
                 last_modified_header: entry.last_modified_header.clone(),
                 len: entry.body.len() as u64,
-                source: Source::Memory(entry.body.clone()),
+                source: Source::Memory(entry.body.clone(), entry.file.clone()),
             };
             return file_response(state, method, target, headers, answer).await;
         }
@@ -635,6 +645,9 @@ async fn serve_file(
     };
     let source = match content {
         Some(bytes) => {
+            // Tree files are content-addressed blobs, never rewritten in
+            // place: the handle keeps reading the bytes just read.
+            let file = (bytes.len() as u64 >= sendfile::MIN_BODY).then(|| Arc::new(opened.file));
             // The bytes read are the ones hashed: same handle, no seek since.
             if let Some(epoch) = &epoch
                 && bytes.len() as u64 == opened.len
@@ -646,10 +659,11 @@ async fn serve_file(
                         etag: etag.clone(),
                         last_modified,
                         last_modified_header: last_modified_header.clone(),
+                        file: file.clone(),
                     },
                 );
             }
-            Source::Memory(bytes)
+            Source::Memory(bytes, file)
         }
         None if wants_body => Source::File(opened.file, path),
         None => Source::Nothing,
@@ -746,9 +760,20 @@ async fn file_response(
         h.insert(header::CONTENT_TYPE, ctype);
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
         match answer.source {
-            Source::Memory(content) => {
+            Source::Memory(content, file) => {
                 let end = (start + count).min(content.len() as u64) as usize;
-                *res.body_mut() = Body::from(content.slice(start.min(end as u64) as usize..end));
+                let body = content.slice(start.min(end as u64) as usize..end);
+                if let Some(file) = file
+                    && method == Method::GET
+                    && body.len() as u64 >= sendfile::MIN_BODY
+                {
+                    res.extensions_mut().insert(sendfile::FromFile {
+                        body: body.clone(),
+                        file,
+                        offset: start,
+                    });
+                }
+                *res.body_mut() = Body::from(body);
             }
             Source::File(file, path) if method == Method::GET => {
                 let mut file = tokio::fs::File::from_std(file);

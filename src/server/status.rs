@@ -703,6 +703,11 @@ fn common_metrics(metrics: &Metrics, (hits, misses, held): (u64, u64, u64)) -> S
             "Cacheable files read from disk.",
             misses,
         ),
+        (
+            "hexmirror_sendfile_bytes_total",
+            "Response body bytes sent from the page cache with sendfile.",
+            super::sendfile::bytes_sent(),
+        ),
     ] {
         family(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {n}");

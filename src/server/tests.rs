@@ -446,7 +446,7 @@ async fn missing_unknown_and_wrong_method() {
 
 #[cfg(unix)]
 #[tokio::test]
-async fn root_symlink_switch_is_seen_at_once() {
+async fn root_symlink_switch_is_seen_after_the_recheck_interval() {
     let dir = tempfile::tempdir().unwrap();
     for (generation, body) in [("gen1", b"first"), ("gen2", b"secnd")] {
         let packages = dir.path().join(generation).join("packages");
@@ -460,7 +460,10 @@ async fn root_symlink_switch_is_seen_at_once() {
         bucket_writer: None,
         root: current.clone(),
         etags: EtagCache::default(),
-        cache: Arc::new(ResponseCache::new(current.clone(), cache::DEFAULT_BUDGET)),
+        cache: Arc::new(
+            ResponseCache::new(current.clone(), cache::DEFAULT_BUDGET)
+                .with_clock(cache::test_clock::test_clock),
+        ),
         public_repos: Default::default(),
         data_dir: None,
         metrics: Default::default(),
@@ -488,6 +491,10 @@ async fn root_symlink_switch_is_seen_at_once() {
     let next = dir.path().join("next");
     std::os::unix::fs::symlink("gen2", &next).unwrap();
     std::fs::rename(&next, &current).unwrap();
+    // Within RECHECK of the last read of the link, the old generation,
+    // whole; after it, the new one.
+    assert_eq!(&body(Arc::clone(&state)).await[..], b"first");
+    cache::test_clock::advance(cache::RECHECK);
     assert_eq!(&body(state).await[..], b"secnd");
 }
 
