@@ -83,6 +83,20 @@ pub struct Epoch {
     seq: u64,
 }
 
+impl Drop for Epoch {
+    /// Closing thousands of kept handles (and freeing the disk blocks of a
+    /// collected blob at its last close) is file work: it goes to the
+    /// blocking pool when there is one.
+    fn drop(&mut self) {
+        if *self.files.get_mut() > 0
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let shards = std::mem::take(&mut self.shards);
+            drop(runtime.spawn_blocking(move || drop(shards)));
+        }
+    }
+}
+
 impl Epoch {
     fn new(link: PathBuf, dir: PathBuf, budget: u64, max_files: usize, seq: u64) -> Self {
         Self {
@@ -211,8 +225,9 @@ impl ResponseCache {
             return None;
         }
         let now = (self.clock)();
-        let current = self.epoch.load_full().filter(|e| e.seq == seq);
-        if let Some(current) = &current
+        let loaded = self.epoch.load_full();
+        let current = loaded.as_ref().filter(|e| e.seq == seq);
+        if let Some(current) = current
             && now.saturating_sub(self.checked.load(Ordering::Relaxed)) < RECHECK.as_nanos() as u64
         {
             return Some(Arc::clone(current));
@@ -221,19 +236,39 @@ impl ResponseCache {
         if let Some(current) = current
             && current.link == link
         {
-            self.checked.store(now, Ordering::Relaxed);
-            return Some(current);
+            self.checked.fetch_max(now, Ordering::Relaxed);
+            return Some(Arc::clone(current));
         }
+        Some(self.install(loaded, link, seq, now))
+    }
+
+    /// Starts the epoch of `link` over `loaded`, what this request saw
+    /// before it read the link. A request that read the link earlier must
+    /// not put back an epoch another one already replaced: it takes the
+    /// newer one instead.
+    fn install(&self, loaded: Option<Arc<Epoch>>, link: PathBuf, seq: u64, now: u64) -> Arc<Epoch> {
         let dir = match self.root.parent() {
             Some(parent) => parent.join(&link),
             None => link.clone(),
         };
         let fresh = Arc::new(Epoch::new(link, dir, self.budget, self.max_files, seq));
-        // Requests racing here each store a valid empty epoch; the last
-        // one stays.
-        self.epoch.store(Some(Arc::clone(&fresh)));
-        self.checked.store(now, Ordering::Relaxed);
-        Some(fresh)
+        let previous = self
+            .epoch
+            .compare_and_swap(&loaded, Some(Arc::clone(&fresh)));
+        let installed = match (&*previous, &loaded) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !installed {
+            return self
+                .epoch
+                .load_full()
+                .filter(|e| e.seq == seq)
+                .unwrap_or(fresh);
+        }
+        self.checked.fetch_max(now, Ordering::Relaxed);
+        fresh
     }
 
     /// The same cache on another clock.
@@ -384,6 +419,22 @@ mod tests {
             !Arc::ptr_eq(&after, &next),
             "an epoch begun before a change is stale after it"
         );
+    }
+
+    #[test]
+    fn a_late_reader_of_the_link_does_not_put_back_an_older_epoch() {
+        let (_dir, link) = tree();
+        let cache = ResponseCache::new(link.clone(), 1 << 20).with_clock(test_clock);
+        // Two requests saw no epoch; the one that read the link second
+        // (generation 2) installs first.
+        let newer = cache.install(None, "generations/2".into(), 0, 10);
+        let late = cache.install(None, "generations/1".into(), 0, 5);
+        assert!(
+            Arc::ptr_eq(&late, &newer),
+            "the late reader takes the newer epoch"
+        );
+        assert!(Arc::ptr_eq(&cache.epoch().unwrap(), &newer));
+        assert!(newer.dir().ends_with("generations/2"));
     }
 
     #[test]

@@ -428,13 +428,18 @@ async fn serve(
             "hexmirror: a read-only Hex package repository mirror\n".to_owned(),
         )),
         Target::File(target) => {
+            // One generation for the whole request: the gate, the manifest
+            // and the file all read the directory this epoch names.
+            let epoch = state
+                .bucket
+                .is_none()
+                .then(|| state.cache.epoch())
+                .flatten();
+            let tree = epoch.as_ref().map_or(state.root.as_path(), |e| e.dir());
             if let (Some(api), Some(org)) = (&state.api, &target.org)
                 && api.is_gated(org)
             {
-                match api
-                    .gate(&state.root, org, &target.relative, headers, client)
-                    .await
-                {
+                match api.gate(tree, org, &target.relative, headers, client).await {
                     crate::api::Gate::Open => {}
                     crate::api::Gate::Refused(res) => return Ok(res),
                     crate::api::Gate::Filtered(bytes) => {
@@ -445,7 +450,7 @@ async fn serve(
             if let Some(reader) = &state.bucket {
                 return bucket::serve_file(state, reader, method, &target, headers).await;
             }
-            match serve_file(state, &state.root, method, &target, headers).await {
+            match serve_file(state, epoch.as_ref(), tree, method, &target, headers).await {
                 Err(ServeError::NotFound) => proxied(state, method, &target, headers).await,
                 other => other,
             }
@@ -502,7 +507,7 @@ async fn proxied(
     }
     let rel = target.relative.to_string_lossy().into_owned();
     match proxy.ensure(&rel).await {
-        Ok(()) => serve_file(state, proxy.root(), method, target, headers).await,
+        Ok(()) => serve_file(state, None, proxy.root(), method, target, headers).await,
         Err(crate::proxy::ProxyError::NotFound) => Err(ServeError::NotFound),
         Err(e) => Err(ServeError::Upstream(e)),
     }
@@ -567,19 +572,20 @@ struct FileAnswer {
     source: Source,
 }
 
+/// Serves a file of `root`, the directory of `epoch` when the tree's own
+/// (the proxy's files have none).
 async fn serve_file(
     state: &Arc<ServerState>,
+    epoch: Option<&Arc<cache::Epoch>>,
     root: &std::path::Path,
     method: &Method,
     target: &FileTarget,
     headers: &HeaderMap,
 ) -> Result<Response, ServeError> {
-    // Only the tree's own files are kept: not the proxy's, and not the
-    // manifest, which re-signing rewrites in place.
-    let epoch = (root == state.root && target.kind != Kind::Manifest)
-        .then(|| state.cache.epoch())
-        .flatten();
-    if let Some(epoch) = &epoch {
+    // The manifest is read from the epoch's generation but never kept:
+    // re-signing rewrites it in place.
+    let epoch = epoch.filter(|_| target.kind != Kind::Manifest);
+    if let Some(epoch) = epoch {
         let hit = epoch.get(&target.relative);
         state.cache.note(hit.is_some());
         if let Some(entry) = hit {
@@ -595,10 +601,7 @@ async fn serve_file(
     }
     // A miss reads from the epoch's generation, never through the link, so
     // what it keeps belongs to that epoch.
-    let path = epoch
-        .as_ref()
-        .map_or(root, |e| e.dir())
-        .join(&target.relative);
+    let path = root.join(&target.relative);
     let wants_body = method == Method::GET;
     let (opened, content) = {
         let state = Arc::clone(state);
@@ -649,7 +652,7 @@ async fn serve_file(
             // place: the handle keeps reading the bytes just read.
             let file = (bytes.len() as u64 >= sendfile::MIN_BODY).then(|| Arc::new(opened.file));
             // The bytes read are the ones hashed: same handle, no seek since.
-            if let Some(epoch) = &epoch
+            if let Some(epoch) = epoch
                 && bytes.len() as u64 == opened.len
             {
                 epoch.put(

@@ -16,8 +16,14 @@
 //! it, the registration was pruned), any page not in the page cache, a
 //! kernel without `cachestat(2)`, or a `sendfile` refusal, is written from
 //! memory as before. `sendfile` runs on the connection's thread only when
-//! `cachestat` says every page it reads is cached, so it never waits on a
-//! disk: file work that may block stays on the blocking pool.
+//! `cachestat` says every page it reads is cached: file work that may wait
+//! on a disk stays on the blocking pool. (A page still being read in, or
+//! evicted in the microseconds between the check and the call, is the one
+//! case where `sendfile` waits; nginx sends every file that way.)
+//!
+//! Under HTTP/2 the lane engages too, for DATA frames that the h2 crate
+//! passes through uncopied; each `sendfile` is bounded by the slice it
+//! replaces, so the framing stays as h2 wrote it.
 
 use std::fs::File;
 use std::io::{self, IoSlice};
@@ -42,9 +48,12 @@ const SLOTS: usize = 4;
 /// but alpha; the libc crate does not name it for x86-64 yet.
 const SYS_CACHESTAT: libc::c_long = 451;
 
-/// Set once `cachestat` is refused: no kernel support (before 6.5), or a
-/// tree owned by another user (it then reports only on files we may write).
+/// Set once the kernel lacks `cachestat` (before 6.5): nothing is
+/// registered from then on.
 static NO_CACHESTAT: AtomicBool = AtomicBool::new(false);
+/// Set once `cachestat` refused a file (one owned by another user that we
+/// may not write): that file's bodies go from memory; logged once.
+static REFUSED_LOGGED: AtomicBool = AtomicBool::new(false);
 
 /// Body bytes this process has sent with `sendfile`: `/metrics` shows
 /// whether the lane works on this kernel and tree.
@@ -85,6 +94,9 @@ struct Hit {
 impl Lane {
     /// Lets a response body be sent from its file.
     pub fn register(&self, body: FromFile) {
+        if NO_CACHESTAT.load(Ordering::Relaxed) {
+            return;
+        }
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if slots.len() >= SLOTS {
             slots.remove(0);
@@ -108,10 +120,14 @@ impl Lane {
         })
     }
 
-    /// Forgets a registration whose last byte `sent_to` (an address) reached.
-    fn sent(&self, sent_to: usize) {
+    /// Forgets the registrations that hold address `at`: sent whole, or
+    /// going from memory.
+    fn forget(&self, at: usize) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.retain(|s| s.body.as_ptr() as usize + s.body.len() != sent_to);
+        slots.retain(|s| {
+            let start = s.body.as_ptr() as usize;
+            !(start..start + s.body.len()).contains(&at)
+        });
         self.held.store(!slots.is_empty(), Ordering::Release);
     }
 }
@@ -121,19 +137,23 @@ impl Lane {
 pub struct LaneStream {
     stream: TcpStream,
     lane: Arc<Lane>,
+    /// The slice address found resident when its head went out, so the
+    /// body's write that follows does not ask `cachestat` again.
+    checked: usize,
 }
 
 impl LaneStream {
     /// Wraps an accepted connection; `lane` goes to its requests.
     pub fn new(stream: TcpStream, lane: Arc<Lane>) -> Self {
-        Self { stream, lane }
+        Self {
+            stream,
+            lane,
+            checked: 0,
+        }
     }
 
     /// Sends `hit` from its file, or `None`: write it from memory instead.
     fn poll_sendfile(&self, cx: &mut Context<'_>, hit: &Hit) -> Option<Poll<io::Result<usize>>> {
-        if !resident(&hit.file, hit.offset, hit.len) {
-            return None;
-        }
         loop {
             match self.stream.poll_write_ready(cx) {
                 Poll::Pending => return Some(Poll::Pending),
@@ -246,18 +266,35 @@ impl AsyncWrite for LaneStream {
                 let Some(hit) = self.lane.find(slice) else {
                     continue;
                 };
+                let at = slice.as_ptr() as usize;
+                // Decided before the head goes out with MSG_MORE: a body
+                // that cannot go from its file is forgotten and goes from
+                // memory with the head, in one write.
+                if std::mem::take(&mut self.checked) != at
+                    && !resident(&hit.file, hit.offset, hit.len)
+                {
+                    self.lane.forget(at);
+                    break;
+                }
                 if i > 0 {
+                    self.checked = at;
                     return self.poll_write_more(cx, &bufs[..i]);
                 }
-                if let Some(done) = self.poll_sendfile(cx, &hit) {
-                    if let Poll::Ready(Ok(n)) = done
-                        && n == hit.len
-                    {
-                        self.lane.sent(slice.as_ptr() as usize + n);
+                match self.poll_sendfile(cx, &hit) {
+                    Some(done) => {
+                        match done {
+                            Poll::Ready(Ok(n)) if n == hit.len => self.lane.forget(at),
+                            // Waiting for room: the check stands for the retry.
+                            Poll::Pending => self.checked = at,
+                            _ => {}
+                        }
+                        return done;
                     }
-                    return done;
+                    None => {
+                        self.lane.forget(at);
+                        break;
+                    }
                 }
-                break;
             }
         }
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
@@ -313,14 +350,20 @@ fn resident(file: &File, offset: u64, len: usize) -> bool {
             file.as_raw_fd(),
             &range as *const CachestatRange,
             &mut stat as *mut Cachestat,
-            0u32,
+            0 as libc::c_uint,
         )
     };
     if rc != 0 {
         let e = io::Error::last_os_error();
-        if !NO_CACHESTAT.swap(true, Ordering::Relaxed) {
+        if e.raw_os_error() == Some(libc::ENOSYS) {
+            if !NO_CACHESTAT.swap(true, Ordering::Relaxed) {
+                tracing::info!(
+                    "this kernel has no cachestat (Linux 6.5 and later do): kept tarballs are written from memory, not with sendfile"
+                );
+            }
+        } else if !REFUSED_LOGGED.swap(true, Ordering::Relaxed) {
             tracing::info!(
-                "cached tarballs are written from memory, not with sendfile: cachestat refused ({e})"
+                "cachestat refused a served file ({e}; it reports only on files this user may write): such files are written from memory, not with sendfile"
             );
         }
         return false;
@@ -462,7 +505,10 @@ mod tests {
             got, memory,
             "a cold file is never read on the connection's thread"
         );
-        assert!(lane.held.load(Ordering::Acquire));
+        assert!(
+            !lane.held.load(Ordering::Acquire),
+            "a body that went from memory is forgotten"
+        );
     }
 
     #[test]

@@ -452,6 +452,13 @@ async fn root_symlink_switch_is_seen_after_the_recheck_interval() {
         let packages = dir.path().join(generation).join("packages");
         std::fs::create_dir_all(&packages).unwrap();
         std::fs::write(packages.join("foo"), body).unwrap();
+        std::fs::write(
+            dir.path()
+                .join(generation)
+                .join(crate::manifest::MANIFEST_FILE),
+            generation,
+        )
+        .unwrap();
     }
     let current = dir.path().join("current");
     std::os::unix::fs::symlink("gen1", &current).unwrap();
@@ -471,19 +478,14 @@ async fn root_symlink_switch_is_seen_after_the_recheck_interval() {
         proxy: None,
         downloads: None,
     });
-    let body = |state: Arc<ServerState>| async move {
-        let res = respond(
-            &state,
-            &Method::GET,
-            "/packages/foo",
-            &HeaderMap::new(),
-            None,
-        )
-        .await;
+    let get = |state: Arc<ServerState>, path: &'static str| async move {
+        let res = respond(&state, &Method::GET, path, &HeaderMap::new(), None).await;
         axum::body::to_bytes(res.into_body(), usize::MAX)
             .await
             .unwrap()
     };
+    let body = |state: Arc<ServerState>| get(state, "/packages/foo");
+    let manifest = |state: Arc<ServerState>| get(state, "/hexmirror-manifest.json");
     assert_eq!(&body(Arc::clone(&state)).await[..], b"first");
     // Again, from memory this time.
     assert_eq!(&body(Arc::clone(&state)).await[..], b"first");
@@ -492,10 +494,12 @@ async fn root_symlink_switch_is_seen_after_the_recheck_interval() {
     std::os::unix::fs::symlink("gen2", &next).unwrap();
     std::fs::rename(&next, &current).unwrap();
     // Within RECHECK of the last read of the link, the old generation,
-    // whole; after it, the new one.
+    // whole (the manifest too, which is never kept); after it, the new one.
     assert_eq!(&body(Arc::clone(&state)).await[..], b"first");
+    assert_eq!(&manifest(Arc::clone(&state)).await[..], b"gen1");
     cache::test_clock::advance(cache::RECHECK);
-    assert_eq!(&body(state).await[..], b"secnd");
+    assert_eq!(&body(Arc::clone(&state)).await[..], b"secnd");
+    assert_eq!(&manifest(state).await[..], b"gen2");
 }
 
 /// One HTTP/1.1 exchange over a fresh connection; returns status, lower-cased
