@@ -89,9 +89,10 @@ pub(super) async fn serve_file(
         last_modified: Some(last_modified),
         last_modified_header: HeaderValue::from_str(&httpdate::fmt_http_date(last_modified)).ok(),
         len,
+        len_header: None,
         source: content.map_or(Source::Nothing, |b: Bytes| Source::Memory(b, None)),
     };
-    file_response(state, method, target, headers, answer).await
+    file_response(state, method, target, headers, answer, None).await
 }
 
 /// Before the first pointer is read: nothing to serve, say so, and keep

@@ -57,6 +57,8 @@ pub struct Entry {
     pub last_modified: Option<SystemTime>,
     /// The same, formatted for the header.
     pub last_modified_header: Option<HeaderValue>,
+    /// `Content-Length` of the whole file, formatted once.
+    pub len_header: HeaderValue,
     /// The handle `body` was read through, kept for bodies the
     /// connection's lane sends with `sendfile` (see [`super::sendfile`]).
     pub file: Option<Arc<std::fs::File>>,
@@ -358,6 +360,7 @@ mod tests {
             etag: HeaderValue::from_static("\"x\""),
             last_modified: None,
             last_modified_header: None,
+            len_header: HeaderValue::from(body.len()),
             file: None,
         }
     }

@@ -345,20 +345,16 @@ async fn handle(
     // The request's own parts, not extracted copies: its headers are
     // borrowed rather than cloned for every file served.
     let (parts, _) = request.into_parts();
-    let mut res = respond(
+    let lane = parts.extensions.get::<Arc<sendfile::Lane>>();
+    respond(
         &state,
         &parts.method,
         parts.uri.path(),
         &parts.headers,
         client,
+        lane.map(|l| &**l),
     )
-    .await;
-    if let Some(from_file) = res.extensions_mut().remove::<sendfile::FromFile>()
-        && let Some(lane) = parts.extensions.get::<Arc<sendfile::Lane>>()
-    {
-        lane.register(from_file);
-    }
-    res
+    .await
 }
 
 async fn respond(
@@ -367,8 +363,9 @@ async fn respond(
     path: &str,
     headers: &HeaderMap,
     client: Option<std::net::IpAddr>,
+    lane: Option<&sendfile::Lane>,
 ) -> Response {
-    let res = match serve(state, method, path, headers, client).await {
+    let res = match serve(state, method, path, headers, client, lane).await {
         Ok(res) => {
             // A private repository's gate answers with the API's replies;
             // an internal one carries its cause for this log only.
@@ -416,6 +413,7 @@ async fn serve(
     path: &str,
     headers: &HeaderMap,
     client: Option<std::net::IpAddr>,
+    lane: Option<&sendfile::Lane>,
 ) -> Result<Response, ServeError> {
     // Validate before the method so a bad path is a 400 whatever the verb.
     let target = paths::parse(path)?;
@@ -450,7 +448,8 @@ async fn serve(
             if let Some(reader) = &state.bucket {
                 return bucket::serve_file(state, reader, method, &target, headers).await;
             }
-            match serve_file(state, epoch.as_ref(), tree, method, &target, headers).await {
+            let file = serve_file(state, epoch.as_ref(), tree, method, &target, headers, lane);
+            match file.await {
                 Err(ServeError::NotFound) => proxied(state, method, &target, headers).await,
                 other => other,
             }
@@ -507,7 +506,7 @@ async fn proxied(
     }
     let rel = target.relative.to_string_lossy().into_owned();
     match proxy.ensure(&rel).await {
-        Ok(()) => serve_file(state, None, proxy.root(), method, target, headers).await,
+        Ok(()) => serve_file(state, None, proxy.root(), method, target, headers, None).await,
         Err(crate::proxy::ProxyError::NotFound) => Err(ServeError::NotFound),
         Err(e) => Err(ServeError::Upstream(e)),
     }
@@ -569,6 +568,8 @@ struct FileAnswer {
     last_modified: Option<SystemTime>,
     last_modified_header: Option<HeaderValue>,
     len: u64,
+    /// `Content-Length` of the whole file, when already formatted.
+    len_header: Option<HeaderValue>,
     source: Source,
 }
 
@@ -581,6 +582,7 @@ async fn serve_file(
     method: &Method,
     target: &FileTarget,
     headers: &HeaderMap,
+    lane: Option<&sendfile::Lane>,
 ) -> Result<Response, ServeError> {
     // The manifest is read from the epoch's generation but never kept:
     // re-signing rewrites it in place.
@@ -594,9 +596,10 @@ async fn serve_file(
                 last_modified: entry.last_modified,
                 last_modified_header: entry.last_modified_header.clone(),
                 len: entry.body.len() as u64,
+                len_header: Some(entry.len_header.clone()),
                 source: Source::Memory(entry.body.clone(), entry.file.clone()),
             };
-            return file_response(state, method, target, headers, answer).await;
+            return file_response(state, method, target, headers, answer, lane).await;
         }
     }
     // A miss reads from the epoch's generation, never through the link, so
@@ -662,6 +665,7 @@ async fn serve_file(
                         etag: etag.clone(),
                         last_modified,
                         last_modified_header: last_modified_header.clone(),
+                        len_header: HeaderValue::from(opened.len),
                         file: file.clone(),
                     },
                 );
@@ -676,9 +680,10 @@ async fn serve_file(
         last_modified,
         last_modified_header,
         len: opened.len,
+        len_header: None,
         source,
     };
-    file_response(state, method, target, headers, answer).await
+    file_response(state, method, target, headers, answer, lane).await
 }
 
 /// The response for a file: 200, 206, 304 or 416 as the request's
@@ -689,6 +694,7 @@ async fn file_response(
     target: &FileTarget,
     headers: &HeaderMap,
     answer: FileAnswer,
+    lane: Option<&sendfile::Lane>,
 ) -> Result<Response, ServeError> {
     let if_none_match = joined(headers, &header::IF_NONE_MATCH);
     let conditions = Conditions {
@@ -705,6 +711,8 @@ async fn file_response(
     let outcome = http::evaluate(&conditions, &validators, method == Method::GET);
 
     let mut res = Response::new(Body::empty());
+    // Room for every header below at once: one allocation, no growth.
+    *res.headers_mut() = HeaderMap::with_capacity(9);
     let h = res.headers_mut();
     h.insert(header::ETAG, answer.etag.clone());
     h.insert(
@@ -725,7 +733,11 @@ async fn file_response(
         Outcome::NotModified => {
             // A 304 may carry Content-Length only if it equals the 200's; set it
             // so axum does not fill in 0 for the empty body.
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            let whole = answer.len_header.clone();
+            h.insert(
+                header::CONTENT_LENGTH,
+                whole.unwrap_or_else(|| HeaderValue::from(len)),
+            );
             (StatusCode::NOT_MODIFIED, None)
         }
         Outcome::Full => (StatusCode::OK, Some((0, len))),
@@ -761,16 +773,20 @@ async fn file_response(
             kind => content_type(kind),
         };
         h.insert(header::CONTENT_TYPE, ctype);
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+        let whole = answer.len_header.filter(|_| count == len);
+        h.insert(
+            header::CONTENT_LENGTH,
+            whole.unwrap_or_else(|| HeaderValue::from(count)),
+        );
         match answer.source {
             Source::Memory(content, file) => {
                 let end = (start + count).min(content.len() as u64) as usize;
                 let body = content.slice(start.min(end as u64) as usize..end);
-                if let Some(file) = file
+                if let (Some(lane), Some(file)) = (lane, file)
                     && method == Method::GET
                     && body.len() as u64 >= sendfile::MIN_BODY
                 {
-                    res.extensions_mut().insert(sendfile::FromFile {
+                    lane.register(sendfile::FromFile {
                         body: body.clone(),
                         file,
                         offset: start,

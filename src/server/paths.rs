@@ -81,8 +81,8 @@ pub fn parse(raw_path: &str) -> Result<Target, PathError> {
     let segments = rest
         .split('/')
         .map(decode_segment)
-        .collect::<Result<Vec<String>, PathError>>()?;
-    let mut segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        .collect::<Result<Vec<_>, PathError>>()?;
+    let mut segments: Vec<&str> = segments.iter().map(|s| s.as_ref()).collect();
 
     // `/repos/ORG/installs/...`: a client whose hexpm repository is one of
     // ours asks there; it is the same, repository-independent file.
@@ -159,7 +159,7 @@ fn bad(segment: &str, reason: &'static str) -> PathError {
 }
 
 /// Decodes one segment and refuses anything that could act as a path component.
-fn decode_segment(raw: &str) -> Result<String, PathError> {
+fn decode_segment(raw: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
     if raw.is_empty() {
         return Err(bad(raw, "empty segment"));
     }
@@ -178,7 +178,8 @@ fn decode_segment(raw: &str) -> Result<String, PathError> {
     if decoded.chars().any(char::is_control) {
         return Err(bad(raw, "contains a control character"));
     }
-    Ok(decoded.into_owned())
+    // Borrowed unless it had escapes: most paths allocate nothing here.
+    Ok(decoded)
 }
 
 /// Package names as hex.pm allows them: `^[a-z][a-z0-9_]*$`.

@@ -72,8 +72,8 @@ pub struct Lane {
     held: AtomicBool,
 }
 
-/// A response body that holds the bytes of a file: the handler attaches it
-/// to the response, and the connection's lane takes it from there.
+/// A response body that holds the bytes of a file, registered by the
+/// handler on its connection's lane.
 #[derive(Debug, Clone)]
 pub struct FromFile {
     /// The body, the very slice the response sends.

@@ -83,7 +83,7 @@ impl Tree {
                 HeaderValue::from_str(v).unwrap(),
             );
         }
-        let res = respond(&self.state, &method, path, &map, None).await;
+        let res = respond(&self.state, &method, path, &map, None, None).await;
         let status = res.status();
         let headers = res.headers().clone();
         let body = axum::body::to_bytes(res.into_body(), usize::MAX)
@@ -479,7 +479,7 @@ async fn root_symlink_switch_is_seen_after_the_recheck_interval() {
         downloads: None,
     });
     let get = |state: Arc<ServerState>, path: &'static str| async move {
-        let res = respond(&state, &Method::GET, path, &HeaderMap::new(), None).await;
+        let res = respond(&state, &Method::GET, path, &HeaderMap::new(), None, None).await;
         axum::body::to_bytes(res.into_body(), usize::MAX)
             .await
             .unwrap()
