@@ -1348,8 +1348,8 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
     // be a clean one.
     let shutdown = shutdown_signal();
     println!("hexmirror serving {} on http://{addr}", tree.display());
-    let router = server::router_with(tree, options);
-    serve_until_stopped(config, listener, router, shutdown, stop, background).await
+    let app = server::app_with(tree, options);
+    serve_until_stopped(config, listener, app, shutdown, stop, background).await
 }
 
 /// Tells the service manager we are up, serves until `shutdown`, then stops
@@ -1357,7 +1357,7 @@ async fn run_serve(config: &Config) -> anyhow::Result<ExitCode> {
 async fn serve_until_stopped(
     config: &Config,
     listener: tokio::net::TcpListener,
-    router: axum::Router,
+    app: server::App,
     shutdown: impl Future<Output = ()> + Send + 'static,
     stop: CancellationToken,
     mut background: tokio::task::JoinSet<()>,
@@ -1365,7 +1365,7 @@ async fn serve_until_stopped(
     crate::notify::notify("READY=1");
     let served = server::run(
         listener,
-        router,
+        app,
         server::Limits::from(&config.server),
         shutdown,
     )
@@ -1806,6 +1806,6 @@ async fn run_serve_reader(
         "hexmirror serving bucket {} (read-only) on http://{addr}",
         s3.bucket
     );
-    let router = server::router_with(config.data_dir.join("current"), options);
-    serve_until_stopped(config, listener, router, shutdown, stop, background).await
+    let app = server::app_with(config.data_dir.join("current"), options);
+    serve_until_stopped(config, listener, app, shutdown, stop, background).await
 }

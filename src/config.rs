@@ -245,9 +245,10 @@ impl ServerConfig {
     }
 }
 
-/// Top-level names the served tree and the daemon already answer: a UI
-/// prefix may not take one of them.
-const RESERVED_PREFIXES: &[&str] = &[
+/// The served tree's top-level names: every file path starts with one of
+/// them. `serve` answers them without its router, and no UI prefix may
+/// take one.
+pub const TREE_TOP: &[&str] = &[
     "names",
     "versions",
     "packages",
@@ -256,15 +257,17 @@ const RESERVED_PREFIXES: &[&str] = &[
     "public_key",
     "installs",
     "docs",
-    "api",
-    "health",
-    "metrics",
-    "v1",
+    crate::manifest::MANIFEST_FILE,
+    crate::manifest::MANIFEST_DELTA_FILE,
 ];
+
+/// Top-level names the daemon answers beside the tree's own: a UI prefix
+/// may take none of them either.
+const DAEMON_PREFIXES: &[&str] = &["api", "health", "metrics", "v1"];
 
 /// Checks `[server] ui_prefix`: one path segment (`/ui`), lower-case
 /// letters, digits, `-` and `_`, and not a name the Hex tree uses.
-fn ui_prefix(raw: &str) -> Result<String, String> {
+pub(crate) fn ui_prefix(raw: &str) -> Result<String, String> {
     let segment = raw.trim_end_matches('/');
     let Some(segment) = segment.strip_prefix('/') else {
         return Err(format!("{raw:?} must start with /, as in \"/ui\""));
@@ -278,7 +281,7 @@ fn ui_prefix(raw: &str) -> Result<String, String> {
             "{raw:?} must be one path segment of lower-case letters, digits, - and _"
         ));
     }
-    if RESERVED_PREFIXES.contains(&segment) {
+    if DAEMON_PREFIXES.contains(&segment) || TREE_TOP.contains(&segment) {
         return Err(format!(
             "{raw:?} collides with /{segment} of the Hex tree or the daemon; pick another, such as /ui"
         ));

@@ -21,16 +21,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tower::ServiceExt;
 
+use super::App;
 use super::sendfile::{Lane, LaneStream};
 
 /// How long open connections get to finish after shutdown is asked for.
@@ -58,17 +57,17 @@ impl From<&crate::config::ServerConfig> for Limits {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then drains
+/// Serves `app` on `listener` until `shutdown` completes, then drains
 /// open connections (for at most [`DRAIN`]) and joins the workers.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    app: App,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let count = limits.workers.max(1);
     let workers = (0..count)
-        .map(|i| Worker::start(i, count, router.clone(), limits.header_timeout))
+        .map(|i| Worker::start(i, count, app.clone(), limits.header_timeout))
         .collect::<io::Result<Vec<_>>>()?;
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
@@ -161,12 +160,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(
-        index: usize,
-        workers: usize,
-        router: Router,
-        header_timeout: Duration,
-    ) -> io::Result<Self> {
+    fn start(index: usize, workers: usize, app: App, header_timeout: Duration) -> io::Result<Self> {
         let (handoff, inbox) = mpsc::unbounded_channel();
         let (finished, done) = oneshot::channel();
         let (built_tx, built) = std::sync::mpsc::sync_channel(1);
@@ -191,7 +185,7 @@ impl Worker {
                     }
                 };
                 let _ = built_tx.send(Ok(()));
-                runtime.block_on(run_worker(inbox, router, header_timeout, counted));
+                runtime.block_on(run_worker(inbox, app, header_timeout, counted));
                 // Dropping the runtime waits for its blocking tasks (a
                 // publish in progress, say) to return.
                 drop(runtime);
@@ -227,7 +221,7 @@ impl Worker {
 /// closes the channel, then drains its connections for at most [`DRAIN`].
 async fn run_worker(
     mut inbox: mpsc::UnboundedReceiver<Accepted>,
-    router: Router,
+    app: App,
     header_timeout: Duration,
     open: Arc<AtomicUsize>,
 ) {
@@ -258,26 +252,38 @@ async fn run_worker(
             }
         };
         let watcher = graceful.watcher();
-        let (builder, router) = (Arc::clone(&builder), router.clone());
+        let (builder, app) = (Arc::clone(&builder), app.clone());
         tokio::spawn(async move {
             let (_permit, _open) = (permit, open);
             if !first_bytes_in_time(&stream, header_timeout).await {
                 return;
             }
-            // The peer address feeds the API's failed-authentication limiter;
-            // the lane lets file responses register bodies for sendfile.
             let lane = Arc::new(Lane::default());
-            let service = router.map_request({
+            let service = hyper::service::service_fn({
                 let lane = Arc::clone(&lane);
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                    req.extensions_mut().insert(Arc::clone(&lane));
-                    req
+                    let (app, lane) = (app.clone(), Arc::clone(&lane));
+                    async move {
+                        // The tree's files skip the router, whose fallback
+                        // they would reach anyway.
+                        if let Some(tree) = app
+                            .tree
+                            .as_ref()
+                            .filter(|_| super::Tree::takes(req.method(), req.uri().path()))
+                        {
+                            return Ok(tree.answer(req, peer, &lane).await);
+                        }
+                        // The peer address feeds the API's failed-authentication
+                        // limiter; the lane lets file responses use sendfile.
+                        req.extensions_mut().insert(ConnectInfo(peer));
+                        req.extensions_mut().insert(lane);
+                        app.router.oneshot(req).await
+                    }
                 }
             });
             let conn = builder.serve_connection_with_upgrades(
                 TokioIo::new(LaneStream::new(stream, lane)),
-                TowerToHyperService::new(service),
+                service,
             );
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, "connection ended: {e}");
@@ -358,6 +364,7 @@ async fn first_bytes_in_time(stream: &TcpStream, timeout: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::Router;
     use std::net::SocketAddr;
 
     fn loopback() -> SocketAddr {
@@ -383,7 +390,7 @@ mod tests {
         let listener = TcpListener::bind(loopback()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(listener, router, limits, async {
+        tokio::spawn(serve(listener, router.into(), limits, async {
             let _ = rx.await;
         }));
         (addr, tx)
@@ -533,7 +540,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let router = Router::new().route("/", axum::routing::get(|| async { "ok" }));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, router, limits, async {
+        let server = tokio::spawn(serve(listener, router.into(), limits, async {
             let _ = rx.await;
         }));
         let mut s = TcpStream::connect(addr).await.unwrap();

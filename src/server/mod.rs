@@ -128,6 +128,59 @@ pub struct Options {
     pub bucket_writer: Option<Arc<crate::store::bucket::writer::BucketWriter>>,
 }
 
+/// What `serve` answers with: the router, and the tree's files without it.
+#[derive(Clone)]
+pub struct App {
+    /// Every route: the tree (as its fallback), the API, the UI.
+    pub router: Router,
+    /// The tree's files, answered without the router's dispatch.
+    pub tree: Option<Tree>,
+}
+
+impl From<Router> for App {
+    fn from(router: Router) -> Self {
+        Self { router, tree: None }
+    }
+}
+
+/// The tree's files without the router: the router's matching, request
+/// extensions and boxing were about 5% of a small file's cost. Answers only
+/// what the router hands to its fallback ([`handle`]) anyway: GET and HEAD
+/// under the tree's top-level names ([`crate::config::TREE_TOP`]), which no
+/// route and no UI prefix may take.
+#[derive(Debug, Clone)]
+pub struct Tree(Arc<ServerState>);
+
+impl Tree {
+    /// Whether the router would hand this request to the tree's handler.
+    pub(crate) fn takes(method: &Method, path: &str) -> bool {
+        (*method == Method::GET || *method == Method::HEAD)
+            && path
+                .strip_prefix('/')
+                .and_then(|p| p.split('/').next())
+                .is_some_and(|top| crate::config::TREE_TOP.contains(&top))
+    }
+
+    /// What [`handle`] answers for `req` from `peer`.
+    pub(crate) async fn answer<B>(
+        &self,
+        req: axum::http::Request<B>,
+        peer: std::net::SocketAddr,
+        lane: &sendfile::Lane,
+    ) -> Response {
+        let (parts, _) = req.into_parts();
+        respond(
+            &self.0,
+            &parts.method,
+            parts.uri.path(),
+            &parts.headers,
+            Some(peer.ip()),
+            Some(lane),
+        )
+        .await
+    }
+}
+
 /// Builds the router that serves the Hex tree rooted at `root`; everything
 /// under `/repos/` is cached privately, as hex.pm does for organisations.
 pub fn router(root: PathBuf) -> Router {
@@ -137,6 +190,12 @@ pub fn router(root: PathBuf) -> Router {
 /// Like [`router`], with [`Options`]: our public repositories and the data
 /// directory behind `/health` and `/metrics`.
 pub fn router_with(root: PathBuf, options: Options) -> Router {
+    app_with(root, options).router
+}
+
+/// Like [`router_with`], with the tree's files also answerable without
+/// the router (see [`Tree`]).
+pub fn app_with(root: PathBuf, options: Options) -> App {
     let cache = options
         .cache
         .unwrap_or_else(|| Arc::new(ResponseCache::new(root.clone(), cache::DEFAULT_BUDGET)));
@@ -167,7 +226,8 @@ pub fn router_with(root: PathBuf, options: Options) -> Router {
         Some(api) => tree.merge(crate::api::router(api)),
         None => tree.merge(crate::api::absent_router()),
     };
-    match &options.ui {
+    let fast = Tree(Arc::clone(&state));
+    let router = match &options.ui {
         Some(settings) => {
             let status: crate::ui::StatusFn = Arc::new(move || {
                 status::report(
@@ -180,6 +240,10 @@ pub fn router_with(root: PathBuf, options: Options) -> Router {
             app.clone().merge(crate::ui::router(settings, app, status))
         }
         None => app,
+    };
+    App {
+        router,
+        tree: Some(fast),
     }
 }
 
@@ -236,14 +300,14 @@ async fn on_blocking_pool(
 /// open connections (see [`conn`]: the cap, the header timeout).
 pub async fn run(
     listener: tokio::net::TcpListener,
-    router: Router,
+    app: impl Into<App>,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving the mirror tree");
     }
-    conn::serve(listener, router, limits, shutdown).await
+    conn::serve(listener, app.into(), limits, shutdown).await
 }
 
 /// Why a request did not get its file.

@@ -648,3 +648,32 @@ async fn our_own_repositories_are_cached_publicly_and_others_privately() {
         Some("public, max-age=604800")
     );
 }
+
+#[test]
+fn the_fast_path_takes_only_what_the_router_hands_its_fallback() {
+    for (method, path, taken) in [
+        (Method::GET, "/names", true),
+        (Method::HEAD, "/tarballs/a-1.0.0.tar", true),
+        (Method::GET, "/repos/acme/packages/a", true),
+        (Method::GET, "/hexmirror-manifest.json", true),
+        (Method::GET, "/packages", true),
+        (Method::POST, "/names", false),
+        (Method::GET, "/", false),
+        (Method::GET, "/health", false),
+        (Method::GET, "/metrics", false),
+        (Method::GET, "/api/packages/a", false),
+        (Method::GET, "/v1/package", false),
+        (Method::GET, "/ui/packages/a", false),
+        (Method::GET, "/%6Eames", false),
+        (Method::GET, "", false),
+    ] {
+        assert_eq!(super::Tree::takes(&method, path), taken, "{method} {path}");
+    }
+    // No UI prefix may take a name the fast path answers.
+    for top in crate::config::TREE_TOP.iter().filter(|t| !t.contains('.')) {
+        assert!(
+            crate::config::ui_prefix(&format!("/{top}")).is_err(),
+            "ui_prefix /{top} was accepted"
+        );
+    }
+}
