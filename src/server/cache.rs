@@ -139,6 +139,14 @@ impl Epoch {
         if entry.body.len() as u64 > MAX_ENTRY {
             return;
         }
+        let reserved = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                (used + cost <= self.budget).then_some(used + cost)
+            });
+        if reserved.is_err() {
+            return;
+        }
         if entry.file.is_some()
             && self
                 .files
@@ -148,17 +156,6 @@ impl Epoch {
                 .is_err()
         {
             entry.file = None;
-        }
-        let reserved = self
-            .used
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                (used + cost <= self.budget).then_some(used + cost)
-            });
-        if reserved.is_err() {
-            if entry.file.is_some() {
-                self.files.fetch_sub(1, Ordering::Relaxed);
-            }
-            return;
         }
         let mut shard = self.shard(key).write().unwrap_or_else(|p| p.into_inner());
         if let Some(old) = shard.insert(key.to_owned(), Arc::new(entry)) {
@@ -205,7 +202,7 @@ impl ResponseCache {
         Self {
             root,
             budget,
-            max_files: open_file_limit() / 4,
+            max_files: super::conn::open_file_limit() / 4,
             epoch: ArcSwapOption::const_empty(),
             changing: AtomicUsize::new(0),
             changes: AtomicU64::new(0),
@@ -304,19 +301,6 @@ fn monotonic_nanos() -> u64 {
         .get_or_init(std::time::Instant::now)
         .elapsed()
         .as_nanos() as u64
-}
-
-/// The process's soft limit on open files (0 when unknown).
-fn open_file_limit() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit fills the struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return 0;
-    }
-    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
 }
 
 impl crate::hosted::service::ChangeWatch for ResponseCache {

@@ -271,7 +271,7 @@ async fn run_worker(
                             .as_ref()
                             .filter(|_| super::Tree::takes(req.method(), req.uri().path()))
                         {
-                            return Ok(tree.answer(req, peer, &lane).await);
+                            return Ok(tree.answer(req, Some(peer.ip()), Some(&lane)).await);
                         }
                         // The peer address feeds the API's failed-authentication
                         // limiter; the lane lets file responses use sendfile.
@@ -303,29 +303,40 @@ async fn run_worker(
 /// the response cache keeps a handle open per file it sends with
 /// `sendfile`. Returns the soft limit now in force.
 pub fn raise_open_file_limit() -> io::Result<u64> {
+    let limit = nofile()?;
+    // The kernel's default ceiling (`fs.nr_open`); an unlimited hard limit
+    // is not a value the soft one may take.
+    let target = limit.rlim_max.min(1 << 20);
+    if limit.rlim_cur >= target {
+        return Ok(limit.rlim_cur);
+    }
+    let raised = libc::rlimit {
+        rlim_cur: target,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit reads the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(target)
+}
+
+/// The process's soft limit on open files (0 when unknown).
+pub(super) fn open_file_limit() -> usize {
+    nofile().map_or(0, |l| usize::try_from(l.rlim_cur).unwrap_or(usize::MAX))
+}
+
+/// The process's `RLIMIT_NOFILE`.
+fn nofile() -> io::Result<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit and setrlimit read or fill the struct they are given.
+    // SAFETY: getrlimit fills the struct it is given.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    // The kernel's default ceiling (`fs.nr_open`); an unlimited hard limit
-    // is not a value the soft one may take.
-    let target = limit.rlim_max.min(1 << 20);
-    if limit.rlim_cur < target {
-        let raised = libc::rlimit {
-            rlim_cur: target,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: as above.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        limit = raised;
-    }
-    Ok(limit.rlim_cur)
+    Ok(limit)
 }
 
 /// Counts a connection as open on its worker until it ends.

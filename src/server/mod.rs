@@ -161,21 +161,23 @@ impl Tree {
                 .is_some_and(|top| crate::config::TREE_TOP.contains(&top))
     }
 
-    /// What [`handle`] answers for `req` from `peer`.
+    /// The answer to `req` from `client`, as [`handle`] gives it.
     pub(crate) async fn answer<B>(
         &self,
         req: axum::http::Request<B>,
-        peer: std::net::SocketAddr,
-        lane: &sendfile::Lane,
+        client: Option<std::net::IpAddr>,
+        lane: Option<&sendfile::Lane>,
     ) -> Response {
+        // The request's own parts, not extracted copies: its headers are
+        // borrowed rather than cloned for every file served.
         let (parts, _) = req.into_parts();
         respond(
             &self.0,
             &parts.method,
             parts.uri.path(),
             &parts.headers,
-            Some(peer.ip()),
-            Some(lane),
+            client,
+            lane,
         )
         .await
     }
@@ -406,19 +408,8 @@ async fn handle(
     crate::api::ClientAddr(client): crate::api::ClientAddr,
     request: axum::extract::Request,
 ) -> Response {
-    // The request's own parts, not extracted copies: its headers are
-    // borrowed rather than cloned for every file served.
-    let (parts, _) = request.into_parts();
-    let lane = parts.extensions.get::<Arc<sendfile::Lane>>();
-    respond(
-        &state,
-        &parts.method,
-        parts.uri.path(),
-        &parts.headers,
-        client,
-        lane.map(|l| &**l),
-    )
-    .await
+    let lane = request.extensions().get::<Arc<sendfile::Lane>>().cloned();
+    Tree(state).answer(request, client, lane.as_deref()).await
 }
 
 async fn respond(

@@ -74,7 +74,7 @@ pub struct Lane {
 
 /// A response body that holds the bytes of a file, registered by the
 /// handler on its connection's lane.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct FromFile {
     /// The body, the very slice the response sends.
     pub body: Bytes,
@@ -82,6 +82,14 @@ pub struct FromFile {
     pub file: Arc<File>,
     /// Where `body` starts in `file`.
     pub offset: u64,
+}
+
+impl FromFile {
+    /// The addresses the body occupies.
+    fn span(&self) -> std::ops::Range<usize> {
+        let start = self.body.as_ptr() as usize;
+        start..start + self.body.len()
+    }
 }
 
 /// A registered range that a write may send from its file.
@@ -110,12 +118,11 @@ impl Lane {
         let at = slice.as_ptr() as usize;
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.iter().find_map(|s| {
-            let start = s.body.as_ptr() as usize;
-            let end = start + s.body.len();
-            (start..end).contains(&at).then(|| Hit {
+            let span = s.span();
+            span.contains(&at).then(|| Hit {
                 file: Arc::clone(&s.file),
-                offset: s.offset + (at - start) as u64,
-                len: slice.len().min(end - at),
+                offset: s.offset + (at - span.start) as u64,
+                len: slice.len().min(span.end - at),
             })
         })
     }
@@ -124,10 +131,7 @@ impl Lane {
     /// going from memory.
     fn forget(&self, at: usize) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.retain(|s| {
-            let start = s.body.as_ptr() as usize;
-            !(start..start + s.body.len()).contains(&at)
-        });
+        slots.retain(|s| !s.span().contains(&at));
         self.held.store(!slots.is_empty(), Ordering::Release);
     }
 }
@@ -152,54 +156,59 @@ impl LaneStream {
         }
     }
 
-    /// Sends `hit` from its file, or `None`: write it from memory instead.
-    fn poll_sendfile(&self, cx: &mut Context<'_>, hit: &Hit) -> Option<Poll<io::Result<usize>>> {
+    /// Runs the non-blocking write `io` once the socket has room.
+    fn poll_io(
+        &self,
+        cx: &mut Context<'_>,
+        mut io: impl FnMut() -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
         loop {
-            match self.stream.poll_write_ready(cx) {
-                Poll::Pending => return Some(Poll::Pending),
-                Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
-                Poll::Ready(Ok(())) => {}
-            }
-            let sent = self.stream.try_io(Interest::WRITABLE, || {
-                let mut offset = libc::off_t::try_from(hit.offset)
-                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-                // SAFETY: both descriptors are open for the call (the stream
-                // and the `Arc<File>` are borrowed); `offset` is a valid
-                // out-pointer, and the kernel reads no user memory.
-                let n = unsafe {
-                    libc::sendfile(
-                        self.stream.as_raw_fd(),
-                        hit.file.as_raw_fd(),
-                        &mut offset,
-                        hit.len,
-                    )
-                };
-                usize::try_from(n).map_err(|_| io::Error::last_os_error())
-            });
-            return match sent {
+            ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_io(Interest::WRITABLE, &mut io) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                // Nothing sent: the file is shorter than its bytes were.
-                Ok(0) => None,
-                Ok(n) => {
-                    SENT.fetch_add(n as u64, Ordering::Relaxed);
-                    Some(Poll::Ready(Ok(n)))
-                }
-                // A file system that cannot splice: the bytes are here.
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
-                    ) =>
-                {
-                    None
-                }
-                Err(e) => Some(Poll::Ready(Err(e))),
-            };
+                other => return Poll::Ready(other),
+            }
         }
     }
-}
 
-impl LaneStream {
+    /// Sends `hit` from its file, or `None`: write it from memory instead.
+    fn poll_sendfile(&self, cx: &mut Context<'_>, hit: &Hit) -> Option<Poll<io::Result<usize>>> {
+        let sent = self.poll_io(cx, || {
+            let mut offset = libc::off_t::try_from(hit.offset)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            // SAFETY: both descriptors are open for the call (the stream
+            // and the `Arc<File>` are borrowed); `offset` is a valid
+            // out-pointer, and the kernel reads no user memory.
+            let n = unsafe {
+                libc::sendfile(
+                    self.stream.as_raw_fd(),
+                    hit.file.as_raw_fd(),
+                    &mut offset,
+                    hit.len,
+                )
+            };
+            usize::try_from(n).map_err(|_| io::Error::last_os_error())
+        });
+        match sent {
+            // Nothing sent: the file is shorter than its bytes were.
+            Poll::Ready(Ok(0)) => None,
+            Poll::Ready(Ok(n)) => {
+                SENT.fetch_add(n as u64, Ordering::Relaxed);
+                Some(Poll::Ready(Ok(n)))
+            }
+            // A file system that cannot splice: the bytes are here.
+            Poll::Ready(Err(e))
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                ) =>
+            {
+                None
+            }
+            other => Some(other),
+        }
+    }
+
     /// Writes `bufs` (a response head) with `MSG_MORE`: the body sent next
     /// from the file joins it in one segment instead of following in a
     /// second one, as nginx's `tcp_nopush` does. A head written alone costs
@@ -209,29 +218,22 @@ impl LaneStream {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.stream.poll_write_ready(cx))?;
-            let sent = self.stream.try_io(Interest::WRITABLE, || {
-                // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix;
-                // the slices outlive the call and the kernel only reads them.
-                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-                msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-                msg.msg_iovlen = bufs.len() as _;
-                // SAFETY: `msg` points at valid iovecs and nothing else.
-                let n = unsafe {
-                    libc::sendmsg(
-                        self.stream.as_raw_fd(),
-                        &msg,
-                        libc::MSG_MORE | libc::MSG_NOSIGNAL,
-                    )
-                };
-                usize::try_from(n).map_err(|_| io::Error::last_os_error())
-            });
-            match sent {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                other => return Poll::Ready(other),
-            }
-        }
+        self.poll_io(cx, || {
+            // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix;
+            // the slices outlive the call and the kernel only reads them.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = bufs.len() as _;
+            // SAFETY: `msg` points at valid iovecs and nothing else.
+            let n = unsafe {
+                libc::sendmsg(
+                    self.stream.as_raw_fd(),
+                    &msg,
+                    libc::MSG_MORE | libc::MSG_NOSIGNAL,
+                )
+            };
+            usize::try_from(n).map_err(|_| io::Error::last_os_error())
+        })
     }
 }
 
