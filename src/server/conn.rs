@@ -261,18 +261,27 @@ async fn run_worker(
             let lane = Arc::new(Lane::default());
             let service = hyper::service::service_fn({
                 let lane = Arc::clone(&lane);
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                move |req: hyper::Request<hyper::body::Incoming>| {
                     let (app, lane) = (app.clone(), Arc::clone(&lane));
+                    // The tree's files skip the router, whose fallback they
+                    // would reach anyway. Their request is detached here,
+                    // before the future exists, so hyper's read-ahead finds
+                    // its buffer free (see `Head`).
+                    let route = match app
+                        .tree
+                        .clone()
+                        .filter(|_| super::Tree::takes(req.method(), req.uri().path()))
+                    {
+                        Some(tree) => Ok((tree, super::Head::detach(req))),
+                        None => Err(req),
+                    };
                     async move {
-                        // The tree's files skip the router, whose fallback
-                        // they would reach anyway.
-                        if let Some(tree) = app
-                            .tree
-                            .as_ref()
-                            .filter(|_| super::Tree::takes(req.method(), req.uri().path()))
-                        {
-                            return Ok(tree.answer(req, Some(peer.ip()), Some(&lane)).await);
-                        }
+                        let mut req = match route {
+                            Ok((tree, head)) => {
+                                return Ok(tree.answer(head, Some(peer.ip()), Some(&lane)).await);
+                            }
+                            Err(req) => req,
+                        };
                         // The peer address feeds the API's failed-authentication
                         // limiter; the lane lets file responses use sendfile.
                         req.extensions_mut().insert(ConnectInfo(peer));

@@ -677,3 +677,45 @@ fn the_fast_path_takes_only_what_the_router_hands_its_fallback() {
         );
     }
 }
+
+#[test]
+fn a_detached_head_keeps_no_byte_of_the_read_buffer() {
+    // hyper's header values and URI are slices of its read buffer, as these are.
+    let buffer = Bytes::from_static(b"/tarballs/a-1.0.0.tar\"tag\"Basic c2VjcmV0");
+    let within = |p: *const u8| buffer.as_ptr_range().contains(&p);
+    let mut req = axum::http::Request::builder()
+        .method(Method::HEAD)
+        .uri(axum::http::Uri::from_maybe_shared(buffer.slice(..21)).unwrap())
+        .body(())
+        .unwrap();
+    let headers = req.headers_mut();
+    let etag = HeaderValue::from_maybe_shared(buffer.slice(21..26)).unwrap();
+    headers.append(header::IF_NONE_MATCH, etag.clone());
+    headers.append(header::IF_NONE_MATCH, etag);
+    let mut auth = HeaderValue::from_maybe_shared(buffer.slice(26..)).unwrap();
+    auth.set_sensitive(true);
+    headers.insert(header::AUTHORIZATION, auth);
+    assert!(within(
+        req.headers()[header::AUTHORIZATION].as_bytes().as_ptr()
+    ));
+
+    let head = Head::detach(req);
+    assert_eq!(head.method, Method::HEAD);
+    assert_eq!(head.path, "/tarballs/a-1.0.0.tar");
+    assert!(!within(head.path.as_ptr()));
+    let tags: Vec<_> = head.headers.get_all(header::IF_NONE_MATCH).iter().collect();
+    assert_eq!(
+        tags,
+        ["\"tag\"", "\"tag\""],
+        "repeated fields stay repeated"
+    );
+    let auth = &head.headers[header::AUTHORIZATION];
+    assert_eq!(auth, "Basic c2VjcmV0");
+    assert!(auth.is_sensitive());
+    for value in head.headers.values() {
+        assert!(
+            !within(value.as_bytes().as_ptr()),
+            "{value:?} shares the buffer"
+        );
+    }
+}
