@@ -64,7 +64,13 @@ pub struct Entry {
     pub file: Option<Arc<std::fs::File>>,
 }
 
-type Shard = RwLock<HashMap<PathBuf, Arc<Entry>>>;
+/// Keys are paths of files that exist in the tree (only a file read from
+/// the generation is kept), so no request can choose colliding keys: a fast
+/// hash serves. SipHash, hashing each path twice (shard, then map), was
+/// 0.7% of a small file's CPU at 512 connections.
+type Hasher = foldhash::fast::RandomState;
+
+type Shard = RwLock<HashMap<PathBuf, Arc<Entry>, Hasher>>;
 
 /// The cache of one generation.
 #[derive(Debug)]
@@ -79,7 +85,7 @@ pub struct Epoch {
     /// Handles kept open, and how many may be.
     files: AtomicUsize,
     max_files: usize,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: Hasher,
     /// How many hosted changes had ended when this epoch began: one that
     /// ended since makes it stale, whatever it holds.
     seq: u64,
