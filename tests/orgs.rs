@@ -1745,3 +1745,72 @@ fn guessing_device_user_codes_is_limited_as_guessing_keys_is() {
     let (_, pending) = call(&url, "POST", "/api/oauth/token", "", Some(device));
     assert_eq!(pending["error"], "authorization_pending", "{pending}");
 }
+
+#[test]
+fn hex_core_revokes_its_own_key_and_every_key_made_from_it() {
+    let s = setup();
+    let served = s.mirror.serve();
+    let url = served.url();
+    let api = format!("{url}/api");
+    let make = |parent: &str, name: &str| -> String {
+        let body = json!({"name": name, "permissions": [{"domain": "api"}]});
+        let (status, key) = call(&url, "POST", "/api/keys", parent, Some(body));
+        assert_eq!(status, 201, "{key}");
+        assert_eq!(
+            key["authing_key"], false,
+            "a new key is not the caller's: {key}"
+        );
+        key["secret"].as_str().unwrap().to_owned()
+    };
+    let live = |key: &str| call(&url, "GET", "/api/auth", key, None).0 == 204;
+    let hex_core = |key: &str, cmd: &[&str]| -> (u16, Value) {
+        let (status, body) = Oracle::api(&api, key, cmd);
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    };
+
+    // The key list marks the caller's own key, and only it.
+    let desk = make(&s.alice, "desk");
+    let (_, keys) = call(&url, "GET", "/api/keys", &s.alice, None);
+    let authing: Vec<_> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["authing_key"] == true)
+        .map(|k| k["name"].clone())
+        .collect();
+    assert_eq!(authing, [json!("alice")], "{keys}");
+
+    // Revoking the calling key says so: clients forget a key on `true`.
+    let (status, gone) = hex_core(&desk, &["key-delete", "desk"]);
+    assert_eq!(status, 200, "{gone}");
+    assert_eq!(
+        (gone["name"].clone(), gone["authing_key"].clone()),
+        (json!("desk"), json!(true))
+    );
+    assert!(!live(&desk));
+
+    // DELETE /api/keys: the calling key and every key made from it, in one
+    // go; the key it was made from, and other users' keys, stay live.
+    let laptop = make(&s.alice, "laptop");
+    let tablet = make(&laptop, "tablet");
+    let (status, gone) = hex_core(&laptop, &["key-delete-all"]);
+    assert_eq!(status, 200, "{gone}");
+    assert_eq!(gone["name"], "laptop", "{gone}");
+    assert_eq!(gone["authing_key"], true, "{gone}");
+    assert!(gone["revoked_at"].is_string(), "{gone}");
+    assert!(!live(&laptop) && !live(&tablet));
+    assert!(live(&s.alice) && live(&s.bob) && live(&s.admin));
+    // Even an admin revokes only its own tree of keys, never everyone's.
+    let spare = s
+        .mirror
+        .token(&["--admin", "--name", "spare", "--user", "root"]);
+    let (status, _) = hex_core(&spare, &["key-delete-all"]);
+    assert_eq!(status, 200);
+    assert!(!live(&spare));
+    assert!(live(&s.alice) && live(&s.admin));
+    // A revoked key can revoke nothing more.
+    assert_eq!(hex_core(&laptop, &["key-delete-all"]).0, 401);
+
+    let (_, log) = call(&url, "GET", "/api/audit-logs", &s.admin, None);
+    assert!(log.to_string().contains("key.revoke_all"), "{log}");
+}

@@ -391,7 +391,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
             ("/users/me", get(h::me)),
             ("/users/me/audit-logs", get(h::my_audit_logs)),
             ("/users/{user}", get(h::get_user)),
-            ("/keys", get(h::list_keys).post(h::create_key)),
+            (
+                "/keys",
+                get(h::list_keys).post(h::create_key).delete(h::delete_keys),
+            ),
             ("/keys/{key}", get(h::get_key).delete(h::delete_key)),
             ("/audit-logs", get(h::audit_logs)),
             ("/orgs", get(h::list_orgs).post(h::create_org)),

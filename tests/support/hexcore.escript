@@ -52,6 +52,10 @@
 %%       r3_hex_api_key's add/3, list/1, get/2, delete/2 and delete_all/1 with
 %%       api_organization = ORG, so they go to API_URL/orgs/ORG/keys[/NAME].
 %%       add's permissions are maps with binary keys, as rebar3_hex sends.
+%%   key-delete API_URL API_KEY NAME
+%%   key-delete-all API_URL API_KEY
+%%       r3_hex_api_key's delete/2 and delete_all/1 for the user's keys
+%%       (API_URL/keys[/NAME]), as rebar3_hex's `hex user key revoke` sends.
 %%   org-list API_URL API_KEY
 %%   org-get API_URL API_KEY ORG
 %%   org-update API_URL API_KEY ORG BILLING_EMAIL
@@ -150,6 +154,10 @@ command(["org-key-delete", Url, Key, Org, Name]) ->
     api_json_result(r3_hex_api_key:delete(org_config(Url, Key, Org), to_bin(Name)));
 command(["org-key-delete-all", Url, Key, Org]) ->
     api_json_result(r3_hex_api_key:delete_all(org_config(Url, Key, Org)));
+command(["key-delete", Url, Key, Name]) ->
+    api_json_result(r3_hex_api_key:delete(api_config(Url, Key), to_bin(Name)));
+command(["key-delete-all", Url, Key]) ->
+    api_json_result(r3_hex_api_key:delete_all(api_config(Url, Key)));
 command(["org-list", Url, Key]) ->
     api_json_result(r3_hex_api:get(api_config(Url, Key), ["orgs"]));
 command(["org-get", Url, Key, Org]) ->

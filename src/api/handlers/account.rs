@@ -108,13 +108,17 @@ pub(in crate::api) async fn get_user(
     .await
 }
 
-pub(super) fn key_json(base: &str, t: &TokenRow, secret: Option<&str>) -> Value {
+/// A key as hex.pm shows one. `authing_key` says whether `t` is the key
+/// this request authenticated with: Hex clients forget their stored key when
+/// a revocation answers `true`.
+pub(super) fn key_json(req: &Request, t: &TokenRow, secret: Option<&str>) -> Value {
+    let (base, authing) = (&req.base, req.token.as_ref().is_some_and(|a| a.id == t.id));
     json!({
         "name": t.name,
         "username": t.username,
         "permissions": auth::permissions_from_scopes(&t.scopes),
         "secret": secret,
-        "authing_key": false,
+        "authing_key": authing,
         "expires_at": t.expires_at.map(iso),
         "revoked_at": t.revoked_at.map(iso),
         "inserted_at": iso(t.created_at),
@@ -143,7 +147,7 @@ pub(in crate::api) async fn list_keys(
         Ok(Reply::ok(Value::Array(
             all.iter()
                 .filter(|t| manages(&token, t))
-                .map(|t| key_json(&req.base, t, None))
+                .map(|t| key_json(&req, t, None))
                 .collect(),
         )))
     })
@@ -172,7 +176,7 @@ pub(in crate::api) async fn get_key(
     answer(&headers, async {
         let req = request(state, &headers, client, &p).await?;
         let key = find_key(&req, param(&p, "key")).await?;
-        Ok(Reply::ok(key_json(&req.base, &key, None)))
+        Ok(Reply::ok(key_json(&req, &key, None)))
     })
     .await
 }
@@ -196,7 +200,35 @@ pub(in crate::api) async fn delete_key(
             json!({"id": key.id, "revoked": revoked}),
         )
         .await?;
-        Ok(Reply::ok(key_json(&req.base, &key, None)))
+        Ok(Reply::ok(key_json(&req, &key, None)))
+    })
+    .await
+}
+
+/// `DELETE /keys`: hex_core's `r3_hex_api_key:delete_all` (Hex 1.x's
+/// `mix hex.user key --revoke-all`). Revokes the calling key and every key
+/// made from it, in one transaction; the answer is the calling key, now
+/// revoked, with `authing_key` true so that a client forgets it. For an admin
+/// too it is this one tree of keys, never every key on the server.
+pub(in crate::api) async fn delete_keys(
+    State(state): State<Arc<ApiState>>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+) -> Rendered {
+    answer(&headers, async {
+        let req = request(state, &headers, client, &BTreeMap::new()).await?;
+        let mut key = req.token()?.clone();
+        let entry = req.audit_entry("key.revoke_all", key.name.clone(), json!({"id": key.id}));
+        let (id, at) = (key.id.clone(), entry.at);
+        req.db(move |c| {
+            let tx = c.transaction()?;
+            hdb::revoke_token(&tx, &id, at)?;
+            hdb::audit(&tx, &entry)?;
+            tx.commit()
+        })
+        .await?;
+        key.revoked_at = Some(at);
+        Ok(Reply::ok(key_json(&req, &key, None)))
     })
     .await
 }
@@ -282,7 +314,7 @@ pub(in crate::api) async fn create_key(
         .await?;
         Ok(Reply::new(
             StatusCode::CREATED,
-            key_json(&req.base, &row, Some(&secret)),
+            key_json(&req, &row, Some(&secret)),
         ))
     })
     .await
@@ -439,7 +471,7 @@ pub(in crate::api) async fn create_session(
         let (secret, row) = created.map_err(token_error)?;
         Ok(Reply::new(
             StatusCode::CREATED,
-            key_json(&req.base, &row, Some(&secret)),
+            key_json(&req, &row, Some(&secret)),
         ))
     })
     .await

@@ -11,8 +11,8 @@ mod packages;
 mod releases;
 
 pub(super) use account::{
-    audit_logs, auth_test, create_key, create_session, delete_key, delete_session, get_key,
-    get_user, list_keys, me, my_audit_logs,
+    audit_logs, auth_test, create_key, create_session, delete_key, delete_keys, delete_session,
+    get_key, get_user, list_keys, me, my_audit_logs,
 };
 pub(super) use oauth::{
     device_authorization, device_decide, device_show, oauth_revoke, oauth_token,

@@ -400,7 +400,7 @@ pub(in crate::api) async fn list_org_keys(
         let keys = org_keys(&req, org).await?;
         Ok(Reply::ok(Value::Array(
             keys.iter()
-                .map(|t| super::account::key_json(&req.base, t, None))
+                .map(|t| super::account::key_json(&req, t, None))
                 .collect(),
         )))
     })
@@ -469,7 +469,7 @@ pub(in crate::api) async fn create_org_key(
         let (secret, row) = created.map_err(token_error)?;
         Ok(Reply::new(
             StatusCode::CREATED,
-            super::account::key_json(&req.base, &row, Some(&secret)),
+            super::account::key_json(&req, &row, Some(&secret)),
         ))
     })
     .await
@@ -500,7 +500,7 @@ pub(in crate::api) async fn get_org_key(
         let (org, name) = (param(&p, "org"), param(&p, "key"));
         req.org(org, Access::Write)?;
         let key = org_key(&req, org, name).await?;
-        Ok(Reply::ok(super::account::key_json(&req.base, &key, None)))
+        Ok(Reply::ok(super::account::key_json(&req, &key, None)))
     })
     .await
 }
@@ -533,7 +533,7 @@ pub(in crate::api) async fn delete_org_keys(
         .await?;
         Ok(Reply::ok(Value::Array(
             keys.iter()
-                .map(|t| super::account::key_json(&req.base, t, None))
+                .map(|t| super::account::key_json(&req, t, None))
                 .collect(),
         )))
     })
@@ -562,7 +562,7 @@ pub(in crate::api) async fn delete_org_key(
             hdb::audit(c, &entry)
         })
         .await?;
-        Ok(Reply::ok(super::account::key_json(&req.base, &key, None)))
+        Ok(Reply::ok(super::account::key_json(&req, &key, None)))
     })
     .await
 }
