@@ -1289,10 +1289,20 @@ fn an_admin_registers_a_consumer_key_limited_to_a_package_and_its_major_version(
     assert!(out.ok(), "{out}");
     let served = s.mirror.serve();
     let url = served.url();
-    for version in ["1.0.0", "9.1.0"] {
-        let (status, body) = publish(&url, &s.alice, "team_lib", version);
-        assert_eq!(status, 201, "{body}");
-    }
+    // 1.0.0, hidden from carl below, is the only one that needs `team_dep`.
+    let (status, body) = publish(&url, &s.alice, "team_dep", "1.0.0");
+    assert_eq!(status, 201, "{body}");
+    let work = tempfile::TempDir::new().unwrap();
+    let old = work.path().join("team_lib-1.0.0.tar");
+    Oracle::tarball("team_lib", "1.0.0", &old, &[("team_dep", "~> 1.0")]);
+    let (status, body) = Oracle::api(
+        &format!("{url}/api/repos/{ORG}"),
+        &s.alice,
+        &["publish", &old.to_string_lossy()],
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = publish(&url, &s.alice, "team_lib", "9.1.0");
+    assert_eq!(status, 201, "{body}");
     let consumer = json!({
         "name": "carl-ci",
         "username": "carl",
@@ -1328,6 +1338,27 @@ fn an_admin_registers_a_consumer_key_limited_to_a_package_and_its_major_version(
         .map(|r| r["version"].as_str().unwrap())
         .collect();
     assert_eq!(versions, ["9.1.0"], "{pkg}");
+    // Search matches on what carl may read only: a hidden release's
+    // requirements find nothing for him.
+    let search = |key: &str, q: &str| -> Vec<String> {
+        let (status, found) = call(
+            &url,
+            "GET",
+            &format!("/api/repos/{ORG}/packages?search={q}"),
+            key,
+            None,
+        );
+        assert_eq!(status, 200, "{found}");
+        found
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(search(&s.alice, "depends:team_dep"), ["team_lib"]);
+    assert_eq!(search(&secret, "depends:team_dep"), Vec::<String>::new());
+    assert_eq!(search(&secret, "team"), ["team_lib"]);
     let tarball = |v: &str| {
         http(
             "GET",

@@ -256,7 +256,7 @@ pub(super) async fn search(
     let parsed =
         query::Query::read(&text).map_err(|e| fail(StatusCode::BAD_REQUEST, e.to_string()))?;
     let found = catalog
-        .call(move |c| crate::catalog::search(c, &view, &parsed, Sort::Name, page, limit))
+        .call(move |c| crate::catalog::search(c, &view, &parsed, Sort::Name, page, limit, None))
         .await;
     let found = found.map_err(|e| {
         tracing::error!("catalog search failed: {e}");

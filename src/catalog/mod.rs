@@ -26,8 +26,8 @@ use rusqlite::Connection;
 
 pub use follow::{FollowError, fill_if_empty, follow, members};
 pub use read::{
-    Dependent, PackageView, ReleaseView, Requirement, Stats, View, dependents, package, search,
-    stats,
+    Dependent, PackageView, ReleaseView, Requirement, Stats, View, Visible, dependents, package,
+    search, stats,
 };
 pub use rebuild::{RebuildError, RebuildReport, rebuild};
 pub use write::{Entry, Origin, put, put_api_meta, put_tarball_meta, remove, rename_repository};
@@ -492,6 +492,87 @@ mod tests {
     }
 
     #[test]
+    fn a_limited_reader_finds_and_orders_packages_by_the_releases_it_may_see() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        // Version 2 of `vault` is hidden from the reader: its description,
+        // requirement, build tool and metadata are its only ones.
+        let vault = package(
+            "vault",
+            vec![
+                release("1.0.0", 7, &[("mime", "~> 2.0")]),
+                release("2.0.0", 8, &[("secretdep", "~> 1.0")]),
+            ],
+        );
+        let mime = package("mime", vec![release("2.0.0", 9, &[])]);
+        put_all(&catalog, &[vault, mime], &[]);
+        catalog
+            .call_blocking(|c| {
+                put_tarball_meta(
+                    c,
+                    &hex::encode([7u8; 32]),
+                    &metadata("plain words", &["mix"]),
+                )?;
+                put_tarball_meta(
+                    c,
+                    &hex::encode([8u8; 32]),
+                    &metadata("classified roadmap", &["rebar3"]),
+                )
+            })
+            .unwrap();
+        let find = |q: &str, visible: Option<Visible>| {
+            let q = Query::parse(q);
+            catalog
+                .call_blocking(move |c| {
+                    search(
+                        c,
+                        &View::Mirror("hexpm".into()),
+                        &q,
+                        Sort::Name,
+                        1,
+                        100,
+                        visible,
+                    )
+                })
+                .unwrap()
+        };
+        let ones: Visible = std::sync::Arc::new(|_: &str, v: &str| v.starts_with("1."));
+        let none: Visible = std::sync::Arc::new(|_: &str, _: &str| false);
+        let hidden = [
+            "classified",
+            "description:roadmap",
+            "depends:secretdep",
+            "build_tool:rebar3",
+        ];
+        for q in hidden {
+            assert_eq!(names(&find(q, None)), ["vault"], "{q}, seeing everything");
+            assert_eq!(
+                names(&find(q, Some(ones.clone()))),
+                Vec::<&str>::new(),
+                "{q} matched a hidden release"
+            );
+        }
+        assert_eq!(names(&find("depends:mime", Some(ones.clone()))), ["vault"]);
+        assert_eq!(
+            names(&find("build_tool:mix", Some(ones.clone()))),
+            ["vault"]
+        );
+        assert_eq!(
+            names(&find("vau", Some(ones.clone()))),
+            ["vault"],
+            "by name"
+        );
+        // A package with no visible release is not listed at all, so pages
+        // are full pages.
+        assert_eq!(names(&find("", Some(none))), Vec::<&str>::new());
+        // The shared connection keeps no trace of a reader's function.
+        let err = catalog
+            .call_blocking(|c| c.query_row("SELECT hm_visible('a', '1.0.0')", [], |_| Ok(())))
+            .unwrap_err();
+        assert!(err.to_string().contains("no such function"), "{err}");
+    }
+
+    #[test]
     fn a_real_file_answers_search_package_and_dependents() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = Catalog::open(dir.path()).unwrap();
@@ -538,7 +619,9 @@ mod tests {
         let find = |q: &str, sort: Sort| {
             let q = Query::parse(q);
             catalog
-                .call_blocking(move |c| search(c, &View::Mirror("hexpm".into()), &q, sort, 1, 100))
+                .call_blocking(move |c| {
+                    search(c, &View::Mirror("hexpm".into()), &q, sort, 1, 100, None)
+                })
                 .unwrap()
         };
         assert_eq!(

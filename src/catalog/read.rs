@@ -180,8 +180,48 @@ fn fts_any(words: &[String]) -> String {
     format!("description : ({})", terms.join(" OR "))
 }
 
+/// Which releases a reader may see, when not all of them (a version-limited
+/// key): `(package, version) -> may read`.
+pub type Visible = std::sync::Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
+/// The SQL function [`search`] registers for a [`Visible`] while it runs.
+const VISIBLE_FN: &str = "hm_visible";
+
+/// Keeps [`VISIBLE_FN`] registered on a connection for as long as it lives.
+struct Registered<'c>(&'c Connection);
+
+impl<'c> Registered<'c> {
+    fn new(conn: &'c Connection, visible: Visible) -> rusqlite::Result<Self> {
+        use rusqlite::functions::FunctionFlags;
+        conn.create_scalar_function(
+            VISIBLE_FN,
+            2,
+            FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+            move |ctx| {
+                let (package, version): (String, String) = (ctx.get(0)?, ctx.get(1)?);
+                Ok(visible(&package, &version))
+            },
+        )?;
+        Ok(Self(conn))
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        // The connection is shared: no later query may see this reader's
+        // function. Removing one that exists does not fail.
+        let _ = self.0.remove_function(VISIBLE_FN, 2);
+    }
+}
+
 /// Page `page` (from 1) of `per_page` (at most [`PAGE_SIZE`]) packages of
-/// `repositories` that match `q`.
+/// `view` that match `q`.
+///
+/// With `visible`, what a package matches and sorts by comes from the
+/// releases the reader may see only, so a hidden release's description,
+/// requirements, build tools, metadata, times and downloads decide nothing.
+/// The description is indexed for the newest release, so it counts only when
+/// every release is visible: a miss, never a leak.
 pub fn search(
     conn: &Connection,
     view: &View,
@@ -189,13 +229,47 @@ pub fn search(
     sort: Sort,
     page: usize,
     per_page: usize,
+    visible: Option<Visible>,
 ) -> rusqlite::Result<Vec<PackageView>> {
     let per_page = per_page.clamp(1, PAGE_SIZE);
+    let limited = visible.is_some();
+    let _registered = visible.map(|v| Registered::new(conn, v)).transpose()?;
+    // Conditions on release rows, empty for a reader who sees them all.
+    let seen = |version: &str| {
+        if limited {
+            format!(" AND {VISIBLE_FN}(p.name, {version})")
+        } else {
+            String::new()
+        }
+    };
+    let all_seen = if limited {
+        format!(
+            " AND NOT EXISTS (SELECT 1 FROM release v WHERE v.package_id = p.id \
+             AND NOT {VISIBLE_FN}(p.name, v.version))"
+        )
+    } else {
+        String::new()
+    };
+    // The package's update time as the reader sees it.
+    let updated = if limited {
+        format!(
+            "(SELECT max(coalesce(v.published_at, v.first_seen)) FROM release v \
+             WHERE v.package_id = p.id AND {VISIBLE_FN}(p.name, v.version))"
+        )
+    } else {
+        "p.updated_at".to_owned()
+    };
     let mut args: Vec<Sql> = Vec::new();
     let mut sql = format!(
         "SELECT p.id FROM package p WHERE {}",
         view.condition(&mut args)
     );
+    if limited {
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM release v WHERE v.package_id = p.id{})",
+            seen("v.version")
+        ));
+    }
     if !q.words.is_empty() {
         // hex.pm: the name contains the text (from three characters on,
         // else equals it), or the description has any of its words.
@@ -205,10 +279,10 @@ pub fn search(
         } else {
             like_escape(&text)
         };
-        sql.push_str(
-            " AND (p.name LIKE ? ESCAPE '\\' OR p.id IN \
-             (SELECT rowid FROM package_text WHERE package_text MATCH ?))",
-        );
+        sql.push_str(&format!(
+            " AND (p.name LIKE ? ESCAPE '\\' OR (p.id IN \
+             (SELECT rowid FROM package_text WHERE package_text MATCH ?){all_seen}))"
+        ));
         args.push(Sql::Text(like));
         args.push(Sql::Text(fts_any(&q.words)));
     }
@@ -221,13 +295,16 @@ pub fn search(
         }
     }
     if !q.description.is_empty() {
-        sql.push_str(" AND p.id IN (SELECT rowid FROM package_text WHERE package_text MATCH ?)");
+        sql.push_str(&format!(
+            " AND p.id IN (SELECT rowid FROM package_text WHERE package_text MATCH ?){all_seen}"
+        ));
         args.push(Sql::Text(fts_any(&q.description)));
     }
     if let Some(d) = &q.depends {
-        sql.push_str(
-            " AND EXISTS (SELECT 1 FROM requirement q WHERE q.package_id = p.id AND q.name = ?",
-        );
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM requirement q WHERE q.package_id = p.id AND q.name = ?{}",
+            seen("q.version")
+        ));
         args.push(Sql::Text(d.name.clone()));
         if let Some(r) = &d.repository {
             sql.push_str(" AND coalesce(q.repository, p.repository) = ?");
@@ -236,14 +313,15 @@ pub fn search(
         sql.push(')');
     }
     if let Some(tool) = &q.build_tool {
-        sql.push_str(
+        sql.push_str(&format!(
             " AND EXISTS (SELECT 1 FROM release x JOIN tarball_meta m ON m.sha256 = x.outer_checksum, \
-             json_each(m.meta, '$.build_tools') t WHERE x.package_id = p.id AND t.value = ?)",
-        );
+             json_each(m.meta, '$.build_tools') t WHERE x.package_id = p.id AND t.value = ?{})",
+            seen("x.version")
+        ));
         args.push(Sql::Text(tool.clone()));
     }
     if let Some(after) = q.updated_after {
-        sql.push_str(" AND p.updated_at > ?");
+        sql.push_str(&format!(" AND {updated} > ?"));
         args.push(Sql::Integer(after as i64));
     }
     if let Some((keys, value)) = &q.extra {
@@ -252,26 +330,36 @@ pub fn search(
             .iter()
             .map(|k| format!(".\"{}\"", k.replace('"', "")))
             .collect();
-        sql.push_str(
+        sql.push_str(&format!(
             " AND EXISTS (SELECT 1 FROM release x JOIN tarball_meta m ON m.sha256 = x.outer_checksum \
-             WHERE x.package_id = p.id AND CAST(json_extract(m.meta, ?) AS TEXT) = ?)",
-        );
+             WHERE x.package_id = p.id AND CAST(json_extract(m.meta, ?) AS TEXT) = ?{})",
+            seen("x.version")
+        ));
         args.push(Sql::Text(format!("$.extra{path}")));
         args.push(Sql::Text(value.clone()));
     }
-    sql.push_str(match sort {
-        Sort::Name => " ORDER BY p.name, p.repository",
-        Sort::Downloads => {
+    let counted = seen("d.version");
+    let inserted = if limited {
+        format!(
+            "(SELECT min(v.first_seen) FROM release v WHERE v.package_id = p.id{})",
+            seen("v.version")
+        )
+    } else {
+        "p.first_seen".to_owned()
+    };
+    sql.push_str(&match sort {
+        Sort::Name => " ORDER BY p.name, p.repository".to_owned(),
+        Sort::Downloads => format!(
             " ORDER BY (SELECT coalesce(sum(d.count), 0) FROM download d \
-             WHERE d.repository = p.repository AND d.name = p.name) DESC, p.name"
-        }
-        Sort::RecentDownloads => {
+             WHERE d.repository = p.repository AND d.name = p.name{counted}) DESC, p.name"
+        ),
+        Sort::RecentDownloads => format!(
             " ORDER BY (SELECT coalesce(sum(d.count), 0) FROM download d \
              WHERE d.repository = p.repository AND d.name = p.name \
-             AND d.day > CAST(strftime('%s', 'now') AS INTEGER) / 86400 - 90) DESC, p.name"
-        }
-        Sort::InsertedAt => " ORDER BY p.first_seen DESC, p.name",
-        Sort::UpdatedAt => " ORDER BY p.updated_at IS NULL, p.updated_at DESC, p.name",
+             AND d.day > CAST(strftime('%s', 'now') AS INTEGER) / 86400 - 90{counted}) DESC, p.name"
+        ),
+        Sort::InsertedAt => format!(" ORDER BY {inserted} DESC, p.name"),
+        Sort::UpdatedAt => format!(" ORDER BY {updated} IS NULL, {updated} DESC, p.name"),
     });
     sql.push_str(" LIMIT ? OFFSET ?");
     args.push(Sql::Integer(per_page as i64));

@@ -76,6 +76,15 @@ pub(in crate::api) async fn list_packages(
                 (repo, view, limit)
             }
         };
+        // A version-limited key's search matches and sorts on the releases
+        // it may read only.
+        let visible = limit.clone().map(|scopes| {
+            let repo = repo.clone();
+            let visible: crate::catalog::Visible = Arc::new(move |name: &str, version: &str| {
+                auth::may_read_release(&scopes, &repo, name, version)
+            });
+            visible
+        });
         let mut found = req
             .catalog()?
             .call(move |c| {
@@ -86,6 +95,7 @@ pub(in crate::api) async fn list_packages(
                     sort,
                     page,
                     crate::catalog::query::PAGE_SIZE,
+                    visible,
                 )
             })
             .await
