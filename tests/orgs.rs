@@ -1280,6 +1280,55 @@ fn stock_mix_fetches_an_org_package_with_hexpm_at_a_repository_of_ours() {
     assert_eq!(got.status, 401);
 }
 
+/// Carl's key: read 9.x of `team/team_lib`, nothing else (seed 003).
+fn consumer_key() -> Value {
+    json!({
+        "name": "carl-ci",
+        "username": "carl",
+        "permissions": [{"domain": "package", "resource": "team/team_lib", "access": "read", "versions": "~> 9.0"}],
+    })
+}
+
+#[test]
+fn a_version_limited_key_sees_the_downloads_of_what_it_may_read() {
+    let s = setup();
+    assert!(s.mirror.run(&["user", "create", "carl"]).ok());
+    let served = s.mirror.serve();
+    let url = served.url();
+    for version in ["1.0.0", "9.1.0"] {
+        let (status, body) = publish(&url, &s.alice, "team_lib", version);
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, key) = call(&url, "POST", "/api/keys", &s.admin, Some(consumer_key()));
+    assert_eq!(status, 201, "{key}");
+    let carl = key["secret"].as_str().unwrap().to_owned();
+    let download = |key: &str, version: &str| {
+        let path = format!("{url}/repos/{ORG}/tarballs/team_lib-{version}.tar");
+        assert_eq!(http("GET", &path, &[("authorization", key)]).status, 200);
+    };
+    download(&s.alice, "1.0.0");
+    download(&s.alice, "1.0.0");
+    download(&carl, "9.1.0");
+    // Counts are written in batches, and at shutdown.
+    served.stop();
+    let served = s.mirror.serve();
+    let url = served.url();
+    let all = |key: &str, path: &str| -> Value {
+        let (status, body) = call(&url, "GET", path, key, None);
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let package = format!("/api/repos/{ORG}/packages/team_lib");
+    assert_eq!(all(&s.alice, &package)["downloads"]["all"], 3);
+    assert_eq!(
+        all(&carl, &package)["downloads"]["all"],
+        1,
+        "1.0.0's are not carl's to know"
+    );
+    let found = all(&carl, &format!("/api/repos/{ORG}/packages?search=team"));
+    assert_eq!(found[0]["downloads"]["all"], 1, "{found}");
+}
+
 #[test]
 fn an_admin_registers_a_consumer_key_limited_to_a_package_and_its_major_version() {
     // Seed 002 (register, fetch, prune a token for someone) and seed 003 (a
@@ -1303,11 +1352,7 @@ fn an_admin_registers_a_consumer_key_limited_to_a_package_and_its_major_version(
     assert_eq!(status, 201, "{body}");
     let (status, body) = publish(&url, &s.alice, "team_lib", "9.1.0");
     assert_eq!(status, 201, "{body}");
-    let consumer = json!({
-        "name": "carl-ci",
-        "username": "carl",
-        "permissions": [{"domain": "package", "resource": "team/team_lib", "access": "read", "versions": "~> 9.0"}],
-    });
+    let consumer = consumer_key();
     // Only a server admin registers keys for others, and only for users.
     assert_eq!(
         call(&url, "POST", "/api/keys", &s.alice, Some(consumer.clone())).0,

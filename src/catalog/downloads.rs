@@ -186,23 +186,54 @@ pub fn package_counts(
     names: &[&str],
     today: u64,
 ) -> rusqlite::Result<HashMap<String, Counts>> {
+    counts_of(conn, repository, names, today, None)
+}
+
+/// [`package_counts`] over the releases a version-limited reader may see
+/// only: the others' downloads are theirs to know.
+pub fn visible_package_counts(
+    conn: &Connection,
+    repository: &str,
+    names: &[&str],
+    today: u64,
+    visible: &super::Visible,
+) -> rusqlite::Result<HashMap<String, Counts>> {
+    counts_of(conn, repository, names, today, Some(visible))
+}
+
+fn counts_of(
+    conn: &Connection,
+    repository: &str,
+    names: &[&str],
+    today: u64,
+    visible: Option<&super::Visible>,
+) -> rusqlite::Result<HashMap<String, Counts>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT coalesce(sum(count), 0),
+        "SELECT version, coalesce(sum(count), 0),
                 coalesce(sum(CASE WHEN day > ?3 - 90 THEN count END), 0),
                 coalesce(sum(CASE WHEN day > ?3 - 7 THEN count END), 0),
                 coalesce(sum(CASE WHEN day = ?3 THEN count END), 0)
-         FROM download WHERE repository = ?1 AND name = ?2",
+         FROM download WHERE repository = ?1 AND name = ?2 GROUP BY version",
     )?;
     let mut out = HashMap::new();
     for name in names {
-        let counts = stmt.query_row(params![repository, name, today as i64], |r| {
-            Ok(Counts {
-                all: r.get::<_, i64>(0)?.max(0) as u64,
-                recent: r.get::<_, i64>(1)?.max(0) as u64,
-                week: r.get::<_, i64>(2)?.max(0) as u64,
-                day: r.get::<_, i64>(3)?.max(0) as u64,
-            })
+        let mut counts = Counts::default();
+        let rows = stmt.query_map(params![repository, name, today as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                [r.get::<_, i64>(1)?, r.get(2)?, r.get(3)?, r.get(4)?].map(|n| n.max(0) as u64),
+            ))
         })?;
+        for row in rows {
+            let (version, [all, recent, week, day]) = row?;
+            if visible.is_some_and(|v| !v(name, &version)) {
+                continue;
+            }
+            counts.all += all;
+            counts.recent += recent;
+            counts.week += week;
+            counts.day += day;
+        }
         out.insert((*name).to_owned(), counts);
     }
     Ok(out)
@@ -446,6 +477,19 @@ mod tests {
             .call_blocking(|c| package_counts(c, "acme", &["a"], today))
             .unwrap();
         assert_eq!(acme["a"].all, 1);
+        // A reader who may see only 1.x counts a-1.0.0's 5, not a-0.9.0's 3.
+        let ones: crate::catalog::Visible =
+            std::sync::Arc::new(|_: &str, v: &str| v.starts_with("1."));
+        let seen = catalog
+            .call_blocking(|c| visible_package_counts(c, "hexpm", &["a", "b"], today, &ones))
+            .unwrap();
+        let five = Counts {
+            all: 5,
+            recent: 5,
+            week: 5,
+            day: 5,
+        };
+        assert_eq!((seen["a"], seen["b"].all), (five, 1));
         let n = catalog
             .call_blocking(|c| release_count(c, &rel("a", "0.9.0")))
             .unwrap();

@@ -201,6 +201,18 @@ impl Request {
         Ok(auth::is_version_limited(&token.scopes, repo).then(|| token.scopes.clone()))
     }
 
+    /// What this key may read in repository `repo` of ours, for the
+    /// catalog's readers; `None` when it may read everything there.
+    fn visible(&self, repo: &str) -> Result<Option<crate::catalog::Visible>, Reply> {
+        Ok(self.read(repo, None)?.map(|scopes| {
+            let repo = repo.to_owned();
+            let visible: crate::catalog::Visible = Arc::new(move |name: &str, version: &str| {
+                auth::may_read_release(&scopes, &repo, name, version)
+            });
+            visible
+        }))
+    }
+
     fn actor(&self, admin: bool) -> Actor {
         Actor {
             user: self
@@ -411,6 +423,7 @@ impl Request {
         &self,
         repo: &str,
         names: Vec<String>,
+        visible: Option<crate::catalog::Visible>,
     ) -> Result<HashMap<String, Counts>, Reply> {
         let Some(catalog) = &self.state.catalog else {
             return Ok(HashMap::new());
@@ -419,7 +432,13 @@ impl Request {
         catalog
             .call(move |c| {
                 let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                crate::catalog::downloads::package_counts(c, &repo, &names, unix_now() / 86_400)
+                let today = unix_now() / 86_400;
+                match &visible {
+                    Some(v) => crate::catalog::downloads::visible_package_counts(
+                        c, &repo, &names, today, v,
+                    ),
+                    None => crate::catalog::downloads::package_counts(c, &repo, &names, today),
+                }
             })
             .await
             .map_err(|e| Reply::internal(format!("catalog read failed: {e}")))

@@ -14,7 +14,7 @@ pub(in crate::api) async fn get_package(
         let repo = match req.source()? {
             Source::Upstream(up) => {
                 let view = req.mirrored(&name).await?;
-                let counts = req.counts(&up, vec![name.clone()]).await?;
+                let counts = req.counts(&up, vec![name.clone()], None).await?;
                 return Ok(Reply::ok(req.mirrored_package_json(
                     &up,
                     &view,
@@ -29,7 +29,9 @@ pub(in crate::api) async fn get_package(
             // serves the package.
             Err(_) if req.serves_mirrored(&repo, &name) => {
                 let view = req.mirrored_in(&repo, &name).await?;
-                let counts = req.counts(&repo, vec![name.clone()]).await?;
+                let counts = req
+                    .counts(&repo, vec![name.clone()], req.visible(&repo)?)
+                    .await?;
                 return Ok(Reply::ok(req.mirrored_package_json(
                     &repo,
                     &view,
@@ -40,7 +42,9 @@ pub(in crate::api) async fn get_package(
         };
         let (r, n) = (repo.clone(), name.clone());
         let owners = req.db(move |c| hdb::owners(c, &r, &n)).await?;
-        let counts = req.counts(&repo, vec![name.clone()]).await?;
+        let counts = req
+            .counts(&repo, vec![name.clone()], req.visible(&repo)?)
+            .await?;
         Ok(Reply::ok(req.package_json(
             &repo,
             &name,
@@ -76,15 +80,13 @@ pub(in crate::api) async fn list_packages(
                 (repo, view, limit)
             }
         };
-        // A version-limited key's search matches and sorts on the releases
-        // it may read only.
-        let visible = limit.clone().map(|scopes| {
-            let repo = repo.clone();
-            let visible: crate::catalog::Visible = Arc::new(move |name: &str, version: &str| {
-                auth::may_read_release(&scopes, &repo, name, version)
-            });
-            visible
-        });
+        // A version-limited key's search matches, sorts and counts on the
+        // releases it may read only.
+        let visible = match limit {
+            Some(_) => req.visible(&repo)?,
+            None => None,
+        };
+        let seen = visible.clone();
         let mut found = req
             .catalog()?
             .call(move |c| {
@@ -126,7 +128,7 @@ pub(in crate::api) async fn list_packages(
             found.retain(|v| !v.releases.is_empty());
         }
         let counts = req
-            .counts(&repo, found.iter().map(|v| v.name.clone()).collect())
+            .counts(&repo, found.iter().map(|v| v.name.clone()).collect(), seen)
             .await?;
         // Hosted packages answer as their own endpoint does, from their rows.
         let hosted: Vec<String> = found
