@@ -487,6 +487,19 @@ mod tests {
             .unwrap();
     }
 
+    /// Tarball metadata for the releases whose outer checksum is
+    /// `[byte; 32]` (see [`release`]): (byte, description, build tools).
+    fn put_metas(catalog: &Catalog, metas: &[(u8, &str, &[&str])]) {
+        catalog
+            .call_blocking(|c| {
+                for (byte, description, tools) in metas {
+                    put_tarball_meta(c, &hex::encode([*byte; 32]), &metadata(description, tools))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
     fn names(found: &[PackageView]) -> Vec<&str> {
         found.iter().map(|p| p.name.as_str()).collect()
     }
@@ -506,20 +519,13 @@ mod tests {
         );
         let mime = package("mime", vec![release("2.0.0", 9, &[])]);
         put_all(&catalog, &[vault, mime], &[]);
-        catalog
-            .call_blocking(|c| {
-                put_tarball_meta(
-                    c,
-                    &hex::encode([7u8; 32]),
-                    &metadata("plain words", &["mix"]),
-                )?;
-                put_tarball_meta(
-                    c,
-                    &hex::encode([8u8; 32]),
-                    &metadata("classified roadmap", &["rebar3"]),
-                )
-            })
-            .unwrap();
+        put_metas(
+            &catalog,
+            &[
+                (7, "plain words", &["mix"]),
+                (8, "classified roadmap", &["rebar3"]),
+            ],
+        );
         let find = |q: &str, visible: Option<Visible>| {
             let q = Query::parse(q);
             catalog
@@ -602,20 +608,13 @@ mod tests {
             &[plug, jason, phoenix, mime],
             &[("jason", 1_710_000_000)],
         );
-        catalog
-            .call_blocking(|c| {
-                put_tarball_meta(
-                    c,
-                    &hex::encode([3u8; 32]),
-                    &metadata("A blazing fast JSON parser", &["mix"]),
-                )?;
-                put_tarball_meta(
-                    c,
-                    &hex::encode([2u8; 32]),
-                    &metadata("Composable web middleware", &["mix", "make"]),
-                )
-            })
-            .unwrap();
+        put_metas(
+            &catalog,
+            &[
+                (3, "A blazing fast JSON parser", &["mix"]),
+                (2, "Composable web middleware", &["mix", "make"]),
+            ],
+        );
         let find = |q: &str, sort: Sort| {
             let q = Query::parse(q);
             catalog

@@ -242,34 +242,43 @@ pub fn search(
             String::new()
         }
     };
-    let all_seen = if limited {
-        format!(
-            " AND NOT EXISTS (SELECT 1 FROM release v WHERE v.package_id = p.id \
-             AND NOT {VISIBLE_FN}(p.name, v.version))"
+    // What the reader sees of the package: that it has a release, whether
+    // all of them (the description is the newest one's), and its update and
+    // first-seen times.
+    let (shown, all_seen, updated, inserted) = if limited {
+        (
+            format!(
+                " AND EXISTS (SELECT 1 FROM release v WHERE v.package_id = p.id{})",
+                seen("v.version")
+            ),
+            format!(
+                " AND NOT EXISTS (SELECT 1 FROM release v WHERE v.package_id = p.id \
+                 AND NOT {VISIBLE_FN}(p.name, v.version))"
+            ),
+            format!(
+                "(SELECT max(coalesce(v.published_at, v.first_seen)) FROM release v \
+                 WHERE v.package_id = p.id{})",
+                seen("v.version")
+            ),
+            format!(
+                "(SELECT min(v.first_seen) FROM release v WHERE v.package_id = p.id{})",
+                seen("v.version")
+            ),
         )
     } else {
-        String::new()
-    };
-    // The package's update time as the reader sees it.
-    let updated = if limited {
-        format!(
-            "(SELECT max(coalesce(v.published_at, v.first_seen)) FROM release v \
-             WHERE v.package_id = p.id AND {VISIBLE_FN}(p.name, v.version))"
+        let none = String::new;
+        (
+            none(),
+            none(),
+            "p.updated_at".to_owned(),
+            "p.first_seen".to_owned(),
         )
-    } else {
-        "p.updated_at".to_owned()
     };
     let mut args: Vec<Sql> = Vec::new();
     let mut sql = format!(
-        "SELECT p.id FROM package p WHERE {}",
+        "SELECT p.id FROM package p WHERE {}{shown}",
         view.condition(&mut args)
     );
-    if limited {
-        sql.push_str(&format!(
-            " AND EXISTS (SELECT 1 FROM release v WHERE v.package_id = p.id{})",
-            seen("v.version")
-        ));
-    }
     if !q.words.is_empty() {
         // hex.pm: the name contains the text (from three characters on,
         // else equals it), or the description has any of its words.
@@ -339,14 +348,6 @@ pub fn search(
         args.push(Sql::Text(value.clone()));
     }
     let counted = seen("d.version");
-    let inserted = if limited {
-        format!(
-            "(SELECT min(v.first_seen) FROM release v WHERE v.package_id = p.id{})",
-            seen("v.version")
-        )
-    } else {
-        "p.first_seen".to_owned()
-    };
     sql.push_str(&match sort {
         Sort::Name => " ORDER BY p.name, p.repository".to_owned(),
         Sort::Downloads => format!(

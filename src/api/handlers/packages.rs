@@ -69,24 +69,20 @@ pub(in crate::api) async fn list_packages(
             .map_err(|e| Reply::error(StatusCode::BAD_REQUEST, e.to_string()))?;
         let sort = crate::catalog::query::Sort::parse(q.get("sort").map(String::as_str));
         let page = crate::catalog::query::page(q.get("page").map(String::as_str));
-        let (repo, view, limit) = match req.source()? {
+        let (repo, view, visible) = match req.source()? {
             Source::Upstream(up) => (up.clone(), crate::catalog::View::Mirror(up), None),
             Source::Ours(repo) => {
-                let limit = req.read(&repo, None)?;
+                // A version-limited key's search matches, sorts and counts
+                // on the releases it may read only.
+                let visible = req.visible(&repo)?;
                 let view = crate::catalog::View::Ours {
                     repository: repo.clone(),
                     upstream: req.config.upstream.repository.clone(),
                 };
-                (repo, view, limit)
+                (repo, view, visible)
             }
         };
-        // A version-limited key's search matches, sorts and counts on the
-        // releases it may read only.
-        let visible = match limit {
-            Some(_) => req.visible(&repo)?,
-            None => None,
-        };
-        let seen = visible.clone();
+        let searched = visible.clone();
         let mut found = req
             .catalog()?
             .call(move |c| {
@@ -97,7 +93,7 @@ pub(in crate::api) async fn list_packages(
                     sort,
                     page,
                     crate::catalog::query::PAGE_SIZE,
-                    visible,
+                    searched,
                 )
             })
             .await
@@ -119,16 +115,19 @@ pub(in crate::api) async fn list_packages(
             }
             found.retain(|v| !v.releases.is_empty());
         }
-        // A version-limited key sees only the releases it may read.
-        if let Some(scopes) = &limit {
+        // A version-limited key sees only the releases it may read (the
+        // search left out packages with none).
+        if let Some(visible) = &visible {
             for v in &mut found {
-                v.releases
-                    .retain(|r| auth::may_read_release(scopes, &repo, &v.name, &r.version));
+                v.releases.retain(|r| visible(&v.name, &r.version));
             }
-            found.retain(|v| !v.releases.is_empty());
         }
         let counts = req
-            .counts(&repo, found.iter().map(|v| v.name.clone()).collect(), seen)
+            .counts(
+                &repo,
+                found.iter().map(|v| v.name.clone()).collect(),
+                visible,
+            )
             .await?;
         // Hosted packages answer as their own endpoint does, from their rows.
         let hosted: Vec<String> = found
